@@ -1,0 +1,215 @@
+"""The recipe schema: one typed, self-documenting config for a training run.
+
+A recipe is a YAML file validated by these pydantic models. Command-line overrides use dotted keys
+(`rollout.group_size=8`); unknown keys are errors that name the nearest valid key; `golong train
+--dry-run` prints the resolved recipe. Every field documents itself (`description=`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class RecipeError(ValueError):
+    """A recipe or override the user must fix; the message is one line and names the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: str | list[str] = Field("all-linear", description="peft target_modules.")
+
+
+class ModelConfig(_Section):
+    path: str = Field(..., description="Local model folder or hub id of a transformers causal LM (or a built-in name such as 'smollm2-135m').")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter and compute dtype of the learner.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint. Off unless you trust it.")
+    lora: LoraConfig | None = Field(None, description="Train a LoRA adapter instead of all weights.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (saves memory at long lengths).")
+    attn_implementation: str | None = Field(None, description="transformers attention backend (e.g. 'sdpa'); None = library default.")
+    ksa: dict[str, Any] | None = Field(None, description="Make the policy a Kwai Summary Attention model with these ksa settings.")
+
+
+class DataSourceConfig(_Section):
+    path: str | None = Field(None, description="A dataset in the GoLongRL schema: local .parquet/.jsonl file or folder, or a hub id.")
+    generate: str | list[str] | None = Field(None, description="Generate rows offline for these task names ('all' = every built-in task).")
+    task_file: str | None = Field(None, description="A user task plug-in 'path/to/file.py:ClassName' to generate from.")
+    length: int | str = Field("1k", description="Target prompt length for generated rows (e.g. 2k, 32k, 131072).")
+    n: int = Field(256, ge=1, description="Number of rows to generate for this source.")
+    split: Literal["train", "heldout"] = Field("train", description="Generator split (heldout problems are disjoint from train).")
+    knobs: dict[str, Any] = Field(default_factory=dict, description="Difficulty knobs passed to the generators.")
+    weight: float = Field(1.0, gt=0, description="Sampling weight of this source in the mixture.")
+
+
+class DataConfig(_Section):
+    sources: list[DataSourceConfig] = Field(..., min_length=1, description="The training mixture.")
+    max_prompt_tokens: int = Field(4096, ge=1, description="Prompts longer than this are left-truncated (GoLongRL: 163840).")
+    skip_invalid: bool = Field(False, description="Skip and count malformed rows instead of failing on the first one.")
+    seed: int = Field(0, description="Seed of the mixture's sampling order.")
+
+
+class RolloutConfig(_Section):
+    engine: Literal["auto", "hf", "vllm"] = Field("hf", description="Rollout engine: transformers ('hf'), vLLM, or auto-pick.")
+    group_size: int = Field(8, ge=1, description="G: responses sampled per prompt.")
+    prompts_per_step: int = Field(8, ge=1, description="Prompts whose groups make one training batch.")
+    max_new_tokens: int = Field(256, ge=1, description="Response length limit (GoLongRL: 16384).")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling (0 = off).")
+    batch_size: int = Field(32, ge=1, description="Sequences generated at once by the transformers engine.")
+
+
+class RewardConfig(_Section):
+    workers: int = Field(2, ge=1, description="Parallel reward workers (processes or Ray tasks).")
+    timeout_s: float = Field(10.0, gt=0, description="Per-response scoring time limit; a timeout scores 0 and is counted.")
+    variant: dict[str, Any] = Field(default_factory=dict, description="Opt-in reward variants (faithful GoLongRL scoring by default).")
+
+
+class AlgoConfig(_Section):
+    estimator: str = Field("tmn_reweight", description="Advantage estimator: tmn_reweight, tmn, grpo, dr_grpo, rloo, task_std.")
+    estimator_params: dict[str, Any] = Field(default_factory=dict, description="Estimator parameters (tmn_reweight: alpha=0.8, gamma=1.0, eps=1e-6).")
+    clip_low: float = Field(0.2, ge=0, description="PPO clip range below 1 (ratio >= 1 - clip_low).")
+    clip_high: float = Field(0.28, ge=0, description="PPO clip range above 1 (clip-higher: ratio <= 1 + clip_high).")
+    dual_clip: float | None = Field(3.0, description="Dual-clip constant c > 1 bounding the loss of negative advantages; None = off.")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean"] = Field("token-mean", description="How token losses are averaged.")
+    kl_coef: float = Field(0.0, ge=0, description="Weight of the KL penalty to the reference policy in the loss (0 = no reference model).")
+    kl_type: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator.")
+    updates_per_batch: int = Field(1, ge=1, description="Optimizer passes over each batch (1 = on-policy; old logprobs from the learner's own forward).")
+    dynamic_sampling: bool = Field(True, description="Drop groups whose rewards all equal and refill from new prompts.")
+    max_generation_rounds: int = Field(3, ge=1, description="Generation rounds per step allowed for dynamic-sampling refills.")
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-6, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps, then constant.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
+    micro_batch_tokens: int = Field(8192, ge=1, description="Token budget of one packed micro-batch.")
+    logprob_chunk: int = Field(1024, ge=1, description="Tokens per chunk when computing log-probs (full-vocab logits never held for a whole sequence).")
+
+
+class ClusterConfig(_Section):
+    mode: Literal["ray", "inline"] = Field("ray", description="Ray actors (a local cluster is started if none is given) or one process.")
+    address: str | None = Field(None, description="Ray cluster address ('auto' or host:port); None starts a local cluster.")
+    num_cpus: int | None = Field(None, description="CPUs for a local Ray cluster (None = all).")
+    learner_gpus: int = Field(0, ge=0, description="GPUs for the learner (0 = CPU).")
+    rollout_gpus: int = Field(0, ge=0, description="GPUs for rollout engines when not colocated.")
+    colocate: bool = Field(True, description="Rollout shares the learner's GPUs (sleeps during updates).")
+
+
+class TrainerConfig(_Section):
+    steps: int = Field(100, ge=1, description="Training steps.")
+    seed: int = Field(0, description="Global seed (torch, sampling, data order).")
+    output_dir: str = Field("runs/run", description="Where metrics, checkpoints and plots go.")
+    save_every: int = Field(10, ge=1, description="Checkpoint every N steps (and at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    tensorboard: bool = Field(False, description="Also log to TensorBoard.")
+    wandb: str | None = Field(None, description="W&B project name to log to (None = off).")
+
+
+class Recipe(_Section):
+    model: ModelConfig
+    data: DataConfig
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply `a.b.c=value` overrides (values parsed as YAML), validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{path} must hold a mapping of sections (model:, data:, ...)")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"override {item!r} must look like section.key=value")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+    return validate_recipe(raw)
+
+
+def validate_recipe(raw: dict[str, Any]) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(_explain(e)) from None
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {key!r}: {part!r} is not a section")
+        node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise RecipeError(f"override {key!r}: cannot set {last!r} here")
+
+
+def _explain(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        hint = _nearest_key(first["loc"])
+        return f"unknown recipe key {loc!r}" + (f"; did you mean {hint!r}?" if hint else "")
+    if first["type"] == "missing":
+        return f"recipe key {loc!r} is required"
+    return f"recipe key {loc!r}: {first['msg']} (got {first.get('input')!r})"
+
+
+def _nearest_key(loc: tuple) -> str | None:
+    """The closest valid dotted key to an unknown one, walking the schema along `loc`."""
+    model: type[BaseModel] | None = Recipe
+    prefix: list[str] = []
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            prefix.append(str(part))
+            continue
+        field = model.model_fields.get(part) if model else None
+        if field is None:
+            return None
+        prefix.append(part)
+        model = _section_type(field.annotation)
+    if model is None:
+        return None
+    match = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.5)
+    return ".".join([*prefix, match[0]]) if match else None
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    args = [annotation, *getattr(annotation, "__args__", ())]
+    for a in args:
+        for b in [a, *getattr(a, "__args__", ())]:
+            if isinstance(b, type) and issubclass(b, BaseModel):
+                return b
+    return None
