@@ -22,7 +22,8 @@ Two failure modes of the package decide real scores and are reproduced:
 
 The DP runs in numpy, one reference sentence against all hypothesis sentences at once, so a
 16K-token response costs milliseconds instead of seconds; the backtrack walks plain lists.
-Inputs whose DP would exceed `MAX_CELLS` cells score 0 (bounded time; far above real sizes).
+Inputs whose DP would exceed `MAX_CELLS` cells, or Chinese text over `MAX_SEGMENT_CHARS` characters
+to segment, score 0 (bounded time; both far above real sizes).
 """
 
 from __future__ import annotations
@@ -87,29 +88,47 @@ def _backtrack(table: list[list[int]], ref: list[str], hyp: list[str]) -> tuple[
     return words, frames
 
 
-def _union_lcs(ref_sents: list[list[str]], hyp_sents: list[list[str]], max_frames: int | None) -> set[str]:
-    vocab: dict[str, int] = {}
-    hyp_id_lists = [[vocab.setdefault(w, len(vocab)) for w in s] for s in hyp_sents]
-    hyp_sets = [set(s) for s in hyp_sents]
+class _Hypothesis:
+    """A hypothesis split and encoded once, scored against any number of references.
+
+    All sentences sit side by side in one id array, each preceded by a boundary column (−1).
+    """
+
+    def __init__(self, text: str) -> None:
+        self.sents = sentences(text)
+        self.vocab: dict[str, int] = {}
+        ids: list[int] = []
+        for sent in self.sents:
+            ids.append(-1)
+            ids.extend(self.vocab.setdefault(w, len(self.vocab)) for w in sent)
+        self.ids = np.array(ids, dtype=np.int32)
+        self.lengths = np.array([len(s) for s in self.sents], dtype=np.int64)
+        self.col_ends = np.cumsum(self.lengths + 1)  # exclusive end column of each sentence
+        self.starts = self.col_ends - (self.lengths + 1)
+        self.sets = [set(s) for s in self.sents]
+        self.n_words = int(self.lengths.sum())
+        self.n_distinct = len(self.vocab)
+
+
+def _union_lcs(ref_sents: list[list[str]], hyp: _Hypothesis, max_frames: int | None) -> set[str]:
     union: set[str] = set()
+    count = len(hyp.sents)
     for ref in ref_sents:
-        ref_ids = np.array([vocab.get(w, -2) for w in ref], dtype=np.int32)
+        ref_ids = np.array([hyp.vocab.get(w, -2) for w in ref], dtype=np.int32)
         ref_set = set(ref)
         n = len(ref)
         per_block = max(1, _BLOCK_CELLS // (n + 1))
-        start = 0
-        while start < len(hyp_sents):
-            # Gather hypothesis sentences until the block is full.
-            stop, width = start, 0
-            while stop < len(hyp_sents) and (stop == start or width + len(hyp_sents[stop]) + 1 <= per_block):
-                width += len(hyp_sents[stop]) + 1
-                stop += 1
-            block = range(start, stop)
-            ids = np.concatenate([np.array([-1] + hyp_id_lists[k], dtype=np.int32) for k in block])
-            seg = np.concatenate([np.full(len(hyp_id_lists[k]) + 1, s, dtype=np.int32) for s, k in enumerate(block)])
-            table = _tables(ref_ids, ids, seg)
-            lengths = np.array([len(hyp_sents[k]) for k in block])
-            ends = np.cumsum(lengths + 1) - 1  # column of each sentence's last word
+        first = 0
+        while first < count:
+            # Whole sentences, as many as fit in one block (at least one).
+            base = int(hyp.starts[first])
+            last = max(int(np.searchsorted(hyp.col_ends, base + per_block, side="right")), first + 1)
+            block = range(first, last)
+            stop = int(hyp.col_ends[last - 1])
+            seg = np.repeat(np.arange(last - first, dtype=np.int32), hyp.lengths[first:last] + 1)
+            table = _tables(ref_ids, hyp.ids[base:stop], seg)
+            lengths = hyp.lengths[first:last]
+            ends = hyp.starts[first:last] - base + lengths  # column of each sentence's last word
             lcs_lens = table[n, ends]
             # An all-zero table backtracks straight left: m + 1 frames, no words.
             if max_frames is not None and np.any((lcs_lens == 0) & (lengths + 1 > max_frames)):
@@ -117,37 +136,40 @@ def _union_lcs(ref_sents: list[list[str]], hyp_sents: list[list[str]], max_frame
             for s in np.flatnonzero(lcs_lens).tolist():
                 k, m = block[s], int(lengths[s])
                 may_overflow = max_frames is not None and n + m + 1 > max_frames
-                if may_overflow or not (ref_set & hyp_sets[k]) <= union:
+                if may_overflow or not (ref_set & hyp.sets[k]) <= union:
                     col = int(ends[s]) - m
-                    words, frames = _backtrack(table[:, col : col + m + 1].tolist(), ref, hyp_sents[k])
+                    words, frames = _backtrack(table[:, col : col + m + 1].tolist(), ref, hyp.sents[k])
                     if max_frames is not None and frames > max_frames:
                         raise RougeFailure("backtrack too deep")
                     union |= words
-            start = stop
+            first = last
     return union
+
+
+def _rouge_l(hyp: _Hypothesis, reference: str, max_frames: int | None) -> float:
+    ref_sents = sentences(reference)
+    if not hyp.sents or not ref_sents:
+        raise RougeFailure("empty hypothesis or reference")
+    ref_words = sum(len(s) for s in ref_sents)
+    if ref_words * (hyp.n_words + len(hyp.sents)) > MAX_CELLS:
+        raise RougeFailure("input too large")
+    m = len({w for s in ref_sents for w in s})
+    llcs = len(_union_lcs(ref_sents, hyp, max_frames))
+    r_lcs = llcs / m
+    p_lcs = llcs / hyp.n_distinct
+    return 2.0 * ((p_lcs * r_lcs) / (p_lcs + r_lcs + 1e-8))
 
 
 def rouge_l_f(hypothesis: str, reference: str, max_frames: int | None = REFERENCE_MAX_FRAMES) -> float:
     """Summary-level ROUGE-L F of `rouge` 1.0.1; raises `RougeFailure` where the package raises."""
-    hyp_sents, ref_sents = sentences(hypothesis), sentences(reference)
-    if not hyp_sents or not ref_sents:
-        raise RougeFailure("empty hypothesis or reference")
-    ref_words = sum(len(s) for s in ref_sents)
-    hyp_words = sum(len(s) for s in hyp_sents)
-    if ref_words * (hyp_words + len(hyp_sents)) > MAX_CELLS:
-        raise RougeFailure("input too large")
-    m = len({w for s in ref_sents for w in s})
-    n = len({w for s in hyp_sents for w in s})
-    llcs = len(_union_lcs(ref_sents, hyp_sents, max_frames))
-    r_lcs = llcs / m
-    p_lcs = llcs / n
-    return 2.0 * ((p_lcs * r_lcs) / (p_lcs + r_lcs + 1e-8))
+    return _rouge_l(_Hypothesis(hypothesis), reference, max_frames)
 
 
 def max_rouge_l(references: list[str], hypothesis: str, max_frames: int | None = REFERENCE_MAX_FRAMES) -> float:
     """max over references of ROUGE-L F; 0 if any pair fails (the package scores all in one call)."""
+    hyp = _Hypothesis(hypothesis)
     try:
-        return max(rouge_l_f(hypothesis, ref, max_frames) for ref in references)
+        return max(_rouge_l(hyp, ref, max_frames) for ref in references)
     except RougeFailure:
         return 0.0
 

@@ -251,3 +251,32 @@ def test_iou_matches_plain_derivation(pred, gold, wrap):
     gold_text = json.dumps({"data": gold})
     ours = compute_score("multitableqa_pretraining", response, {"golden_label": gold_text})
     assert ours == pytest.approx(plain_iou(response, gold_text), abs=1e-12)
+
+
+def test_rouge_l_exact_with_tiny_dp_blocks(monkeypatch):
+    """The DP is cut into column blocks for memory; the cut must not change any score."""
+    import random
+
+    from rouge import Rouge
+
+    import rewards.rouge_l as rouge_l
+
+    monkeypatch.setattr(rouge_l, "_BLOCK_CELLS", 40)
+    rng = random.Random(1)
+    vocab = ["a", "b", "c", "d", ".", ". ", "x"]
+    for _ in range(300):
+        hyp = " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 60)))
+        refs = [" ".join(rng.choice(vocab) for _ in range(rng.randint(0, 30))) for _ in range(rng.randint(1, 3))]
+        try:
+            expected = max(s["rouge-l"]["f"] for s in Rouge().get_scores([hyp] * len(refs), refs))
+        except Exception:
+            expected = 0.0
+        assert rouge_l.max_rouge_l(refs, hyp, max_frames=None) == expected
+
+
+def test_rewards_package_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, rewards, rewards.scoring; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
