@@ -97,15 +97,20 @@ class OptimConfig(_Section):
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
     micro_batch_tokens: int = Field(8192, ge=1, description="Token budget of one packed micro-batch.")
     logprob_chunk: int = Field(1024, ge=1, description="Tokens per chunk when computing log-probs (full-vocab logits never held for a whole sequence).")
+    fp32_master_weights: bool = Field(True, description="With model.dtype=bfloat16: keep float32 weights and optimizer state, compute under bf16 autocast (RL-sized updates vanish in bf16 weights). False = pure bf16 weights (half the memory).")
 
 
 class ClusterConfig(_Section):
     mode: Literal["ray", "inline"] = Field("ray", description="Ray actors (a local cluster is started if none is given) or one process.")
     address: str | None = Field(None, description="Ray cluster address ('auto' or host:port); None starts a local cluster.")
-    num_cpus: int | None = Field(None, description="CPUs for a local Ray cluster (None = all).")
-    learner_gpus: int = Field(0, ge=0, description="GPUs for the learner (0 = CPU).")
-    rollout_gpus: int = Field(0, ge=0, description="GPUs for rollout engines when not colocated.")
+    num_cpus: int | None = Field(None, description="Logical CPUs of a local Ray cluster (None = learner_cpus + rollout_cpus + reward.workers).")
+    learner_gpus: int = Field(0, ge=0, le=1, description="GPUs for the learner (0 = CPU; one GPU per learner for now).")
+    rollout_gpus: int = Field(0, ge=0, le=1, description="GPUs for the rollout engine when not colocated.")
     colocate: bool = Field(True, description="Rollout shares the learner's GPUs (sleeps during updates).")
+    learner_cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved for the learner actor.")
+    rollout_cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved for the rollout actor.")
+    torch_threads: int | None = Field(None, ge=1, description="torch CPU threads per role (None = all cores: learner and rollout take turns).")
+    share_weights: bool = Field(True, description="Inline mode: the engine samples from the learner's own model object (no copy, no sync); false = a separate copy synced after each update.")
 
 
 class TrainerConfig(_Section):

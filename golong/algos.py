@@ -1,0 +1,321 @@
+"""Advantage estimators and policy losses: small pure tensor functions, registered by name.
+
+Estimators map one scalar reward per response to one scalar advantage per response. Every response
+carries the id of its prompt group (`group_ids`, the G samples of one prompt) and of its task
+(`task_ids`, the *mapped* reward type, so sub-tasks sharing a reward scale pool together).
+
+Conventions shared by all group estimators (the verl / GoLongRL ones):
+- a group of size 1 has mean mu_q = 0 and variance s_q^2 = 1 (its advantage is its raw reward);
+- variances are unbiased (Bessel) and computed in two passes in float64, so near-constant groups
+  give exactly 0 rather than float32 cancellation noise;
+- outputs are float32 (or the rewards' floating dtype) in the order of the inputs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import torch
+
+Estimator = Callable[..., torch.Tensor]
+ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register_estimator(name: str) -> Callable[[Estimator], Estimator]:
+    """Register an advantage estimator `fn(rewards, group_ids, task_ids, **params) -> advantages`."""
+
+    def decorator(fn: Estimator) -> Estimator:
+        if name in ESTIMATORS and ESTIMATORS[name] is not fn:
+            raise ValueError(f"advantage estimator {name!r} is already registered")
+        ESTIMATORS[name] = fn
+        return fn
+
+    return decorator
+
+
+def compute_advantages(
+    name: str,
+    rewards: torch.Tensor | Sequence[float],
+    group_ids: Sequence[Hashable],
+    task_ids: Sequence[Hashable] | None = None,
+    **params: Any,
+) -> torch.Tensor:
+    """Advantages [N] of N responses by the registered estimator `name`."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {name!r}; choose one of {sorted(ESTIMATORS)}")
+    r = torch.as_tensor(rewards)
+    if not r.is_floating_point():
+        r = r.float()
+    if r.ndim != 1 or len(group_ids) != r.numel():
+        raise ValueError(f"rewards must be 1-D with one group id each (got {tuple(r.shape)} and {len(group_ids)})")
+    tasks = list(task_ids) if task_ids is not None else [""] * r.numel()
+    if len(tasks) != r.numel():
+        raise ValueError(f"need one task id per reward (got {len(tasks)} for {r.numel()})")
+    _groups_and_tasks(group_ids, tasks)  # a group spanning two tasks is an error
+    accepted = list(inspect.signature(ESTIMATORS[name]).parameters)[3:]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"estimator {name!r} takes no parameter {unknown[0]!r} (it takes: {', '.join(accepted) or 'none'})")
+    return ESTIMATORS[name](r, list(group_ids), tasks, **params).to(r.dtype)
+
+
+# ---------------------------------------------------------------- group statistics
+
+
+def _index(ids: Sequence[Hashable]) -> tuple[torch.Tensor, int]:
+    """Dense integer ids 0..n-1 in order of first appearance."""
+    seen: dict[Hashable, int] = {}
+    idx = [seen.setdefault(i, len(seen)) for i in ids]
+    return torch.tensor(idx, dtype=torch.long), len(seen)
+
+
+def _groups_and_tasks(group_ids: Sequence[Hashable], task_ids: Sequence[Hashable]) -> tuple[list, list]:
+    """(group index of each response, task of each group); a group must not span two tasks."""
+    task_of: dict[Hashable, Hashable] = {}
+    for g, t in zip(group_ids, task_ids, strict=True):
+        if task_of.setdefault(g, t) != t:
+            raise ValueError(f"group {g!r} has responses of two tasks ({task_of[g]!r}, {t!r})")
+    return list(task_of), list(task_of.values())
+
+
+def group_stats(r: torch.Tensor, group_ids: Sequence[Hashable]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-group (index [N], count [Gn], mean mu_q [Gn], unbiased var s_q^2 [Gn]) in float64.
+
+    mu_q = mean_i r_qi; s_q^2 = sum_i (r_qi - mu_q)^2 / (n_q - 1) (two passes); n_q = 1: mu_q = 0, s_q^2 = 1.
+    """
+    idx, n = _index(group_ids)
+    x = r.detach().double().cpu()
+    count = torch.zeros(n, dtype=torch.float64).index_add_(0, idx, torch.ones_like(x))
+    mean = torch.zeros(n, dtype=torch.float64).index_add_(0, idx, x) / count
+    sq = torch.zeros(n, dtype=torch.float64).index_add_(0, idx, (x - mean[idx]) ** 2)
+    var = sq / (count - 1).clamp_min(1)
+    single = count <= 1
+    mean = torch.where(single, torch.zeros_like(mean), mean)
+    var = torch.where(single, torch.ones_like(var), var)
+    return idx, count, mean, var
+
+
+def _out(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return x.to(device=like.device, dtype=like.dtype)
+
+
+# ---------------------------------------------------------------- estimators
+
+
+@register_estimator("grpo")
+def grpo(r: torch.Tensor, group_ids: Sequence[Hashable], task_ids: Sequence[Hashable], eps: float = 1e-6) -> torch.Tensor:
+    """GRPO: A_qi = (r_qi - mu_q) / (s_q + eps), s_q the unbiased std of prompt q's group (G=1: A = r / (1 + eps))."""
+    idx, _, mean, var = group_stats(r, group_ids)
+    a = (r.detach().double().cpu() - mean[idx]) / (var.sqrt()[idx] + eps)
+    return _out(a, r)
+
+
+@register_estimator("dr_grpo")
+def dr_grpo(r: torch.Tensor, group_ids: Sequence[Hashable], task_ids: Sequence[Hashable]) -> torch.Tensor:
+    """Dr.GRPO: A_qi = r_qi - mu_q (no std division; G=1: A = r)."""
+    idx, _, mean, _ = group_stats(r, group_ids)
+    return _out(r.detach().double().cpu() - mean[idx], r)
+
+
+@register_estimator("rloo")
+def rloo(r: torch.Tensor, group_ids: Sequence[Hashable], task_ids: Sequence[Hashable]) -> torch.Tensor:
+    """RLOO: A_qi = r_qi - mean_{j != i} r_qj = G/(G-1) (r_qi - mu_q)  (G=1: A = r, no baseline)."""
+    idx, count, mean, _ = group_stats(r, group_ids)
+    g = count[idx]
+    scale = torch.where(g > 1, g / (g - 1).clamp_min(1), torch.ones_like(g))
+    return _out(scale * (r.detach().double().cpu() - mean[idx]), r)
+
+
+@register_estimator("task_std")
+def task_std(
+    r: torch.Tensor,
+    group_ids: Sequence[Hashable],
+    task_ids: Sequence[Hashable],
+    eps: float = 1e-6,
+    center: str = "group",
+) -> torch.Tensor:
+    """QwenLong-L1.5 task-level std: A_qi = (r_qi - mu_q) / (sigma_task + eps).
+
+    sigma_task = unbiased std of *all* rewards of the task in the batch; 1 if the task has a single
+    response or no spread at all (then every group of size > 1 is 0 anyway, and a G=1 group keeps
+    A = r as in `grpo`, instead of r / eps). center="group" subtracts the prompt's group mean mu_q (G=1: mu_q = 0), as the paper
+    and SPEC describe; center="task" subtracts the task's batch mean instead, as GoLongRL's
+    `qwenlong_grpo` code does.
+    """
+    x = r.detach().double().cpu()
+    tidx, tcount, tmean, tvar = group_stats(r, task_ids)
+    if center == "group":
+        gidx, _, gmean, _ = group_stats(r, group_ids)
+        centered = x - gmean[gidx]
+    elif center == "task":
+        raw_mean = torch.zeros_like(tmean).index_add_(0, tidx, x) / tcount
+        centered = x - raw_mean[tidx]
+    else:
+        raise ValueError(f"task_std center must be 'group' or 'task' (got {center!r})")
+    tvar = torch.where(tvar > 0, tvar, torch.ones_like(tvar))
+    return _out(centered / (tvar.sqrt()[tidx] + eps), r)
+
+
+def _tmn_parts(r: torch.Tensor, group_ids: Sequence[Hashable], task_ids: Sequence[Hashable]):
+    """Shared TMN pieces: per-response group index, per-group count/mean/var, per-group task index."""
+    gidx, count, mean, var = group_stats(r, group_ids)
+    _, group_tasks = _groups_and_tasks(group_ids, task_ids)
+    tidx, nt = _index(group_tasks)  # task index of each group
+    groups_per_task = torch.zeros(nt, dtype=torch.float64).index_add_(0, tidx, torch.ones_like(mean))
+    sigma = (torch.zeros(nt, dtype=torch.float64).index_add_(0, tidx, var) / groups_per_task).sqrt()
+    mu_bar = torch.zeros(nt, dtype=torch.float64).index_add_(0, tidx, mean) / groups_per_task
+    return gidx, count, mean, tidx, sigma, mu_bar
+
+
+@register_estimator("tmn")
+def tmn(r: torch.Tensor, group_ids: Sequence[Hashable], task_ids: Sequence[Hashable], eps: float = 1e-6) -> torch.Tensor:
+    """Task-level multi-task normalisation (GoLongRL TMN).
+
+    A_qi = (r_qi - mu_q) / (sigma_k + eps),  sigma_k = sqrt(mean_{q in Q_k} s_q^2),
+    Q_k the prompts of task k in the batch; G=1 groups count with mu_q = 0, s_q^2 = 1.
+    """
+    gidx, _, mean, tidx, sigma, _ = _tmn_parts(r, group_ids, task_ids)
+    x = r.detach().double().cpu()
+    return _out((x - mean[gidx]) / (sigma[tidx][gidx] + eps), r)
+
+
+def tmn_difficulty_weights(
+    r: torch.Tensor,
+    group_ids: Sequence[Hashable],
+    task_ids: Sequence[Hashable],
+    alpha: float = 0.8,
+    gamma: float = 1.0,
+) -> torch.Tensor:
+    """Per-response difficulty weight of TMN-Reweight.
+
+    mu_bar_k = mean_{q in Q_k} mu_q;  m_q = alpha mu_q + (1 - alpha) mu_bar_k  (G=1: m_q = mu_bar_k);
+    p_q = fraction of q's responses with r > m_q (strict);
+    w_qi = exp(gamma (0.5 - p_q)) if r_qi > mu_q else exp(gamma (p_q - 0.5)).
+    """
+    gidx, count, mean, tidx, _, mu_bar = _tmn_parts(r, group_ids, task_ids)
+    x = r.detach().double().cpu()
+    smoothed = torch.where(count <= 1, mu_bar[tidx], alpha * mean + (1 - alpha) * mu_bar[tidx])
+    above = (x > smoothed[gidx]).double()
+    p = torch.zeros_like(mean).index_add_(0, gidx, above) / count
+    pos = x > mean[gidx]
+    w = torch.where(pos, torch.exp(gamma * (0.5 - p[gidx])), torch.exp(gamma * (p[gidx] - 0.5)))
+    return _out(w, r)
+
+
+@register_estimator("tmn_reweight")
+def tmn_reweight(
+    r: torch.Tensor,
+    group_ids: Sequence[Hashable],
+    task_ids: Sequence[Hashable],
+    alpha: float = 0.8,
+    gamma: float = 1.0,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """TMN-Reweight: A_qi = tmn(r)_qi * w_qi (see `tmn` and `tmn_difficulty_weights`; no clipping)."""
+    a = tmn(r, group_ids, task_ids, eps=eps).double()
+    w = tmn_difficulty_weights(r, group_ids, task_ids, alpha=alpha, gamma=gamma).double()
+    return _out(a * w, r)
+
+
+def dynamic_sampling_mask(rewards: torch.Tensor | Sequence[float], group_ids: Sequence[Hashable]) -> torch.Tensor:
+    """True for responses whose group's rewards are not all equal (DAPO dynamic sampling keeps these).
+
+    A group of size 1 has no spread and is dropped.
+    """
+    r = torch.as_tensor(rewards).detach().double().cpu()
+    idx, n = _index(group_ids)
+    lo = torch.full((n,), math.inf, dtype=torch.float64).scatter_reduce(0, idx, r, "amin")
+    hi = torch.full((n,), -math.inf, dtype=torch.float64).scatter_reduce(0, idx, r, "amax")
+    return (hi > lo)[idx]
+
+
+# ---------------------------------------------------------------- losses
+
+
+def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean", *, total: float | None = None) -> torch.Tensor:
+    """Reduce per-token values [B, T] under `mask` to a scalar.
+
+    token-mean:          sum_{b,t} m l / sum_{b,t} m
+    seq-mean-token-mean: (1/B) sum_b (sum_t m l / sum_t m)
+    seq-mean-token-sum:  (1/B) sum_b sum_t m l
+    `total` replaces the denominator (all tokens, or all sequences, of the whole batch) so that
+    micro-batch losses add up to the batch aggregate under gradient accumulation.
+    """
+    m = mask.to(loss_mat.dtype)
+    if mode == "token-mean":
+        denom = m.sum() if total is None else torch.as_tensor(total, dtype=loss_mat.dtype)
+        return (loss_mat * m).sum() / denom.clamp_min(1)
+    if mode in ("seq-mean-token-mean", "seq-mean-token-sum"):
+        per_seq = (loss_mat * m).sum(-1)
+        if mode == "seq-mean-token-mean":
+            per_seq = per_seq / m.sum(-1).clamp_min(1)
+        has_tokens = (m.sum(-1) > 0).to(loss_mat.dtype)
+        denom = has_tokens.sum() if total is None else torch.as_tensor(total, dtype=loss_mat.dtype)
+        return (per_seq * has_tokens).sum() / denom.clamp_min(1)
+    raise ValueError(f"unknown loss aggregation {mode!r}; use token-mean, seq-mean-token-mean or seq-mean-token-sum")
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    m = mask.to(x.dtype)
+    return float((x * m).sum() / m.sum().clamp_min(1))
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    dual_clip: float | None = None,
+    agg: str = "token-mean",
+    total: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO clipped surrogate with clip-higher and optional dual clip, per token [B, T].
+
+    rho = exp(logp - logp_old) (log-ratio clamped to [-20, 20]);
+    l = max(-A rho, -A clip(rho, 1 - clip_low, 1 + clip_high));
+    dual clip (c > 1, only where A < 0): l = min(l, -c A), so a negative advantage's loss is at most c |A|.
+    `advantages` is [B] (one per sequence) or [B, T]. Returns (aggregate(l), metrics).
+    """
+    if advantages.ndim == 1:
+        advantages = advantages.unsqueeze(-1).expand_as(logprobs)
+    log_ratio = (logprobs - old_logprobs).clamp(-20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    loss1 = -advantages * ratio
+    loss2 = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    clipped = torch.maximum(loss1, loss2)
+    metrics = {
+        "clip_frac": _masked_mean((loss2 > loss1).float(), mask),
+        "approx_kl": _masked_mean(-log_ratio.detach(), mask),
+        "ratio_mean": _masked_mean(ratio.detach(), mask),
+    }
+    if dual_clip is not None:
+        if dual_clip <= 1.0:
+            raise ValueError(f"dual_clip must be > 1 (got {dual_clip})")
+        bound = -advantages * dual_clip
+        neg = advantages < 0
+        metrics["dual_clip_frac"] = _masked_mean(((clipped > bound) & neg).float(), mask)
+        clipped = torch.where(neg, torch.minimum(clipped, bound), clipped)
+    return aggregate(clipped, mask, agg, total=total), metrics
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) estimate from samples of pi, with d = logp - logp_ref.
+
+    k1 = d;  k2 = d^2 / 2;  k3 = exp(-d) - (-d) - 1 = exp(ref - logp) - (ref - logp) - 1  (>= 0, unbiased).
+    k3 is clamped to [-10, 10] as a guard against exploding ratios.
+    """
+    d = logprobs - ref_logprobs
+    if kind == "k1":
+        return d
+    if kind == "k2":
+        return 0.5 * d.square()
+    if kind == "k3":
+        neg = (-d).clamp(-20.0, 20.0)
+        return (torch.exp(neg) - neg - 1).clamp(-10.0, 10.0)
+    raise ValueError(f"unknown KL estimator {kind!r}; use k1, k2 or k3")

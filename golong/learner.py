@@ -1,0 +1,331 @@
+"""The learner: one policy (+ optional reference) that turns scored samples into an optimizer step.
+
+train_step(samples):
+  1. pack prompt+response sequences into token-budget micro-batches (golong.packing);
+  2. old log-probs: with one update per batch they come from the same forward (ratio = 1, the
+     on-policy case); with several, from a no-grad pass before the first update;
+  3. reference log-probs (only if algo.kl_coef > 0): a frozen copy of the initial weights, or for
+     LoRA the same model with the adapter disabled;
+  4. PPO-clip loss (golong.algos.policy_loss) with gradient accumulation, each micro-batch's loss
+     normalised by the *whole batch's* token (or sequence) count, so the accumulated gradient is
+     that of the batch aggregate;
+  5. grad-norm clip, AdamW step, linear warm-up then constant learning rate.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from golong.algos import aggregate, kl_penalty, policy_loss
+from golong.config import AlgoConfig, ModelConfig, OptimConfig
+from golong.models import ModelLoadError, load_policy  # noqa: F401  (re-exported)
+from golong.packing import PackedRow, pack, packed_logprobs, pad_stack, plan_micro_batches
+
+
+@dataclass
+class Sample:
+    """One response to train on."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    advantage: float
+    sampler_logprobs: list[float] | None = None  # from the rollout engine, for drift metrics
+    task: str = ""
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Learner:
+    def __init__(
+        self,
+        model: ModelConfig,
+        optim: OptimConfig,
+        algo: AlgoConfig,
+        *,
+        total_steps: int,
+        seed: int = 0,
+        device: str | None = None,
+        temperature: float = 1.0,
+    ) -> None:
+        """`temperature` is the sampler's: logits are divided by it so ratios and drift compare like with like."""
+        torch.manual_seed(seed)
+        random.seed(seed)
+        self.model_cfg, self.optim_cfg, self.algo_cfg = model, optim, algo
+        self.total_steps = total_steps
+        self.temperature = temperature
+        self.device = torch.device(device) if device else _default_device()
+        # bf16 compute over fp32 master weights: an lr-1e-6 update is far below bf16's resolution
+        self.autocast = model.dtype == "bfloat16" and optim.fp32_master_weights
+        load_cfg = model.model_copy(update={"dtype": "float32"}) if self.autocast else model
+        self._model, self._tokenizer = load_policy(load_cfg, device=self.device)
+        self.is_lora = model.lora is not None
+        self._ref = None
+        if algo.kl_coef > 0 and not self.is_lora:
+            self._ref = copy.deepcopy(self._model).eval().requires_grad_(False)
+            if self.autocast:
+                self._ref.to(torch.bfloat16)
+        params = [p for p in self._model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay,
+            foreach=self.device.type == "cuda",
+        )
+        warm = optim.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+        )
+        self.step = 0
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    # ------------------------------------------------------------ forward helpers
+
+    def _rows(self, samples: list[Sample]) -> list[tuple[list[int], PackedRow]]:
+        lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
+        bins = plan_micro_batches(lengths, self.optim_cfg.micro_batch_tokens)
+        return [(b, pack([samples[i].prompt_ids for i in b], [samples[i].response_ids for i in b])) for b in bins]
+
+    def _logprobs(self, model, row: PackedRow) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return packed_logprobs(model, row, chunk=self.optim_cfg.logprob_chunk, temperature=self.temperature)
+
+    @torch.no_grad()
+    def compute_logprobs(self, samples: list[Sample]) -> list[torch.Tensor]:
+        """Per-token log-probs [R_i] (float32, CPU) of each sample's response under the current policy."""
+        self._model.eval()
+        out: list[torch.Tensor | None] = [None] * len(samples)
+        for idx, row in self._rows(samples):
+            lps, _ = self._logprobs(self._model, row)
+            for i, lp in zip(idx, lps, strict=True):
+                out[i] = lp.float().cpu()
+        return out  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _ref_logprobs(self, row: PackedRow) -> list[torch.Tensor]:
+        if self.is_lora:
+            with self._model.disable_adapter():
+                return self._logprobs(self._model, row)[0]
+        return self._logprobs(self._ref, row)[0]
+
+    # ------------------------------------------------------------ the step
+
+    def train_step(self, samples: list[Sample]) -> dict[str, float]:
+        """One batch: `updates_per_batch` optimizer passes over all samples.
+
+        Returns the first pass's metrics (loss, pg_loss, kl, entropy, clip_frac, approx_kl, grad_norm),
+        lr, drift / drift_kl (when samples carry sampler log-probs), tokens, tokens_per_s, learner_time_s.
+        """
+        if not samples:
+            raise ValueError("train_step needs at least one sample")
+        t0 = time.perf_counter()
+        algo = self.algo_cfg
+        rows = self._rows(samples)
+        n_tokens = sum(len(s.response_ids) for s in samples)
+        # the whole batch's denominator, so micro-batch losses add up to the batch aggregate
+        total = n_tokens if algo.loss_agg == "token-mean" else sum(1 for s in samples if s.response_ids)
+        ref = [self._ref_logprobs(row) for _, row in rows] if algo.kl_coef > 0 else None
+        old = None
+        if algo.updates_per_batch > 1:
+            old = [self._frozen_logprobs(row) for _, row in rows]
+        learner_lps: list[torch.Tensor | None] = [None] * len(samples)
+        metrics: dict[str, float] = {}
+        for update in range(algo.updates_per_batch):
+            self._model.train()
+            sums: dict[str, float] = {}
+            for r, (idx, row) in enumerate(rows):
+                part, logps = self._micro_batch(
+                    row, [samples[i].advantage for i in idx], old[r] if old else None, ref[r] if ref else None,
+                    total, weight=row.response_tokens / max(n_tokens, 1),
+                )
+                for k, v in part.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if update == 0:
+                    for i, lp in zip(idx, logps, strict=True):
+                        learner_lps[i] = lp
+            grad_norm = self._optimizer_step()
+            if update == 0:
+                metrics = {**sums, "grad_norm": grad_norm}
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.step += 1
+        metrics.update(self._drift(samples, learner_lps))
+        elapsed = time.perf_counter() - t0
+        metrics.update(tokens=float(sum(len(s.prompt_ids) + len(s.response_ids) for s in samples)),
+                       response_tokens=float(n_tokens), learner_time_s=elapsed)
+        metrics["tokens_per_s"] = metrics["tokens"] / max(elapsed, 1e-9)
+        return metrics
+
+    @torch.no_grad()
+    def _frozen_logprobs(self, row: PackedRow) -> list[torch.Tensor]:
+        self._model.eval()
+        return self._logprobs(self._model, row)[0]
+
+    def _micro_batch(
+        self,
+        row: PackedRow,
+        advantages: list[float],
+        old: list[torch.Tensor] | None,
+        ref: list[torch.Tensor] | None,
+        total: int,
+        weight: float,
+    ) -> tuple[dict[str, float], list[torch.Tensor]]:
+        """Forward + backward of one packed row; returns its share of the metrics and its detached log-probs."""
+        algo = self.algo_cfg
+        logps, ents = self._logprobs(self._model, row)
+        detached = [lp.detach() for lp in logps]
+        lp, mask = pad_stack(logps)
+        olp, _ = pad_stack(old if old is not None else detached)  # one pass: old = current, ratio 1
+        adv = torch.tensor(advantages, dtype=torch.float32, device=lp.device)
+        pg, pm = policy_loss(
+            lp, olp, adv, mask, clip_low=algo.clip_low, clip_high=algo.clip_high,
+            dual_clip=algo.dual_clip, agg=algo.loss_agg, total=total,
+        )
+        loss, kl = pg, torch.zeros((), device=lp.device)
+        if ref is not None:
+            kl = aggregate(kl_penalty(lp, pad_stack(ref)[0], algo.kl_type), mask, algo.loss_agg, total=total)
+            loss = loss + algo.kl_coef * kl
+        if loss.requires_grad:
+            loss.backward()
+        ent, _ = pad_stack(ents)
+        part = {
+            "loss": loss.item(), "pg_loss": pg.item(), "kl": kl.item(),
+            "entropy": float((ent * mask).sum()) * weight / max(row.response_tokens, 1),
+            **{k: v * weight for k, v in pm.items()},  # token-weighted means over micro-batches
+        }
+        return part, detached
+
+    def _optimizer_step(self) -> float:
+        params = [p for p in self._model.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    @staticmethod
+    def _drift(samples: list[Sample], learner_lps: list[torch.Tensor | None]) -> dict[str, float]:
+        """Sampler-vs-learner log-prob drift over response tokens: mean |diff| and k3 KL(sampler || learner)."""
+        diffs, kls = [], []
+        for s, lp in zip(samples, learner_lps, strict=True):
+            if s.sampler_logprobs is None or lp is None or not len(s.sampler_logprobs):
+                continue
+            if len(s.sampler_logprobs) != lp.numel():
+                raise ValueError(f"sample has {len(s.sampler_logprobs)} sampler logprobs for {lp.numel()} response tokens")
+            sp = torch.tensor(s.sampler_logprobs, dtype=torch.float32)
+            lp = lp.float().cpu()
+            diffs.append((sp - lp).abs())
+            kls.append(kl_penalty(sp, lp, "k3"))
+        if not diffs:
+            return {}
+        return {"drift": float(torch.cat(diffs).mean()), "drift_kl": float(torch.cat(kls).mean())}
+
+    # ------------------------------------------------------------ weights for the rollout engine
+
+    @torch.no_grad()
+    def state_dict_for_sync(self) -> dict[str, torch.Tensor]:
+        """Full weights named as in the base HF model, in model.dtype; for LoRA the adapters are merged in (W + s B A)."""
+        dtype = torch.bfloat16 if self.model_cfg.dtype == "bfloat16" else torch.float32
+
+        def cast(v: torch.Tensor) -> torch.Tensor:
+            return v.detach().to(dtype) if v.is_floating_point() else v.detach()
+
+        if not self.is_lora:
+            return {k: cast(v) for k, v in self._model.state_dict().items()}
+        from peft.tuners.lora import LoraLayer
+
+        base = self._model.get_base_model()
+        merged: dict[str, torch.Tensor] = {}
+        lora_modules = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+        for key, value in base.state_dict().items():
+            if "lora_" in key:
+                continue
+            name = key.replace(".base_layer", "")
+            owner = key.rsplit(".base_layer.", 1)[0] if ".base_layer." in key else None
+            if owner in lora_modules and key.endswith("base_layer.weight"):
+                m = lora_modules[owner]
+                value = value + m.get_delta_weight(m.active_adapters[0]).to(value.dtype)
+            merged[name] = cast(value)
+        return merged
+
+    def adapter_state_for_sync(self) -> dict[str, torch.Tensor]:
+        """Only the LoRA adapter tensors (peft naming), for engines that load adapters."""
+        if not self.is_lora:
+            raise ValueError("adapter_state_for_sync needs model.lora to be set")
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach() for k, v in get_peft_model_state_dict(self._model).items()}
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save(self, path: str | Path) -> Path:
+        """Atomically write model (or adapter) + tokenizer + optimizer/scheduler/RNG state to `path`."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self._model.save_pretrained(tmp / "model")
+        self._tokenizer.save_pretrained(tmp / "model")
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+        torch.save(state, tmp / "trainer_state.pt")
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def load(self, path: str | Path) -> None:
+        """Restore what `save` wrote into this learner (same model config)."""
+        path = Path(path)
+        if not (path / "trainer_state.pt").is_file():
+            raise FileNotFoundError(f"{path} is not a golong learner checkpoint (no trainer_state.pt)")
+        from safetensors.torch import load_file
+
+        files = sorted((path / "model").glob("*.safetensors"))
+        weights: dict[str, torch.Tensor] = {}
+        for f in files:
+            weights.update(load_file(str(f)))
+        if self.is_lora:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self._model, weights)
+        else:
+            missing, unexpected = self._model.load_state_dict(weights, strict=False)
+            tied = {k for k in missing if self._is_tied(k)}
+            if unexpected or set(missing) - tied:
+                raise ValueError(f"checkpoint {path} does not match the model: missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]}")
+        state = torch.load(path / "trainer_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def _is_tied(self, key: str) -> bool:
+        out = self._model.get_output_embeddings()
+        return out is not None and key.startswith("lm_head") and out.weight is self._model.get_input_embeddings().weight
+
+
+__all__ = ["Learner", "Sample", "load_policy", "ModelLoadError"]

@@ -1,0 +1,181 @@
+"""Sequence packing and chunked per-token log-probabilities.
+
+Many (prompt + response) sequences are laid end to end in one row of a micro-batch, with
+position_ids restarting at 0 for each sequence and no padding. transformers (>= 4.56) recognises
+this layout from the position_ids when no attention mask is passed and builds a block-diagonal
+causal mask (eager / sdpa / flex); flash-attention backends get the boundaries as explicit varlen
+arguments. Tokens never attend across sequences; tests/test_packing.py checks it numerically
+against separate forwards. Models that cannot be packed this way (KSA, linear attention) run each
+micro-batch as a right-padded batch through their own forward instead.
+
+Log-probs are taken from the final hidden states of the response-predicting positions only, in
+chunks of `chunk` tokens: the LM head, log-softmax and gather run per chunk (and are recomputed in
+backward), so the [tokens, vocab] logits of a long response are never held at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+
+def plan_micro_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """First-fit-decreasing bins of sequence indices whose total length is <= budget.
+
+    A sequence longer than the budget gets a bin of its own (it cannot be split). Bins come out in
+    the order they were opened (largest first); indices inside a bin are in decreasing length.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = lengths[i]
+        for b, free in enumerate(room):
+            if n <= free:
+                bins[b].append(i)
+                room[b] -= n
+                break
+        else:
+            bins.append([i])
+            room.append(budget - n)
+    return bins
+
+
+@dataclass
+class PackedRow:
+    """One packed micro-batch: input_ids/position_ids [1, L]; per sequence (start, prompt_len, response_len)."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    spans: list[tuple[int, int, int]]
+
+    @property
+    def response_tokens(self) -> int:
+        return sum(r for _, _, r in self.spans)
+
+
+def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> PackedRow:
+    """Concatenate prompt+response sequences into one row with per-sequence positions."""
+    ids: list[int] = []
+    pos: list[int] = []
+    spans = []
+    for p, r in zip(prompts, responses, strict=True):
+        if not p:
+            raise ValueError("every sequence needs at least one prompt token (the first response token is predicted from it)")
+        spans.append((len(ids), len(p), len(r)))
+        ids.extend(p)
+        ids.extend(r)
+        pos.extend(range(len(p) + len(r)))
+    return PackedRow(torch.tensor([ids], dtype=torch.long), torch.tensor([pos], dtype=torch.long), spans)
+
+
+def _base_and_head(model):
+    """(decoder that returns hidden states, lm_head, config) of a causal LM, also under a peft wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings(), base.config
+
+
+def supports_packing(model) -> bool:
+    """Whether sequence boundaries in one row are honoured. Not for KSA models (summary slots are
+    inserted per sequence) nor linear-attention / convolution layers (they ignore position_ids)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    layer_types = set(getattr(config, "layer_types", None) or [])
+    return getattr(config, "ksa_chunk", None) is None and layer_types <= {"full_attention", "sliding_attention"}
+
+
+def _varlen_kwargs(row: PackedRow, config, device) -> dict:
+    """Sequence boundaries for flash-attention backends (precomputed, so compile needs no inference)."""
+    if "flash" not in str(getattr(config, "_attn_implementation", "")):
+        return {}
+    lens = torch.tensor([p + r for _, p, r in row.spans])
+    cu = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(device=device, dtype=torch.int32)
+    m = int(lens.max())
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": m, "max_length_k": m}
+
+
+def _padded_hidden(model, row: PackedRow, device) -> torch.Tensor:
+    """Final hidden states [L, H] in the packed layout, from one right-padded batch through the
+    model's own forward (with its LM head swapped for the identity, so no full-vocab logits)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    seqs = [row.input_ids[0, s : s + p + r] for s, p, r in row.spans]
+    ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=0).to(device)
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(x) for x in seqs], batch_first=True).to(device)
+    head = base.get_output_embeddings()
+    base.set_output_embeddings(torch.nn.Identity())
+    try:
+        hidden = base(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    finally:
+        base.set_output_embeddings(head)
+    return torch.cat([hidden[i, : x.numel()] for i, x in enumerate(seqs)])
+
+
+def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, scale: float, softcap: float | None):
+    """log p(target) and entropy [n] for hidden states [n, H]; the softmax runs in float32."""
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logits = logits * scale
+    logz = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+    probs = torch.softmax(logits, dim=-1)
+    entropy = logz - (probs * logits).sum(-1)
+    return logp, entropy
+
+
+def packed_logprobs(
+    model,
+    row: PackedRow,
+    *,
+    chunk: int = 1024,
+    temperature: float = 1.0,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-sequence response log-probs and entropies (lists of [R_i] float32 tensors) of one packed row.
+
+    Gradients flow into the log-probs when grad is enabled; entropies are always detached.
+    `temperature` divides the logits (match the sampler's temperature for exact ratios).
+    """
+    decoder, head, config = _base_and_head(model)
+    device = next(model.parameters()).device
+    if supports_packing(model):
+        out = decoder(
+            input_ids=row.input_ids.to(device), position_ids=row.position_ids.to(device), use_cache=False,
+            **_varlen_kwargs(row, config, device),
+        )
+        hidden = out.last_hidden_state[0]  # [L, H]
+    else:
+        hidden = _padded_hidden(model, row, device)
+    # response token j of a sequence starting at s with prompt length p is predicted at s + p - 1 + j
+    where = torch.cat([torch.arange(s + p - 1, s + p - 1 + r) for s, p, r in row.spans]).to(device)
+    targets = torch.cat([row.input_ids[0, s + p : s + p + r] for s, p, r in row.spans]).to(device)
+    h = hidden.index_select(0, where)
+    scale = 1.0 / (temperature if temperature and temperature > 0 else 1.0)
+    scale /= float(getattr(config, "logits_scaling", 1.0) or 1.0)
+    softcap = getattr(config, "final_logit_softcapping", None)
+    logps, ents = [], []
+    for a in range(0, h.shape[0], chunk):
+        hc, tc = h[a : a + chunk], targets[a : a + chunk]
+        if torch.is_grad_enabled() and hc.requires_grad:
+            lp, en = checkpoint(_chunk_logprobs, hc, tc, head, scale, softcap, use_reentrant=False)
+        else:
+            lp, en = _chunk_logprobs(hc, tc, head, scale, softcap)
+        logps.append(lp)
+        ents.append(en.detach())
+    logp = torch.cat(logps) if logps else h.new_zeros(0, dtype=torch.float32)
+    ent = torch.cat(ents) if ents else h.new_zeros(0, dtype=torch.float32)
+    sizes = [r for _, _, r in row.spans]
+    return list(logp.split(sizes)), list(ent.split(sizes))
+
+
+def pad_stack(values: Sequence[torch.Tensor], fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad 1-D tensors into [B, T] plus a bool mask of real entries."""
+    t = max((v.numel() for v in values), default=0)
+    out = values[0].new_full((len(values), t), fill) if values else torch.zeros(0, 0)
+    mask = torch.zeros(len(values), t, dtype=torch.bool, device=out.device)
+    for i, v in enumerate(values):
+        out[i, : v.numel()] = v
+        mask[i, : v.numel()] = True
+    return out, mask

@@ -1,0 +1,133 @@
+"""Packed, chunked log-probs equal the plain per-sequence computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from golong.packing import pack, packed_logprobs, pad_stack, plan_micro_batches
+
+
+def test_first_fit_decreasing_respects_budget():
+    lengths = [9, 2, 7, 3, 5, 1, 12, 4]
+    bins = plan_micro_batches(lengths, 10)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    for b in bins:
+        assert sum(lengths[i] for i in b) <= 10 or len(b) == 1  # 12 > budget gets its own bin
+    assert [12] in [[lengths[i] for i in b] for b in bins]
+    assert len(bins) == 5  # 12 | 9+1 | 7+3 | 5+4 | 2 ... FFD: [12], [9,1], [7,3], [5,4], [2]
+
+
+def _reference_logprobs(model, prompt, response, temperature=1.0):
+    """One sequence alone through the full model: log softmax of the logits at response positions."""
+    ids = torch.tensor([prompt + response])
+    logits = model(input_ids=ids).logits[0].float() / temperature
+    lp = torch.log_softmax(logits, -1)
+    pos = torch.arange(len(prompt) - 1, len(prompt) + len(response) - 1)
+    return lp[pos, torch.tensor(response)]
+
+
+def _random_sequences(vocab, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(5, 9), (17, 3), (1, 6), (11, 1), (8, 14)]
+    return [
+        (torch.randint(5, vocab, (p,), generator=g).tolist(), torch.randint(5, vocab, (r,), generator=g).tolist())
+        for p, r in shapes
+    ]
+
+
+@pytest.fixture(scope="module", params=[("qwen3", "sdpa"), ("qwen3", "eager"), ("llama", "sdpa")], ids=str)
+def tiny_lm(request, tiny_model_dir, tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    arch, attn = request.param
+    path = tiny_model_dir if arch == "qwen3" else tiny_llama_dir
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
+    return model.eval()
+
+
+def test_packed_equals_separate_forwards(tiny_lm):
+    seqs = _random_sequences(tiny_lm.config.vocab_size)
+    row = pack([p for p, _ in seqs], [r for _, r in seqs])
+    with torch.no_grad():
+        got, ent = packed_logprobs(tiny_lm, row, chunk=4)
+        for (p, r), lp, e in zip(seqs, got, ent, strict=True):
+            want = _reference_logprobs(tiny_lm, p, r)
+            assert lp.shape == (len(r),) and e.shape == (len(r),)
+            torch.testing.assert_close(lp, want, atol=1e-5, rtol=0)
+
+
+def test_packing_really_separates_sequences(tiny_model_dir):
+    """Guard against a silent fallback to one causal sequence: positions alone must not leak context."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    (p1, r1), (p2, r2) = _random_sequences(model.config.vocab_size)[:2]
+    with torch.no_grad():
+        alone = packed_logprobs(model, pack([p2], [r2]))[0][0]
+        after = packed_logprobs(model, pack([p1, p2], [r1, r2]))[0][1]
+        # the same tokens as one long sequence (no restart of positions) do see the first sequence
+        ids = torch.tensor([p1 + r1 + p2 + r2])
+        lp = torch.log_softmax(model(input_ids=ids).logits[0], -1)
+        start = len(p1) + len(r1) + len(p2)
+        joined = lp[torch.arange(start - 1, start - 1 + len(r2)), torch.tensor(r2)]
+    torch.testing.assert_close(after, alone, atol=1e-5, rtol=0)
+    assert (joined - alone).abs().max() > 1e-3
+
+
+def test_chunked_equals_unchunked_with_grad(tiny_lm):
+    seqs = _random_sequences(tiny_lm.config.vocab_size, seed=1)
+    row = pack([p for p, _ in seqs], [r for _, r in seqs])
+    grads = []
+    values = []
+    for chunk in (3, 10_000):
+        tiny_lm.zero_grad()
+        lps, ents = packed_logprobs(tiny_lm, row, chunk=chunk, temperature=0.7)
+        (torch.cat(lps) * torch.linspace(-1, 1, row.response_tokens)).sum().backward()
+        values.append((torch.cat(lps).detach(), torch.cat(ents)))
+        grads.append(torch.cat([p.grad.flatten() for p in tiny_lm.parameters() if p.grad is not None]))
+    torch.testing.assert_close(values[0][0], values[1][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(values[0][1], values[1][1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)  # summation order differs
+    # temperature divides the logits exactly like the plain computation
+    p, r = seqs[0]
+    with torch.no_grad():
+        torch.testing.assert_close(values[0][0][: len(r)], _reference_logprobs(tiny_lm, p, r, 0.7), atol=1e-5, rtol=0)
+
+
+def test_entropy_matches_definition(tiny_lm):
+    p, r = _random_sequences(tiny_lm.config.vocab_size)[0]
+    with torch.no_grad():
+        _, ent = packed_logprobs(tiny_lm, pack([p], [r]), chunk=2)
+        logits = tiny_lm(input_ids=torch.tensor([p + r])).logits[0, len(p) - 1 : len(p) + len(r) - 1]
+        probs = torch.softmax(logits, -1)
+        want = -(probs * torch.log_softmax(logits, -1)).sum(-1)
+    torch.testing.assert_close(ent[0], want, atol=1e-5, rtol=0)
+
+
+def test_pad_stack():
+    x, m = pad_stack([torch.tensor([1.0, 2.0]), torch.tensor([3.0])])
+    assert x.tolist() == [[1.0, 2.0], [3.0, 0.0]] and m.tolist() == [[True, True], [True, False]]
+
+
+def test_ksa_model_falls_back_to_padded_batches(tiny_model_dir):
+    """A KSA policy cannot be packed by positions; its log-probs must still equal its own forward."""
+    ksa = pytest.importorskip("ksa.modeling")
+    from transformers import AutoModelForCausalLM
+
+    from golong.packing import supports_packing
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    from ksa.config import KSAConfig
+
+    model = ksa.convert_model(base, KSAConfig(chunk=4, summaries=1, windows=[1, 3])).eval()
+    with torch.no_grad():
+        model.summary_embed.weight.normal_()
+    assert not supports_packing(model)
+    seqs = _random_sequences(model.config.vocab_size, seed=2)
+    row = pack([p for p, _ in seqs], [r for _, r in seqs])
+    with torch.no_grad():
+        got, _ = packed_logprobs(model, row, chunk=4)
+        for (p, r), lp in zip(seqs, got, strict=True):
+            torch.testing.assert_close(lp, _reference_logprobs(model, p, r), atol=1e-5, rtol=0)
+    assert model.get_output_embeddings() is model.lm_head and isinstance(model.lm_head, torch.nn.Linear)
