@@ -1,0 +1,43 @@
+"""Kwai Summary Attention: layout -> mask -> attention -> cache -> modeling -> convert.
+
+`import ksa` registers the KSA model types (ksa_qwen3, ksa_qwen2, ksa_llama) with transformers'
+Auto classes, so `AutoModelForCausalLM.from_pretrained(dir)` loads a saved KSA model.
+Needs only torch and transformers (triton optional).
+"""
+
+from ksa import convert  # ksa.convert.self_distill is reachable after `import ksa`
+from ksa.cache import KSACache, KSACacheError
+from ksa.config import KSAConfig, KSAConfigError, hybrid_windows, parse_window_pattern, resolve_windows
+from ksa.layout import drop_summaries, expand_ids, expand_positions, expanded_length, text_index
+from ksa.mask import dense_mask, ksa_valid, mask_mod
+from ksa.modeling import (
+    KSALlamaForCausalLM,
+    KSAQwen2ForCausalLM,
+    KSAQwen3ForCausalLM,
+    convert_model,
+    ksa_config_from,
+)
+
+__all__ = [
+    "KSACache",
+    "KSACacheError",
+    "KSAConfig",
+    "KSAConfigError",
+    "KSALlamaForCausalLM",
+    "KSAQwen2ForCausalLM",
+    "KSAQwen3ForCausalLM",
+    "convert",
+    "convert_model",
+    "dense_mask",
+    "drop_summaries",
+    "expand_ids",
+    "expand_positions",
+    "expanded_length",
+    "hybrid_windows",
+    "ksa_config_from",
+    "ksa_valid",
+    "mask_mod",
+    "parse_window_pattern",
+    "resolve_windows",
+    "text_index",
+]

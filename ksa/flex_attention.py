@@ -1,0 +1,134 @@
+"""KSA attention through FlexAttention on the prefix layout (see ksa/attention.py).
+
+Each slot of the prefix layout is described by (doc, is_summary, chunk, pos): pos is the text
+position within its sequence for text, the summary's index j (0 <= j < S) within its chunk for a
+summary. On that description the KSA rule of ksa/mask.py reads, for q and k of the same sequence,
+
+    summary q (chunk c, j):  k in chunk c and (k is text or j_k <= j)
+    text q (chunk c, pos t): k text with pos_k <= t and c - c_k <= W,  or  k summary with c - c_k > W
+
+(a text query never sees a summary of its own chunk: that summary comes after all the chunk's text).
+The BlockMask is built here directly, evaluating the rule one slab of 128-row tiles at a time, so the
+L x L mask never exists in memory and no compile is needed for it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+TILE = 128
+
+
+def flex_prefix_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    seq_lens: tuple[int, ...],
+    chunk: int,
+    summaries: int,
+    window: int,
+    scale: float,
+    summaries_visible: bool,
+) -> torch.Tensor:
+    """softmax(q k^T * scale + KSA mask) v with q, k, v ([B, H, L, D]) already in prefix layout."""
+    block_mask = prefix_block_mask(seq_lens, chunk, summaries, window, summaries_visible, q.device)
+    gqa = q.shape[1] != k.shape[1]
+    if q.is_cuda:
+        return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
+    with warnings.catch_warnings():  # on CPU the unfused path is expected (forward only, small tests)
+        warnings.simplefilter("ignore", UserWarning)
+        return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
+
+
+@lru_cache(maxsize=1)
+def _compiled_flex():
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def slot_tables(seq_lens: tuple[int, ...], chunk: int, summaries: int, device) -> tuple[torch.Tensor, ...]:
+    """(doc, is_summary, chunk, pos) IntTensors[L] describing every slot of the packed prefix layout."""
+    docs, sums, chunks, poss = [], [], [], []
+    for d, text_len in enumerate(seq_lens):
+        n_sum = (text_len // chunk) * summaries
+        s, t = torch.arange(n_sum), torch.arange(text_len)
+        docs.append(torch.full((n_sum + text_len,), d))
+        sums.append(torch.cat([torch.ones(n_sum), torch.zeros(text_len)]))
+        chunks.append(torch.cat([s // summaries, t // chunk]))
+        poss.append(torch.cat([s % summaries, t]))
+    return tuple(torch.cat(x).to(device=device, dtype=torch.int32) for x in (docs, sums, chunks, poss))
+
+
+def prefix_rule(q_info, k_info, window: int, summaries_visible: bool):
+    """The KSA rule on slot descriptions (tuples of broadcastable tensors from slot_tables)."""
+    q_doc, q_sum, q_chunk, q_pos = q_info
+    k_doc, k_sum, k_chunk, k_pos = k_info
+    q_sum, k_sum = q_sum.bool(), k_sum.bool()
+    dist = q_chunk - k_chunk
+    own = q_sum & (dist == 0) & (~k_sum | (k_pos <= q_pos))
+    text = ~k_sum & (k_pos <= q_pos) & (dist <= window)
+    if summaries_visible:
+        text = text | (k_sum & (dist > window))
+    return (q_doc == k_doc) & (own | (~q_sum & text))
+
+
+def prefix_mask_mod(tables, window: int, summaries_visible: bool):
+    """FlexAttention mask_mod on the prefix layout (lookups into the slot tables)."""
+
+    def _mod(b, h, q_idx, kv_idx):
+        return prefix_rule(
+            tuple(t[q_idx] for t in tables), tuple(t[kv_idx] for t in tables), window, summaries_visible
+        )
+
+    return _mod
+
+
+@lru_cache(maxsize=16)
+def prefix_block_mask(
+    seq_lens: tuple[int, ...], chunk: int, summaries: int, window: int, summaries_visible: bool, device
+) -> BlockMask:
+    """BlockMask of the KSA rule on the prefix layout with TILE x TILE tiles (full tiles kept apart)."""
+    tables = slot_tables(seq_lens, chunk, summaries, device)
+    length = tables[0].numel()
+    n_tiles = -(-length // TILE)
+    kv_info = tuple(_pad(t, n_tiles * TILE) for t in tables)
+    any_tile = torch.zeros(n_tiles, n_tiles, dtype=torch.bool, device=device)
+    all_tile = torch.zeros_like(any_tile)
+    rows_per_slab = max(1, (1 << 27) // (TILE * TILE * n_tiles))  # ~128M mask entries per slab
+    for r0 in range(0, n_tiles, rows_per_slab):
+        r1 = min(n_tiles, r0 + rows_per_slab)
+        q_info = tuple(t[r0 * TILE : r1 * TILE, None] for t in kv_info)
+        valid = prefix_rule(q_info, tuple(t[None, :] for t in kv_info), window, summaries_visible)
+        valid &= kv_info[0][None, :] >= 0  # padding slots (doc -1) are never valid
+        tiles = valid.view(r1 - r0, TILE, n_tiles, TILE)
+        any_tile[r0:r1] = tiles.any(3).any(1)
+        all_tile[r0:r1] = tiles.all(3).all(1)
+    # a tile that holds padding query rows has all_tile False there already through `valid`
+    partial = any_tile & ~all_tile
+    kv_num, kv_idx = _tile_lists(partial)
+    full_num, full_idx = _tile_lists(all_tile)
+    return BlockMask.from_kv_blocks(
+        kv_num,
+        kv_idx,
+        full_num,
+        full_idx,
+        BLOCK_SIZE=TILE,
+        mask_mod=prefix_mask_mod(tables, window, summaries_visible),
+        seq_lengths=(length, length),
+    )
+
+
+def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    """Pad a slot table to `length` with -1 (a doc id no query has)."""
+    return torch.cat([t, t.new_full((length - t.numel(),), -1)])
+
+
+def _tile_lists(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bool [nq, nk] -> (count [1, 1, nq], column indices [1, 1, nq, nk] with the set ones first, ascending)."""
+    num = tiles.sum(-1, dtype=torch.int32)
+    idx = torch.argsort(tiles.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+    return num[None, None], idx[None, None]

@@ -1,0 +1,369 @@
+"""KSA causal LMs: a Qwen3 / Qwen2 / Llama model whose attention follows the KSA layout and mask.
+
+The decoder stack is the base model's own (same parameter names, so base checkpoints load); added:
+  summary_embed            nn.Embedding(S, hidden): the input of every summary slot
+  self_attn.summary_{q,k,v}_proj  (summary_qkv=True) projections used on summary slots instead
+
+forward(input_ids [B, T] text, attention_mask [B, T]) runs, per row, the expanded layout
+t0..t{C-1} s0 | tC .. (ksa/layout.py): padding is squeezed out first (real tokens of each row moved
+to the front, so left- and right-padded batches give the same numbers), text embeddings and summary
+embeddings are interleaved, RoPE takes expand_positions, every layer attends with its own window
+through ksa.attention.ksa_attention, summary slots are dropped before the LM head, and logits come
+back in the caller's [B, T, V] order. With a KSACache the same forward prefills it, and later calls
+decode one text token per row (plus the chunk's summary slots where a chunk completes).
+
+The attention modules dispatch through transformers' AttentionInterface under the name "ksa"; the
+KSA forward passes a `ksa_ctx` keyword down the layers to say what to do (layout, window, cache).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import AttentionInterface
+
+from ksa.attention import ksa_attention
+from ksa.cache import KSACache
+from ksa.config import KSAConfig, KSAConfigError, resolve_windows
+from ksa.layout import expand_positions, text_index
+
+# transformers renamed the cache keyword (past_key_values -> cache) between 5.17 and 5.24
+CACHE_KEY = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+@dataclass
+class KSAContext:
+    """What the attention of every layer needs for one forward (passed down as `ksa_ctx`)."""
+
+    mode: str  # "ksa": expanded layout; "causal": plain causal on text; "decode": one cached step
+    windows: list[int]
+    chunk: int
+    summaries: int
+    impl: str = "reference"
+    visible: bool = True
+    text_len: int = 0  # text tokens per (right-padded) row in "ksa" mode
+    cache: KSACache | None = None
+    lengths: torch.Tensor | None = None  # [B] real tokens per row (prefill)
+    pos: torch.Tensor | None = None  # [B] text position of the decoded token
+    needs_sum: torch.Tensor | None = None  # [B] the token completes a chunk
+    summary_slots: torch.Tensor | None = None  # [B, L] bool, for summary q/k/v projections
+    extras: dict = field(default_factory=dict)
+
+
+def ksa_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """AttentionInterface entry "ksa": q [B, Hq, L, D], k/v [B, Hkv, L, D] after RoPE -> [B, L, Hq, D]."""
+    ctx: KSAContext | None = kwargs.get("ksa_ctx")
+    if ctx is None:  # the module used outside a KSA forward: behave like plain SDPA
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
+    layer = module.layer_idx
+    if ctx.mode == "causal":
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=True)
+    elif ctx.mode == "decode":
+        out = ctx.cache.layers[layer].step(query, key, value, ctx.pos, ctx.needs_sum, scaling)
+    else:
+        out = ksa_attention(
+            query, key, value, chunk=ctx.chunk, summaries=ctx.summaries, window=ctx.windows[layer],
+            impl=ctx.impl, scale=scaling, summaries_visible=ctx.visible,
+        )
+        if ctx.cache is not None:
+            ctx.cache.layers[layer].prefill(key, value, ctx.lengths, ctx.text_len)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register("ksa", ksa_attention_forward)
+
+
+def ksa_settings(config) -> KSAConfig:
+    """The KSAConfig stored flat (ksa_*) in a KSA model config."""
+    return KSAConfig(
+        chunk=config.ksa_chunk, summaries=config.ksa_summaries, windows=list(config.ksa_windows),
+        impl=config.ksa_impl, summary_qkv=config.ksa_summary_qkv, summaries_visible=config.ksa_summaries_visible,
+    )
+
+
+class KSAMixin:
+    """The KSA forward, generation hooks and summary parameters, mixed into a *ForCausalLM class."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        for name in ("ksa_chunk", "ksa_summaries", "ksa_windows"):
+            if getattr(config, name, None) is None:
+                raise KSAConfigError(f"KSA config lacks {name}; build it with ksa.ksa_config_from(base_config, KSAConfig(...))")
+        config.ksa_windows = resolve_windows(config.ksa_windows, config.num_hidden_layers)
+        std = getattr(config, "initializer_range", 0.02)
+        self.summary_embed = nn.Embedding(config.ksa_summaries, config.hidden_size)
+        nn.init.normal_(self.summary_embed.weight, std=std)
+        self._ksa_ctx: KSAContext | None = None
+        if getattr(config, "ksa_summary_qkv", False):
+            for layer in self.model.layers:
+                attn = layer.self_attn
+                for name in ("q_proj", "k_proj", "v_proj"):
+                    base = getattr(attn, name)
+                    extra = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
+                    extra.weight.data.normal_(std=std)
+                    if extra.bias is not None:
+                        extra.bias.data.zero_()
+                    setattr(attn, f"summary_{name}", extra)
+                    base.register_forward_hook(self._summary_proj_hook(extra))
+
+    def _summary_proj_hook(self, extra: nn.Linear):
+        def hook(mod, args, out):
+            ctx = self._ksa_ctx
+            if ctx is None or ctx.summary_slots is None:
+                return out
+            return torch.where(ctx.summary_slots[..., None], extra(args[0]), out)
+
+        return hook
+
+    def _use_ksa_attention(self) -> None:
+        # from_pretrained may reset the implementation after __init__; the modules read it per call
+        if self.model.layers[0].self_attn.config._attn_implementation == "ksa":
+            return
+        for mod in self.model.modules():
+            cfg = getattr(mod, "config", None)
+            if cfg is not None and getattr(cfg, "_attn_implementation", None) != "ksa":
+                cfg._attn_implementation = "ksa"
+
+    def _context(self, mode: str, **kw) -> KSAContext:
+        c = self.config
+        return KSAContext(
+            mode=mode, windows=list(c.ksa_windows), chunk=c.ksa_chunk, summaries=c.ksa_summaries,
+            impl=c.ksa_impl, visible=c.ksa_summaries_visible, **kw,
+        )
+
+    def _run_layers(self, hidden: torch.Tensor, position_ids: torch.Tensor, ctx: KSAContext) -> torch.Tensor:
+        self._use_ksa_attention()
+        cos_sin = self.model.rotary_emb(hidden, position_ids)
+        self._ksa_ctx = ctx
+        try:
+            for layer in self.model.layers[: self.config.num_hidden_layers]:
+                out = layer(hidden, attention_mask=None, position_ids=position_ids, position_embeddings=cos_sin, ksa_ctx=ctx)
+                hidden = out[0] if isinstance(out, tuple) else out
+        finally:
+            self._ksa_ctx = None
+        return self.model.norm(hidden)
+
+    # --- full-sequence forward (training, prefill, teacher) --------------------------------------
+    def _forward_sequence(self, input_ids, attention_mask, cache, ksa: bool) -> torch.Tensor:
+        """Hidden states of the text tokens [B, T, D] in the caller's order."""
+        B, T = input_ids.shape
+        C, S = self.config.ksa_chunk, self.config.ksa_summaries
+        order = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            # real tokens of each row first (stable), padding after: every row starts at text position 0
+            order = torch.argsort((attention_mask == 0).to(torch.int8), dim=1, stable=True)
+            input_ids = input_ids.gather(1, order)
+        lengths = attention_mask.sum(1) if attention_mask is not None else torch.full((B,), T, device=input_ids.device)
+        text_emb = self.model.embed_tokens(input_ids)
+        if ksa:
+            positions, is_sum = expand_positions(T, C, S)
+            positions, is_sum = positions.to(input_ids.device), is_sum.to(input_ids.device)
+            L = positions.numel()
+            hidden = text_emb.new_zeros(B, L, text_emb.shape[-1])
+            ti = text_index(T, C, S).to(input_ids.device)
+            hidden[:, ti] = text_emb
+            n_sum = int(is_sum.sum())
+            if n_sum:
+                hidden[:, is_sum] = self.summary_embed.weight.repeat(n_sum // S, 1).to(hidden.dtype)
+            ctx = self._context("ksa", text_len=T, cache=cache, lengths=lengths)
+            if self.config.ksa_summary_qkv:
+                ctx.summary_slots = is_sum[None].expand(B, L)
+            hidden = self._run_layers(hidden, positions[None].expand(B, L), ctx)
+            hidden = hidden[:, ti]
+        else:
+            positions = torch.arange(T, device=input_ids.device)[None].expand(B, T)
+            hidden = self._run_layers(text_emb, positions, self._context("causal"))
+        if order is not None:
+            hidden = torch.empty_like(hidden).scatter_(1, order[..., None].expand_as(hidden), hidden)
+        if cache is not None:
+            cache.text_len = lengths.clone()
+            cache.columns_seen = T
+        return hidden
+
+    # --- one decode step through the cache ------------------------------------------------------
+    def _decode_step(self, ids: torch.Tensor, cache: KSACache) -> torch.Tensor:
+        """ids [B] -> hidden of the new text tokens [B, D]; feeds the chunk's summaries where it completes."""
+        C, S = self.config.ksa_chunk, self.config.ksa_summaries
+        pos = cache.text_len
+        cache.begin_step(pos)
+        needs_sum = (pos + 1) % C == 0
+        emb = self.model.embed_tokens(ids)[:, None]  # [B, 1, D]
+        positions = pos[:, None]
+        if bool(needs_sum.any()):
+            j = torch.arange(S, device=ids.device)
+            sum_pos = (pos // C)[:, None] * C + ((j + 1) * C) // S - 1  # [B, S]
+            emb = torch.cat([emb, self.summary_embed.weight[None].expand(ids.shape[0], -1, -1).to(emb.dtype)], 1)
+            positions = torch.cat([positions, sum_pos], 1)
+        ctx = self._context("decode", cache=cache, pos=pos, needs_sum=needs_sum)
+        if self.config.ksa_summary_qkv:
+            slots = torch.zeros(positions.shape, dtype=torch.bool, device=ids.device)
+            slots[:, 1:] = True
+            ctx.summary_slots = slots
+        hidden = self._run_layers(emb, positions, ctx)
+        cache.text_len = pos + 1
+        cache.columns_seen += 1
+        return hidden[:, 0]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        ksa: bool = True,
+        inputs_embeds=None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """input_ids [B, T] text tokens -> logits [B, T, V] (loss if labels, shifted like a causal LM).
+
+        ksa=False runs the same weights as a plain causal LM on the text (the distillation teacher).
+        """
+        if inputs_embeds is not None:
+            raise KSAConfigError("KSA models take input_ids (summary slots are inserted between text tokens)")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None and not isinstance(cache, KSACache):
+            if cache.get_seq_length() > 0:
+                raise KSAConfigError("KSA models need a KSACache; pass ksa.KSACache(model.config)")
+            cache = None
+        if cache is None and use_cache and not self.training and ksa:
+            cache = KSACache(self.config)
+        if cache is not None and cache.is_prefilled:
+            hidden = torch.stack([self._decode_step(input_ids[:, i], cache) for i in range(input_ids.shape[1])], 1)
+        else:
+            hidden = self._forward_sequence(input_ids, attention_mask, cache, ksa)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_KEY: cache})
+
+    # --- generate() glue ------------------------------------------------------------------------
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        if model_kwargs.get(CACHE_KEY) is not None or generation_config.use_cache is False:
+            return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        # generate() passes its cache length (prompt + new tokens); layers whose window covers it are full
+        max_len = kwargs.get("max_cache_length", args[2] if len(args) > 2 and isinstance(args[2], int) else None)
+        model_kwargs[CACHE_KEY] = KSACache(self.config, max_length=max_len + 1 if max_len else None)
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if isinstance(cache, KSACache) and cache.is_prefilled:
+            input_ids = input_ids[:, cache.columns_seen :]
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": kwargs.get("use_cache", True)}
+        if cache is not None:
+            inputs[CACHE_KEY] = cache
+        if kwargs.get("logits_to_keep"):
+            inputs["logits_to_keep"] = kwargs["logits_to_keep"]
+        return inputs
+
+
+# --- the registered classes -------------------------------------------------------------------
+class KSAQwen3Config(Qwen3Config):
+    model_type = "ksa_qwen3"
+
+
+class KSAQwen2Config(Qwen2Config):
+    model_type = "ksa_qwen2"
+
+
+class KSALlamaConfig(LlamaConfig):
+    model_type = "ksa_llama"
+
+
+class KSAQwen3ForCausalLM(KSAMixin, Qwen3ForCausalLM):
+    config_class = KSAQwen3Config
+
+
+class KSAQwen2ForCausalLM(KSAMixin, Qwen2ForCausalLM):
+    config_class = KSAQwen2Config
+
+
+class KSALlamaForCausalLM(KSAMixin, LlamaForCausalLM):
+    config_class = KSALlamaConfig
+
+
+KSA_CLASSES = {
+    "qwen3": (KSAQwen3Config, KSAQwen3ForCausalLM),
+    "qwen2": (KSAQwen2Config, KSAQwen2ForCausalLM),
+    "llama": (KSALlamaConfig, KSALlamaForCausalLM),
+}
+for _cfg, _model in KSA_CLASSES.values():
+    AutoConfig.register(_cfg.model_type, _cfg, exist_ok=True)
+    AutoModelForCausalLM.register(_cfg, _model, exist_ok=True)
+
+
+def ksa_config_from(base_config, ksa: KSAConfig):
+    """A KSA model config: the base config's fields plus ksa_* settings (windows resolved per layer)."""
+    base_type = base_config.model_type.removeprefix("ksa_")
+    if base_type not in KSA_CLASSES:
+        raise KSAConfigError(f"KSA supports {', '.join(KSA_CLASSES)} models, not {base_config.model_type!r}")
+    cfg_cls = KSA_CLASSES[base_type][0]
+    fields = {k: v for k, v in base_config.to_dict().items() if k not in ("model_type", "architectures")}
+    fields.update(
+        ksa_chunk=ksa.chunk, ksa_summaries=ksa.summaries,
+        ksa_windows=resolve_windows(ksa.windows, base_config.num_hidden_layers), ksa_impl=ksa.impl,
+        ksa_summary_qkv=ksa.summary_qkv, ksa_summaries_visible=ksa.summaries_visible,
+    )
+    config = cfg_cls(**fields)
+    config.architectures = [KSA_CLASSES[base_type][1].__name__]
+    return config
+
+
+def convert_model(model, ksa: KSAConfig | None = None):
+    """Turn a Qwen3 / Qwen2 / Llama causal LM into its KSA class, sharing its weight tensors.
+
+    The summary embedding starts at the mean token embedding (a "typical token" the model already
+    reads sensibly); summary q/k/v projections (summary_qkv) start as copies of the shared ones, so
+    the converted model first computes exactly what shared projections would.
+    """
+    ksa = ksa or KSAConfig()
+    config = ksa_config_from(model.config, ksa)
+    cls = KSA_CLASSES[config.model_type.removeprefix("ksa_")][1]
+    with torch.device("meta"):
+        new = cls(config)
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False, assign=True)
+    if unexpected:
+        raise KSAConfigError(f"unexpected weights when converting: {unexpected[:4]}")
+    emb = new.model.embed_tokens.weight
+    new.summary_embed = nn.Embedding(config.ksa_summaries, config.hidden_size, device=emb.device, dtype=emb.dtype)
+    with torch.no_grad():
+        new.summary_embed.weight.copy_(emb.detach().float().mean(0).to(emb.dtype).expand_as(new.summary_embed.weight))
+        if config.ksa_summary_qkv:
+            for layer in new.model.layers:
+                for name in ("q_proj", "k_proj", "v_proj"):
+                    base, extra = getattr(layer.self_attn, name), getattr(layer.self_attn, f"summary_{name}")
+                    extra.to_empty(device=base.weight.device)
+                    extra.to(base.weight.dtype)
+                    extra.load_state_dict(base.state_dict())
+    new.model.rotary_emb = model.model.rotary_emb  # non-persistent buffers: share the module itself
+    left = [n for n, p in new.named_parameters() if p.device.type == "meta"]
+    left += [n for n, b in new.named_buffers() if b.device.type == "meta"]
+    if left:
+        raise KSAConfigError(f"could not convert: no value in the base model for {left[:4]}")
+    if config.tie_word_embeddings:
+        new.lm_head.weight = new.model.embed_tokens.weight
+    new.generation_config = copy.deepcopy(model.generation_config)
+    new.train(model.training)
+    return new

@@ -1,0 +1,250 @@
+"""ksa_attention: the three kernels against each other and against hand-derived visibility.
+
+CPU: "triton" runs in Triton's interpreter (ksa/triton_attention.py sets TRITON_INTERPRET=1 when there
+is no CUDA), "flex" forward only (FlexAttention has no CPU backward). GPU tests: `pytest -m gpu`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # before anything imports triton (flex on CPU may)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from ksa.attention import KSAAttentionError, ksa_attention, prefix_order  # noqa: E402
+from ksa.flex_attention import TILE, prefix_block_mask, prefix_rule, slot_tables  # noqa: E402
+from ksa.layout import expand_positions, expanded_length  # noqa: E402
+from ksa.mask import dense_mask  # noqa: E402
+
+# (chunk, summaries, window, text_len, Hq, Hkv): partial trailing chunks, S=2, W=0/1, windows longer
+# than the sequence, GQA, and lengths that cross the interpreter's 16-row tiles on both regions.
+CASES = [
+    (8, 1, 2, 50, 2, 1),
+    (4, 2, 1, 37, 2, 2),
+    (8, 1, 100, 64, 1, 1),
+    (4, 1, 0, 30, 4, 2),
+    (2, 1, 10, 150, 2, 1),
+    (4, 2, 5, 203, 2, 1),
+    (3, 1, 1, 7, 1, 1),
+]
+SLOW_CASES = [(8, 1, 3, 300, 2, 1), (2, 2, 0, 90, 2, 2), (4, 1, 1, 129, 1, 1), (3, 1, 7, 100, 3, 1), (8, 4, 2, 260, 2, 2)]
+
+
+def _inputs(text_len, chunk, summaries, hq, hkv, d=32, batch=2, seed=0, dtype=torch.float32, device="cpu"):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    length = expanded_length(text_len, chunk, summaries)
+    shapes = [(batch, hq, length, d), (batch, hkv, length, d), (batch, hkv, length, d)]
+    return [torch.randn(s, generator=g).to(device=device, dtype=dtype).requires_grad_() for s in shapes]
+
+
+def _grads(out, inputs, seed=1):
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out)
+    return torch.autograd.grad(out, inputs, g)
+
+
+def _naive(q, k, v, mask, scale):
+    """Explicit softmax(q k^T) v in float64 with a boolean mask (GQA by repeating heads)."""
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1).double(), v.repeat_interleave(rep, 1).double()
+    s = (q.double() @ k.transpose(-1, -2)) * scale
+    s = s.masked_fill(~mask, float("-inf"))
+    return torch.softmax(s, -1) @ v
+
+
+def test_every_slot_sees_itself():
+    for chunk, summaries, window, text_len, *_ in CASES:
+        m = dense_mask(text_len, chunk, summaries, window)
+        assert m.diagonal().all()
+
+
+def test_reference_visible_sets_by_hand():
+    # C=2, S=1, W=0, T=5: layout t0 t1 s0 t2 t3 s1 t4. With q = 0 attention is uniform over the
+    # visible keys, so the output is the mean of their values.
+    v = torch.arange(7, dtype=torch.float64).view(1, 1, 7, 1) * 10
+    q = torch.zeros(1, 1, 7, 1, dtype=torch.float64)
+    out = ksa_attention(q, q.clone(), v, chunk=2, summaries=1, window=0).flatten()
+    visible = {
+        0: [0], 1: [0, 1], 2: [0, 1, 2],        # s0 sees its chunk and itself
+        3: [2, 3], 4: [2, 3, 4],                # t2, t3: s0 (older chunk) + own chunk text
+        5: [3, 4, 5],                           # s1: its chunk t2 t3 and itself
+        6: [2, 5, 6],                           # t4: s0, s1 and itself
+    }  # fmt: skip
+    expected = torch.tensor([10.0 * sum(ix) / len(ix) for ix in visible.values()], dtype=torch.float64)
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_reference_equals_explicit_softmax(case):
+    chunk, summaries, window, text_len, hq, hkv = case
+    q, k, v = _inputs(text_len, chunk, summaries, hq, hkv)
+    out = ksa_attention(q, k, v, chunk=chunk, summaries=summaries, window=window, scale=0.3)
+    ref = _naive(q, k, v, dense_mask(text_len, chunk, summaries, window), 0.3)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_rule_is_the_mask_rule_permuted():
+    for chunk, summaries, window, text_len, *_ in CASES:
+        for visible in (True, False):
+            perm = prefix_order((text_len,), chunk, summaries, "cpu")
+            tables = slot_tables((text_len,), chunk, summaries, "cpu")
+            rule = prefix_rule(
+                tuple(t[:, None] for t in tables), tuple(t[None, :] for t in tables), window, visible
+            )
+            mask = dense_mask(text_len, chunk, summaries, window, visible)
+            assert torch.equal(rule, mask[perm][:, perm])
+
+
+def test_prefix_order_puts_summaries_first():
+    perm = prefix_order((10, 5), 4, 1, "cpu")
+    # sequence 1: t0..t3 s0 t4..t7 s1 t8 t9 (12 slots); sequence 2 starts at 12: t0..t3 s0 t4
+    assert perm.tolist() == [4, 9, 0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 16, 12, 13, 14, 15, 17]
+
+
+@pytest.mark.parametrize("case", [(8, 1, 2, 700, 1, 1), (4, 2, 3, 900, 1, 1), (8, 1, 200, 600, 1, 1)])
+def test_flex_block_mask_covers_the_rule_and_skips_tiles(case):
+    chunk, summaries, window, text_len, *_ = case
+    bm = prefix_block_mask((text_len,), chunk, summaries, window, True, "cpu")
+    tables = slot_tables((text_len,), chunk, summaries, "cpu")
+    length = tables[0].numel()
+    rule = prefix_rule(tuple(t[:, None] for t in tables), tuple(t[None, :] for t in tables), window, True)
+    n = -(-length // TILE)
+
+    def tiles(num, idx):
+        out = torch.zeros(n, n, dtype=torch.bool)
+        for r in range(n):
+            out[r, idx[0, 0, r, : num[0, 0, r]].long()] = True
+        return out.repeat_interleave(TILE, 0).repeat_interleave(TILE, 1)[:length, :length]
+
+    partial, full = tiles(bm.kv_num_blocks, bm.kv_indices), tiles(bm.full_kv_num_blocks, bm.full_kv_indices)
+    assert not (partial & full).any()
+    assert not (rule & ~(partial | full)).any()  # every visible pair lies in a visited tile
+    assert rule[full].all()  # "full" tiles need no mask
+    if window < text_len // chunk:
+        assert (partial | full).float().mean() < 0.9  # some tiles are skipped
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_flex_forward_matches_reference(case):
+    chunk, summaries, window, text_len, hq, hkv = case
+    q, k, v = _inputs(text_len, chunk, summaries, hq, hkv)
+    kw = dict(chunk=chunk, summaries=summaries, window=window)
+    with torch.no_grad():
+        ref = ksa_attention(q, k, v, **kw)
+        out = ksa_attention(q, k, v, impl="flex", **kw)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+def _needs_triton():
+    if not torch.cuda.is_available():
+        from ksa.triton_attention import _interpreted
+
+        if not _interpreted():
+            pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (set it in conftest.py)")
+
+
+def _check_triton(case, visible=True, d=32):
+    _needs_triton()
+    chunk, summaries, window, text_len, hq, hkv = case
+    q, k, v = _inputs(text_len, chunk, summaries, hq, hkv, d=d, batch=1)
+    kw = dict(chunk=chunk, summaries=summaries, window=window, summaries_visible=visible)
+    ref = ksa_attention(q, k, v, **kw)
+    out = ksa_attention(q, k, v, impl="triton", **kw)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    for a, b in zip(_grads(out, (q, k, v)), _grads(ref, (q, k, v)), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_triton_forward_and_grads_match_reference(case):
+    _check_triton(case)
+
+
+def test_triton_one_masked_loop_per_region(monkeypatch):
+    from ksa import triton_attention
+
+    monkeypatch.setattr(triton_attention, "SPLIT_FULL_TILES", False)
+    _check_triton((2, 1, 10, 150, 2, 1))
+
+
+def test_triton_sliding_chunk_and_odd_head_dim():
+    _check_triton((4, 1, 2, 90, 2, 1), visible=False)
+    _check_triton((4, 1, 1, 45, 1, 1), d=48)  # head dim padded to a power of two inside the kernel
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SLOW_CASES)
+def test_triton_more_cases(case):
+    _check_triton(case)
+
+
+@pytest.mark.parametrize("impl", ["reference", "flex", "triton"])
+def test_packed_sequences_are_independent(impl):
+    if impl == "triton":
+        _needs_triton()
+    chunk, summaries, window, lens = 4, 1, 1, [13, 8, 21, 3]
+    length = sum(expanded_length(t, chunk, summaries) for t in lens)
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, length, 32, generator=g) for _ in range(3))
+    kw = dict(chunk=chunk, summaries=summaries, window=window)
+    out = ksa_attention(q, k, v, impl=impl, seq_lens=lens, **kw)
+    start = 0
+    for t in lens:
+        sl = slice(start, start + expanded_length(t, chunk, summaries))
+        alone = ksa_attention(q[:, :, sl], k[:, :, sl], v[:, :, sl], **kw)
+        torch.testing.assert_close(out[:, :, sl], alone, atol=1e-5, rtol=1e-4)
+        start = sl.stop
+
+
+def test_positions_and_prefix_layout_agree():
+    # the permutation moves exactly the summary slots to the front
+    pos, is_sum = expand_positions(37, 4, 2)
+    perm = prefix_order((37,), 4, 2, "cpu")
+    n_sum = int(is_sum.sum())
+    assert is_sum[perm[:n_sum]].all() and not is_sum[perm[n_sum:]].any()
+    assert torch.equal(pos[perm[n_sum:]], torch.arange(37))
+
+
+def test_bad_arguments_raise_clear_errors():
+    bad = torch.randn(1, 2, 9, 8)  # chunk 4: 8 text tokens expand to 10 slots, 9 is no layout
+    with pytest.raises(KSAAttentionError, match="expanded length"):
+        ksa_attention(bad, bad, bad, chunk=4, summaries=1, window=1)
+    q9 = torch.randn(1, 2, 9, 8)
+    with pytest.raises(KSAAttentionError, match="impl"):
+        ksa_attention(q9, q9, q9, window=1, impl="cuda")
+    with pytest.raises(KSAAttentionError, match="GQA"):
+        ksa_attention(torch.randn(1, 3, 9, 8), q9, q9, window=1)
+    with pytest.raises(KSAAttentionError, match="seq_lens"):
+        ksa_attention(q9, q9, q9, window=1, seq_lens=[4, 4])
+
+
+# ------------------------------------------------------------------------------------------- GPU
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["flex", "triton"])
+@pytest.mark.parametrize("text_len,hkv", [(4096, 16), (4100, 4), (16384, 16)])
+def test_gpu_bf16_matches_fp32_reference(impl, text_len, hkv):
+    """bf16 kernels vs the fp32 reference, no worse than the reference kernel itself run in bf16."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    chunk, summaries, window = 8, 1, 128
+    q, k, v = _inputs(text_len, chunk, summaries, 16, hkv, d=128, batch=1, device="cuda")
+    kw = dict(chunk=chunk, summaries=summaries, window=window)
+    exact = [ksa_attention(q, k, v, **kw)]
+    exact += _grads(exact[0], (q, k, v))
+    got = {}
+    for name in ("reference", impl):
+        qb, kb, vb = (x.detach().bfloat16().requires_grad_() for x in (q, k, v))
+        out = ksa_attention(qb, kb, vb, impl=name, **kw)
+        got[name] = [out, *_grads(out, (qb, kb, vb))]
+    for what, a, floor, b in zip(("out", "dq", "dk", "dv"), got[impl], got["reference"], exact, strict=True):
+        assert torch.isfinite(a).all(), what
+        assert _rel(a, b) <= 1.25 * _rel(floor, b) + 1e-3, (what, _rel(a, b), _rel(floor, b))
