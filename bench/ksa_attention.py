@@ -241,8 +241,11 @@ def main(argv=None):
         save()
 
     if args.sweep and "triton" in args.impls:
-        result["sweep"], result["triton_tiles"] = sweep_triton(args.sweep, args, log)
-        log(f"triton tiles: {result['triton_tiles']}")
+        result["sweep"], _ = sweep_triton(args.sweep, args, log)
+    from ksa import triton_attention as ta
+
+    result["triton_tiles"] = dict(ta.GPU_TILES, split_full_tiles=ta.SPLIT_FULL_TILES)
+    log(f"triton tiles: {result['triton_tiles']}")
     try:
         result["errors"] = errors([i for i in args.impls if i != "reference"] + ["reference"], args)
     except Exception as e:  # noqa: BLE001 - keep the timings even if one error check fails

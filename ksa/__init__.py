@@ -1,6 +1,7 @@
 """Kwai Summary Attention: layout -> mask -> attention -> cache -> modeling -> convert.
 
-`import ksa` registers the KSA model types (ksa_qwen3, ksa_qwen2, ksa_llama) with transformers'
+`ksa.from_pretrained` / `ksa.save_pretrained` read and write the released KSA checkpoint format
+(ksa/release.py). `import ksa` registers the KSA model types (ksa_qwen3, ksa_qwen2, ksa_llama) with transformers'
 Auto classes, so `AutoModelForCausalLM.from_pretrained(dir)` loads a saved KSA model.
 Needs only torch and transformers (triton optional).
 """
@@ -17,6 +18,7 @@ from ksa.modeling import (
     convert_model,
     ksa_config_from,
 )
+from ksa.release import ReleaseFormatError, from_pretrained, is_release_config, save_pretrained
 
 __all__ = [
     "KSACache",
@@ -26,6 +28,7 @@ __all__ = [
     "KSALlamaForCausalLM",
     "KSAQwen2ForCausalLM",
     "KSAQwen3ForCausalLM",
+    "ReleaseFormatError",
     "convert",
     "convert_model",
     "dense_mask",
@@ -33,11 +36,14 @@ __all__ = [
     "expand_ids",
     "expand_positions",
     "expanded_length",
+    "from_pretrained",
     "hybrid_windows",
+    "is_release_config",
     "ksa_config_from",
     "ksa_valid",
     "mask_mod",
     "parse_window_pattern",
     "resolve_windows",
+    "save_pretrained",
     "text_index",
 ]

@@ -7,7 +7,8 @@ packed along L with `seq_lens`). The kernels:
 
 - "reference": the dense [L, L] mask through SDPA. Ground truth; memory O(L^2).
 - "flex":      FlexAttention on the *prefix layout* (below) with a block-sparse BlockMask.
-- "triton":    a FlashAttention-2 style Triton kernel on the prefix layout (ksa/triton_attention.py).
+- "triton":    a FlashAttention-2 style Triton kernel that walks the prefix order's tiles but reads and
+               writes the interleaved tensors in place (ksa/triton_attention.py).
 
 Why a prefix layout: on the interleaved layout every 128x128 tile holds a summary column, so no tile
 can be skipped and a block-sparse kernel is slower than full attention. Gathering, per sequence, all
@@ -64,17 +65,32 @@ def ksa_attention(
     opts = dict(chunk=chunk, summaries=summaries, window=window, scale=scale, summaries_visible=summaries_visible)
     if impl == "reference":
         return _reference(q, k, v, seq_lens, **opts)
+    if impl == "triton":  # reads and writes the interleaved layout in place, through index arithmetic
+        from ksa.triton_attention import triton_ksa_attention
+
+        return triton_ksa_attention(q, k, v, seq_lens=tuple(seq_lens), **opts)
+    from ksa.flex_attention import flex_prefix_attention
+
     perm = prefix_order(tuple(seq_lens), chunk, summaries, q.device)
-    qp, kp, vp = (x.index_select(2, perm) for x in (q, k, v))
-    if impl == "flex":
-        from ksa.flex_attention import flex_prefix_attention
+    inv = inverse_order(perm)
+    qp, kp, vp = (_Permute.apply(x, perm, inv) for x in (q, k, v))
+    out = flex_prefix_attention(qp, kp, vp, seq_lens=tuple(seq_lens), **opts)
+    return _Permute.apply(out, inv, perm)
 
-        out = flex_prefix_attention(qp, kp, vp, seq_lens=tuple(seq_lens), **opts)
-    else:
-        from ksa.triton_attention import triton_prefix_attention
 
-        out = triton_prefix_attention(qp, kp, vp, seq_lens=tuple(seq_lens), **opts)
-    return out.index_select(2, inverse_order(perm))
+class _Permute(torch.autograd.Function):
+    """x.index_select(2, perm) whose backward is the inverse gather (index_select's own backward is a
+    scatter-add with atomics, several times slower than the gather)."""
+
+    @staticmethod
+    def forward(ctx, x, perm, inv):
+        ctx.save_for_backward(inv)
+        return x.index_select(2, perm)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inv,) = ctx.saved_tensors
+        return grad.index_select(2, inv), None, None
 
 
 def _reference(q, k, v, seq_lens, *, chunk, summaries, window, scale, summaries_visible):

@@ -26,6 +26,9 @@ class KSAConfig:
     windows: per-layer window in chunks (int, list or pattern string; None = the 3:1 hybrid of
     hybrid_windows). impl: attention kernel for
     full-sequence forwards. summary_qkv: separate q/k/v projections for summary slots.
+    mix_coeff: with summary_qkv, a summary slot's q/k/v = m * summary projection + (1 - m) * shared
+    projection, blended after the per-head q/k norms (the released format's `mix_coeff`; 1 = only the
+    summary projections). summary_norm: a separate input layernorm for summary slots in every layer.
     summaries_visible: False removes old summaries from text queries (Sliding Chunk Attention).
     """
 
@@ -35,6 +38,8 @@ class KSAConfig:
     impl: str = "reference"
     summary_qkv: bool = False
     summaries_visible: bool = True
+    mix_coeff: float = 1.0
+    summary_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.chunk < 1 or not 1 <= self.summaries <= self.chunk:

@@ -3,6 +3,8 @@
 The decoder stack is the base model's own (same parameter names, so base checkpoints load); added:
   summary_embed            nn.Embedding(S, hidden): the input of every summary slot
   self_attn.summary_{q,k,v}_proj  (summary_qkv=True) projections used on summary slots instead
+                           (blended with the shared ones by mix_coeff, after the q/k head norms)
+  summary_input_layernorm  (summary_norm=True) the input layernorm of summary slots in each layer
 
 forward(input_ids [B, T] text, attention_mask [B, T]) runs, per row, the expanded layout
 t0..t{C-1} s0 | tC .. (ksa/layout.py): padding is squeezed out first (real tokens of each row moved
@@ -19,6 +21,7 @@ KSA forward passes a `ksa_ctx` keyword down the layers to say what to do (layout
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -89,12 +92,39 @@ def ksa_attention_forward(module, query, key, value, attention_mask, scaling=Non
 
 AttentionInterface.register("ksa", ksa_attention_forward)
 
+# The summary hooks (q/k/v projections, mix, layernorm) run inside a decoder layer and read the
+# KSAContext that layer was called with. A layer names it on entry to its own forward, so a layer
+# recomputed by gradient checkpointing in backward (after the KSA forward returned) names it again.
+_CURRENT = threading.local()
+_LAYER_CLASSES: dict[type, type] = {}
+
+
+def _current_ctx() -> KSAContext | None:
+    return getattr(_CURRENT, "ctx", None)
+
+
+def _context_layer_class(cls: type) -> type:
+    """`cls` (a decoder layer class) whose forward first records its `ksa_ctx` for the summary hooks.
+    Same name as `cls`, so name-based wrapping policies (FSDP, device maps) still match it."""
+    if cls in _LAYER_CLASSES.values():
+        return cls
+    if cls not in _LAYER_CLASSES:
+
+        def forward(self, *args, **kwargs):
+            _CURRENT.ctx = kwargs.get("ksa_ctx")
+            return super(sub, self).forward(*args, **kwargs)
+
+        sub = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+        _LAYER_CLASSES[cls] = sub
+    return _LAYER_CLASSES[cls]
+
 
 def ksa_settings(config) -> KSAConfig:
     """The KSAConfig stored flat (ksa_*) in a KSA model config."""
     return KSAConfig(
         chunk=config.ksa_chunk, summaries=config.ksa_summaries, windows=list(config.ksa_windows),
         impl=config.ksa_impl, summary_qkv=config.ksa_summary_qkv, summaries_visible=config.ksa_summaries_visible,
+        mix_coeff=getattr(config, "ksa_mix_coeff", 1.0), summary_norm=getattr(config, "ksa_summary_norm", False),
     )
 
 
@@ -112,7 +142,7 @@ class KSAMixin:
         nn.init.normal_(self.summary_embed.weight, std=std)
         self._ksa_ctx: KSAContext | None = None
         if getattr(config, "ksa_summary_qkv", False):
-            for layer in self.model.layers:
+            for i, layer in enumerate(self.model.layers):
                 attn = layer.self_attn
                 for name in ("q_proj", "k_proj", "v_proj"):
                     base = getattr(attn, name)
@@ -121,16 +151,68 @@ class KSAMixin:
                     if extra.bias is not None:
                         extra.bias.data.zero_()
                     setattr(attn, f"summary_{name}", extra)
-                    base.register_forward_hook(self._summary_proj_hook(extra))
+                    head_norm = getattr(attn, f"{name[0]}_norm", None)  # Qwen3: q_norm / k_norm
+                    key = f"{i}.{name}" if head_norm is not None else None
+                    base.register_forward_hook(self._summary_proj_hook(extra, key))
+                    if key is not None:
+                        head_norm.register_forward_hook(self._summary_mix_after_norm_hook(key))
+        if getattr(config, "ksa_summary_norm", False):
+            for layer in self.model.layers:
+                norm = layer.input_layernorm
+                layer.summary_input_layernorm = copy.deepcopy(norm)
+                norm.register_forward_hook(self._summary_norm_hook(layer.summary_input_layernorm))
+        for layer in self.model.layers:
+            layer.__class__ = _context_layer_class(type(layer))
 
-    def _summary_proj_hook(self, extra: nn.Linear):
+    def _mix(self) -> float:
+        return float(getattr(self.config, "ksa_mix_coeff", 1.0))
+
+    def _summary_proj_hook(self, extra: nn.Linear, norm_key: str | None = None):
+        """Shared q/k/v projection -> on summary slots: m * extra(x) + (1 - m) * shared(x), m = mix_coeff.
+
+        Where a per-head norm follows (norm_key), the blend happens after it (norm(extra) with
+        norm(shared)), as in the released format: the shared output is stashed for the norm's hook.
+        """
+
         def hook(mod, args, out):
-            ctx = self._ksa_ctx
-            if ctx is None or ctx.summary_slots is None:
+            ctx = _current_ctx()
+            if ctx is None or ctx.summary_slots is None or self._mix() == 0.0:
                 return out
-            return torch.where(ctx.summary_slots[..., None], extra(args[0]), out)
+            summ = extra(args[0])
+            if self._mix() != 1.0:
+                if norm_key is not None:
+                    ctx.extras[norm_key] = out
+                else:
+                    summ = self._mix() * summ + (1.0 - self._mix()) * out
+            return torch.where(ctx.summary_slots[..., None], summ, out)
 
         return hook
+
+    def _summary_mix_after_norm_hook(self, key: str):
+        def hook(mod, args, out):  # out: norm(summary proj) on summary slots, [B, L, H, D]
+            ctx = _current_ctx()
+            shared = None if ctx is None else ctx.extras.pop(key, None)
+            if shared is None:
+                return out
+            m = self._mix()
+            blended = m * out + (1.0 - m) * mod.forward(shared.view_as(args[0]))
+            slots = ctx.summary_slots.reshape(*ctx.summary_slots.shape, *([1] * (out.dim() - 2)))
+            return torch.where(slots, blended, out)
+
+        return hook
+
+    def _summary_norm_hook(self, summary_norm: nn.Module):
+        def hook(mod, args, out):
+            ctx = _current_ctx()
+            if ctx is None or ctx.summary_slots is None:
+                return out
+            return torch.where(ctx.summary_slots[..., None], summary_norm(args[0]), out)
+
+        return hook
+
+    def _uses_summary_slots(self) -> bool:
+        c = self.config
+        return bool(getattr(c, "ksa_summary_qkv", False) or getattr(c, "ksa_summary_norm", False))
 
     def _use_ksa_attention(self) -> None:
         # from_pretrained may reset the implementation after __init__; the modules read it per call
@@ -183,7 +265,7 @@ class KSAMixin:
             if n_sum:
                 hidden[:, is_sum] = self.summary_embed.weight.repeat(n_sum // S, 1).to(hidden.dtype)
             ctx = self._context("ksa", text_len=T, cache=cache, lengths=lengths)
-            if self.config.ksa_summary_qkv:
+            if self._uses_summary_slots():
                 ctx.summary_slots = is_sum[None].expand(B, L)
             hidden = self._run_layers(hidden, positions[None].expand(B, L), ctx)
             hidden = hidden[:, ti]
@@ -212,7 +294,7 @@ class KSAMixin:
             emb = torch.cat([emb, self.summary_embed.weight[None].expand(ids.shape[0], -1, -1).to(emb.dtype)], 1)
             positions = torch.cat([positions, sum_pos], 1)
         ctx = self._context("decode", cache=cache, pos=pos, needs_sum=needs_sum)
-        if self.config.ksa_summary_qkv:
+        if self._uses_summary_slots():
             slots = torch.zeros(positions.shape, dtype=torch.bool, device=ids.device)
             slots[:, 1:] = True
             ctx.summary_slots = slots
@@ -325,6 +407,7 @@ def ksa_config_from(base_config, ksa: KSAConfig):
         ksa_chunk=ksa.chunk, ksa_summaries=ksa.summaries,
         ksa_windows=resolve_windows(ksa.windows, base_config.num_hidden_layers), ksa_impl=ksa.impl,
         ksa_summary_qkv=ksa.summary_qkv, ksa_summaries_visible=ksa.summaries_visible,
+        ksa_mix_coeff=float(ksa.mix_coeff), ksa_summary_norm=ksa.summary_norm,
     )
     config = cfg_cls(**fields)
     config.architectures = [KSA_CLASSES[base_type][1].__name__]
@@ -335,8 +418,9 @@ def convert_model(model, ksa: KSAConfig | None = None):
     """Turn a Qwen3 / Qwen2 / Llama causal LM into its KSA class, sharing its weight tensors.
 
     The summary embedding starts at the mean token embedding (a "typical token" the model already
-    reads sensibly); summary q/k/v projections (summary_qkv) start as copies of the shared ones, so
-    the converted model first computes exactly what shared projections would.
+    reads sensibly); summary q/k/v projections (summary_qkv) and the summary input layernorm
+    (summary_norm) start as copies of the shared ones, so the converted model first computes exactly
+    what shared parameters would.
     """
     ksa = ksa or KSAConfig()
     config = ksa_config_from(model.config, ksa)
@@ -357,6 +441,12 @@ def convert_model(model, ksa: KSAConfig | None = None):
                     extra.to_empty(device=base.weight.device)
                     extra.to(base.weight.dtype)
                     extra.load_state_dict(base.state_dict())
+        if config.ksa_summary_norm:
+            for layer in new.model.layers:
+                base, extra = layer.input_layernorm, layer.summary_input_layernorm
+                extra.to_empty(device=base.weight.device)
+                extra.to(base.weight.dtype)
+                extra.load_state_dict(base.state_dict())
     new.model.rotary_emb = model.model.rotary_emb  # non-persistent buffers: share the module itself
     left = [n for n, p in new.named_parameters() if p.device.type == "meta"]
     left += [n for n, b in new.named_buffers() if b.device.type == "meta"]

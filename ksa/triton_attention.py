@@ -1,9 +1,11 @@
-"""KSA attention as a Triton kernel (FlashAttention-2 style, forward + backward) on the prefix layout.
+"""KSA attention as a Triton kernel (FlashAttention-2 style, forward + backward).
 
-Layout of one sequence (ksa/attention.py): rows [0, NS) are the NS = (T // C) * S summaries, rows
-[NS, NS + T) the T text tokens. Query and key tiles never straddle the two regions, so every tile
-knows its kind at compile time, and the KSA mask (ksa/flex_attention.py, `prefix_rule`) becomes
-index ranges per tile:
+The kernel thinks in the *prefix order* of ksa/attention.py: per sequence, region rows [0, NS) are
+the NS = (T // C) * S summaries and [0, T) the T text tokens. It never materialises that order: a
+region row is turned into its slot of the interleaved layout by index arithmetic (`_slot`), so q, k,
+v, the outputs and the gradients stay where the model has them. Query and key tiles never straddle
+the two regions, so every tile knows its kind at compile time and the KSA mask (ksa/flex_attention.py,
+`prefix_rule`) becomes index ranges per tile:
 
   text q tile, rows t in [t0, t0+BM), chunks c_lo..c_hi (c = t // C):
       text keys      [max(0, (c_lo-W)*C), t0+BM)          full tiles: k >= (c_hi-W)*C and k <= t0
@@ -11,12 +13,13 @@ index ranges per tile:
   summary q tile, rows s (chunk s // S):
       text keys of its chunks [c_lo*C, (c_hi+1)*C), summary keys [c_lo*S, s0+BM)  (always masked)
 
-Only those tiles are visited; the elementwise mask is evaluated only on the edge tiles (it is never
-materialised). The backward pass mirrors this: dQ walks the same key tiles per query tile, dK/dV walk
-the query tiles that see each key tile (a summary key is seen by every text query more than W chunks
-later, so those loops are long and are launched first). Softmax uses base 2: qk2 = q.k * scale * log2(e),
-lse2 = max + log2(sum), p = 2^(qk2 - lse2). GQA: the dK/dV program of a KV head loops over its query
-heads, so nothing is accumulated atomically.
+Only those tiles are visited; the elementwise mask is evaluated only on edge tiles (never stored).
+The backward pass mirrors this: dQ walks the same key tiles per query tile, dK/dV walk the query
+tiles that see each key tile (a summary key is seen by every text query more than W chunks later, so
+those loops are long and are launched first). Softmax uses base 2: qk2 = q.k * scale * log2(e),
+lse2 = max + log2(sum), p = 2^(qk2 - lse2). GQA: dK/dV are computed per query head and summed over
+the group afterwards (no atomics; a loop over the group inside the kernel spilled registers).
+Packed sequences: one launch per sequence, each at its offset along L.
 
 On a machine without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set here
 before any kernel is defined): correct but slow, for tests on tiny shapes.
@@ -88,17 +91,38 @@ def _allowed_t(q_rows, k_rows, W, Q_SUM: tl.constexpr, K_SUM: tl.constexpr, C: t
 
 
 @triton.jit
-def _tile_ptr(offset, row0, limit, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr):
-    """Element offsets and mask of a [ROWS, BLOCK_D] tile starting `offset` elements in."""
+def _slot(rows, IS_SUM: tl.constexpr, C: tl.constexpr, S: tl.constexpr):
+    """Interleaved index of region rows: summary s -> (s // S) * (C + S) + C + s % S, text t -> t + (t // C) * S."""
+    if IS_SUM:
+        return (rows // S) * (C + S) + C + rows % S
+    else:
+        return rows + (rows // C) * S
+
+
+@triton.jit
+def _tile_ptr(row0, limit, IS_SUM: tl.constexpr, C: tl.constexpr, S: tl.constexpr,
+              ROWS: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr):  # fmt: skip
+    """Element offsets and mask of the tile of region rows [row0, row0 + ROWS), for the final store.
+
+    Written as (scalar start) + (local part) so that the compiler does not merge it with the load
+    addresses computed at the start, which would keep a [ROWS, D] address tensor live in registers."""
     r = tl.arange(0, ROWS)
     d = tl.arange(0, BLOCK_D)
-    return offset + (r[:, None] * D + d[None, :]), ((row0 + r) < limit)[:, None] & (d < D)[None, :]
+    if IS_SUM:
+        first = (row0 // S) * (C + S) + C
+        j = row0 % S + r
+        idx = first + (j // S) * (C + S) + j % S
+    else:
+        first = row0 + (row0 // C) * S
+        j = row0 % C + r
+        idx = first + r + (j // C) * S
+    return idx[:, None] * D + d[None, :], ((row0 + r) < limit)[:, None] & (d < D)[None, :]
 
 
 @triton.jit
 def _q_visit(
     acc, m_i, l_i, q, do, lse, delta, q_rows,
-    k_base, v_base, kv_row0, n_lo, n_hi, limit, qk_scale, W,
+    k_base, v_base, seg, n_lo, n_hi, limit, qk_scale, W,
     MODE: tl.constexpr, MASKED: tl.constexpr, Q_SUM: tl.constexpr, K_SUM: tl.constexpr,
     C: tl.constexpr, S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
     PREC: tl.constexpr,
@@ -109,7 +133,7 @@ def _q_visit(
     offs_d = tl.arange(0, BLOCK_D)
     for n0 in range(n_lo, n_hi, BLOCK_N):
         rows = n0 + offs_n
-        ptr = (kv_row0 + rows)[:, None] * D + offs_d[None, :]
+        ptr = (seg + _slot(rows, K_SUM, C, S))[:, None] * D + offs_d[None, :]
         ld = (rows < limit)[:, None] & (offs_d < D)[None, :]
         k = tl.load(k_base + ptr, mask=ld, other=0.0)
         v = tl.load(v_base + ptr, mask=ld, other=0.0)
@@ -134,7 +158,7 @@ def _q_visit(
 @triton.jit
 def _q_side_kernel(
     Q, K, V, Out, LSE, DO, DELTA, DQ,
-    T, NS, W, n_tiles, L, HQ, GROUP, qk_scale, scale,
+    BASE, T, NS, W, n_tiles, L, HQ, GROUP, qk_scale, scale,
     MODE: tl.constexpr, Q_SUM: tl.constexpr, VIS: tl.constexpr, SPLIT: tl.constexpr, C: tl.constexpr, S: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
     PREC: tl.constexpr,
@@ -154,12 +178,11 @@ def _q_side_kernel(
     q_rows = m0 + offs_m
     if Q_SUM:
         q_limit = NS
-        q_row0 = 0
     else:
         q_limit = T
-        q_row0 = NS
     row_ok = q_rows < q_limit
-    ptr = (q_row0 + q_rows)[:, None] * D + offs_d[None, :]
+    q_slots = BASE + _slot(q_rows, Q_SUM, C, S)
+    ptr = q_slots[:, None] * D + offs_d[None, :]
     ld = row_ok[:, None] & (offs_d < D)[None, :]
     q = tl.load(Q + q_off + ptr, mask=ld, other=0.0)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -171,18 +194,18 @@ def _q_side_kernel(
         delta = l_i
     else:
         do = tl.load(DO + q_off + ptr, mask=ld, other=0.0)
-        lse = tl.load(LSE + bh.to(tl.int64) * L + q_row0 + q_rows, mask=row_ok, other=float("inf"))
-        delta = tl.load(DELTA + bh.to(tl.int64) * L + q_row0 + q_rows, mask=row_ok, other=0.0)
+        lse = tl.load(LSE + bh.to(tl.int64) * L + q_slots, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + bh.to(tl.int64) * L + q_slots, mask=row_ok, other=0.0)
 
     last = tl.minimum(m0 + BLOCK_M, q_limit) - 1
     if Q_SUM:
         c_lo = m0 // S
         c_hi = last // S
         # text of the own chunks, then the own chunks' summaries up to the query (all edge tiles)
-        acc, m_i, l_i = _q_visit(acc, m_i, l_i, q, do, lse, delta, q_rows, k_base, v_base, NS,
+        acc, m_i, l_i = _q_visit(acc, m_i, l_i, q, do, lse, delta, q_rows, k_base, v_base, BASE,
                                  c_lo * C, (c_hi + 1) * C, T, qk_scale, W,
                                  MODE, True, True, False, C, S, BLOCK_N, BLOCK_D, D, PREC)  # fmt: skip
-        acc, m_i, l_i = _q_visit(acc, m_i, l_i, q, do, lse, delta, q_rows, k_base, v_base, 0,
+        acc, m_i, l_i = _q_visit(acc, m_i, l_i, q, do, lse, delta, q_rows, k_base, v_base, BASE,
                                  c_lo * S, last + 1, NS, qk_scale, W,
                                  MODE, True, True, True, C, S, BLOCK_N, BLOCK_D, D, PREC)  # fmt: skip
     else:
@@ -194,45 +217,46 @@ def _q_side_kernel(
         a = tl.minimum(tl.maximum(fa, start), hi)
         bnd = tl.minimum(tl.maximum(a, (m0 + 1) // BLOCK_N * BLOCK_N), hi)
         if SPLIT:  # edge tiles masked, the middle of the band without a mask
-            acc, m_i, l_i = _q_visit(acc, m_i, l_i, q, do, lse, delta, q_rows, k_base, v_base, NS,
+            acc, m_i, l_i = _q_visit(acc, m_i, l_i, q, do, lse, delta, q_rows, k_base, v_base, BASE,
                                      start, a, T, qk_scale, W,
                                      MODE, True, False, False, C, S, BLOCK_N, BLOCK_D, D, PREC)  # fmt: skip
-            acc, m_i, l_i = _q_visit(acc, m_i, l_i, q, do, lse, delta, q_rows, k_base, v_base, NS,
+            acc, m_i, l_i = _q_visit(acc, m_i, l_i, q, do, lse, delta, q_rows, k_base, v_base, BASE,
                                      a, bnd, T, qk_scale, W,
                                      MODE, False, False, False, C, S, BLOCK_N, BLOCK_D, D, PREC)  # fmt: skip
-            acc, m_i, l_i = _q_visit(acc, m_i, l_i, q, do, lse, delta, q_rows, k_base, v_base, NS,
+            acc, m_i, l_i = _q_visit(acc, m_i, l_i, q, do, lse, delta, q_rows, k_base, v_base, BASE,
                                      bnd, hi, T, qk_scale, W,
                                      MODE, True, False, False, C, S, BLOCK_N, BLOCK_D, D, PREC)  # fmt: skip
         else:  # one loop, mask everywhere: fewer live registers than three pipelined loops
-            acc, m_i, l_i = _q_visit(acc, m_i, l_i, q, do, lse, delta, q_rows, k_base, v_base, NS,
+            acc, m_i, l_i = _q_visit(acc, m_i, l_i, q, do, lse, delta, q_rows, k_base, v_base, BASE,
                                      start, hi, T, qk_scale, W,
                                      MODE, True, False, False, C, S, BLOCK_N, BLOCK_D, D, PREC)  # fmt: skip
         if VIS:
             s_full = tl.maximum(c_lo - W, 0) * S // BLOCK_N * BLOCK_N
             s_hi = tl.maximum(c_hi - W, 0) * S
             if SPLIT:
-                acc, m_i, l_i = _q_visit(acc, m_i, l_i, q, do, lse, delta, q_rows, k_base, v_base, 0,
+                acc, m_i, l_i = _q_visit(acc, m_i, l_i, q, do, lse, delta, q_rows, k_base, v_base, BASE,
                                          0, s_full, NS, qk_scale, W,
                                          MODE, False, False, True, C, S, BLOCK_N, BLOCK_D, D, PREC)  # fmt: skip
             else:
                 s_full = 0
-            acc, m_i, l_i = _q_visit(acc, m_i, l_i, q, do, lse, delta, q_rows, k_base, v_base, 0,
+            acc, m_i, l_i = _q_visit(acc, m_i, l_i, q, do, lse, delta, q_rows, k_base, v_base, BASE,
                                      s_full, s_hi, NS, qk_scale, W,
                                      MODE, True, False, True, C, S, BLOCK_N, BLOCK_D, D, PREC)  # fmt: skip
 
     # output addresses rebuilt here rather than kept live in registers through the loops
-    o_ptr, o_ld = _tile_ptr(q_off + (q_row0 + m0) * D, m0, q_limit, BLOCK_M, BLOCK_D, D)
+    o_ptr, o_ld = _tile_ptr(m0, q_limit, Q_SUM, C, S, BLOCK_M, BLOCK_D, D)
+    o_ptr += BASE * D
     if MODE == 0:
         out = acc / l_i[:, None]
-        tl.store(Out + o_ptr, out.to(Out.dtype.element_ty), mask=o_ld)
-        tl.store(LSE + bh.to(tl.int64) * L + q_row0 + q_rows, m_i + tl.math.log2(l_i), mask=row_ok)
+        tl.store(Out + q_off + o_ptr, out.to(Out.dtype.element_ty), mask=o_ld)
+        tl.store(LSE + bh.to(tl.int64) * L + q_slots, m_i + tl.math.log2(l_i), mask=row_ok)
     else:
-        tl.store(DQ + o_ptr, (acc * scale).to(DQ.dtype.element_ty), mask=o_ld)
+        tl.store(DQ + q_off + o_ptr, (acc * scale).to(DQ.dtype.element_ty), mask=o_ld)
 
 
 @triton.jit
 def _kv_visit(
-    dk, dv, k, v, k_rows, q_base, do_base, lse_base, delta_base, q_row0, m_lo, m_hi, limit, qk_scale, W,
+    dk, dv, k, v, k_rows, q_base, do_base, lse_base, delta_base, seg, m_lo, m_hi, limit, qk_scale, W,
     MASKED: tl.constexpr, Q_SUM: tl.constexpr, K_SUM: tl.constexpr, C: tl.constexpr, S: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
@@ -242,12 +266,13 @@ def _kv_visit(
     for m0 in range(m_lo, m_hi, BLOCK_M):
         rows = m0 + offs_m
         row_ok = rows < limit
-        ptr = (q_row0 + rows)[:, None] * D + offs_d[None, :]
+        slots = seg + _slot(rows, Q_SUM, C, S)
+        ptr = slots[:, None] * D + offs_d[None, :]
         ld = row_ok[:, None] & (offs_d < D)[None, :]
         q = tl.load(q_base + ptr, mask=ld, other=0.0)
         do = tl.load(do_base + ptr, mask=ld, other=0.0)
-        lse = tl.load(lse_base + q_row0 + rows, mask=row_ok, other=float("inf"))
-        delta = tl.load(delta_base + q_row0 + rows, mask=row_ok, other=0.0)
+        lse = tl.load(lse_base + slots, mask=row_ok, other=float("inf"))
+        delta = tl.load(delta_base + slots, mask=row_ok, other=0.0)
         # keys along M (BN = 128 rows) keeps the Hopper MMAs at M >= 64 even for short query tiles
         qk_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
         if MASKED:
@@ -263,7 +288,7 @@ def _kv_visit(
 @triton.jit
 def _dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV,
-    T, NS, W, L, HQ, GROUP, qk_scale, scale,
+    BASE, T, NS, W, L, HQ, GROUP, qk_scale, scale,
     K_SUM: tl.constexpr, VIS: tl.constexpr, SPLIT: tl.constexpr, C: tl.constexpr, S: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
     PREC: tl.constexpr,
@@ -279,13 +304,11 @@ def _dkdv_kernel(
     k_rows = n0 + offs_n
     if K_SUM:
         k_limit = NS
-        kv_row0 = 0
         per = S
     else:
         k_limit = T
-        kv_row0 = NS
         per = C
-    ptr = (kv_row0 + k_rows)[:, None] * D + offs_d[None, :]
+    ptr = (BASE + _slot(k_rows, K_SUM, C, S))[:, None] * D + offs_d[None, :]
     ld = (k_rows < k_limit)[:, None] & (offs_d < D)[None, :]
     k = tl.load(K + kv_off + ptr, mask=ld, other=0.0)
     v = tl.load(V + kv_off + ptr, mask=ld, other=0.0)
@@ -302,14 +325,14 @@ def _dkdv_kernel(
             fa = tl.maximum(fa, start)
             if not SPLIT:
                 fa = T
-            dk, dv = _kv_visit(dk, dv, k, v, k_rows, q_base, do_base, lse_base, delta_base, NS,
+            dk, dv = _kv_visit(dk, dv, k, v, k_rows, q_base, do_base, lse_base, delta_base, BASE,
                                start, fa, T, qk_scale, W,
                                True, False, True, C, S, BLOCK_M, BLOCK_D, D, PREC)  # fmt: skip
             if SPLIT:
-                dk, dv = _kv_visit(dk, dv, k, v, k_rows, q_base, do_base, lse_base, delta_base, NS,
+                dk, dv = _kv_visit(dk, dv, k, v, k_rows, q_base, do_base, lse_base, delta_base, BASE,
                                    fa, T, T, qk_scale, W,
                                    False, False, True, C, S, BLOCK_M, BLOCK_D, D, PREC)  # fmt: skip
-        dk, dv = _kv_visit(dk, dv, k, v, k_rows, q_base, do_base, lse_base, delta_base, 0,
+        dk, dv = _kv_visit(dk, dv, k, v, k_rows, q_base, do_base, lse_base, delta_base, BASE,
                            n0, tl.minimum((kc_hi + 1) * S, NS), NS, qk_scale, W,
                            True, True, True, C, S, BLOCK_M, BLOCK_D, D, PREC)  # fmt: skip
     else:
@@ -320,23 +343,24 @@ def _dkdv_kernel(
         a = tl.minimum(tl.maximum(fa, start), end)
         bnd = tl.minimum(tl.maximum(a, fb), end)
         if SPLIT:
-            dk, dv = _kv_visit(dk, dv, k, v, k_rows, q_base, do_base, lse_base, delta_base, NS,
+            dk, dv = _kv_visit(dk, dv, k, v, k_rows, q_base, do_base, lse_base, delta_base, BASE,
                                start, a, T, qk_scale, W,
                                True, False, False, C, S, BLOCK_M, BLOCK_D, D, PREC)  # fmt: skip
-            dk, dv = _kv_visit(dk, dv, k, v, k_rows, q_base, do_base, lse_base, delta_base, NS,
+            dk, dv = _kv_visit(dk, dv, k, v, k_rows, q_base, do_base, lse_base, delta_base, BASE,
                                a, bnd, T, qk_scale, W,
                                False, False, False, C, S, BLOCK_M, BLOCK_D, D, PREC)  # fmt: skip
         else:
             bnd = start
-        dk, dv = _kv_visit(dk, dv, k, v, k_rows, q_base, do_base, lse_base, delta_base, NS,
+        dk, dv = _kv_visit(dk, dv, k, v, k_rows, q_base, do_base, lse_base, delta_base, BASE,
                            bnd, end, T, qk_scale, W,
                            True, False, False, C, S, BLOCK_M, BLOCK_D, D, PREC)  # fmt: skip
         # summaries of the tile's complete chunks read their chunk's text
-        dk, dv = _kv_visit(dk, dv, k, v, k_rows, q_base, do_base, lse_base, delta_base, 0,
+        dk, dv = _kv_visit(dk, dv, k, v, k_rows, q_base, do_base, lse_base, delta_base, BASE,
                            kc_lo * S, tl.minimum((kc_hi + 1) * S, NS), NS, qk_scale, W,
                            True, True, False, C, S, BLOCK_M, BLOCK_D, D, PREC)  # fmt: skip
 
-    o_ptr, o_ld = _tile_ptr(q_off + (kv_row0 + n0) * D, n0, k_limit, BLOCK_N, BLOCK_D, D)
+    o_ptr, o_ld = _tile_ptr(n0, k_limit, K_SUM, C, S, BLOCK_N, BLOCK_D, D)
+    o_ptr += q_off + BASE * D
     tl.store(DK + o_ptr, (dk * scale).to(DK.dtype.element_ty), mask=o_ld)
     tl.store(DV + o_ptr, dv.to(DV.dtype.element_ty), mask=o_ld)
 
@@ -361,10 +385,10 @@ def _delta_kernel(Out, DO, DELTA, n_rows, BLOCK: tl.constexpr, BLOCK_D: tl.const
 GPU_TILES = {
     "fwd": (64, 64, 4, 3),  # query tile x key tile
     "dq": (64, 64, 4, 2),  # query tile x key tile
-    "kv": (32, 128, 8, 2),  # query tile x key tile (each program owns the key tile)
+    "kv": (64, 128, 8, 2),  # query tile x key tile (each program owns the key tile)
 }
 # True: full tiles of a band run in their own loop without the elementwise mask; False: one masked
-# loop per region (fewer loops, fewer live registers). Both are exact; the benchmark picks.
+# loop per region (fewer loops). Both are exact; the benchmark's sweep picks.
 SPLIT_FULL_TILES = True
 INTERPRETER_TILES = {"fwd": (16, 16, 4, 1), "dq": (16, 16, 4, 1), "kv": (16, 16, 4, 1)}
 
@@ -374,59 +398,66 @@ def _tiles(device: torch.device, kernel: str) -> tuple[int, int, int, int]:
     return (GPU_TILES if device.type == "cuda" else INTERPRETER_TILES)[kernel]
 
 
-def _common(q, k, text_len, chunk, summaries, window, scale, vis):
+def _segments(seq_lens, chunk, summaries, window, q, k, scale, vis):
+    """Kernel arguments of each packed sequence: its start in L, text length, summary count."""
     b, hq, length, d = q.shape
-    n_sum = (text_len // chunk) * summaries
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
-    return dict(
-        T=text_len, NS=n_sum, W=min(window, text_len // chunk + 1), L=length, HQ=hq, GROUP=hq // k.shape[1],
-        qk_scale=scale * LOG2E, scale=scale, VIS=vis, SPLIT=SPLIT_FULL_TILES, C=chunk, S=summaries,
-        BLOCK_D=max(16, triton.next_power_of_2(d)), D=d, PREC=prec,
+    common = dict(
+        L=length, HQ=hq, GROUP=hq // k.shape[1], qk_scale=scale * LOG2E, scale=scale, VIS=vis,
+        SPLIT=SPLIT_FULL_TILES, C=chunk, S=summaries, BLOCK_D=max(16, triton.next_power_of_2(d)), D=d,
+        PREC="ieee" if q.dtype == torch.float32 else "tf32",
     )  # fmt: skip
+    start = 0
+    for text_len in seq_lens:
+        n_sum = (text_len // chunk) * summaries
+        # a window past the last chunk changes nothing; clamping keeps the index arithmetic in int32
+        yield dict(common, BASE=start, T=text_len, NS=n_sum, W=min(window, text_len // chunk + 1))
+        start += text_len + n_sum
 
 
-def _forward(q, k, v, text_len, chunk, summaries, window, scale, vis):
+def _forward(q, k, v, seq_lens, chunk, summaries, window, scale, vis):
     b, hq, length, d = q.shape
     o = torch.empty_like(q)
     lse = torch.empty(b, hq, length, device=q.device, dtype=torch.float32)
-    args = _common(q, k, text_len, chunk, summaries, window, scale, vis)
     bm, bn, warps, stages = _tiles(q.device, "fwd")
-    for q_sum, rows in ((True, args["NS"]), (False, text_len)):
-        n_tiles = triton.cdiv(rows, bm)
-        if n_tiles:
-            _q_side_kernel[(b * hq, n_tiles)](
-                q, k, v, o, lse, q, lse, q, n_tiles=n_tiles, MODE=0, Q_SUM=q_sum,
-                BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **args,
-            )  # fmt: skip
+    for args in _segments(seq_lens, chunk, summaries, window, q, k, scale, vis):
+        for q_sum, rows in ((True, args["NS"]), (False, args["T"])):
+            n_tiles = triton.cdiv(rows, bm)
+            if n_tiles:
+                _q_side_kernel[(b * hq, n_tiles)](
+                    q, k, v, o, lse, q, lse, q, n_tiles=n_tiles, MODE=0, Q_SUM=q_sum,
+                    BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **args,
+                )  # fmt: skip
     return o, lse
 
 
-def _backward(q, k, v, o, lse, do, text_len, chunk, summaries, window, scale, vis):
+def _backward(q, k, v, o, lse, do, seq_lens, chunk, summaries, window, scale, vis):
     b, hq, length, d = q.shape
-    args = _common(q, k, text_len, chunk, summaries, window, scale, vis)
+    group = hq // k.shape[1]
     delta = torch.empty_like(lse)
     n_rows = b * hq * length
-    _delta_kernel[(triton.cdiv(n_rows, 64),)](o, do, delta, n_rows, BLOCK=64, BLOCK_D=args["BLOCK_D"], D=d)
+    _delta_kernel[(triton.cdiv(n_rows, 64),)](
+        o, do, delta, n_rows, BLOCK=64, BLOCK_D=max(16, triton.next_power_of_2(d)), D=d
+    )
     dq = torch.empty_like(q)
-    group = args["GROUP"]
-    # per query head; with GQA in fp32, summed over each group below
+    # dK, dV per query head; with GQA in fp32 and summed over each group below
     dk, dv = (torch.empty(q.shape, device=q.device, dtype=torch.float32 if group > 1 else q.dtype) for _ in "kv")
-    bm, bn, warps, stages = _tiles(q.device, "dq")
-    for q_sum, rows in ((True, args["NS"]), (False, text_len)):
-        n_tiles = triton.cdiv(rows, bm)
-        if n_tiles:
-            _q_side_kernel[(b * hq, n_tiles)](
-                q, k, v, o, lse, do, delta, dq, n_tiles=n_tiles, MODE=1, Q_SUM=q_sum,
-                BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **args,
-            )  # fmt: skip
-    bm, bn, warps, stages = _tiles(q.device, "kv")
-    for k_sum, rows in ((True, args["NS"]), (False, text_len)):  # long summary-key loops first
-        n_tiles = triton.cdiv(rows, bn)
-        if n_tiles:
-            _dkdv_kernel[(b * hq, n_tiles)](
-                q, k, v, do, lse, delta, dk, dv, K_SUM=k_sum,
-                BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **args,
-            )  # fmt: skip
+    for args in _segments(seq_lens, chunk, summaries, window, q, k, scale, vis):
+        bm, bn, warps, stages = _tiles(q.device, "dq")
+        for q_sum, rows in ((True, args["NS"]), (False, args["T"])):
+            n_tiles = triton.cdiv(rows, bm)
+            if n_tiles:
+                _q_side_kernel[(b * hq, n_tiles)](
+                    q, k, v, o, lse, do, delta, dq, n_tiles=n_tiles, MODE=1, Q_SUM=q_sum,
+                    BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **args,
+                )  # fmt: skip
+        bm, bn, warps, stages = _tiles(q.device, "kv")
+        for k_sum, rows in ((True, args["NS"]), (False, args["T"])):  # long summary-key loops first
+            n_tiles = triton.cdiv(rows, bn)
+            if n_tiles:
+                _dkdv_kernel[(b * hq, n_tiles)](
+                    q, k, v, do, lse, delta, dk, dv, K_SUM=k_sum,
+                    BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **args,
+                )  # fmt: skip
     if group > 1:
         dk, dv = (x.view(b, hq // group, group, length, d).sum(2).to(k.dtype) for x in (dk, dv))
     return dq, dk, dv
@@ -437,14 +468,14 @@ def _interpreted() -> bool:
     return all(type(f).__name__ == "InterpretedFunction" for f in (_q_side_kernel, tl.zeros))
 
 
-class _PrefixAttention(torch.autograd.Function):
-    """Autograd wrapper for one sequence in prefix layout (q, k, v contiguous [B, H, L, D])."""
+class _KSAAttention(torch.autograd.Function):
+    """Autograd wrapper: q, k, v contiguous [B, H, L, D] on the interleaved layout."""
 
     @staticmethod
-    def forward(ctx, q, k, v, text_len, chunk, summaries, window, scale, vis):
-        o, lse = _forward(q, k, v, text_len, chunk, summaries, window, scale, vis)
+    def forward(ctx, q, k, v, seq_lens, chunk, summaries, window, scale, vis):
+        o, lse = _forward(q, k, v, seq_lens, chunk, summaries, window, scale, vis)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.cfg = (text_len, chunk, summaries, window, scale, vis)
+        ctx.cfg = (seq_lens, chunk, summaries, window, scale, vis)
         return o
 
     @staticmethod
@@ -454,7 +485,7 @@ class _PrefixAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None
 
 
-def triton_prefix_attention(
+def triton_ksa_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -466,16 +497,11 @@ def triton_prefix_attention(
     scale: float,
     summaries_visible: bool,
 ) -> torch.Tensor:
-    """KSA attention of q, k, v ([B, H, L, D]) in prefix layout; packed sequences run one launch each."""
+    """KSA attention of q, k, v ([B, H, L, D]) on the interleaved layout, packed sequences along L."""
     if q.device.type != "cuda" and not _interpreted():
         raise RuntimeError(
             "impl='triton' needs CUDA tensors, or (slow, for tests) TRITON_INTERPRET=1 set in the "
             "environment before anything imports triton (e.g. at the top of conftest.py)"
         )
-    outs, start = [], 0
-    for text_len in seq_lens:
-        end = start + text_len + (text_len // chunk) * summaries
-        part = (x[:, :, start:end].contiguous() for x in (q, k, v))
-        outs.append(_PrefixAttention.apply(*part, text_len, chunk, summaries, window, scale, summaries_visible))
-        start = end
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    q, k, v = (x.contiguous() for x in (q, k, v))
+    return _KSAAttention.apply(q, k, v, tuple(seq_lens), chunk, summaries, window, scale, summaries_visible)
