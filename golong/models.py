@@ -80,6 +80,60 @@ def _is_ksa_folder(path: str) -> bool:
     return cfg.is_file() and '"model_type": "ksa_' in cfg.read_text()
 
 
+def _release_folder(path: str) -> str | None:
+    """The local folder of a checkpoint in the KSA release format (`use_summary_attention: true`), else None.
+
+    Such a folder says model_type "qwen3": a plain Qwen3 load would silently drop the summary
+    attention, so it must go through ksa.from_pretrained. Hub ids are resolved through the local
+    hub cache (downloading only where the hub is reachable).
+    """
+    import json
+
+    local = Path(path).expanduser()
+    if local.is_dir():
+        cfg_file = local / "config.json"
+    else:
+        try:
+            from transformers.utils import cached_file
+
+            found = cached_file(path, "config.json", _raise_exceptions_for_missing_entries=False)
+        except (OSError, ValueError):
+            return None
+        if found is None:
+            return None
+        cfg_file = Path(found)
+    try:
+        raw = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    if raw.get("use_summary_attention") is not True:
+        return None
+    if local.is_dir():
+        return str(local)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(path)
+    except Exception as e:  # offline without a cached copy, missing files, network errors
+        raise ModelLoadError(f"KSA release checkpoint {path!r} is not fully available: {str(e).splitlines()[0]} "
+                             "(download it once, or give a local folder)") from None
+
+
+def _load_release(folder: str, cfg: ModelConfig, device) -> tuple[Any, Any]:
+    from transformers import AutoTokenizer
+
+    import ksa
+
+    try:
+        model = ksa.from_pretrained(folder, dtype=_DTYPES[cfg.dtype], device=device)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except ksa.KSAConfigError as e:
+        raise ModelLoadError(f"cannot load KSA release checkpoint {cfg.path!r}: {e}") from None
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load KSA release checkpoint {cfg.path!r}: {str(e).splitlines()[0]}") from None
+    return model, tokenizer
+
+
 def load_policy(cfg: ModelConfig, device: str | torch.device | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) for `cfg`: dtype, attention backend, gradient checkpointing and LoRA applied."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -93,25 +147,29 @@ def load_policy(cfg: ModelConfig, device: str | torch.device | None = None) -> t
         kwargs["attn_implementation"] = cfg.attn_implementation
     if _is_ksa_folder(path):
         import ksa  # noqa: F401  (registers the ksa_* model types with the Auto classes)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load model {cfg.path!r}: {str(e).splitlines()[0]} (give a local model folder)") from None
+    release = _release_folder(path)
+    if release is not None:  # the released KSA format: golong's own KSA classes, never remote code
+        model, tokenizer = _load_release(release, cfg, device)
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"cannot load model {cfg.path!r}: {str(e).splitlines()[0]} (give a local model folder)") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return prepare_policy(model, cfg, device), tokenizer
+
+
+def prepare_policy(model: Any, cfg: ModelConfig, device: str | torch.device | None = None) -> Any:
+    """KSA conversion, device placement, activation checkpointing and LoRA of `cfg`, applied to a
+    loaded (or freshly built) causal LM; returns the model to train (a peft wrapper with LoRA)."""
     if cfg.ksa:
         model = _make_ksa(model, cfg.ksa)
     if device is not None:
         model.to(device)
     if cfg.gradient_checkpointing:
-        # non-reentrant checkpointing needs no input grads, so it also works with frozen embeddings (LoRA)
-        kwargs_ckpt = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs_ckpt)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs_ckpt)
-        model.config.use_cache = False
+        enable_checkpointing(model, cfg.checkpoint_policy, cfg.checkpoint_layers)
     if cfg.lora is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -122,8 +180,55 @@ def load_policy(cfg: ModelConfig, device: str | torch.device | None = None) -> t
             target_modules=cfg.lora.target_modules,
             task_type="CAUSAL_LM",
         )
+        # peft keeps the adapters in float32 over a bf16 base (autocast_adapter_dtype)
         model = get_peft_model(model, lora)
-    return model, tokenizer
+    return model
+
+
+# Attention kernels whose outputs "save_attention" keeps: recomputing them in backward is the
+# costliest part of the recompute at long lengths (O(T^2)), keeping them costs O(T) per layer.
+_ATTENTION_OPS = tuple(
+    getattr(torch.ops.aten, name)
+    for name in (
+        "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
+    )
+    if hasattr(torch.ops.aten, name)
+)
+
+
+def _save_attention_context():
+    """Selective checkpointing contexts: attention kernel outputs are kept, everything else recomputed."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    def policy(ctx, op, *args, **kwargs):
+        saved = getattr(op, "_overloadpacket", op) in _ATTENTION_OPS
+        return CheckpointPolicy.MUST_SAVE if saved else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def enable_checkpointing(model: Any, policy: str = "full", layers: int | None = None) -> None:
+    """Checkpoint the decoder layers: "full" recomputes each layer's forward in backward;
+    "save_attention" keeps the attention outputs (and softmax statistics) and recomputes only the
+    projections, MLP and norms. `layers` = N checkpoints only the first N layers (the others keep
+    all activations: faster where memory allows); None = all."""
+    kwargs: dict[str, Any] = {"use_reentrant": False}  # non-reentrant: no input grads needed (LoRA)
+    if policy == "save_attention":
+        kwargs["context_fn"] = _save_attention_context
+    elif policy != "full":
+        raise ModelLoadError(f"unknown checkpoint_policy {policy!r}; use 'full' or 'save_attention'")
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+    if layers is not None:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        for i, m in enumerate(blocks):
+            m.gradient_checkpointing = i < layers
 
 
 def _make_ksa(model: Any, settings: dict[str, Any]) -> Any:

@@ -111,8 +111,11 @@ def _context_layer_class(cls: type) -> type:
     if cls not in _LAYER_CLASSES:
 
         def forward(self, *args, **kwargs):
-            _CURRENT.ctx = kwargs.get("ksa_ctx")
-            return super(sub, self).forward(*args, **kwargs)
+            outer, _CURRENT.ctx = _current_ctx(), kwargs.get("ksa_ctx")
+            try:
+                return super(sub, self).forward(*args, **kwargs)
+            finally:
+                _CURRENT.ctx = outer  # hold no reference (cache, slots) past the layer
 
         sub = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
         _LAYER_CLASSES[cls] = sub
@@ -140,7 +143,6 @@ class KSAMixin:
         std = getattr(config, "initializer_range", 0.02)
         self.summary_embed = nn.Embedding(config.ksa_summaries, config.hidden_size)
         nn.init.normal_(self.summary_embed.weight, std=std)
-        self._ksa_ctx: KSAContext | None = None
         if getattr(config, "ksa_summary_qkv", False):
             for i, layer in enumerate(self.model.layers):
                 attn = layer.self_attn
@@ -233,13 +235,9 @@ class KSAMixin:
     def _run_layers(self, hidden: torch.Tensor, position_ids: torch.Tensor, ctx: KSAContext) -> torch.Tensor:
         self._use_ksa_attention()
         cos_sin = self.model.rotary_emb(hidden, position_ids)
-        self._ksa_ctx = ctx
-        try:
-            for layer in self.model.layers[: self.config.num_hidden_layers]:
-                out = layer(hidden, attention_mask=None, position_ids=position_ids, position_embeddings=cos_sin, ksa_ctx=ctx)
-                hidden = out[0] if isinstance(out, tuple) else out
-        finally:
-            self._ksa_ctx = None
+        for layer in self.model.layers[: self.config.num_hidden_layers]:
+            out = layer(hidden, attention_mask=None, position_ids=position_ids, position_embeddings=cos_sin, ksa_ctx=ctx)
+            hidden = out[0] if isinstance(out, tuple) else out
         return self.model.norm(hidden)
 
     # --- full-sequence forward (training, prefill, teacher) --------------------------------------
