@@ -36,6 +36,8 @@ class ModelConfig(_Section):
     trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint. Off unless you trust it.")
     lora: LoraConfig | None = Field(None, description="Train a LoRA adapter instead of all weights.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (saves memory at long lengths).")
+    checkpoint_policy: Literal["full", "save_attention"] = Field("save_attention", description="With gradient_checkpointing: 'full' recomputes each layer in backward; 'save_attention' keeps the attention outputs (O(T) memory per layer) and recomputes the rest, skipping the O(T^2) attention recompute.")
+    checkpoint_layers: int | None = Field(None, ge=0, description="With gradient_checkpointing: checkpoint only the first N decoder layers (the rest keep their activations: faster where memory allows); None = all layers.")
     attn_implementation: str | None = Field(None, description="transformers attention backend (e.g. 'sdpa'); None = library default.")
     ksa: dict[str, Any] | None = Field(None, description="Make the policy a Kwai Summary Attention model with these ksa settings.")
 
@@ -98,6 +100,7 @@ class OptimConfig(_Section):
     micro_batch_tokens: int = Field(8192, ge=1, description="Token budget of one packed micro-batch.")
     logprob_chunk: int = Field(1024, ge=1, description="Tokens per chunk when computing log-probs (full-vocab logits never held for a whole sequence).")
     fp32_master_weights: bool = Field(True, description="With model.dtype=bfloat16: keep float32 weights and optimizer state, compute under bf16 autocast (RL-sized updates vanish in bf16 weights). False = pure bf16 weights (half the memory).")
+    master_weights: Literal["model", "optimizer"] = Field("model", description="With fp32_master_weights: where the float32 weights live. 'model': a float32 model run under bf16 autocast. 'optimizer': a bf16 model (bf16 activations, no per-forward weight casts) whose float32 copies the optimizer updates and copies back after each step.")
 
 
 class ClusterConfig(_Section):
@@ -121,6 +124,8 @@ class TrainerConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     tensorboard: bool = Field(False, description="Also log to TensorBoard.")
     wandb: str | None = Field(None, description="W&B project name to log to (None = off).")
+    warm_start_steps: int = Field(0, ge=0, description="Supervised steps on reference answers (rewards.oracle_response, with a one-line think block) before RL; teaches a small non-thinking model the answer format. 0 = off.")
+    warm_start_prompts: int = Field(8, ge=1, description="Prompts per warm-start step.")
 
 
 class Recipe(_Section):

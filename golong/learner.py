@@ -21,12 +21,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from golong.algos import aggregate, kl_penalty, policy_loss
 from golong.config import AlgoConfig, ModelConfig, OptimConfig
-from golong.models import ModelLoadError, load_policy  # noqa: F401  (re-exported)
+from golong.models import ModelLoadError, load_policy, prepare_policy  # noqa: F401  (re-exported)
 from golong.packing import PackedRow, pack, packed_logprobs, pad_stack, plan_micro_batches
 
 
@@ -56,28 +57,49 @@ class Learner:
         seed: int = 0,
         device: str | None = None,
         temperature: float = 1.0,
+        policy: tuple[Any, Any] | None = None,
     ) -> None:
-        """`temperature` is the sampler's: logits are divided by it so ratios and drift compare like with like."""
+        """`temperature` is the sampler's: logits are divided by it so ratios and drift compare like with like.
+
+        `policy` = (model, tokenizer) trains an already built causal LM instead of loading model.path
+        (model.dtype, checkpointing, KSA and LoRA of `model` are still applied).
+        """
         torch.manual_seed(seed)
         random.seed(seed)
         self.model_cfg, self.optim_cfg, self.algo_cfg = model, optim, algo
         self.total_steps = total_steps
         self.temperature = temperature
         self.device = torch.device(device) if device else _default_device()
-        # bf16 compute over fp32 master weights: an lr-1e-6 update is far below bf16's resolution
+        # bf16 compute over fp32 master weights: an lr-1e-6 update is far below bf16's resolution.
+        # With LoRA only the adapters are trained (peft keeps them float32): the frozen base stays bf16.
+        # master_weights="optimizer" instead runs a bf16 model and keeps the float32 copies beside it.
         self.autocast = model.dtype == "bfloat16" and optim.fp32_master_weights
-        load_cfg = model.model_copy(update={"dtype": "float32"}) if self.autocast else model
-        self._model, self._tokenizer = load_policy(load_cfg, device=self.device)
         self.is_lora = model.lora is not None
+        optimizer_master = self.autocast and not self.is_lora and optim.master_weights == "optimizer"
+        self.autocast = self.autocast and not optimizer_master
+        master = self.autocast and not self.is_lora
+        load_cfg = model.model_copy(update={"dtype": "float32"}) if master else model
+        if policy is None:
+            self._model, self._tokenizer = load_policy(load_cfg, device=self.device)
+        else:
+            built, self._tokenizer = policy
+            built.to(torch.float32 if load_cfg.dtype == "float32" else torch.bfloat16)
+            self._model = prepare_policy(built, load_cfg, device=self.device)
         self._ref = None
         if algo.kl_coef > 0 and not self.is_lora:
             self._ref = copy.deepcopy(self._model).eval().requires_grad_(False)
             if self.autocast:
                 self._ref.to(torch.bfloat16)
         params = [p for p in self._model.parameters() if p.requires_grad]
+        # (bf16 parameter, its float32 master copy): the optimizer steps the copies
+        self._masters = [(p, p.detach().float().clone()) for p in params] if optimizer_master else []
+        if self._masters:
+            params = [m for _, m in self._masters]
+        # fused: one kernel for the whole update on CUDA (the multi-tensor foreach path elsewhere)
+        on_cuda = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
             params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay,
-            foreach=self.device.type == "cuda",
+            fused=on_cuda or None, foreach=None if on_cuda else False,
         )
         warm = optim.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -211,9 +233,18 @@ class Learner:
 
     def _optimizer_step(self) -> float:
         params = [p for p in self._model.parameters() if p.requires_grad]
+        if self._masters:  # bf16 gradients move onto the float32 copies (freed one by one as they go)
+            for p, m in self._masters:
+                m.grad = None if p.grad is None else p.grad.float()
+                p.grad = None
+            params = [m for _, m in self._masters]
         norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self._masters:
+            with torch.no_grad():
+                for p, m in self._masters:
+                    p.copy_(m)
         return float(norm)
 
     @staticmethod
@@ -283,6 +314,7 @@ class Learner:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
+            "master_weights": [m for _, m in self._masters],
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -315,6 +347,10 @@ class Learner:
             if unexpected or set(missing) - tied:
                 raise ValueError(f"checkpoint {path} does not match the model: missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]}")
         state = torch.load(path / "trainer_state.pt", weights_only=False)
+        saved = state.get("master_weights") or []
+        with torch.no_grad():  # the float32 copies, or (older checkpoints) the bf16 weights upcast
+            for i, (p, m) in enumerate(self._masters):
+                m.copy_(saved[i] if i < len(saved) else p.float())
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]

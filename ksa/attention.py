@@ -68,6 +68,9 @@ def ksa_attention(
     if impl == "triton":  # reads and writes the interleaved layout in place, through index arithmetic
         from ksa.triton_attention import triton_ksa_attention
 
+        if torch.is_autocast_enabled(q.device.type):  # a custom kernel sits outside autocast: use its dtype
+            dt = torch.get_autocast_dtype(q.device.type)
+            q, k, v = q.to(dt), k.to(dt), v.to(dt)
         return triton_ksa_attention(q, k, v, seq_lens=tuple(seq_lens), **opts)
     from ksa.flex_attention import flex_prefix_attention
 
