@@ -257,6 +257,93 @@ def plot(run_dir: str = typer.Argument(..., help="A run folder (holding metrics.
         typer.echo(f"wrote {p}")
 
 
+# -- golong eval (owner: golong/evaluate.py, golong/report.py) ------------------------------------
+@app.command("eval")
+def eval_cmd(
+    model: list[str] = typer.Option(..., "--model", help="Model folder, learner checkpoint, run folder or built-in name (repeatable; the first is the baseline)."),
+    name: list[str] = typer.Option(None, "--name", help="Display name of each --model, in order (default: the paths)."),
+    data: list[str] = typer.Option(None, "--data", help="Evaluation rows: .parquet/.jsonl/.json file, folder or hub id (repeatable)."),
+    split: str = typer.Option("train", help="Split to load when --data / --train-data is a hub dataset."),
+    task_names: str = typer.Option("all", "--tasks", help="'all' or comma-separated task names (filters --data and --synth)."),
+    synth: bool = typer.Option(False, "--synth", help="Also generate held-out problems (split 'heldout', disjoint from train)."),
+    lengths: str = typer.Option("4k,8k,16k,32k", help="Prompt lengths of --synth problems, comma-separated."),
+    n: int = typer.Option(50, "-n", help="--synth problems per task and length."),
+    seed: int = typer.Option(0, help="Seed of generated problems and of sampling."),
+    tokenizer: str = typer.Option(None, help="Tokenizer for --synth lengths (default: the first model's)."),
+    task_file: list[str] = typer.Option(None, "--task-file", help="Plug-in task path.py:Class (repeatable)."),
+    train_data: str = typer.Option(None, "--train-data", help="Training data: evaluation rows whose prompt is in it are reported and excluded."),
+    keep_overlap: bool = typer.Option(False, "--keep-overlap", help="Keep evaluation rows that overlap --train-data (still reported)."),
+    engine: str = typer.Option("auto", help="Generation engine: auto, hf or vllm."),
+    greedy: bool = typer.Option(False, "--greedy", help="Greedy decoding (the default with -k 1)."),
+    temperature: float = typer.Option(None, help="Sampling temperature (default: 0 = greedy with -k 1, else 1.0)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
+    k: int = typer.Option(1, "-k", help="Samples per problem (pass@1 is averaged over them; pass@k also reported)."),
+    max_new_tokens: int = typer.Option(1024, "--max-new-tokens", help="Response length limit."),
+    max_prompt_tokens: int = typer.Option(None, "--max-prompt-tokens", help="Left-truncate longer prompts (default: never)."),
+    pass_threshold: float = typer.Option(0.5, "--pass-threshold", help="A sample passes when reward > this (binary rewards: == 1)."),
+    batch_prompts: int = typer.Option(8, "--batch-prompts", help="Problems per generation call (and per flush of responses.jsonl)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Sequences the transformers engine decodes at once."),
+    device: str = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
+    dtype: str = typer.Option(None, help="float32 or bfloat16 (default: bfloat16 on cuda, float32 on cpu)."),
+    out: str = typer.Option("eval", "-o", "--out", help="Output folder: results.json, report.md, plots, responses.jsonl."),
+    resume: bool = typer.Option(False, "--resume", help="Continue OUT/responses.jsonl, skipping work already done."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over even if OUT/responses.jsonl exists."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the PNG plots."),
+) -> None:
+    """Evaluate models on held-out problems: tables per task and length, results.json, report.md, plots."""
+    import tasks
+    from golong.evaluate import EvalError, EvalSettings, eval_set, evaluate, tokenizer_for_lengths
+    from golong.report import print_tables
+    from tasks.length import load_tokenizer, parse_length
+
+    console = _console()
+    errors = (EvalError, *_train_errors())
+    try:
+        import torch
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+        if dtype not in ("float32", "bfloat16"):
+            raise EvalError(f"--dtype {dtype!r}: use float32 or bfloat16")
+        if name and len(name) != len(model):
+            raise EvalError(f"{len(name)} --name for {len(model)} --model: give one name per model or none")
+        for spec in task_file or []:
+            tasks.load_task_spec(spec)
+        names = None if task_names.strip() == "all" else [t.strip() for t in task_names.split(",") if t.strip()]
+        sizes = [parse_length(x.strip()) for x in lengths.split(",") if x.strip()] if synth else None
+        tok = (load_tokenizer(tokenizer) if tokenizer else tokenizer_for_lengths(model[0])) if synth else None
+        items, meta = eval_set(data=data, split=split, synth=synth, task_names=names, lengths=sizes, n=n, seed=seed,
+                               tokenizer=tok, train_data=train_data, keep_overlap=keep_overlap)
+        if synth and tok is None:
+            meta["data"] += " (lengths approximate: no tokenizer)"
+        temp = 0.0 if greedy else (temperature if temperature is not None else (0.0 if k == 1 else 1.0))
+        settings = EvalSettings(k=k, max_new_tokens=max_new_tokens, temperature=temp, top_p=top_p, seed=seed,
+                                batch_prompts=batch_prompts, max_prompt_tokens=max_prompt_tokens,
+                                pass_threshold=pass_threshold)
+        overlap = meta.get("overlap")
+        if overlap and overlap["count"]:
+            verb = "kept" if keep_overlap else "excluded"
+            console.print(f"[yellow]{overlap['count']} evaluation rows overlap {train_data} ({verb}); "
+                          f"rows {overlap['indices'][:10]}{' ...' if overlap['count'] > 10 else ''}[/yellow]")
+        console.print(f"evaluating {len(model)} model(s) on {len(items)} problems x {k} sample(s): {meta['data']}",
+                      highlight=False)
+        results = evaluate(list(model), items, engine=engine, settings=settings, out_dir=out, resume=resume,
+                           overwrite=overwrite, names=list(name) if name else None, meta=meta, device=device,
+                           dtype=dtype, console=console, plots=plots, batch_size=batch_size)
+    except errors as e:
+        _fail(str(e))
+    print_tables(results, console)
+    for m in results["models"]:
+        st = results["summary"][m]["all"]
+        if st["no_think"]:
+            console.print(f"[yellow]{m}: {st['no_think']} of {st['n_samples']} responses lack exactly one </think> "
+                          "and score 0 by the GoLongRL think gate[/yellow]")
+        bad = st["errors"]
+        if bad:
+            console.print(f"[yellow]{m}: {bad} response(s) whose reward failed scored 0 (see 'error' in responses.jsonl)[/yellow]")
+    typer.echo(f"wrote {out}/results.json, {out}/report.md, {out}/responses.jsonl" + (" and plots" if plots else ""))
+
+
 # -- golong ksa (owner: ksa/convert.py) -----------------------------------------------------------
 @ksa_app.command("convert")
 def ksa_convert(
@@ -288,6 +375,24 @@ def ksa_convert(
         _fail(str(e))
     last = history[-1] if history else {}
     typer.echo(f"wrote KSA model to {out} (final loss {last.get('loss', float('nan')):.4f}, kl {last.get('kl', float('nan')):.4f})")
+
+
+# -- golong ksa export (owner: ksa/release.py) ----------------------------------------------------
+@ksa_app.command("export")
+def ksa_export(
+    model_dir: str = typer.Argument(..., help="A golong KSA model folder (e.g. from 'golong ksa convert' or a checkpoint) or a release folder."),
+    out: str = typer.Option(..., "-o", "--out", help="Folder for the model in the KSA release format (OpenOneRec/KSA-4B-base layout)."),
+    dtype: str = typer.Option(None, "--dtype", help="Write weights as float32 or bfloat16 (default: as stored)."),
+) -> None:
+    """Write a KSA model in the released KSA format (config keys, appended summary rows, *_proj_summary)."""
+    from ksa.config import KSAConfigError
+    from ksa.release import export
+
+    try:
+        path = export(model_dir, out, dtype=dtype)
+    except (KSAConfigError, OSError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {path} in the KSA release format")
 
 
 def main() -> None:

@@ -128,6 +128,18 @@ class TrainerConfig(_Section):
     warm_start_prompts: int = Field(8, ge=1, description="Prompts per warm-start step.")
 
 
+class EvalConfig(_Section):
+    every: int = Field(0, ge=0, description="Evaluate the policy on held-out problems every N steps and at the end (0 = off).")
+    path: str | None = Field(None, description="Evaluate on this dataset (file, folder or hub id) instead of generated problems.")
+    tasks: str | list[str] = Field("all", description="Tasks of the generated held-out problems ('all' = every registered task).")
+    lengths: list[int | str] = Field(default_factory=lambda: ["1k"], description="Prompt lengths of the generated problems.")
+    n: int = Field(8, ge=1, description="Generated problems per task and length (split 'heldout', disjoint from training).")
+    k: int = Field(1, ge=1, description="Samples per problem.")
+    temperature: float = Field(0.0, ge=0.0, description="Sampling temperature (0 = greedy; k > 1 needs > 0).")
+    max_new_tokens: int | None = Field(None, ge=1, description="Response limit (None = rollout.max_new_tokens).")
+    seed: int = Field(0, description="Seed of the generated problems and of sampling.")
+
+
 class Recipe(_Section):
     model: ModelConfig
     data: DataConfig
@@ -137,6 +149,7 @@ class Recipe(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:

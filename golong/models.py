@@ -52,7 +52,10 @@ def smollm2_135m_dir() -> Path:
 
     src = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=ggufs[0].name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=ggufs[0].name)
-    fresh = LlamaForCausalLM(src.config)
+    config = src.config
+    if hasattr(config, "quantization_config"):  # the weights are dequantised: save a plain fp32 model
+        del config.quantization_config
+    fresh = LlamaForCausalLM(config)
     missing, unexpected = fresh.load_state_dict(src.state_dict(), strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise ModelLoadError(f"SmolLM2 GGUF conversion mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")

@@ -1,0 +1,280 @@
+"""Where the roles run: in this process (`cluster.mode: inline`) or as Ray actors (`ray`).
+
+Both cluster kinds give the trainer the same calls:
+  generate(prompts, n, params)  rollout role (wakes / sleeps a colocated engine around it)
+  train_step(samples)           learner role
+  sync_weights()                learner -> rollout engine (Ray: through the object store, never the driver)
+  save_learner(path) / load_learner(path)
+  rewards                       a RewardPool (process pool inline, Ray tasks in Ray mode)
+  tokenizer                     for the driver's data mixture
+
+Ray mode puts the learner and the rollout engine into one placement group (one bundle each, or one
+shared bundle when colocated on a GPU). A rollout actor that dies is re-created, given the learner's
+current weights, and the generation retried, with a log line saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from golong.config import Recipe, RecipeError
+from golong.rewarding import RewardPool
+from golong.rollout.base import Completion, SamplingParams
+
+log = logging.getLogger("golong.cluster")
+
+
+def _set_threads(n: int | None) -> None:
+    import torch
+
+    torch.set_num_threads(n or os.cpu_count() or 1)
+
+
+def _engine_model_cfg(recipe: Recipe):
+    # The engine needs plain full weights: LoRA arrives merged through state_dict_for_sync, and
+    # gradient checkpointing would switch its KV cache off.
+    return recipe.model.model_copy(update={"lora": None, "gradient_checkpointing": False})
+
+
+def build_learner(recipe: Recipe, device: str | None = None):
+    from golong.learner import Learner
+
+    return Learner(
+        recipe.model, recipe.optim, recipe.algo, total_steps=recipe.trainer.steps,
+        seed=recipe.trainer.seed, device=device, temperature=recipe.rollout.temperature or 1.0,
+    )
+
+
+def build_engine(recipe: Recipe, model: Any = None, tokenizer: Any = None, device: str | None = None):
+    from golong.rollout.base import make_engine
+    from golong.rollout.vllm import resolve_engine_name
+
+    if resolve_engine_name(recipe.rollout.engine) == "vllm":  # vLLM loads the weights itself
+        from golong.models import resolve_model_path
+        from golong.rollout.vllm import derive_max_model_len
+
+        m = recipe.model
+        return make_engine(
+            "vllm", resolve_model_path(m.path), tokenizer,
+            max_model_len=derive_max_model_len(recipe.data.max_prompt_tokens, recipe.rollout.max_new_tokens),
+            dtype=m.dtype, seed=recipe.trainer.seed, trust_remote_code=m.trust_remote_code,
+        )
+    if model is None:
+        from golong.models import load_policy
+
+        model, tokenizer = load_policy(_engine_model_cfg(recipe), device=device)
+    return make_engine(recipe.rollout.engine, model, tokenizer, batch_size=recipe.rollout.batch_size, device=device)
+
+
+class InlineCluster:
+    """Every role in this process. With `cluster.share_weights` the engine samples from the
+    learner's own model object, so there is nothing to copy after an update."""
+
+    def __init__(self, recipe: Recipe, rewards: RewardPool | None = None):
+        self.rewards = rewards or RewardPool(
+            recipe.reward.workers, recipe.reward.timeout_s, recipe.reward.variant, mode="process"
+        )
+        self.rewards.start()  # fork the reward workers before the model and its threads exist
+        _set_threads(recipe.cluster.torch_threads)
+        self.recipe = recipe
+        self.learner = build_learner(recipe)
+        self.tokenizer = self.learner.tokenizer
+        from golong.rollout.vllm import resolve_engine_name
+
+        # vLLM holds its own copy of the weights: it is synced after every update
+        self.shared = recipe.cluster.share_weights and resolve_engine_name(recipe.rollout.engine) != "vllm"
+        if self.shared:
+            model = self.learner.model
+            if recipe.model.lora is not None:  # LoRA layers live inside the base model
+                model = model.get_base_model()
+            self.engine = build_engine(recipe, model, self.tokenizer)
+        else:
+            self.engine = build_engine(recipe, device=str(self.learner.device))
+
+    def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> list[list[Completion]]:
+        model = getattr(self.engine, "model", None)
+        was_training = bool(model is not None and model.training)
+        self.engine.wake()
+        try:
+            return self.engine.generate(prompts, n, params)
+        finally:
+            if was_training:  # the shared model goes back to the learner as it was
+                model.train()
+            if self.recipe.cluster.colocate and not self.shared:
+                self.engine.sleep()
+
+    def train_step(self, samples: list) -> dict[str, float]:
+        return self.learner.train_step(samples)
+
+    def sync_weights(self) -> None:
+        if not self.shared:
+            self.engine.load_weights(self.learner.state_dict_for_sync())
+
+    def save_learner(self, path: Path) -> None:
+        self.learner.save(path)
+
+    def load_learner(self, path: Path) -> None:
+        self.learner.load(path)
+
+    def shutdown(self) -> None:
+        self.rewards.close()
+
+
+class LearnerActor:
+    """The learner role inside a Ray actor."""
+
+    def __init__(self, recipe: Recipe):
+        _set_threads(recipe.cluster.torch_threads)
+        self.learner = build_learner(recipe)
+
+    def train_step(self, samples: list) -> dict[str, float]:
+        return self.learner.train_step(samples)
+
+    def state_dict_for_sync(self) -> dict[str, Any]:
+        return {k: v.cpu() for k, v in self.learner.state_dict_for_sync().items()}
+
+    def save(self, path: str) -> None:
+        self.learner.save(path)
+
+    def load(self, path: str) -> None:
+        self.learner.load(path)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RolloutActor:
+    """A rollout engine inside a Ray actor."""
+
+    def __init__(self, recipe: Recipe):
+        _set_threads(recipe.cluster.torch_threads)
+        self.colocate = recipe.cluster.colocate
+        self.engine = build_engine(recipe, device="cuda" if recipe.cluster.learner_gpus or recipe.cluster.rollout_gpus else None)
+
+    def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> list[list[Completion]]:
+        self.engine.wake()
+        try:
+            return self.engine.generate(prompts, n, params)
+        finally:
+            if self.colocate:
+                self.engine.sleep()
+
+    def load_weights(self, state_dict: dict[str, Any]) -> None:
+        self.engine.load_weights(state_dict)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayCluster:
+    """Learner and rollout as Ray actors in a placement group; rewards as Ray tasks."""
+
+    def __init__(self, recipe: Recipe, rewards: RewardPool | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise RecipeError("cluster.mode=ray needs ray: pip install 'ray[default]' (or use cluster.mode=inline)") from None
+        from ray.util.placement_group import placement_group
+
+        c = recipe.cluster
+        self.recipe, self.ray = recipe, ray
+        if not ray.is_initialized():
+            if c.address is None:
+                # A local cluster: token auth off (Ray 2.60 default on), and logical CPUs for every role.
+                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                # Ray starts workers at nice 15; here they *are* the job, so they keep normal priority.
+                os.environ.setdefault("RAY_worker_niceness", "0")
+                cpus = c.num_cpus or (c.learner_cpus + c.rollout_cpus + recipe.reward.workers)
+                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+            else:
+                ray.init(address=c.address, include_dashboard=False)
+        self._colocated_gpu = c.colocate and c.learner_gpus > 0
+        if self._colocated_gpu:
+            bundles = [{"CPU": c.learner_cpus + c.rollout_cpus, "GPU": c.learner_gpus}]
+        else:
+            bundles = [{"CPU": c.learner_cpus, "GPU": c.learner_gpus}, {"CPU": c.rollout_cpus, "GPU": c.rollout_gpus}]
+        bundles = [{k: v for k, v in b.items() if v} for b in bundles]
+        self.pg = placement_group(bundles, strategy="PACK")
+        ready, _ = ray.wait([self.pg.ready()], timeout=120)
+        if not ready:
+            raise RecipeError(f"Ray cannot place the roles {bundles} on this cluster (not enough CPUs/GPUs); "
+                              "lower cluster.learner_cpus / rollout_cpus or add nodes")
+        gpu_share = 0.5 if self._colocated_gpu else None
+        self.learner = self._actor(LearnerActor, 0, c.learner_cpus, gpu_share or c.learner_gpus)
+        self.tokenizer = _load_tokenizer(recipe)
+        self.engine = self._new_engine()
+        self.rewards = rewards or RewardPool(
+            recipe.reward.workers, recipe.reward.timeout_s, recipe.reward.variant, mode="ray"
+        )
+        self.restarts = 0
+
+    def _actor(self, cls: type, bundle: int, cpus: float, gpus: float):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=bundle)
+        return self.ray.remote(cls).options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=strategy).remote(self.recipe)
+
+    def _new_engine(self):
+        c = self.recipe.cluster
+        if self._colocated_gpu:
+            return self._actor(RolloutActor, 0, c.rollout_cpus, 0.5)
+        return self._actor(RolloutActor, 1, c.rollout_cpus, c.rollout_gpus)
+
+    def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> list[list[Completion]]:
+        from ray.exceptions import RayActorError
+
+        try:
+            return self.ray.get(self.engine.generate.remote(prompts, n, params))
+        except RayActorError as e:
+            self.restarts += 1
+            log.warning("rollout actor died (%s); restarting it and retrying the generation", str(e).splitlines()[0][:200])
+            print(f"[golong] rollout actor died; restarted it (restart #{self.restarts}) and retrying the step's generation")
+            self.ray.kill(self.engine, no_restart=True)
+            self.engine = self._new_engine()
+            self.sync_weights()
+            return self.ray.get(self.engine.generate.remote(prompts, n, params))
+
+    def train_step(self, samples: list) -> dict[str, float]:
+        return self.ray.get(self.learner.train_step.remote(samples))
+
+    def sync_weights(self) -> None:
+        # The state dict goes learner -> object store -> engine; the driver only passes the reference.
+        self.ray.get(self.engine.load_weights.remote(self.learner.state_dict_for_sync.remote()))
+
+    def save_learner(self, path: Path) -> None:
+        self.ray.get(self.learner.save.remote(str(path)))
+
+    def load_learner(self, path: Path) -> None:
+        self.ray.get(self.learner.load.remote(str(path)))
+
+    def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        self.rewards.close()
+        for actor in (self.engine, self.learner):
+            self.ray.kill(actor, no_restart=True)
+        remove_placement_group(self.pg)
+
+
+def _load_tokenizer(recipe: Recipe):
+    from transformers import AutoTokenizer
+
+    from golong.models import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(recipe.model.path), trust_remote_code=recipe.model.trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def make_cluster(recipe: Recipe, rewards: RewardPool | None = None) -> InlineCluster | RayCluster:
+    from golong.rollout.vllm import resolve_engine_name, vllm_available
+
+    if resolve_engine_name(recipe.rollout.engine) == "vllm" and not vllm_available():
+        from golong.rollout.base import make_engine  # say so before any cluster or model is started
+
+        make_engine("vllm", None, None)
+    return (RayCluster if recipe.cluster.mode == "ray" else InlineCluster)(recipe, rewards)

@@ -1,0 +1,130 @@
+"""The training data mixture: weighted sources, a deterministic order, and a resumable position.
+
+A source is a dataset in the GoLongRL schema (`path`: file, folder or hub id, read by
+`golong.data.load_rows`) or rows generated offline by tasks (`generate: [names] | all`, or a plug-in
+`task_file: file.py:Class`; `n` rows per task). Draw j picks a source with probability
+weight / sum(weights) from a generator seeded by (seed, j); each source walks through a fresh
+permutation of its rows per epoch, seeded by (seed, source, epoch). The position is therefore just
+counters (draws, per-source epoch and cursor), which a checkpoint saves and a resume restores.
+
+Prompts are tokenized with the policy's chat template; a prompt longer than `max_prompt_tokens` keeps
+its last `max_prompt_tokens` tokens (left truncation, as GoLongRL trains) and is counted.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from golong.config import DataConfig, DataSourceConfig, RecipeError
+from golong.rollout.base import encode_chat
+
+
+@dataclass
+class Prompt:
+    """One sampled training prompt."""
+
+    row: dict[str, Any]
+    ids: list[int]
+    task: str  # reward type (the TMN task key), e.g. "EM", "F1"
+    truncated: bool
+    source: int
+
+
+def task_key(row: dict[str, Any]) -> str:
+    """The TMN task of a row: the reward type its route selects (EM, Accuracy, F1, ...)."""
+    import rewards
+
+    return str(rewards.reward_type(row.get("data_source", ""), row.get("extra_info") or {}))
+
+
+def load_source(src: DataSourceConfig, index: int, seed: int, tokenizer: Any, skip_invalid: bool = False) -> list[dict[str, Any]]:
+    """Rows of one source (a dataset, generated rows, or a plug-in task's rows)."""
+    given = [k for k in ("path", "generate", "task_file") if getattr(src, k)]
+    if len(given) != 1:
+        raise RecipeError(f"data.sources.{index}: give exactly one of path, generate, task_file (got {given or 'none'})")
+    if src.path:
+        from golong import data
+
+        return list(data.load_rows(src.path, skip_invalid=skip_invalid))
+    import tasks
+
+    if src.task_file:
+        chosen = [tasks.load_task_spec(src.task_file)]
+    else:
+        names = [src.generate] if isinstance(src.generate, str) else list(src.generate or [])
+        chosen = tasks.all_tasks() if names == ["all"] else [tasks.get_task(n) for n in names]
+    rows: list[dict[str, Any]] = []
+    for task in chosen:
+        rows += task.generate(src.n, src.length, seed=seed + index, split=src.split, tokenizer=tokenizer, **src.knobs)
+    return rows
+
+
+class Mixture:
+    """Weighted, seeded, resumable sampling of chat prompts from `data.sources`."""
+
+    def __init__(self, cfg: DataConfig, tokenizer: Any, seed: int | None = None):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.seed = cfg.seed if seed is None else seed
+        self.sources = [load_source(s, i, self.seed, tokenizer, cfg.skip_invalid) for i, s in enumerate(cfg.sources)]
+        for i, rows in enumerate(self.sources):
+            if not rows:
+                raise RecipeError(f"data.sources.{i} has no rows; check its path or generate settings")
+        self.weights = [s.weight for s in cfg.sources]
+        self.draws = 0
+        self.epoch = [0] * len(self.sources)
+        self.cursor = [0] * len(self.sources)
+        self._perm: dict[int, list[int]] = {}
+        self._task_cache: dict[tuple[int, int], str] = {}
+        self.truncated = Counter[str]()
+
+    def _order(self, s: int) -> list[int]:
+        perm = self._perm.get(s)
+        if perm is None:
+            perm = list(range(len(self.sources[s])))
+            random.Random(f"{self.seed}|{s}|{self.epoch[s]}").shuffle(perm)
+            self._perm[s] = perm
+        return perm
+
+    def next_row(self) -> tuple[int, int]:
+        """(source, row index) of the next draw; advances the position."""
+        s = random.Random(f"{self.seed}|draw|{self.draws}").choices(range(len(self.sources)), self.weights)[0]
+        self.draws += 1
+        i = self._order(s)[self.cursor[s]]
+        self.cursor[s] += 1
+        if self.cursor[s] == len(self.sources[s]):
+            self.epoch[s] += 1
+            self.cursor[s] = 0
+            self._perm.pop(s, None)
+        return s, i
+
+    def sample(self, n: int) -> list[Prompt]:
+        out = []
+        for _ in range(n):
+            s, i = self.next_row()
+            row = self.sources[s][i]
+            ids, cut = self.encode(row)
+            task = task_key(row)
+            if cut:
+                self.truncated[task] += 1
+            out.append(Prompt(row=row, ids=ids, task=task, truncated=cut, source=s))
+        return out
+
+    def encode(self, row: dict[str, Any]) -> tuple[list[int], bool]:
+        """Chat-template token ids, left-truncated to `max_prompt_tokens`."""
+        ids = encode_chat(self.tokenizer, list(row["prompt"]))
+        limit = self.cfg.max_prompt_tokens
+        return (ids[-limit:], True) if len(ids) > limit else (ids, False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"draws": self.draws, "epoch": list(self.epoch), "cursor": list(self.cursor),
+                "truncated": dict(self.truncated)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["epoch"]) != len(self.sources):
+            raise RecipeError("cannot resume: the checkpoint has a different number of data.sources than the recipe")
+        self.draws, self.epoch, self.cursor = state["draws"], list(state["epoch"]), list(state["cursor"])
+        self.truncated = Counter(state.get("truncated", {}))
+        self._perm.clear()

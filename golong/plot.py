@@ -1,0 +1,53 @@
+"""Plots of a run: per-task reward and pass-rate curves from `metrics.jsonl`, written as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from golong.config import RecipeError
+from golong.metrics import read_jsonl
+
+
+def series(history: list[dict], prefix: str) -> dict[str, tuple[list[int], list[float]]]:
+    """{task: (steps, values)} for every `<prefix>/<task>` metric in the history."""
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for rec in history:
+        for key, value in rec.items():
+            if key.startswith(prefix + "/"):
+                steps, values = out.setdefault(key.split("/", 1)[1], ([], []))
+                steps.append(int(rec["step"]))
+                values.append(float(value))
+    return out
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Trailing moving average over at most `window` points (rewards are noisy per step)."""
+    return [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+
+
+def plot_run(run_dir: str | Path, window: int = 5) -> list[Path]:
+    """Write `reward_curves.png` (reward and pass rate per task) into the run folder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = Path(run_dir)
+    history = read_jsonl(run / "metrics.jsonl")
+    if not history:
+        raise RecipeError(f"{run / 'metrics.jsonl'} is missing or empty: is {run} a golong run folder?")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for ax, prefix, title in ((axes[0], "reward", "mean reward"), (axes[1], "pass_rate", "pass rate (reward > 0.5)")):
+        for task, (steps, values) in sorted(series(history, prefix).items()):
+            style = {"color": "black", "linewidth": 2.5} if task == "all" else {"linewidth": 1.3}
+            ax.plot(steps, smooth(values, window), label=task, **style)
+        ax.set_xlabel("step")
+        ax.set_title(f"{title}, {window}-step moving average")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="best")
+    fig.suptitle(str(run))
+    fig.tight_layout()
+    out = run / "reward_curves.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return [out]

@@ -1,0 +1,162 @@
+"""Score completions in a worker pool with a time limit; a failing reward never crashes a step.
+
+Each response is scored by its row's reward (`rewards.score_row(row, response, **variant)`) in a
+worker: a process pool in inline mode, Ray tasks in Ray mode (`thread` runs in the caller, for
+debugging). Inside a worker every call runs under a SIGALRM timer of `timeout_s`; as a backstop for
+code that ignores signals, the caller gives the whole batch a deadline and, past it, kills the
+workers. A response whose reward raises or times out scores 0 and comes back with its status, so the
+trainer counts failures per task.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+ScoreFn = Callable[..., float] | str
+Status = Literal["ok", "error", "timeout"]
+
+DEFAULT_SCORE_FN = "rewards:score_row"
+# Time a fresh worker may take to start and import the rewards (sympy, math-verify) once.
+_STARTUP_GRACE_S = 60.0
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    score: float
+    status: Status = "ok"
+    message: str = ""
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _Timeout()
+
+
+def resolve_score_fn(fn: ScoreFn) -> Callable[..., float]:
+    """A callable, or 'module:function' imported (strings travel to workers cheaply)."""
+    if callable(fn):
+        return fn
+    module, _, name = fn.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def score_one(fn: Callable[..., float], row: dict, response: str, variant: dict, timeout_s: float) -> RewardResult:
+    """Score one response; exceptions and running past `timeout_s` give 0 with a status."""
+    timed = threading.current_thread() is threading.main_thread()
+    if timed:
+        old = signal.signal(signal.SIGALRM, _on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        score = float(fn(row, response, **variant))
+        if not math.isfinite(score):
+            return RewardResult(0.0, "error", f"reward returned {score}")
+        return RewardResult(score)
+    except _Timeout:
+        return RewardResult(0.0, "timeout", f"no score within {timeout_s:g} s")
+    except Exception as e:  # a reward bug must not stop training; it is counted and reported
+        return RewardResult(0.0, "error", f"{type(e).__name__}: {e}"[:300])
+    finally:
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+
+
+def score_chunk(fn: ScoreFn, items: list[tuple[dict, str]], variant: dict, timeout_s: float) -> list[RewardResult]:
+    """Worker entry point: score a list of (row, response)."""
+    try:
+        f = resolve_score_fn(fn)
+    except Exception as e:
+        return [RewardResult(0.0, "error", f"cannot load reward function {fn!r}: {e}")] * len(items)
+    return [score_one(f, row, resp, variant, timeout_s) for row, resp in items]
+
+
+class RewardPool:
+    """Parallel reward scoring. `mode`: 'process' (inline), 'ray' (Ray tasks), 'thread' (in caller)."""
+
+    def __init__(
+        self,
+        workers: int = 2,
+        timeout_s: float = 10.0,
+        variant: dict[str, Any] | None = None,
+        mode: Literal["process", "ray", "thread"] = "process",
+        score_fn: ScoreFn = DEFAULT_SCORE_FN,
+        ray_num_cpus: float = 1.0,
+    ):
+        self.workers, self.timeout_s, self.mode = workers, timeout_s, mode
+        self.variant = dict(variant or {})
+        self.score_fn = score_fn
+        self.ray_num_cpus = ray_num_cpus
+        self._pool: Any = None
+        self._warm = False
+
+    def score(self, rows: list[dict], responses: list[str]) -> list[RewardResult]:
+        items = list(zip(rows, responses, strict=True))
+        if not items:
+            return []
+        if self.mode == "thread":
+            return score_chunk(self.score_fn, items, self.variant, self.timeout_s)
+        size = max(1, math.ceil(len(items) / (self.workers * 4)))
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        # Backstop deadline: every worker busy with per-item limits, plus start-up on first use.
+        deadline = self.timeout_s * math.ceil(len(items) / self.workers) + 5.0
+        deadline += 0.0 if self._warm else _STARTUP_GRACE_S
+        runner = self._score_ray if self.mode == "ray" else self._score_processes
+        done = runner(chunks, deadline)
+        self._warm = True
+        out: list[RewardResult] = []
+        for chunk, res in zip(chunks, done, strict=True):
+            out.extend(res if res is not None else [RewardResult(0.0, "timeout", "reward worker killed")] * len(chunk))
+        return out
+
+    def start(self) -> None:
+        """Start the worker processes (call early: forking a small process is cheapest)."""
+        import multiprocessing as mp
+
+        if self.mode == "process" and self._pool is None:
+            # fork, not spawn: spawn re-imports the caller's __main__, which breaks any script without
+            # an `if __name__ == "__main__"` guard. Workers run only reward code (no torch, no tokenizers).
+            self._pool = mp.get_context("fork").Pool(self.workers)
+
+    def _score_processes(self, chunks: list, deadline: float) -> list[list[RewardResult] | None]:
+        import multiprocessing as mp
+        import time
+
+        self.start()
+        end = time.monotonic() + deadline
+        pending = [self._pool.apply_async(score_chunk, (self.score_fn, c, self.variant, self.timeout_s)) for c in chunks]
+        results: list[list[RewardResult] | None] = []
+        for p in pending:
+            try:
+                results.append(p.get(timeout=max(0.0, end - time.monotonic())))
+            except mp.TimeoutError:
+                results.append(None)
+        if any(r is None for r in results):  # a worker is stuck in code that ignored the alarm
+            self._pool.terminate()
+            self._pool = None
+            self._warm = False
+        return results
+
+    def _score_ray(self, chunks: list, deadline: float) -> list[list[RewardResult] | None]:
+        import ray
+
+        task = ray.remote(score_chunk).options(num_cpus=self.ray_num_cpus, max_retries=0)
+        refs = [task.remote(self.score_fn, c, self.variant, self.timeout_s) for c in chunks]
+        ready, not_ready = ray.wait(refs, num_returns=len(refs), timeout=deadline)
+        for ref in not_ready:
+            ray.cancel(ref, force=True)
+        got = dict(zip(ready, ray.get(ready), strict=True)) if ready else {}
+        return [got.get(r) for r in refs]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None

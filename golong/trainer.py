@@ -1,0 +1,320 @@
+"""The GRPO loop. One step:
+
+    prompts   = mixture.sample(P)                        # task mixture, left-truncated prompts
+    groups    = rollout G responses per prompt            # + the sampler's log-probs
+    rewards   = reward pool (time limit; failures score 0, counted per task)
+    dynamic sampling: drop groups whose rewards all equal, refill from new prompts
+                      (at most algo.max_generation_rounds generation rounds per step)
+    A         = compute_advantages(algo.estimator, rewards, groups, tasks)   # tmn_reweight default
+    learner.train_step(samples); sync weights to the engine; log; checkpoint
+
+What it keeps from GRPO / DAPO / GoLongRL: group-relative advantages (any registered estimator),
+clip-higher PPO loss with token-mean, dynamic sampling. What it drops: a critic, and (by default) the
+KL term. Every step's randomness is seeded from (trainer.seed, step), so a resumed run repeats the
+uninterrupted one step for step.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from golong import checkpoint, metrics
+from golong.algos import compute_advantages, dynamic_sampling_mask
+from golong.cluster import make_cluster
+from golong.config import Recipe
+from golong.learner import Sample
+from golong.mixture import Mixture, Prompt
+from golong.rewarding import RewardPool, RewardResult
+from golong.rollout.base import Completion, SamplingParams
+
+
+@dataclass
+class Group:
+    """One prompt with its G responses and their rewards."""
+
+    prompt: Prompt
+    completions: list[Completion]
+    results: list[RewardResult]
+
+    @property
+    def rewards(self) -> list[float]:
+        return [r.score for r in self.results]
+
+
+@dataclass
+class Batch:
+    kept: list[Group]
+    generated: list[Group]
+    rounds: int
+    dropped: Counter = field(default_factory=Counter)
+
+
+def step_seed(seed: int, step: int, salt: int = 0) -> int:
+    """A stable 63-bit seed for (run seed, step, salt)."""
+    return (seed * 1_000_003 + step * 7919 + salt * 104_729) % (2**63 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, *, resume: str | Path | None = None, rewards: RewardPool | None = None,
+                 quiet: bool = False):
+        self.recipe, self.quiet = recipe, quiet
+        self.out = Path(resume) if resume else Path(recipe.trainer.output_dir)
+        ckpt = checkpoint.latest(self.out) if resume else None
+        self.cluster = make_cluster(recipe, rewards)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.mixture = Mixture(recipe.data, self.cluster.tokenizer, seed=recipe.data.seed)
+        self.step, history = 0, []
+        if ckpt is not None:
+            state = checkpoint.load_state(ckpt)
+            self.cluster.load_learner(ckpt / "learner")
+            self.cluster.sync_weights()
+            self.mixture.load_state_dict(state["mixture"])
+            checkpoint.set_rng_state(state["rng"])
+            self.step, history = state["step"], state["metrics"]
+            self._say(f"resumed {self.out} from {ckpt.name} (step {self.step})")
+        elif recipe.trainer.warm_start_steps:
+            self.warm_start()
+        (self.out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        t = recipe.trainer
+        self.log = metrics.MetricsLog(self.out, tensorboard=t.tensorboard, wandb=t.wandb, history=history,
+                                      config=recipe.model_dump(mode="json"))
+        self.eval_items = self._eval_items() if recipe.eval.every else []
+
+    # --- the loop --------------------------------------------------------------------------
+    def run(self) -> list[dict[str, Any]]:
+        total = self.recipe.trainer.steps
+        try:
+            with self._progress(total) as advance:
+                while self.step < total:
+                    record = self.train_one_step()
+                    self.step += 1
+                    if self.recipe.eval.every and (self.step % self.recipe.eval.every == 0 or self.step == total):
+                        record.update(self.evaluate())
+                    self.log.log(self.step, record)
+                    advance(metrics.summary_line(self.step, total, record))
+                    if self.step % self.recipe.trainer.save_every == 0 or self.step == total:
+                        self.save()
+        finally:
+            self.log.close()
+            self.cluster.shutdown()
+        return self.log.history
+
+    def train_one_step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        seed_everything(step_seed(self.recipe.trainer.seed, self.step))
+        batch = self.collect()
+        t1 = time.perf_counter()
+        samples, advantages = self.make_samples(batch.kept)
+        train = self.cluster.train_step(samples) if samples else {}
+        t2 = time.perf_counter()
+        self.cluster.sync_weights()
+        t3 = time.perf_counter()
+        return self.step_metrics(batch, samples, advantages, train,
+                                 {"rollout_time": t1 - t0, "train_time": t2 - t1, "sync_time": t3 - t2,
+                                  "step_time": t3 - t0})
+
+    # --- held-out evaluation (recipe `eval:`) -----------------------------------------------
+    def _eval_items(self):
+        from golong.evaluate import eval_set
+
+        e = self.recipe.eval
+        tasks = [e.tasks] if isinstance(e.tasks, str) else list(e.tasks)
+        items, _ = eval_set(data=[e.path] if e.path else None, synth=e.path is None,
+                            task_names=None if tasks == ["all"] else tasks, lengths=list(e.lengths), n=e.n,
+                            seed=e.seed, tokenizer=self.cluster.tokenizer)
+        return items
+
+    def evaluate(self) -> dict[str, float]:
+        """The current policy on the held-out problems; eval/* metrics, files in OUT/eval/step_N."""
+        from golong.evaluate import EvalSettings, evaluate_engine
+        from golong.report import flat_metrics
+
+        e, r = self.recipe.eval, self.recipe.rollout
+        settings = EvalSettings(k=e.k, max_new_tokens=e.max_new_tokens or r.max_new_tokens, temperature=e.temperature,
+                                top_p=r.top_p, seed=e.seed, max_prompt_tokens=self.recipe.data.max_prompt_tokens)
+        name = f"step_{self.step:06d}"
+        results = evaluate_engine(self.cluster, self.cluster.tokenizer, self.eval_items, model=name, settings=settings,
+                                  out_dir=self.out / "eval" / name, reward_timeout_s=self.recipe.reward.timeout_s)
+        return flat_metrics(results, name)
+
+    # --- optional supervised warm start ------------------------------------------------------
+    def warm_start(self) -> list[dict[str, float]]:
+        """Supervised steps on reference answers before RL (trainer.warm_start_steps).
+
+        On-policy with advantage 1 the PPO-clip loss is -(1/T) sum_t log p(y_t) (ratio 1, inside the
+        clip range), so `train_step` on reference responses is a plain token-mean SFT step. Rows come
+        from a copy of the mixture with its own seed, so RL's data order is unchanged.
+        """
+        import rewards
+
+        t = self.recipe.trainer
+        mix = Mixture(self.recipe.data, self.cluster.tokenizer, seed=self.recipe.data.seed + 7919)
+        tok = self.cluster.tokenizer
+        eos = tok.eos_token_id
+        logs = []
+        for i in range(t.warm_start_steps):
+            seed_everything(step_seed(t.seed, -1 - i))
+            samples = []
+            for p in mix.sample(t.warm_start_prompts):
+                answer = warm_start_answer(rewards.oracle_response(p.row))
+                ids = tok.encode(answer, add_special_tokens=False)[: self.recipe.rollout.max_new_tokens - 1]
+                response = [*ids, eos]
+                # A "sampler" that put probability 1 on every reference token: the learner's drift
+                # against it, mean |0 - log p|, is the token-mean NLL before this step's update.
+                samples.append(Sample(prompt_ids=p.ids, response_ids=response, advantage=1.0,
+                                      sampler_logprobs=[0.0] * len(response), task=p.task))
+            logs.append(self.cluster.train_step(samples))
+            logs[-1]["nll"] = logs[-1].get("drift", float("nan"))
+            self._say(f"warm start {i + 1}/{t.warm_start_steps}: reference-answer NLL {logs[-1]['nll']:.3f}")
+        return logs
+
+    # --- rollout + reward + dynamic sampling -------------------------------------------------
+    def collect(self) -> Batch:
+        r, a = self.recipe.rollout, self.recipe.algo
+        batch = Batch(kept=[], generated=[], rounds=0)
+        for round_ in range(a.max_generation_rounds):
+            prompts = self.mixture.sample(r.prompts_per_step - len(batch.kept))
+            params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k,
+                                    seed=step_seed(self.recipe.trainer.seed, self.step, round_ + 1))
+            outputs = self.cluster.generate([p.ids for p in prompts], r.group_size, params)
+            groups = self.score(prompts, outputs)
+            batch.generated += groups
+            batch.rounds += 1
+            if not a.dynamic_sampling:
+                batch.kept += groups
+                break
+            keep = self.keep_mask(groups)
+            for g, k in zip(groups, keep, strict=True):
+                if k:
+                    batch.kept.append(g)
+                else:
+                    batch.dropped[g.prompt.task] += 1
+            if len(batch.kept) >= r.prompts_per_step:
+                break
+        return batch
+
+    def score(self, prompts: list[Prompt], outputs: list[list[Completion]]) -> list[Group]:
+        rows = [p.row for p, comps in zip(prompts, outputs, strict=True) for _ in comps]
+        texts = [c.text for comps in outputs for c in comps]
+        results = self.cluster.rewards.score(rows, texts)
+        groups, i = [], 0
+        for p, comps in zip(prompts, outputs, strict=True):
+            groups.append(Group(p, comps, results[i : i + len(comps)]))
+            i += len(comps)
+        return groups
+
+    @staticmethod
+    def keep_mask(groups: list[Group]) -> list[bool]:
+        """Per group: do its rewards differ (dynamic sampling keeps only those)?"""
+        rewards = [x for g in groups for x in g.rewards]
+        ids = [gi for gi, g in enumerate(groups) for _ in g.rewards]
+        mask = dynamic_sampling_mask(torch.tensor(rewards, dtype=torch.float64), ids).tolist()
+        first = {gi: i for i, gi in reversed(list(enumerate(ids)))}  # first response of each group
+        return [bool(mask[first[gi]]) for gi in range(len(groups))]
+
+    # --- advantages -> learner samples ---------------------------------------------------------
+    def make_samples(self, groups: list[Group]) -> tuple[list[Sample], list[float]]:
+        if not groups:
+            return [], []
+        a = self.recipe.algo
+        rewards = torch.tensor([x for g in groups for x in g.rewards], dtype=torch.float64)
+        group_ids = [gi for gi, g in enumerate(groups) for _ in g.completions]
+        task_ids = [g.prompt.task for g in groups for _ in g.completions]
+        adv = compute_advantages(a.estimator, rewards, group_ids, task_ids, **a.estimator_params).tolist()
+        comps = [c for g in groups for c in g.completions]
+        samples = [
+            Sample(prompt_ids=c.prompt_ids, response_ids=c.response_ids, advantage=float(x),
+                   sampler_logprobs=c.logprobs, task=t)
+            for c, x, t in zip(comps, adv, task_ids, strict=True)
+        ]
+        return samples, adv
+
+    # --- metrics, checkpoints, display ---------------------------------------------------------
+    def step_metrics(self, batch: Batch, samples: list[Sample], adv: list[float], train: dict[str, float],
+                     times: dict[str, float]) -> dict[str, float]:
+        records = [
+            {"task": g.prompt.task, "reward": res.score, "length": len(c.response_ids), "status": res.status}
+            for g in batch.generated for c, res in zip(g.completions, g.results, strict=True)
+        ]
+        tasks = {g.prompt.task for g in batch.generated}
+        truncated = Counter(g.prompt.task for g in batch.generated if g.prompt.truncated)
+        tokens = sum(len(c.prompt_ids) + len(c.response_ids) for g in batch.generated for c in g.completions)
+        out: dict[str, float] = {}
+        out.update(metrics.per_task(records))
+        out.update(metrics.mean_abs_by_task([s.task for s in samples], adv))
+        out.update(metrics.counts("dropped", batch.dropped, tasks))
+        out.update(metrics.counts("truncated", truncated, tasks))
+        out.update({k: float(v) for k, v in train.items()})
+        out.update(times)
+        out.update({"groups_kept": float(len(batch.kept)), "groups_generated": float(len(batch.generated)),
+                    "rounds": float(batch.rounds), "tokens": float(tokens),
+                    "tokens_per_s": tokens / max(times["step_time"], 1e-9),
+                    "samples_trained": float(len(samples))})
+        return out
+
+    def save(self) -> Path:
+        state = {"mixture": self.mixture.state_dict(), "metrics": self.log.history}
+        return checkpoint.save(self.out, self.step, self.cluster.save_learner, state,
+                               keep=self.recipe.trainer.keep_checkpoints)
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            from rich.console import Console
+
+            Console(stderr=True).print(text)
+
+    def _progress(self, total: int):
+        return _Progress(total, self.step, quiet=self.quiet)
+
+
+class _Progress:
+    """A rich progress bar with one printed summary line per step (plain no-op when quiet)."""
+
+    def __init__(self, total: int, done: int, quiet: bool):
+        self.total, self.done, self.quiet = total, done, quiet
+
+    def __enter__(self):
+        if self.quiet:
+            return lambda line: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        self.bar.__enter__()
+        task = self.bar.add_task("train", total=self.total, completed=self.done)
+
+        def advance(line: str) -> None:
+            self.bar.console.print(line)
+            self.bar.advance(task)
+
+        return advance
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.quiet:
+            self.bar.__exit__(*exc)
+
+
+def warm_start_answer(oracle: str) -> str:
+    """The reference answer with its reasoning cut to a bare `<think></think>` (short to generate)."""
+    head, sep, tail = oracle.partition("</think>")
+    return f"<think></think>\n{tail.lstrip()}" if sep else oracle
+
+
+def train(recipe: Recipe, resume: str | Path | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """Run (or resume) a recipe; returns the metrics of every step."""
+    return Trainer(recipe, resume=resume, **kwargs).run()
