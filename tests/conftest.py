@@ -33,3 +33,15 @@ def tiny_llama_dir(tmp_path_factory):
     from tests.tiny import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("tiny-llama"), arch="llama")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_task_registry():
+    """Plug-in tasks a test loads stay registered only for that test."""
+    from tasks import registry
+
+    registry.all_tasks()  # built-ins and entry points are loaded once, before the snapshot
+    saved = dict(registry._registry)
+    yield
+    registry._registry.clear()
+    registry._registry.update(saved)
