@@ -66,6 +66,9 @@ def build_engine(recipe: Recipe, model: Any = None, tokenizer: Any = None, devic
         from golong.models import load_policy
 
         model, tokenizer = load_policy(_engine_model_cfg(recipe), device=device)
+    if recipe.rollout.engine == "fast":
+        return make_engine("fast", model, tokenizer, batch_size=recipe.rollout.batch_size, device=device,
+                           max_len=recipe.data.max_prompt_tokens + recipe.rollout.max_new_tokens)
     return make_engine(recipe.rollout.engine, model, tokenizer, batch_size=recipe.rollout.batch_size, device=device)
 
 

@@ -61,7 +61,7 @@ class DataConfig(_Section):
 
 
 class RolloutConfig(_Section):
-    engine: Literal["auto", "hf", "vllm"] = Field("hf", description="Rollout engine: transformers ('hf'), vLLM, or auto-pick.")
+    engine: Literal["auto", "hf", "fast", "vllm"] = Field("hf", description="Rollout engine: transformers ('hf'), golong's static-cache / CUDA-graph engine ('fast'; KSA policies fall back to 'hf'), vLLM, or auto-pick.")
     group_size: int = Field(8, ge=1, description="G: responses sampled per prompt.")
     prompts_per_step: int = Field(8, ge=1, description="Prompts whose groups make one training batch.")
     max_new_tokens: int = Field(256, ge=1, description="Response length limit (GoLongRL: 16384).")

@@ -207,3 +207,9 @@ def test_eval_every_logs_heldout_metrics(tiny_model_dir, tmp_path):
     for h in hist:
         assert 0.0 <= h["eval/reward/all"] <= 1.0 and "eval/pass@1/all" in h
     assert (tmp_path / "ev" / "eval" / "step_000002" / "results.json").is_file()
+
+
+def test_fast_engine_trains_inline(tiny_model_dir, tmp_path):
+    hist = train(recipe(tiny_model_dir, tmp_path / "fast", rollout__engine="fast"), rewards=pool(), quiet=True)
+    assert [h["step"] for h in hist] == [1, 2]
+    assert all(h["samples_trained"] == 6 and h["drift"] < 1e-3 for h in hist)

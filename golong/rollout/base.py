@@ -86,6 +86,10 @@ def make_engine(name: str, model: Any, tokenizer: Any, **kwargs: Any) -> Rollout
         from golong.rollout.hf import HFEngine
 
         return HFEngine(model, tokenizer, **kwargs)
+    if resolved == "fast":
+        from golong.rollout.fast import FastEngine
+
+        return FastEngine(model, tokenizer, max_batch=kwargs.pop("batch_size", 32), **kwargs)
     if resolved == "vllm":
         if not vllm_available():
             from golong.config import RecipeError
@@ -99,4 +103,4 @@ def make_engine(name: str, model: Any, tokenizer: Any, **kwargs: Any) -> Rollout
         return VLLMEngine(model, tokenizer, **kwargs)
     from golong.config import RecipeError
 
-    raise RecipeError(f"unknown rollout.engine {name!r}; use hf, vllm or auto")
+    raise RecipeError(f"unknown rollout.engine {name!r}; use hf, fast, vllm or auto")
