@@ -1,4 +1,4 @@
-"""KSA layout and mask against a slot-by-slot construction written straight from SPEC.md §1."""
+"""KSA layout and mask against a slot-by-slot construction written straight from the KSA report's description."""
 
 import pytest
 import torch

@@ -362,7 +362,7 @@ def test_iou_bad_gold_and_deep_json_score_zero():
 
 
 def _spec_type(name: str) -> str:
-    """The mapping rule stated in SPEC.md, applied to the task number."""
+    """The LongBench-Pro sub-task to metric mapping rule, applied to the task number."""
     group, sub = name.split()[0][1:].split(".")
     if group == "6":
         return {"1": "SubEM", "2": "F1", "3": "Pairwise"}[sub]
