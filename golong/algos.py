@@ -142,7 +142,7 @@ def task_std(
     sigma_task = unbiased std of *all* rewards of the task in the batch; 1 if the task has a single
     response or no spread at all (then every group of size > 1 is 0 anyway, and a G=1 group keeps
     A = r as in `grpo`, instead of r / eps). center="group" subtracts the prompt's group mean mu_q (G=1: mu_q = 0), as the paper
-    and SPEC describe; center="task" subtracts the task's batch mean instead, as GoLongRL's
+    describes; center="task" subtracts the task's batch mean instead, as GoLongRL's
     `qwenlong_grpo` code does.
     """
     x = r.detach().double().cpu()

@@ -1,4 +1,4 @@
-"""Convert a full-attention causal LM to KSA by self-distillation (SPEC §1, conversion recipe).
+"""Convert a full-attention causal LM to KSA by self-distillation (the KSA report's conversion recipe).
 
 Teacher: the original model, plain causal attention on the raw tokens, frozen.
 Student: the same weights with KSA attention and new summary parameters.

@@ -45,7 +45,7 @@ def slot_table(T: int, C: int, S: int):
 
 
 def slot_mask(slots, window: int, visible: bool = True) -> torch.Tensor:
-    """The KSA rule written query by query, key by key (SPEC §1 Mask)."""
+    """The KSA rule written query by query, key by key (the KSA mask rule)."""
     L = len(slots)
     m = torch.zeros(L, L, dtype=torch.bool)
     for qi, (qs, qc, _, _) in enumerate(slots):
