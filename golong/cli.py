@@ -240,6 +240,9 @@ def train(
     except _train_errors() as e:
         _fail(str(e))
     trainer.run()
+    if trainer.stop_signal is not None:  # SIGINT/SIGTERM: checkpoint saved; exit 128+signal (130 / 143)
+        typer.echo(f"stopped at step {trainer.step}; resume with: golong train {recipe} --resume {trainer.out}")
+        raise typer.Exit(128 + trainer.stop_signal)
     typer.echo(f"done: {trainer.step} steps; metrics in {trainer.out / 'metrics.jsonl'}")
 
 
@@ -347,7 +350,7 @@ def eval_cmd(
 # -- golong ksa (owner: ksa/convert.py) -----------------------------------------------------------
 @ksa_app.command("convert")
 def ksa_convert(
-    model_dir: str = typer.Argument(..., help="A local Qwen3/Qwen2/Llama model folder (config.json + weights)."),
+    model_dir: str = typer.Argument(..., help="A local Qwen3/Qwen2/Llama model folder (config.json + weights) or a built-in name (smollm2-135m)."),
     out: str = typer.Option(..., "-o", "--out", help="Folder for the KSA model, tokenizer and checkpoints."),
     text: str = typer.Option(None, "--text", help="A UTF-8 text file to distill on (default: procedural text)."),
     steps: int = typer.Option(200, "--steps", help="Optimizer steps in total (summary-only, then joint)."),
@@ -363,15 +366,17 @@ def ksa_convert(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint."),
 ) -> None:
     """Attach Kwai Summary Attention to a model and self-distill it (teacher: the original model)."""
+    from golong.models import ModelLoadError, resolve_model_path
     from ksa.config import KSAConfig, KSAConfigError
     from ksa.convert import DistillConfig, self_distill
 
     try:
+        model_dir = resolve_model_path(model_dir)
         ksa_cfg = KSAConfig(chunk=chunk, windows=windows)
         cfg = DistillConfig(steps=steps, joint_steps=joint_steps, seq_len=seq_len, batch_size=batch_size,
                             lr_summary=lr, lr_joint=lr_joint, checkpoint_every=checkpoint_every)
         _, history = self_distill(model_dir, out, ksa_cfg, cfg, text_file=text, resume=resume, device=device)
-    except (KSAConfigError, OSError) as e:
+    except (KSAConfigError, ModelLoadError, OSError) as e:
         _fail(str(e))
     last = history[-1] if history else {}
     typer.echo(f"wrote KSA model to {out} (final loss {last.get('loss', float('nan')):.4f}, kl {last.get('kl', float('nan')):.4f})")
