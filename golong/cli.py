@@ -220,14 +220,17 @@ def train(
     overrides: list[str] = typer.Argument(None, help="Dotted overrides: rollout.group_size=8 trainer.steps=20 ..."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe as YAML and exit."),
     resume: str = typer.Option(None, "--resume", help="Continue the run in this folder from its newest checkpoint."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip and count malformed data rows (= data.skip_invalid=true)."),
 ) -> None:
-    """GRPO training (TMN-Reweight advantages by default): rollout, reward, update, sync, log, checkpoint."""
+    """GRPO training (TMN-Reweight advantages by default): rollout, reward, update, sync, log, checkpoint.
+
+    SIGINT / SIGTERM: the current step finishes, a checkpoint is saved, exit code 130 / 143."""
     import yaml
 
     from golong.config import load_recipe
 
     try:
-        cfg = load_recipe(recipe, overrides or [])
+        cfg = load_recipe(recipe, [*(overrides or []), *(["data.skip_invalid=true"] if skip_invalid else [])])
     except _train_errors() as e:
         _fail(str(e))
     if dry_run:

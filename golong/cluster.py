@@ -69,7 +69,9 @@ def build_engine(recipe: Recipe, model: Any = None, tokenizer: Any = None, devic
     if recipe.rollout.engine == "fast":
         return make_engine("fast", model, tokenizer, batch_size=recipe.rollout.batch_size, device=device,
                            max_len=recipe.data.max_prompt_tokens + recipe.rollout.max_new_tokens)
-    return make_engine(recipe.rollout.engine, model, tokenizer, batch_size=recipe.rollout.batch_size, device=device)
+    budget = {"kv_budget_gb": recipe.rollout.kv_budget_gb} if resolve_engine_name(recipe.rollout.engine) == "hf" else {}
+    return make_engine(recipe.rollout.engine, model, tokenizer, batch_size=recipe.rollout.batch_size, device=device,
+                       **budget)
 
 
 class InlineCluster:
@@ -126,29 +128,6 @@ class InlineCluster:
         self.rewards.close()
 
 
-class LearnerActor:
-    """The learner role inside a Ray actor."""
-
-    def __init__(self, recipe: Recipe):
-        _set_threads(recipe.cluster.torch_threads)
-        self.learner = build_learner(recipe)
-
-    def train_step(self, samples: list) -> dict[str, float]:
-        return self.learner.train_step(samples)
-
-    def state_dict_for_sync(self) -> dict[str, Any]:
-        return {k: v.cpu() for k, v in self.learner.state_dict_for_sync().items()}
-
-    def save(self, path: str) -> None:
-        self.learner.save(path)
-
-    def load(self, path: str) -> None:
-        self.learner.load(path)
-
-    def pid(self) -> int:
-        return os.getpid()
-
-
 class RolloutActor:
     """A rollout engine inside a Ray actor."""
 
@@ -190,23 +169,33 @@ class RayCluster:
                 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
                 # Ray starts workers at nice 15; here they *are* the job, so they keep normal priority.
                 os.environ.setdefault("RAY_worker_niceness", "0")
-                cpus = c.num_cpus or (c.learner_cpus + c.rollout_cpus + recipe.reward.workers)
+                from golong.distributed import learner_ranks as _ranks
+
+                cpus = c.num_cpus or (c.learner_cpus * _ranks(c) + c.rollout_cpus + recipe.reward.workers)
                 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
             else:
                 ray.init(address=c.address, include_dashboard=False)
+        from golong.distributed import learner_ranks
+
         self._colocated_gpu = c.colocate and c.learner_gpus > 0
-        if self._colocated_gpu:
-            bundles = [{"CPU": c.learner_cpus + c.rollout_cpus, "GPU": c.learner_gpus}]
+        ranks = learner_ranks(c)  # one bundle per learner rank (1 GPU each); the rollout bundle last
+        per_rank = {"CPU": c.learner_cpus, "GPU": 1 if c.learner_gpus else 0}
+        if self._colocated_gpu:  # the engine shares rank 0's GPU (and bundle)
+            bundles = [{**per_rank, "CPU": c.learner_cpus + c.rollout_cpus}] + [per_rank] * (ranks - 1)
         else:
-            bundles = [{"CPU": c.learner_cpus, "GPU": c.learner_gpus}, {"CPU": c.rollout_cpus, "GPU": c.rollout_gpus}]
+            bundles = [per_rank] * ranks + [{"CPU": c.rollout_cpus, "GPU": c.rollout_gpus}]
+        self._rollout_bundle = 0 if self._colocated_gpu else ranks
         bundles = [{k: v for k, v in b.items() if v} for b in bundles]
         self.pg = placement_group(bundles, strategy="PACK")
         ready, _ = ray.wait([self.pg.ready()], timeout=120)
         if not ready:
             raise RecipeError(f"Ray cannot place the roles {bundles} on this cluster (not enough CPUs/GPUs); "
                               "lower cluster.learner_cpus / rollout_cpus or add nodes")
-        gpu_share = 0.5 if self._colocated_gpu else None
-        self.learner = self._actor(LearnerActor, 0, c.learner_cpus, gpu_share or c.learner_gpus)
+        from golong.distributed import LearnerGroup
+
+        # rank r on bundle r; with one rank it is a plain Learner (no process group)
+        rank_gpus = (0.5 if self._colocated_gpu else 1) if c.learner_gpus else 0
+        self.learner = LearnerGroup(recipe, self.pg, list(range(ranks)), cpus=c.learner_cpus, gpus=rank_gpus)
         self.tokenizer = _load_tokenizer(recipe)
         self.engine = self._new_engine()
         self.rewards = rewards or RewardPool(
@@ -224,7 +213,7 @@ class RayCluster:
         c = self.recipe.cluster
         if self._colocated_gpu:
             return self._actor(RolloutActor, 0, c.rollout_cpus, 0.5)
-        return self._actor(RolloutActor, 1, c.rollout_cpus, c.rollout_gpus)
+        return self._actor(RolloutActor, self._rollout_bundle, c.rollout_cpus, c.rollout_gpus)
 
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> list[list[Completion]]:
         from ray.exceptions import RayActorError
@@ -241,24 +230,27 @@ class RayCluster:
             return self.ray.get(self.engine.generate.remote(prompts, n, params))
 
     def train_step(self, samples: list) -> dict[str, float]:
-        return self.ray.get(self.learner.train_step.remote(samples))
+        return self.learner.train_step(samples)
 
     def sync_weights(self) -> None:
-        # The state dict goes learner -> object store -> engine; the driver only passes the reference.
-        self.ray.get(self.engine.load_weights.remote(self.learner.state_dict_for_sync.remote()))
+        # The state dict goes learner rank 0 -> object store -> engine; the driver only passes the
+        # reference. The other ranks take part in the gather and return nothing.
+        full, others = self.learner.state_dict_for_sync()
+        self.ray.get(self.engine.load_weights.remote(full))
+        self.ray.get(others)
 
     def save_learner(self, path: Path) -> None:
-        self.ray.get(self.learner.save.remote(str(path)))
+        self.learner.save(str(path))
 
     def load_learner(self, path: Path) -> None:
-        self.ray.get(self.learner.load.remote(str(path)))
+        self.learner.load(str(path))
 
     def shutdown(self) -> None:
         from ray.util.placement_group import remove_placement_group
 
         self.rewards.close()
-        for actor in (self.engine, self.learner):
-            self.ray.kill(actor, no_restart=True)
+        self.ray.kill(self.engine, no_restart=True)
+        self.learner.kill()
         remove_placement_group(self.pg)
 
 

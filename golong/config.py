@@ -69,6 +69,7 @@ class RolloutConfig(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
     top_k: int = Field(0, ge=0, description="Top-k sampling (0 = off).")
     batch_size: int = Field(32, ge=1, description="Sequences generated at once by the transformers engine.")
+    kv_budget_gb: float | None = Field(None, gt=0, description="Transformers engine: decode K/V memory budget (GiB); a batch admits as many sequences as their K/V fits (KSA layers need less, so more run at once). None = off (batch_size alone).")
 
 
 class RewardConfig(_Section):
@@ -107,7 +108,8 @@ class ClusterConfig(_Section):
     mode: Literal["ray", "inline"] = Field("ray", description="Ray actors (a local cluster is started if none is given) or one process.")
     address: str | None = Field(None, description="Ray cluster address ('auto' or host:port); None starts a local cluster.")
     num_cpus: int | None = Field(None, description="Logical CPUs of a local Ray cluster (None = learner_cpus + rollout_cpus + reward.workers).")
-    learner_gpus: int = Field(0, ge=0, le=1, description="GPUs for the learner (0 = CPU; one GPU per learner for now).")
+    learner_gpus: int = Field(0, ge=0, description="GPUs for the learner (0 = CPU). More than 1: one learner rank (Ray actor) per GPU, the model sharded over them with FSDP2.")
+    learner_procs: int = Field(1, ge=1, description="Learner ranks on CPU when learner_gpus = 0 (gloo; mainly for tests). Ignored with GPUs.")
     rollout_gpus: int = Field(0, ge=0, le=1, description="GPUs for the rollout engine when not colocated.")
     colocate: bool = Field(True, description="Rollout shares the learner's GPUs (sleeps during updates).")
     learner_cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved for the learner actor.")

@@ -89,10 +89,12 @@ def _looks_local(src: str) -> bool:
     return src.lower().endswith(SUFFIXES) or src.startswith((".", "/", "~")) or src.count("/") != 1
 
 
-def load_rows(src: str | Path, split: str = "train", *, skip_invalid: bool = False) -> list[dict]:
+def load_rows(src: str | Path, split: str = "train", *, skip_invalid: bool | None = None) -> list[dict]:
     """Rows from a local file/folder or a hub dataset id (`split` applies to hub datasets).
 
-    skip_invalid: validate and drop the rows `validate_rows` reports (their count is not an error).
+    skip_invalid: None = read as is (no validation); False = validate, and a DataError naming the
+    first bad rows (index and field) if any; True = validate, drop the bad rows and report their count
+    on stderr (training: `data.skip_invalid`).
     """
     path = Path(src).expanduser()
     if path.is_dir():
@@ -106,9 +108,25 @@ def load_rows(src: str | Path, split: str = "train", *, skip_invalid: bool = Fal
         raise DataError(f"{src}: no such file or folder")
     else:
         rows = _load_hub(str(src), split)
-    if skip_invalid:
-        rows = validate_rows(rows).valid_rows(rows)
+    if skip_invalid is not None:
+        rows = checked_rows(rows, str(src), skip_invalid)
     return rows
+
+
+def checked_rows(rows: list[Any], src: str, skip_invalid: bool) -> list[dict]:
+    """`rows` if all are valid; else a one-line DataError, or (skip_invalid) the valid ones, counted."""
+    report = validate_rows(rows)
+    if report.ok:
+        return rows
+    bad = report.bad_indices
+    first = "; ".join(str(i) for i in report.issues[:3])
+    if not skip_invalid:
+        raise DataError(f"{src}: {len(bad)} of {len(rows)} rows are invalid ({first}); fix them, or skip and "
+                        "count them with data.skip_invalid=true (golong train --skip-invalid)")
+    import sys
+
+    print(f"[golong] {src}: skipped {len(bad)} invalid rows of {len(rows)} ({first})", file=sys.stderr, flush=True)
+    return report.valid_rows(rows)
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -271,7 +289,11 @@ def validate_rows(rows: list[Any]) -> ValidationReport:
         if issues:
             report.issues.extend(issues)
             continue
-        name = task_for_row(row).name
+        try:
+            name = task_for_row(row).name
+        except Exception as e:  # a route no task claims: as unusable as a malformed row
+            report.issues.append(RowIssue(i, "data_source", f"no task for this row ({type(e).__name__}: {e})"[:200]))
+            continue
         report.counts[name] = report.counts.get(name, 0) + 1
     return report
 

@@ -10,6 +10,10 @@ train_step(samples):
      normalised by the *whole batch's* token (or sequence) count, so the accumulated gradient is
      that of the batch aggregate;
   5. grad-norm clip, AdamW step, linear warm-up then constant learning rate.
+
+With several learner ranks (torch.distributed initialised, see golong.distributed) the model and the
+reference are sharded with FSDP2, every rank gets the same batch and trains on its token-balanced
+share, and the counts of step 4 are summed over ranks, so the update equals one process's.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import torch
 
+from golong import distributed as gdist
 from golong.algos import aggregate, kl_penalty, policy_loss
 from golong.config import AlgoConfig, ModelConfig, OptimConfig
 from golong.models import ModelLoadError, load_policy, prepare_policy  # noqa: F401  (re-exported)
@@ -70,6 +75,12 @@ class Learner:
         self.total_steps = total_steps
         self.temperature = temperature
         self.device = torch.device(device) if device else _default_device()
+        # several learner ranks (torch.distributed initialised, see golong.distributed): FSDP2 over them
+        self.dist = gdist.current_context()
+        if self.dist is not None and model.lora is not None:
+            raise ValueError("LoRA with several learner ranks is not supported yet; use one learner rank (cluster.learner_gpus=1)")
+        if self.dist is not None and device is None:
+            self.device = self.dist.device
         # bf16 compute over fp32 master weights: an lr-1e-6 update is far below bf16's resolution.
         # With LoRA only the adapters are trained (peft keeps them float32): the frozen base stays bf16.
         # master_weights="optimizer" instead runs a bf16 model and keeps the float32 copies beside it.
@@ -77,7 +88,10 @@ class Learner:
         self.is_lora = model.lora is not None
         optimizer_master = self.autocast and not self.is_lora and optim.master_weights == "optimizer"
         self.autocast = self.autocast and not optimizer_master
-        master = self.autocast and not self.is_lora
+        # sharded: FSDP gathers float32 shards as bf16 for compute, the same split without a second copy
+        fsdp_bf16 = optimizer_master and self.dist is not None
+        optimizer_master = optimizer_master and not fsdp_bf16
+        master = (self.autocast or fsdp_bf16) and not self.is_lora
         load_cfg = model.model_copy(update={"dtype": "float32"}) if master else model
         if policy is None:
             self._model, self._tokenizer = load_policy(load_cfg, device=self.device)
@@ -88,8 +102,14 @@ class Learner:
         self._ref = None
         if algo.kl_coef > 0 and not self.is_lora:
             self._ref = copy.deepcopy(self._model).eval().requires_grad_(False)
-            if self.autocast:
+            if self.autocast or fsdp_bf16:
                 self._ref.to(torch.bfloat16)
+        # model -> its FSDP root (whose forward gives the packed log-probs); empty for one rank
+        self._roots: dict[int, Any] = {}
+        if self.dist is not None:
+            self._roots[id(self._model)] = gdist.shard(self._model, self.dist, bf16_compute=fsdp_bf16)
+            if self._ref is not None:
+                self._roots[id(self._ref)] = gdist.shard(self._ref, self.dist)
         params = [p for p in self._model.parameters() if p.requires_grad]
         # (bf16 parameter, its float32 master copy): the optimizer steps the copies
         self._masters = [(p, p.detach().float().clone()) for p in params] if optimizer_master else []
@@ -124,6 +144,9 @@ class Learner:
 
     def _logprobs(self, model, row: PackedRow) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            root = self._roots.get(id(model))
+            if root is not None:
+                return root.logprobs(row, self.optim_cfg.logprob_chunk, self.temperature)
             return packed_logprobs(model, row, chunk=self.optim_cfg.logprob_chunk, temperature=self.temperature)
 
     @torch.no_grad()
@@ -156,10 +179,15 @@ class Learner:
             raise ValueError("train_step needs at least one sample")
         t0 = time.perf_counter()
         algo = self.algo_cfg
+        batch = samples
+        if self.dist is not None:  # this rank's share; the denominators below stay the whole batch's
+            samples = [batch[i] for i in self.dist.my_share([len(s.prompt_ids) + len(s.response_ids) for s in batch])]
         rows = self._rows(samples)
-        n_tokens = sum(len(s.response_ids) for s in samples)
+        if self.dist is not None:
+            rows = gdist.pad_rows(rows, self.dist)
+        n_tokens = sum(len(s.response_ids) for s in batch)
         # the whole batch's denominator, so micro-batch losses add up to the batch aggregate
-        total = n_tokens if algo.loss_agg == "token-mean" else sum(1 for s in samples if s.response_ids)
+        total = n_tokens if algo.loss_agg == "token-mean" else sum(1 for s in batch if s.response_ids)
         ref = [self._ref_logprobs(row) for _, row in rows] if algo.kl_coef > 0 else None
         old = None
         if algo.updates_per_batch > 1:
@@ -170,6 +198,9 @@ class Learner:
             self._model.train()
             sums: dict[str, float] = {}
             for r, (idx, row) in enumerate(rows):
+                if not idx:  # an idle micro-batch of a rank with fewer than the others
+                    self._idle_micro_batch(row)
+                    continue
                 part, logps = self._micro_batch(
                     row, [samples[i].advantage for i in idx], old[r] if old else None, ref[r] if ref else None,
                     total, weight=row.response_tokens / max(n_tokens, 1),
@@ -181,13 +212,18 @@ class Learner:
                         learner_lps[i] = lp
             grad_norm = self._optimizer_step()
             if update == 0:
-                metrics = {**sums, "grad_norm": grad_norm}
+                metrics = {**(self.dist.sum_dicts(sums) if self.dist is not None else sums), "grad_norm": grad_norm}
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step += 1
-        metrics.update(self._drift(samples, learner_lps))
+        if self.dist is not None:
+            metrics.update(gdist.global_drift(self.dist, [
+                (s.sampler_logprobs, lp) for s, lp in zip(samples, learner_lps, strict=True)
+                if s.sampler_logprobs is not None and lp is not None and len(s.sampler_logprobs)]))
+        else:
+            metrics.update(self._drift(samples, learner_lps))
         elapsed = time.perf_counter() - t0
-        metrics.update(tokens=float(sum(len(s.prompt_ids) + len(s.response_ids) for s in samples)),
+        metrics.update(tokens=float(sum(len(s.prompt_ids) + len(s.response_ids) for s in batch)),
                        response_tokens=float(n_tokens), learner_time_s=elapsed)
         metrics["tokens_per_s"] = metrics["tokens"] / max(elapsed, 1e-9)
         return metrics
@@ -231,6 +267,11 @@ class Learner:
         }
         return part, detached
 
+    def _idle_micro_batch(self, row: PackedRow) -> None:
+        """Forward + backward with a zero loss: keeps this rank in step with the others' FSDP collectives."""
+        logps, _ = self._logprobs(self._model, row)
+        (torch.cat(logps).sum() * 0.0).backward()
+
     def _optimizer_step(self) -> float:
         params = [p for p in self._model.parameters() if p.requires_grad]
         if self._masters:  # bf16 gradients move onto the float32 copies (freed one by one as they go)
@@ -245,7 +286,7 @@ class Learner:
             with torch.no_grad():
                 for p, m in self._masters:
                     p.copy_(m)
-        return float(norm)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor when sharded
 
     @staticmethod
     def _drift(samples: list[Sample], learner_lps: list[torch.Tensor | None]) -> dict[str, float]:
@@ -274,6 +315,11 @@ class Learner:
         def cast(v: torch.Tensor) -> torch.Tensor:
             return v.detach().to(dtype) if v.is_floating_point() else v.detach()
 
+        if self.dist is not None:  # collective: every rank calls; rank 0 gets the weights (CPU), others {}
+            full: dict[str, torch.Tensor] = {}
+            for bucket in gdist.iter_full_state(self._model, self.dist, dtype):
+                full.update(bucket)
+            return full
         if not self.is_lora:
             return {k: cast(v) for k, v in self._model.state_dict().items()}
         from peft.tuners.lora import LoraLayer
@@ -307,6 +353,8 @@ class Learner:
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        if self.dist is not None:  # collective: the full state gathered to rank 0, which writes
+            return self._save_sharded(path, tmp)
         tmp.mkdir(parents=True)
         self._model.save_pretrained(tmp / "model")
         self._tokenizer.save_pretrained(tmp / "model")
@@ -319,11 +367,29 @@ class Learner:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
         torch.save(state, tmp / "trainer_state.pt")
+        self._publish(tmp, path)
+        return path
+
+    @staticmethod
+    def _publish(tmp: Path, path: Path) -> None:
+        """Move the finished folder `tmp` to `path`, replacing an older one without a window where neither exists."""
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
+
+    def _save_sharded(self, path: Path, tmp: Path) -> Path:
+        """`save` over several ranks: weights and optimizer state gathered to rank 0 (CPU), written there."""
+        if self.dist.rank == 0:
+            tmp.mkdir(parents=True)
+        gdist.save_checkpoint(self, tmp)
+        if self.dist.rank == 0:
+            torch.save({"scheduler": self.scheduler.state_dict(), "step": self.step, "master_weights": [],
+                        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "cuda": None}},
+                       tmp / "trainer_state.pt")
+            self._publish(tmp, path)
+        torch.distributed.barrier()
         return path
 
     def load(self, path: str | Path) -> None:
@@ -341,17 +407,20 @@ class Learner:
             from peft import set_peft_model_state_dict
 
             set_peft_model_state_dict(self._model, weights)
+        elif self.dist is not None:  # every rank reads the full files and keeps its shards
+            gdist.load_checkpoint(self, path, weights)
         else:
             missing, unexpected = self._model.load_state_dict(weights, strict=False)
             tied = {k for k in missing if self._is_tied(k)}
             if unexpected or set(missing) - tied:
                 raise ValueError(f"checkpoint {path} does not match the model: missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]}")
-        state = torch.load(path / "trainer_state.pt", weights_only=False)
+        state = torch.load(path / "trainer_state.pt", weights_only=True)  # tensors and plain data only: never unpickle code
         saved = state.get("master_weights") or []
         with torch.no_grad():  # the float32 copies, or (older checkpoints) the bf16 weights upcast
             for i, (p, m) in enumerate(self._masters):
                 m.copy_(saved[i] if i < len(saved) else p.float())
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.dist is None:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         torch.set_rng_state(state["rng"]["torch"])

@@ -11,6 +11,7 @@ trainer counts failures per task.
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import signal
 import threading
@@ -22,6 +23,10 @@ ScoreFn = Callable[..., float] | str
 Status = Literal["ok", "error", "timeout"]
 
 DEFAULT_SCORE_FN = "rewards:score_row"
+log = logging.getLogger("golong.rewarding")
+# Longer responses score 0 unscored ("error"): far past any max_new_tokens (~1M tokens), and a 50 MB
+# response would cost one ROUGE-L call ~14 s and ~2.5 GB (measured), plus its copy to a worker.
+MAX_RESPONSE_CHARS = 4_000_000
 # Time a fresh worker may take to start and import the rewards (sympy, math-verify) once.
 _STARTUP_GRACE_S = 60.0
 
@@ -39,6 +44,14 @@ class _Timeout(Exception):
 
 def _on_alarm(signum: int, frame: Any) -> None:
     raise _Timeout()
+
+
+def _worker_signals() -> None:
+    """Pool worker start-up: ignore SIGINT (Ctrl-C reaches the whole process group; the trainer decides
+    how to stop) and take the default SIGTERM, so `terminate()` stops a worker forked while the
+    trainer's own SIGTERM handler was installed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def resolve_score_fn(fn: ScoreFn) -> Callable[..., float]:
@@ -90,8 +103,10 @@ class RewardPool:
         mode: Literal["process", "ray", "thread"] = "process",
         score_fn: ScoreFn = DEFAULT_SCORE_FN,
         ray_num_cpus: float = 1.0,
+        max_response_chars: int = MAX_RESPONSE_CHARS,
     ):
         self.workers, self.timeout_s, self.mode = workers, timeout_s, mode
+        self.max_response_chars = max_response_chars
         self.variant = dict(variant or {})
         self.score_fn = score_fn
         self.ray_num_cpus = ray_num_cpus
@@ -99,6 +114,18 @@ class RewardPool:
         self._warm = False
 
     def score(self, rows: list[dict], responses: list[str]) -> list[RewardResult]:
+        """One result per response, in order; oversized responses score 0 without reaching a worker."""
+        if len(rows) != len(responses):
+            raise ValueError(f"{len(rows)} rows but {len(responses)} responses")
+        limit = self.max_response_chars
+        fits = [i for i, r in enumerate(responses) if len(r) <= limit]
+        out = [RewardResult(0.0, "error", f"response of {len(r):,} characters is over the {limit:,}-character limit")
+               for r in responses]
+        for i, res in zip(fits, self._score([rows[i] for i in fits], [responses[i] for i in fits]), strict=True):
+            out[i] = res
+        return out
+
+    def _score(self, rows: list[dict], responses: list[str]) -> list[RewardResult]:
         items = list(zip(rows, responses, strict=True))
         if not items:
             return []
@@ -114,7 +141,7 @@ class RewardPool:
         self._warm = True
         out: list[RewardResult] = []
         for chunk, res in zip(chunks, done, strict=True):
-            out.extend(res if res is not None else [RewardResult(0.0, "timeout", "reward worker killed")] * len(chunk))
+            out.extend(res if res is not None else [RewardResult(0.0, "timeout", "reward worker died or hung")] * len(chunk))
         return out
 
     def start(self) -> None:
@@ -122,27 +149,60 @@ class RewardPool:
         import multiprocessing as mp
 
         if self.mode == "process" and self._pool is None:
+            from concurrent.futures import ProcessPoolExecutor
+
             # fork, not spawn: spawn re-imports the caller's __main__, which breaks any script without
             # an `if __name__ == "__main__"` guard. Workers run only reward code (no torch, no tokenizers).
-            self._pool = mp.get_context("fork").Pool(self.workers)
+            # An executor, not multiprocessing.Pool: a worker that dies (OOM killer, SIGTERM to the process
+            # group) breaks it at once instead of losing its task, and tearing it down cannot deadlock on a
+            # queue lock the dead worker held (Pool.terminate does).
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("fork"), initializer=_worker_signals)
+            self._pool.submit(int).result()  # fork the workers now, while the process is small
 
-    def _score_processes(self, chunks: list, deadline: float) -> list[list[RewardResult] | None]:
-        import multiprocessing as mp
+    def _discard_pool(self) -> None:
+        pool, self._pool, self._warm = self._pool, None, False
+        if pool is None:
+            return
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):  # stuck ones ignore shutdown
+            if proc.is_alive():
+                proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run_chunks(self, chunks: list, deadline: float) -> tuple[list[list[RewardResult] | None], bool]:
+        """Results (None = lost) and whether a worker died, for chunks submitted at once."""
         import time
+        from concurrent.futures import wait
+        from concurrent.futures.process import BrokenProcessPool
 
         self.start()
         end = time.monotonic() + deadline
-        pending = [self._pool.apply_async(score_chunk, (self.score_fn, c, self.variant, self.timeout_s)) for c in chunks]
+        futures = [self._pool.submit(score_chunk, self.score_fn, c, self.variant, self.timeout_s) for c in chunks]
+        wait(futures, timeout=max(0.0, end - time.monotonic()))
         results: list[list[RewardResult] | None] = []
-        for p in pending:
-            try:
-                results.append(p.get(timeout=max(0.0, end - time.monotonic())))
-            except mp.TimeoutError:
+        broken = False
+        for f in futures:
+            if not f.done():
                 results.append(None)
-        if any(r is None for r in results):  # a worker is stuck in code that ignored the alarm
-            self._pool.terminate()
-            self._pool = None
-            self._warm = False
+                continue
+            try:
+                results.append(f.result())
+            except BrokenProcessPool:
+                results.append(None)
+                broken = True
+        if any(r is None for r in results):
+            self._discard_pool()
+        return results, broken
+
+    def _score_processes(self, chunks: list, deadline: float) -> list[list[RewardResult] | None]:
+        results, broken = self._run_chunks(chunks, deadline)
+        if broken:  # a worker died: retry each lost chunk alone, so only the one that kills its worker is lost
+            lost = [i for i, r in enumerate(results) if r is None]
+            log.warning("a reward worker died; retrying %d chunk(s) one at a time", len(lost))
+            for i in lost:
+                results[i] = self._run_chunks([chunks[i]], deadline + _STARTUP_GRACE_S)[0][0]
+        if any(r is None for r in results):  # died twice, or stuck in code that ignored the alarm
+            log.warning("%d reward chunk(s) got no result (worker died or hung past %.0f s); they score 0",
+                        sum(r is None for r in results), deadline)
         return results
 
     def _score_ray(self, chunks: list, deadline: float) -> list[list[RewardResult] | None]:
@@ -153,10 +213,13 @@ class RewardPool:
         ready, not_ready = ray.wait(refs, num_returns=len(refs), timeout=deadline)
         for ref in not_ready:
             ray.cancel(ref, force=True)
-        got = dict(zip(ready, ray.get(ready), strict=True)) if ready else {}
+        got = {}
+        for ref in ready:  # one at a time: a task whose worker died raises only for its own chunk
+            try:
+                got[ref] = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                log.warning("reward task failed (%s); its responses score 0", str(e).splitlines()[0][:200])
         return [got.get(r) for r in refs]
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool = None
+        self._discard_pool()

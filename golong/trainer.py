@@ -75,7 +75,9 @@ class Trainer:
                  quiet: bool = False):
         self.recipe, self.quiet = recipe, quiet
         self.out = Path(resume) if resume else Path(recipe.trainer.output_dir)
-        ckpt = checkpoint.latest(self.out) if resume else None
+        self._saved_step = -1
+        self.stop_signal: int | None = None  # set by SIGINT/SIGTERM: save after this step and stop
+        ckpt = checkpoint.resume_point(self.out, warn=self._warn) if resume else None
         self.cluster = make_cluster(recipe, rewards)
         self.out.mkdir(parents=True, exist_ok=True)
         self.mixture = Mixture(recipe.data, self.cluster.tokenizer, seed=recipe.data.seed)
@@ -99,18 +101,27 @@ class Trainer:
     # --- the loop --------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
         total = self.recipe.trainer.steps
+        restore = self._catch_stop_signals()
         try:
             with self._progress(total) as advance:
-                while self.step < total:
+                while self.step < total and self.stop_signal is None:
                     record = self.train_one_step()
                     self.step += 1
                     if self.recipe.eval.every and (self.step % self.recipe.eval.every == 0 or self.step == total):
                         record.update(self.evaluate())
                     self.log.log(self.step, record)
                     advance(metrics.summary_line(self.step, total, record))
-                    if self.step % self.recipe.trainer.save_every == 0 or self.step == total:
+                    if self.step % self.recipe.trainer.save_every == 0 or self.step == total or self.stop_signal:
                         self.save()
+            if self.stop_signal is not None:
+                import signal
+
+                if self._saved_step != self.step:  # the signal came after this step's save decision
+                    self.save()
+                self._warn(f"stopped by {signal.Signals(self.stop_signal).name} after step {self.step}; checkpoint "
+                           f"saved; continue with --resume {self.out}")
         finally:
+            restore()
             self.log.close()
             self.cluster.shutdown()
         return self.log.history
@@ -262,6 +273,9 @@ class Trainer:
         out.update(metrics.counts("truncated", truncated, tasks))
         out.update({k: float(v) for k, v in train.items()})
         out.update(times)
+        # the in-process engine's admission (its last generate call): rows decoded at once, their K/V bytes
+        stats = getattr(getattr(self.cluster, "engine", None), "stats", None) or {}
+        out.update({f"rollout/{k}": float(stats[k]) for k in ("concurrency", "kv_bytes") if k in stats})
         out.update({"groups_kept": float(len(batch.kept)), "groups_generated": float(len(batch.generated)),
                     "rounds": float(batch.rounds), "tokens": float(tokens),
                     "tokens_per_s": tokens / max(times["step_time"], 1e-9),
@@ -269,9 +283,45 @@ class Trainer:
         return out
 
     def save(self) -> Path:
+        self._saved_step = self.step
         state = {"mixture": self.mixture.state_dict(), "metrics": self.log.history}
         return checkpoint.save(self.out, self.step, self.cluster.save_learner, state,
                                keep=self.recipe.trainer.keep_checkpoints)
+
+    def _catch_stop_signals(self):
+        """SIGINT/SIGTERM -> finish the current step, checkpoint, stop (a second signal acts as usual).
+
+        Returns a function restoring the previous handlers. Only the main thread can install handlers;
+        elsewhere (a trainer run from a worker thread) signals keep their default meaning."""
+        import os
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def on_signal(signum: int, frame: Any) -> None:
+            self.stop_signal = signum
+            signal.signal(signum, previous[signum])  # a second Ctrl-C / TERM is not swallowed
+            # os.write, not print: a handler may interrupt a buffered write to the same stream
+            os.write(2, f"[golong] {signal.Signals(signum).name}: finishing step {self.step + 1}, then saving a "
+                        "checkpoint (send it again to stop at once)\n".encode())
+
+        for s in previous:
+            signal.signal(s, on_signal)
+
+        def restore() -> None:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+        return restore
+
+    def _warn(self, text: str) -> None:
+        """A line on stderr even when quiet (resume problems, stop signals)."""
+        import sys
+
+        print(f"[golong] {text}", file=sys.stderr, flush=True)
 
     def _say(self, text: str) -> None:
         if not self.quiet:

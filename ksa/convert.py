@@ -190,7 +190,7 @@ def self_distill(
     state = {"step": 0, "history": []}
     if resume and (ckpt / "state.pt").is_file():
         student, _ = _load(ckpt, dtype, device, tokenizer=False)
-        state = torch.load(ckpt / "state.pt", weights_only=False)
+        state = torch.load(ckpt / "state.pt", weights_only=True)
     elif resume:
         raise KSAConfigError(f"nothing to resume in {ckpt}; run without --resume first")
     else:

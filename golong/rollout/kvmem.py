@@ -1,0 +1,93 @@
+"""KV-cache bytes of one decoded sequence, from the model config, and admission under a byte budget.
+
+Per layer, the K/V entries one sequence of L text tokens holds (one entry = K and V of every KV head):
+  full attention:                     L
+  sliding window w (tokens):          min(L, w)
+  KSA layer, window W chunks of C, S summaries per chunk (ksa/cache.py):
+      W*C >= L  ->  L                 (the window covers everything: text only, no summaries kept)
+      else      ->  min(L, (W+1)*C) + (L // C) * S      (text ring + one summary list)
+bytes = sum(entries) * 2 (K and V) * kv_heads * head_dim * element size.
+
+So a full-attention model's KV grows with L in every layer, while a KSA hybrid's small-window
+layers stay near (W+1)*C + L*S/C: the same budget admits more KSA sequences at long L.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def layer_entries(length: int, *, window: int | None = None, chunk: int | None = None,
+                  summaries: int = 1, sliding: int | None = None) -> int:
+    """K/V entries one layer keeps for a sequence of `length` tokens (formulas in the module docstring)."""
+    if window is not None and chunk is not None:
+        if window * chunk >= length:
+            return length
+        return min(length, (window + 1) * chunk) + (length // chunk) * summaries
+    if sliding is not None:
+        return min(length, sliding)
+    return length
+
+
+def _head_dim(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def kv_bytes_per_sequence(config: Any, length: int, element_size: int = 2) -> int:
+    """Bytes of K/V one sequence of `length` tokens needs in the decode cache of a model with `config`."""
+    layers = config.num_hidden_layers
+    per_entry = 2 * (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * _head_dim(config) * element_size
+    chunk = getattr(config, "ksa_chunk", None)
+    if chunk is not None:
+        windows = list(config.ksa_windows)
+        summaries = config.ksa_summaries
+        entries = sum(layer_entries(length, window=w, chunk=chunk, summaries=summaries) for w in windows)
+        return entries * per_entry
+    types = list(getattr(config, "layer_types", None) or ["full_attention"] * layers)
+    sliding = getattr(config, "sliding_window", None)
+    entries = sum(layer_entries(length, sliding=sliding if t == "sliding_attention" else None) for t in types)
+    return entries * per_entry
+
+
+def model_kv_bytes_fn(model: Any):
+    """length -> KV bytes of one sequence, for `model` (its config and parameter dtype); None when
+    the config does not describe a decoder this accounting knows (no layer / head counts)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    size = next(base.parameters()).element_size()
+    try:
+        kv_bytes_per_sequence(base.config, 1, size)
+    except (AttributeError, TypeError):
+        return None
+    return lambda length: kv_bytes_per_sequence(base.config, length, size)
+
+
+def plan_batches(lengths: list[int], n: int, max_new_tokens: int, *, cap: int, budget: int | None,
+                 seq_bytes) -> list[list[int]]:
+    """Prompt indices per batch, longest prompts first. A batch holds whole groups (n rows a prompt),
+    at most `cap` rows, and, with a byte `budget`, at most budget // (n * seq_bytes(width + max_new_tokens))
+    prompts, width = its longest (first) prompt, since rows are left-padded to it. A group that alone
+    exceeds the budget still runs (alone): the budget cannot split a group's shared prefill."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    per_cap = max(1, cap // n)
+    batches, start = [], 0
+    while start < len(order):
+        k = per_cap
+        if budget is not None:
+            k = max(1, min(k, budget // max(1, n * seq_bytes(lengths[order[start]] + max_new_tokens))))
+        batches.append(order[start : start + k])
+        start += k
+    return batches
+
+
+def cache_nbytes(cache: Any) -> int:
+    """Bytes of the K/V tensors a transformers Cache (or a KSACache) holds now."""
+    if hasattr(cache, "nbytes"):
+        return int(cache.nbytes())
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
