@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from golong.rollout.base import SamplingParams, encode_chat, make_engine
-from golong.rollout.hf import HFEngine, sample
+from golong.rollout.fast import row_key, sample_rows
+from golong.rollout.hf import HFEngine
 
 
 @pytest.fixture(scope="module")
@@ -95,17 +96,21 @@ def test_load_weights_replaces_the_policy(engine_parts, tiny_tokenizer):
 
 def test_sample_filters_top_k_and_top_p_and_returns_filtered_logprobs():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    gen = torch.Generator().manual_seed(0)
+    key = torch.tensor([row_key(0, 0, 0)], dtype=torch.int64)
+
+    def draw(params, step=0):
+        return sample_rows(logits, params, key, torch.tensor([step], dtype=torch.int64))
+
     # top_p=0.7: mass before token 2 is 0.8 >= 0.7, so only tokens 0 and 1 survive (p = 0.625, 0.375).
     seen = set()
-    for _ in range(200):
-        tok, lp = sample(logits, SamplingParams(top_p=0.7), gen)
+    for step in range(200):
+        tok, lp = draw(SamplingParams(top_p=0.7), step)
         seen.add(int(tok))
         assert math.isclose(float(lp), math.log([0.625, 0.375][int(tok)]), rel_tol=1e-5)
     assert seen == {0, 1}
-    tok, lp = sample(logits, SamplingParams(top_k=1), gen)
+    tok, lp = draw(SamplingParams(top_k=1))
     assert int(tok) == 0 and abs(float(lp)) < 1e-6
-    tok, lp = sample(logits, SamplingParams(temperature=0), gen)
+    tok, lp = draw(SamplingParams(temperature=0))
     assert int(tok) == 0 and math.isclose(float(lp), math.log(0.5), rel_tol=1e-5)
 
 

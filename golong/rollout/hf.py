@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from golong.rollout.base import Completion, RolloutEngine, SamplingParams
-from golong.rollout.fast import row_key, sample_rows
+from golong.rollout.fast import eos_ids, row_key, sample_rows
 from golong.rollout.kvmem import cache_nbytes, model_kv_bytes_fn, plan_batches
 
 
@@ -46,7 +46,7 @@ class HFEngine(RolloutEngine):
         self.stats: dict[str, float] = {}
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.model.to(self.device)
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos_ids)
         # transformers renamed `past_key_values` to `cache` (5.x); older models keep the old name.
@@ -171,45 +171,8 @@ class HFEngine(RolloutEngine):
         return result
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row; return (token, log p(token)) under the sampling distribution.
-
-    p = softmax(filter(logits / T)), filter = top-k then top-p (nucleus) masking to -inf.
-    Greedy (T = 0) takes the argmax and reports its log-prob at T = 1.
-    """
-    if params.temperature == 0:
-        logp = torch.log_softmax(logits, -1)
-        token = logp.argmax(-1)
-        return token, logp.gather(-1, token[:, None]).squeeze(-1)
-    scores = logits / params.temperature
-    if params.top_k > 0 and params.top_k < scores.shape[-1]:
-        kth = torch.topk(scores, params.top_k, dim=-1).values[:, -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_scores, sorted_idx = torch.sort(scores, descending=True, dim=-1)
-        cum = torch.softmax(sorted_scores, -1).cumsum(-1)
-        # Drop a token when the mass before it already reaches top_p (the first token always stays).
-        drop_sorted = (cum - torch.softmax(sorted_scores, -1)) >= params.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, sorted_idx, drop_sorted)
-        scores = scores.masked_fill(drop, float("-inf"))
-    logp = torch.log_softmax(scores, -1)
-    token = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(-1)
-    return token, logp.gather(-1, token[:, None]).squeeze(-1)
-
-
 def _cache_of(out: Any) -> Any:
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids: set[int] = set()
-    cfg = getattr(model, "generation_config", None)
-    for value in (getattr(cfg, "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list | tuple):
-            ids.update(int(v) for v in value)
-    if not ids:
-        raise ValueError("the tokenizer has no eos_token_id: the engine cannot tell where a response ends")
-    return ids
