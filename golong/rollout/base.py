@@ -66,6 +66,20 @@ class RolloutEngine(ABC):
         """Take accelerator memory back before generating."""
 
 
+def copy_weights_into(model: Any, state_dict: dict[str, Any]) -> None:
+    """Copy `state_dict` into `model`'s existing tensors in place (captured CUDA graphs and shared
+    references stay valid); a name the model does not have is an error."""
+    import torch
+
+    own = model.state_dict()
+    unknown = [k for k in state_dict if k not in own]
+    if unknown:
+        raise KeyError(f"load_weights: {len(unknown)} names not in the engine's model, e.g. {unknown[0]!r}")
+    with torch.no_grad():
+        for name, value in state_dict.items():
+            own[name].copy_(value.to(own[name].device, own[name].dtype))
+
+
 def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     """`apply_chat_template(messages, add_generation_prompt=True)` as a plain list of ids."""
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from golong.rollout.base import Completion, RolloutEngine, SamplingParams
+from golong.rollout.base import Completion, RolloutEngine, SamplingParams, copy_weights_into
 
 SUPPORTED = ("qwen3", "qwen2", "llama")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -234,13 +234,7 @@ class FastEngine(RolloutEngine):
 
     def load_weights(self, state_dict: dict[str, Any]) -> None:
         """Copy into the existing parameter tensors (captured graphs keep pointing at them)."""
-        own = self.model.state_dict()
-        unknown = [k for k in state_dict if k not in own]
-        if unknown:
-            raise KeyError(f"load_weights: {len(unknown)} names not in the engine's model, e.g. {unknown[0]!r}")
-        with torch.no_grad():
-            for name, value in state_dict.items():
-                own[name].copy_(value.to(own[name].device, own[name].dtype))
+        copy_weights_into(self.model, state_dict)
 
     def sleep(self) -> None:
         """Drop graphs and the KV cache, park the weights on the CPU (graphs are re-captured on wake)."""

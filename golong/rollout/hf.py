@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from golong.rollout.base import Completion, RolloutEngine, SamplingParams
+from golong.rollout.base import Completion, RolloutEngine, SamplingParams, copy_weights_into
 from golong.rollout.fast import eos_ids, row_key, sample_rows
 from golong.rollout.kvmem import cache_nbytes, model_kv_bytes_fn, plan_batches
 
@@ -56,13 +56,7 @@ class HFEngine(RolloutEngine):
 
     # --- weights -----------------------------------------------------------------------------
     def load_weights(self, state_dict: dict[str, Any]) -> None:
-        own = self.model.state_dict()
-        unknown = [k for k in state_dict if k not in own]
-        if unknown:
-            raise KeyError(f"load_weights: {len(unknown)} names not in the engine's model, e.g. {unknown[0]!r}")
-        with torch.no_grad():
-            for name, value in state_dict.items():
-                own[name].copy_(value.to(own[name].device, own[name].dtype))
+        copy_weights_into(self.model, state_dict)
 
     def sleep(self) -> None:
         if self.device.type != "cpu":
