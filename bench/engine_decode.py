@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, Qwen3Config
+from benchutil import IdTokenizer, qwen3_06b_model
 
 from golong.rollout.base import SamplingParams
 from golong.rollout.fast import FastEngine
@@ -37,29 +37,8 @@ from golong.rollout.fast import FastEngine
 HBM_BYTES_PER_S = 4.8e12
 
 
-class IdTokenizer:
-    """Token ids only: the bench never needs text (decode returns an empty string)."""
-
-    def __init__(self, vocab: int):
-        self.eos_token_id = vocab - 1
-        self.pad_token_id = vocab - 2
-
-    def decode(self, ids, **_) -> str:
-        return ""
-
-
 def build_model(tiny: bool, device: str):
-    shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 head_dim=16, intermediate_size=128, vocab_size=512) if tiny else dict(
-                 hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                 head_dim=128, intermediate_size=3072, vocab_size=151936)
-    cfg = Qwen3Config(**shape, tie_word_embeddings=True, max_position_embeddings=65536,
-                      eos_token_id=shape["vocab_size"] - 1, pad_token_id=shape["vocab_size"] - 2)
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
-    return model, cfg
+    return qwen3_06b_model(tiny, device)
 
 
 def sync(device: str) -> None:

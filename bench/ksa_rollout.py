@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, Qwen3Config
+from benchutil import IdTokenizer, qwen3_06b_model
 
 import ksa
 from golong.rollout.base import SamplingParams
@@ -41,29 +41,10 @@ from golong.rollout.hf import HFEngine
 from golong.rollout.kvmem import kv_bytes_per_sequence
 
 
-class IdTokenizer:
-    """Token ids only: the bench never needs text."""
-
-    def __init__(self, vocab: int):
-        self.eos_token_id = vocab - 1
-        self.pad_token_id = vocab - 2
-
-    def decode(self, ids, **_) -> str:
-        return ""
-
-
 def build_models(tiny: bool, device: str):
     """(full-attention model, its KSA conversion, config) with the same random weights."""
-    shape = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                 head_dim=16, intermediate_size=128, vocab_size=512) if tiny else dict(
-                 hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                 head_dim=128, intermediate_size=3072, vocab_size=151936)
-    cfg = Qwen3Config(**shape, tie_word_embeddings=True, max_position_embeddings=65536,
-                      eos_token_id=shape["vocab_size"] - 1, pad_token_id=shape["vocab_size"] - 2)
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    torch.manual_seed(0)
-    with torch.device(device):
-        full = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+    full, cfg = qwen3_06b_model(tiny, device, tiny_layers=4)
+    dtype = next(full.parameters()).dtype
     settings = ksa.KSAConfig(chunk=4, windows=[2, 2, 2, 1000], impl="reference") if tiny else ksa.KSAConfig(
         chunk=8, windows="([128]*3+[16768])*7", impl="triton" if device.startswith("cuda") else "reference")
     hybrid = ksa.convert_model(copy.deepcopy(full), settings).to(device=device, dtype=dtype).eval()

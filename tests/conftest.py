@@ -45,3 +45,14 @@ def _isolated_task_registry():
     yield
     registry._registry.clear()
     registry._registry.update(saved)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray cluster for every Ray test of the session."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

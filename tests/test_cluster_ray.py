@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from golong.rollout.base import SamplingParams, encode_chat
 from tests.test_trainer import recipe
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="session")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def test_ray_run_trains_and_syncs_weights(ray_session, tiny_model_dir, tmp_path):

@@ -3,8 +3,6 @@ group trains, syncs and checkpoints like one in-process Learner on the same batc
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -13,17 +11,7 @@ from golong.distributed import synthetic_batch
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield ray
-
-
-def test_learner_group_matches_one_learner(ray_local, tiny_model_dir, tmp_path):
+def test_learner_group_matches_one_learner(ray_session, tiny_model_dir, tmp_path):
     from ray.util.placement_group import placement_group, remove_placement_group
 
     from golong.cluster import build_learner
@@ -36,7 +24,7 @@ def test_learner_group_matches_one_learner(ray_local, tiny_model_dir, tmp_path):
     one = build_learner(r, device="cpu")
     expected = [one.train_step(batch) for _ in range(2)]
     pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="PACK")
-    ray_local.get(pg.ready())
+    ray_session.get(pg.ready())
     group = LearnerGroup(r, pg, [0, 1], cpus=1, gpus=0)
     try:
         got = [group.train_step(batch) for _ in range(2)]
@@ -44,8 +32,8 @@ def test_learner_group_matches_one_learner(ray_local, tiny_model_dir, tmp_path):
             for k in ("loss", "grad_norm", "entropy", "drift"):
                 assert g[k] == pytest.approx(e[k], abs=1e-5, rel=1e-5), k
         ref0, others = group.state_dict_for_sync()
-        full = ray_local.get(ref0)
-        assert all(d == {} for d in ray_local.get(others))
+        full = ray_session.get(ref0)
+        assert all(d == {} for d in ray_session.get(others))
         mine = one.state_dict_for_sync()
         assert sorted(full) == sorted(mine)
         # Adam moves each weight by about lr * g / (|g| + eps) in its first steps, so a weight whose

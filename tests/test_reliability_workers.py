@@ -13,7 +13,6 @@ import rewards
 import tasks
 from golong.rewarding import RewardPool
 from golong.trainer import Trainer
-from tests.test_cluster_ray import ray_session  # noqa: F401  (the session's Ray fixture)
 from tests.test_trainer import recipe
 
 
@@ -104,7 +103,7 @@ def test_a_reward_that_ignores_its_alarm_is_stopped_by_the_backstop(rows):
 
 
 @pytest.mark.ray
-def test_a_ray_reward_task_whose_worker_dies_scores_zero(ray_session, rows):  # noqa: F811
+def test_a_ray_reward_task_whose_worker_dies_scores_zero(ray_session, rows):
     from ray import cloudpickle
 
     import tests.test_reliability_workers as here

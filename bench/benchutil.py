@@ -1,0 +1,35 @@
+"""Pieces shared by the decode benchmarks: a Qwen3-0.6B-shaped random model and an ids-only tokenizer.
+
+Imported as `benchutil` (the scripts run as `python bench/NAME.py`, which puts bench/ on sys.path).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, Qwen3Config
+
+
+class IdTokenizer:
+    """Token ids only: the benchmarks never need text (decode returns an empty string)."""
+
+    def __init__(self, vocab: int):
+        self.eos_token_id = vocab - 1
+        self.pad_token_id = vocab - 2
+
+    def decode(self, ids, **_) -> str:
+        return ""
+
+
+def qwen3_06b_model(tiny: bool, device: str, tiny_layers: int = 2):
+    """(random model, config): the Qwen3-0.6B shape in bf16, or a tiny fp32 one for CPU checks."""
+    shape = dict(hidden_size=64, num_hidden_layers=tiny_layers, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=16, intermediate_size=128, vocab_size=512) if tiny else dict(
+                 hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                 head_dim=128, intermediate_size=3072, vocab_size=151936)
+    cfg = Qwen3Config(**shape, tie_word_embeddings=True, max_position_embeddings=65536,
+                      eos_token_id=shape["vocab_size"] - 1, pad_token_id=shape["vocab_size"] - 2)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+    return model, cfg
