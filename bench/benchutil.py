@@ -5,6 +5,8 @@ Imported as `benchutil` (the scripts run as `python bench/NAME.py`, which puts b
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from transformers import AutoModelForCausalLM, Qwen3Config
 
@@ -33,3 +35,15 @@ def qwen3_06b_model(tiny: bool, device: str, tiny_layers: int = 2):
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
     return model, cfg
+
+
+def ksa_hybrid(full, tiny: bool, device: str):
+    """`full` converted to the 3:1 KSA hybrid (same weights): chunk 8, one summary per chunk, windows
+    ([128]*3+[16768])*7 = 21 layers with a 1024-token window + summaries, 7 full layers; Triton
+    kernel for prefills on GPU. Tiny: chunk 4, windows [2, 2, 2, 1000] (a 4-layer model)."""
+    import ksa
+
+    dtype = next(full.parameters()).dtype
+    settings = ksa.KSAConfig(chunk=4, windows=[2, 2, 2, 1000], impl="reference") if tiny else ksa.KSAConfig(
+        chunk=8, windows="([128]*3+[16768])*7", impl="triton" if device.startswith("cuda") else "reference")
+    return ksa.convert_model(copy.deepcopy(full), settings).to(device=device, dtype=dtype).eval()

@@ -1,20 +1,17 @@
-"""Rollout at long context: full attention vs the 3:1 KSA hybrid on the same model shape.
+"""Rollout at long context: full attention vs the 3:1 KSA hybrid on the same model shape, both
+through golong's engine (FastEngine: static K/V, CUDA graphs, continuous batching).
 
 Model: Qwen3-0.6B shape (hidden 1024, 28 layers, 16 q / 8 kv heads, head_dim 128, MLP 3072,
-vocab 151936, tied embeddings), random weights, bf16. The KSA model is the same weights converted
-with ksa.convert_model: chunk 8, one summary per chunk, windows ([128]*3+[16768])*7 (21 layers with
-a 1024-token window + summaries, 7 full layers), Triton kernel for the prefill (reference on CPU).
+vocab 151936, tied embeddings), random weights, bf16, and its KSA conversion (benchutil.ksa_hybrid:
+chunk 8, one summary per chunk, 21 layers with a 1024-token window + summaries, 7 full layers).
 `--tiny`: a 4-layer toy (chunk 4, windows [2,2,2,1000]) at a 256-token context, for CPU checks.
 
 Measured, at context P = prompt + new tokens (default 32768):
-1. decode tokens/s at equal batch B (one prompt, B samples, greedy): the transformers engine
-   (HFEngine) for both models, golong's FastEngine for full attention (KSA has no fast path yet).
-   Decode only: HFEngine time(N new tokens) - time(1 new token), over the tokens that difference
-   generated; FastEngine: its own decode clock (stats["decode_s"]).
-2. the largest batch a fixed decode K/V budget (`--kv-budget-gb`) admits, from the engine's own
-   admission rule (golong/rollout/kvmem.py: budget // bytes per sequence at length P).
-3. end-to-end rollout tokens/s at that batch (prefill + decode, sampling at T = 1, G samples per
-   prompt): HFEngine with the budget for both models, FastEngine for full attention.
+1. decode tokens/s at equal batch B (one prompt, B samples, greedy; the engine's decode clock);
+2. the largest batch a fixed decode K/V budget (`--kv-budget-gb`) admits: the engine's own rule,
+   budget // bytes of one row's static storage at length P (golong/rollout/kvmem.py counts);
+3. end-to-end rollout tokens/s at that batch: prefill + decode of G samples per prompt at T = 1,
+   the engine built with the budget (wall clock over one generate call, after a warm-up call).
 
 Run: python bench/ksa_rollout.py --out $OUT/ksa_rollout.json                  (GPU)
      python bench/ksa_rollout.py --device cpu --tiny                          (CPU check)
@@ -24,7 +21,6 @@ Imports only torch, transformers, ksa and golong.rollout (no pydantic/ray).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import time
@@ -32,23 +28,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from benchutil import IdTokenizer, qwen3_06b_model
+from benchutil import IdTokenizer, ksa_hybrid, qwen3_06b_model
 
-import ksa
 from golong.rollout.base import SamplingParams
 from golong.rollout.fast import FastEngine
-from golong.rollout.hf import HFEngine
-from golong.rollout.kvmem import kv_bytes_per_sequence
-
-
-def build_models(tiny: bool, device: str):
-    """(full-attention model, its KSA conversion, config) with the same random weights."""
-    full, cfg = qwen3_06b_model(tiny, device, tiny_layers=4)
-    dtype = next(full.parameters()).dtype
-    settings = ksa.KSAConfig(chunk=4, windows=[2, 2, 2, 1000], impl="reference") if tiny else ksa.KSAConfig(
-        chunk=8, windows="([128]*3+[16768])*7", impl="triton" if device.startswith("cuda") else "reference")
-    hybrid = ksa.convert_model(copy.deepcopy(full), settings).to(device=device, dtype=dtype).eval()
-    return full, hybrid, cfg
 
 
 def sync(device: str) -> None:
@@ -61,31 +44,6 @@ def free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def timed_generate(engine, prompts, n: int, params: SamplingParams, device: str) -> tuple[float, int]:
-    """(seconds, generated tokens) of one generate call."""
-    sync(device)
-    t0 = time.perf_counter()
-    out = engine.generate(prompts, n, params)
-    sync(device)
-    return time.perf_counter() - t0, sum(len(c.response_ids) for g in out for c in g)
-
-
-def hf_decode_tok_s(engine: HFEngine, prompt: list[int], batch: int, new: int, device: str) -> float:
-    """Decode-only tokens/s: (tokens(new) - tokens(1)) / (time(new) - time(1)), greedy, one prompt x batch."""
-    timed_generate(engine, [prompt], batch, SamplingParams(max_new_tokens=2, temperature=0), device)  # warm-up
-    t_n, k_n = timed_generate(engine, [prompt], batch, SamplingParams(max_new_tokens=new, temperature=0), device)
-    t_1, k_1 = timed_generate(engine, [prompt], batch, SamplingParams(max_new_tokens=1, temperature=0), device)
-    return (k_n - k_1) / max(t_n - t_1, 1e-9)
-
-
-def fast_decode_tok_s(engine: FastEngine, prompt: list[int], batch: int, new: int) -> float:
-    greedy = SamplingParams(max_new_tokens=new, temperature=0)
-    engine.generate([prompt], batch, greedy)  # warm-up (graph capture)
-    engine.generate([prompt], batch, greedy)
-    st = engine.stats
-    return st["rows_x_steps"] / st["decode_s"]
-
-
 def run_safely(row: dict, key: str, fn) -> None:
     """row[key] = fn(), or row[key + '_error'] when it fails (e.g. out of memory): the rest still runs."""
     try:
@@ -94,81 +52,78 @@ def run_safely(row: dict, key: str, fn) -> None:
         row[f"{key}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
 
 
+def decode_tok_s(model, tok, prompt: list[int], batch: int, new: int, context: int) -> float:
+    engine = FastEngine(model, tok, max_batch=batch, max_len=context, prefill_chunk=32768)
+    greedy = SamplingParams(max_new_tokens=new, temperature=0)
+    engine.generate([prompt], batch, greedy)  # warm-up (graph capture)
+    engine.generate([prompt], batch, greedy)
+    return engine.stats["rows_x_steps"] / engine.stats["decode_s"]
+
+
+def end_to_end(model, tok, prompts, group: int, new: int, context: int, max_batch: int, budget_gb: float, dev: str) -> dict:
+    engine = FastEngine(model, tok, max_batch=max_batch, max_len=context, prefill_chunk=32768, kv_budget_gb=budget_gb)
+    params = SamplingParams(max_new_tokens=new, temperature=1.0, seed=0)
+    engine.generate(prompts, group, SamplingParams(max_new_tokens=new, temperature=1.0, seed=1))  # warm-up
+    sync(dev)
+    t0 = time.perf_counter()
+    out = engine.generate(prompts, group, params)
+    sync(dev)
+    seconds = time.perf_counter() - t0
+    tokens = sum(len(c.response_ids) for g in out for c in g)
+    st = engine.stats
+    return {"tok_s": tokens / seconds, "seconds": seconds, "tokens": tokens, "rows": engine.rows,
+            "concurrency": st["concurrency"], "kv_gib": st["kv_bytes"] / 1024**3, "prefill_s": st["prefill_s"],
+            "decode_s": st["decode_s"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--context", type=int, default=None, help="prompt + new tokens (default 32768; tiny 256)")
     ap.add_argument("--new-tokens", type=int, default=None, help="default 128; tiny 16")
-    ap.add_argument("--batch", type=int, default=8, help="rows at equal batch (part 1)")
+    ap.add_argument("--batches", default="8,32", help="equal batches for part 1")
     ap.add_argument("--group", type=int, default=4, help="samples per prompt in the end-to-end rollout")
     ap.add_argument("--kv-budget-gb", type=float, default=None,
                     help="decode K/V budget (default 40; tiny: what 4 full-attention rows need)")
-    ap.add_argument("--max-batch", type=int, default=256, help="cap on the end-to-end batch")
-    ap.add_argument("--skip-fast", action="store_true")
+    ap.add_argument("--max-batch", type=int, default=128, help="cap on the end-to-end batch")
     ap.add_argument("--out", default="bench/results/ksa_rollout.json")
     args = ap.parse_args()
     context = args.context or (256 if args.tiny else 32768)
     new = args.new_tokens or (16 if args.tiny else 128)
     plen = context - new
     dev = args.device
-    full, hybrid, cfg = build_models(args.tiny, dev)
+    full, cfg = qwen3_06b_model(args.tiny, dev, tiny_layers=4)
+    models = {"full": full, "ksa": ksa_hybrid(full, args.tiny, dev)}
     tok = IdTokenizer(cfg.vocab_size)
-    elem = next(full.parameters()).element_size()
-    seq_bytes = {"full": kv_bytes_per_sequence(full.config, context, elem),
-                 "ksa": kv_bytes_per_sequence(hybrid.config, context, elem)}
-    budget_gb = args.kv_budget_gb or (4 * seq_bytes["full"] / 1024**3 if args.tiny else 40.0)
-    budget = int(budget_gb * 1024**3)
+    row_bytes = {name: FastEngine(m, tok, max_len=context).row_bytes(context) for name, m in models.items()}
+    budget_gb = args.kv_budget_gb or (4 * row_bytes["full"] / 1024**3 if args.tiny else 40.0)
     gen = torch.Generator().manual_seed(0)
     prompt_pool = torch.randint(0, cfg.vocab_size - 2, (args.max_batch, plen), generator=gen).tolist()
+    batches = [int(x) for x in args.batches.split(",")]
     result: dict = {
         "bench": "ksa_rollout", "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor() or "cpu",
         "torch": torch.__version__, "model": "tiny" if args.tiny else "qwen3-0.6b-shape random bf16",
-        "ksa": {"chunk": hybrid.config.ksa_chunk, "summaries": hybrid.config.ksa_summaries,
-                "windows": list(hybrid.config.ksa_windows)},
-        "context": context, "prompt_len": plen, "new_tokens": new, "kv_budget_gb": budget_gb,
-        "kv_bytes_per_sequence": seq_bytes, "rows": [],
+        "ksa": {"chunk": models["ksa"].config.ksa_chunk, "summaries": models["ksa"].config.ksa_summaries,
+                "windows": list(models["ksa"].config.ksa_windows)},
+        "context": context, "prompt_len": plen, "new_tokens": new, "kv_budget_gb": budget_gb, "rows": [],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for name, model in (("full", full), ("ksa", hybrid)):
-        row: dict = {"model": name, "kv_gib_per_sequence": seq_bytes[name] / 1024**3}
-        # 1. decode at equal batch
-        hf = HFEngine(model, tok, batch_size=args.batch, device=dev)
-        run_safely(row, "hf_decode_tok_s", lambda hf=hf: hf_decode_tok_s(hf, prompt_pool[0], args.batch, new, dev))
-        free(dev)
-        if name == "full" and not args.skip_fast:
-            def fast_decode(model=model):
-                eng = FastEngine(model, tok, max_batch=args.batch, max_len=context, device=dev, prefill_chunk=32768)
-                return fast_decode_tok_s(eng, prompt_pool[0], args.batch, new)
-            run_safely(row, "fast_decode_tok_s", fast_decode)
+    for name, model in models.items():
+        row: dict = {"model": name, "kv_gib_per_sequence": row_bytes[name] / 1024**3}
+        for b in batches:
+            run_safely(row, f"decode_tok_s_b{b}", lambda b=b, model=model: decode_tok_s(model, tok, prompt_pool[0], b, new, context))
             free(dev)
-        # 2. the batch the budget admits (whole groups), 3. end-to-end rollout at that batch
-        fit = min(args.max_batch, budget // seq_bytes[name]) // args.group * args.group
+        fit = min(args.max_batch, int(budget_gb * 1024**3) // row_bytes[name]) // args.group * args.group
         row["budget_batch"] = fit
         if fit == 0:
             row["e2e_error"] = "the budget does not hold one group"
         else:
-            prompts = prompt_pool[: fit // args.group]
-            params = SamplingParams(max_new_tokens=new, temperature=1.0, seed=0)
-            eng = HFEngine(model, tok, batch_size=args.max_batch, device=dev, kv_budget_gb=budget_gb)
-
-            def e2e(eng=eng, prompts=prompts, params=params):
-                seconds, tokens = timed_generate(eng, prompts, args.group, params, dev)
-                return {"tok_s": tokens / seconds, "seconds": seconds, "tokens": tokens,
-                        "concurrency": eng.stats["concurrency"], "kv_bytes_planned": eng.stats["kv_bytes"],
-                        "kv_bytes_peak": eng.stats["kv_bytes_peak"]}
-            run_safely(row, "hf_e2e", e2e)
+            run_safely(row, "e2e", lambda model=model, fit=fit: end_to_end(
+                model, tok, prompt_pool[: fit // args.group], args.group, new, context, fit, budget_gb, dev))
             free(dev)
-            if name == "full" and not args.skip_fast:
-                def fast_e2e(model=model, prompts=prompts, params=params, fit=fit):
-                    f = FastEngine(model, tok, max_batch=fit, max_len=context, device=dev, prefill_chunk=32768)
-                    timed_generate(f, prompts[:1], 1, SamplingParams(max_new_tokens=2, seed=1), dev)  # warm-up
-                    seconds, tokens = timed_generate(f, prompts, args.group, params, dev)
-                    return {"tok_s": tokens / seconds, "seconds": seconds, "tokens": tokens}
-                run_safely(row, "fast_e2e", fast_e2e)
-                free(dev)
         result["rows"].append(row)
         out.write_text(json.dumps(result, indent=1))
     rows = {r["model"]: r for r in result["rows"]}
@@ -178,17 +133,25 @@ def main() -> None:
         v = v.get(sub) if isinstance(v, dict) and sub else v
         return f"{v:.1f}" if isinstance(v, float) else ("err" if f"{key}_error" in r else "-")
 
-    print(f"context {context} (prompt {plen} + {new} new), K/V budget {budget_gb:.3g} GiB, equal batch {args.batch}")
-    print(f"{'model':>6} {'KV GiB/seq':>10} {'hf dec tok/s':>12} {'fast dec tok/s':>14} {'budget batch':>12} "
-          f"{'hf e2e tok/s':>12} {'fast e2e tok/s':>14}")
+    print(f"context {context} (prompt {plen} + {new} new), K/V budget {budget_gb:.3g} GiB")
+    dec = " ".join(f"{'dec tok/s B=' + str(b):>14}" for b in batches)
+    print(f"{'model':>6} {'KV GiB/seq':>10} {dec} {'budget batch':>12} {'e2e tok/s':>10}")
     for name in ("full", "ksa"):
         r = rows[name]
-        print(f"{name:>6} {r['kv_gib_per_sequence']:>10.4f} {cell(r, 'hf_decode_tok_s'):>12} "
-              f"{cell(r, 'fast_decode_tok_s'):>14} {r['budget_batch']:>12} {cell(r, 'hf_e2e', 'tok_s'):>12} "
-              f"{cell(r, 'fast_e2e', 'tok_s'):>14}")
-    errors = {f"{r['model']}.{k}": v for r in result["rows"] for k, v in r.items() if k.endswith("_error")}
-    for k, v in errors.items():
-        print(f"  {k}: {v}")
+        cells = " ".join(f"{cell(r, f'decode_tok_s_b{b}'):>14}" for b in batches)
+        print(f"{name:>6} {r['kv_gib_per_sequence']:>10.4f} {cells} {r['budget_batch']:>12} {cell(r, 'e2e', 'tok_s'):>10}")
+    ratios = {f"decode_b{b}": rows["ksa"].get(f"decode_tok_s_b{b}", 0) / rows["full"][f"decode_tok_s_b{b}"]
+              for b in batches if rows["full"].get(f"decode_tok_s_b{b}")}
+    ratios["concurrency"] = rows["ksa"]["budget_batch"] / max(1, rows["full"]["budget_batch"])
+    if isinstance(rows["full"].get("e2e"), dict) and isinstance(rows["ksa"].get("e2e"), dict):
+        ratios["e2e"] = rows["ksa"]["e2e"]["tok_s"] / rows["full"]["e2e"]["tok_s"]
+    result["ksa_vs_full"] = ratios
+    print("ksa / full: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    for r in result["rows"]:
+        for k, v in r.items():
+            if k.endswith("_error"):
+                print(f"  {r['model']}.{k}: {v}")
+    out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
 
 

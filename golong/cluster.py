@@ -66,12 +66,9 @@ def build_engine(recipe: Recipe, model: Any = None, tokenizer: Any = None, devic
         from golong.models import load_policy
 
         model, tokenizer = load_policy(_engine_model_cfg(recipe), device=device)
-    if recipe.rollout.engine == "fast":
-        return make_engine("fast", model, tokenizer, batch_size=recipe.rollout.batch_size, device=device,
-                           max_len=recipe.data.max_prompt_tokens + recipe.rollout.max_new_tokens)
-    budget = {"kv_budget_gb": recipe.rollout.kv_budget_gb} if resolve_engine_name(recipe.rollout.engine) == "hf" else {}
+    limit = recipe.data.max_prompt_tokens + recipe.rollout.max_new_tokens if recipe.data.max_prompt_tokens else None
     return make_engine(recipe.rollout.engine, model, tokenizer, batch_size=recipe.rollout.batch_size, device=device,
-                       **budget)
+                       kv_budget_gb=recipe.rollout.kv_budget_gb, **({"max_len": limit} if limit else {}))
 
 
 class InlineCluster:

@@ -61,7 +61,7 @@ class DataConfig(_Section):
 
 
 class RolloutConfig(_Section):
-    engine: Literal["auto", "hf", "fast", "vllm"] = Field("hf", description="Rollout engine: transformers ('hf'), golong's static-cache / CUDA-graph engine ('fast'; KSA policies fall back to 'hf'), vLLM, or auto-pick.")
+    engine: Literal["auto", "hf", "fast", "plain", "vllm"] = Field("hf", description="Rollout engine: 'hf' = golong's engine over the transformers model (static K/V incl. KSA ring + summaries, CUDA graphs, continuous batching; 'fast' is the same), 'plain' = a simple transformers decode loop, 'vllm', or 'auto' (vLLM where installed with a GPU, else hf).")
     group_size: int = Field(8, ge=1, description="G: responses sampled per prompt.")
     prompts_per_step: int = Field(8, ge=1, description="Prompts whose groups make one training batch.")
     max_new_tokens: int = Field(256, ge=1, description="Response length limit (GoLongRL: 16384).")
@@ -69,7 +69,7 @@ class RolloutConfig(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
     top_k: int = Field(0, ge=0, description="Top-k sampling (0 = off).")
     batch_size: int = Field(32, ge=1, description="Sequences generated at once by the transformers engine.")
-    kv_budget_gb: float | None = Field(None, gt=0, description="Transformers engine: decode K/V memory budget (GiB); a batch admits as many sequences as their K/V fits (KSA layers need less, so more run at once). None = off (batch_size alone).")
+    kv_budget_gb: float | None = Field(None, gt=0, description="hf / plain engines: decode K/V memory budget (GiB); as many sequences run at once as their K/V fits (KSA ring layers need less, so more run at once). None = off (batch_size alone).")
 
 
 class RewardConfig(_Section):

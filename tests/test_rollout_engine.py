@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from golong.rollout.base import SamplingParams, encode_chat, make_engine
-from golong.rollout.fast import row_key, sample_rows
 from golong.rollout.hf import HFEngine
+from golong.rollout.sampling import row_key, sample_rows
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from golong.rollout.base import SamplingParams
-from golong.rollout.fast import FastEngine, length_bucket, row_key, sample_rows, uniform_noise
+from golong.rollout.fast import FastEngine, length_bucket
+from golong.rollout.sampling import row_key, sample_rows, uniform_noise
 
 TEXT = "the key of record 12 is 777 and the city"
 LENGTHS = (3, 9, 5, 12)
@@ -92,13 +93,13 @@ def test_graph_warm_up_leaves_live_rows_intact(stopping_model, tiny_tokenizer, p
     before every new (batch, span) bucket, it must not change any output."""
     model, refs = stopping_model
     engine = FastEngine(model, tiny_tokenizer, max_batch=3, max_len=40)
-    decode, seen = engine._decode, set()
+    seen = set()
 
-    def decode_after_warm_up(tok, pos, span):
-        if (tok.shape[0], span) not in seen:
-            seen.add((tok.shape[0], span))
-            decode(*engine._dummy_inputs(tok.shape[0], span), span)
-        return decode(tok, pos, span)
+    def decode_after_warm_up(tok, pos, span, n=1):
+        if (tok.shape[0], span, n) not in seen:
+            seen.add((tok.shape[0], span, n))
+            engine._warm_up(tok.shape[0], span, n)
+        return engine._run_decode(tok, pos, span, n)
 
     engine._decode_step = decode_after_warm_up
     out = engine.generate(prompts, 2, SamplingParams(max_new_tokens=16, temperature=0))
@@ -202,15 +203,3 @@ def test_cuda_graphs_greedy_equals_hf_generate(tiny_tokenizer, prompts, arch):
         assert [[c.response_ids for c in g] for g in out] == [[r, r] for r in refs]
     again = engine.generate(prompts, 2, SamplingParams(max_new_tokens=16, temperature=0.9, seed=5))
     assert again == engine.generate(prompts, 2, SamplingParams(max_new_tokens=16, temperature=0.9, seed=5))
-
-
-def test_ksa_policy_falls_back_to_the_transformers_engine(tiny_tokenizer, prompts):
-    """No static KSA cache yet: a KSA model runs through HFEngine (its own KSACache) and says so."""
-    import ksa
-    from golong.rollout.hf import HFEngine
-
-    model = ksa.convert_model(make_model(tiny_tokenizer, "qwen3"), ksa.KSAConfig(chunk=4, summaries=1, windows=[2, 5]))
-    engine = FastEngine(model, tiny_tokenizer, max_batch=4, max_len=64)
-    assert not engine.fast and "ksa" in engine.fallback_reason
-    greedy = SamplingParams(max_new_tokens=6, temperature=0)
-    assert engine.generate(prompts[:2], 2, greedy) == HFEngine(model, tiny_tokenizer).generate(prompts[:2], 2, greedy)

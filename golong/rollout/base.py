@@ -91,16 +91,18 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
 
 
 def make_engine(name: str, model: Any, tokenizer: Any, **kwargs: Any) -> RolloutEngine:
-    """The engine a recipe names (`rollout.engine`): 'hf', 'vllm', or 'auto' (vLLM when it is
-    installed and a GPU is present, else the transformers engine)."""
+    """The engine a recipe names (`rollout.engine`): 'hf' (alias 'fast': golong's static-cache engine,
+    rollout/fast.py, which itself falls back to the plain loop for models it cannot run), 'plain'
+    (rollout/hf.py), 'vllm', or 'auto' (vLLM when it is installed and a GPU is present, else 'hf')."""
     from golong.rollout.vllm import resolve_engine_name, vllm_available
 
     resolved = resolve_engine_name(name)
-    if resolved == "hf":
+    if resolved == "plain":
         from golong.rollout.hf import HFEngine
 
+        kwargs.pop("max_len", None)
         return HFEngine(model, tokenizer, **kwargs)
-    if resolved == "fast":
+    if resolved in ("hf", "fast"):
         from golong.rollout.fast import FastEngine
 
         return FastEngine(model, tokenizer, max_batch=kwargs.pop("batch_size", 32), **kwargs)
@@ -117,4 +119,4 @@ def make_engine(name: str, model: Any, tokenizer: Any, **kwargs: Any) -> Rollout
         return VLLMEngine(model, tokenizer, **kwargs)
     from golong.config import RecipeError
 
-    raise RecipeError(f"unknown rollout.engine {name!r}; use hf, fast, vllm or auto")
+    raise RecipeError(f"unknown rollout.engine {name!r}; use hf, plain, vllm or auto")

@@ -1,28 +1,39 @@
-"""A fast rollout engine for policies vLLM cannot serve: static KV cache, CUDA graphs, continuous batching.
+"""golong's rollout engine (`rollout.engine: hf`): static KV cache, CUDA graphs, continuous batching,
+for full-attention and KSA policies alike.
 
 Why not transformers' `generate`: each decode step there re-enters Python for every module, grows
 the KV cache by concatenation and launches hundreds of small kernels, so a 0.6B model after a 32K
 prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engine:
-- keeps K/V in preallocated tensors [max_batch, kv_heads, max_len, head_dim] per layer, written in
-  place at each row's position (no per-step allocation or copy);
+- keeps K/V in preallocated tensors per layer, sized for what a `generate` call needs (rows x
+  longest prompt + new tokens, grown in buckets and kept), written in place at each row's position;
+  with `kv_budget_gb` the row count is capped so the storage fits the budget;
+- KSA policies (ksa_qwen3 / ksa_qwen2 / ksa_llama) keep a text ring of (W+1)*C slots plus a summary
+  store in their windowed layers (ksa/static_cache.py), so their storage per row is a fraction of
+  full attention's and the same budget admits more rows; a decode step feeds the chunk's summary
+  slots as extra query columns whenever any row completes a chunk (a second graph per bucket);
+  prompts are prefilled through the model's own KSA forward (its Triton / flex kernels);
 - runs its own layer loop over the model's HF modules (embed -> per layer: norm, q/k/v proj,
   q/k head norms (Qwen3), RoPE from the model's rotary_emb, cache write, attention, o_proj, residual,
   post-norm, MLP -> final norm -> lm_head), so one decode step is a fixed sequence of kernels that
-  a CUDA graph can capture, one graph per (batch bucket, cache-length bucket), captured on first use;
-- serves a fixed pool of `max_batch` slots: a sequence that finishes (EOS or max_new_tokens) frees
-  its slot for the next waiting one; the G samples of one prompt share one prefill (the prompt's
-  K/V are copied from a live sibling's slot), and live rows are moved down to the lowest slots when
-  that lets a smaller batch bucket run;
+  a CUDA graph can capture, one graph per (batch bucket, cache-length bucket, query columns),
+  captured on first use; weight updates copy into the same tensors, so graphs stay valid;
+- serves a fixed pool of slots: a sequence that finishes (EOS or max_new_tokens) frees its slot for
+  the next waiting one; the G samples of one prompt share one prefill (the prompt's K/V are copied
+  from a live sibling's slot), and live rows are moved down to the lowest slots when that lets a
+  smaller batch bucket run;
 - samples on the device with a counter-based random stream keyed by (seed, prompt index, sample
-  index, step): a sample's tokens do not depend on which other rows share its batch.
+  index, step) (golong/rollout/sampling.py): a sample's tokens do not depend on which other rows
+  share its batch.
 
-Measured on one H200 (2026-11-28, Qwen3-0.6B shape, bf16, bench/engine_decode.py): 7.1 ms per decode
-step after a 32K prompt at batch 1 (transformers `generate`: 68.5 ms; HBM floor 1.0 ms), 5.6 ms after
-8K. What is left is mostly launch-bound: ~60 small kernels per layer even inside one graph.
+Measured on one H200 (2026-11-28, Qwen3-0.6B shape, bf16, full attention, bench/engine_decode.py):
+7.1 ms per decode step after a 32K prompt at batch 1 (transformers `generate`: 68.5 ms; HBM floor
+1.0 ms), 5.6 ms after 8K. What is left is mostly launch-bound: ~60 small kernels per layer even
+inside one graph. The KSA path has not run on a GPU yet.
 
-Supported: Qwen3 / Qwen2 / Llama architectures with full attention. Any other model (KSA policies
-among them) falls back to the transformers engine (`HFEngine`: one prefill per prompt, rows leave
-the batch at EOS, no graphs and no slot refill); `engine.fast` says which path is in use.
+Supported: Qwen3 / Qwen2 / Llama architectures and their KSA forms. Any other model (and LoRA-
+wrapped peft models) falls back to the plain transformers loop (`HFEngine`, `rollout.engine: plain`:
+one prefill per prompt, rows leave the batch at EOS, no graphs); `engine.fast` says which path is
+in use and `engine.fallback_reason` why.
 """
 
 from __future__ import annotations
@@ -36,71 +47,10 @@ import torch
 import torch.nn.functional as F
 
 from golong.rollout.base import Completion, RolloutEngine, SamplingParams, copy_weights_into
+from golong.rollout.sampling import eos_ids, row_key, sample_rows
 
 SUPPORTED = ("qwen3", "qwen2", "llama")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-MASK32 = 0xFFFFFFFF
-
-
-# --- counter-based randomness -------------------------------------------------------------------
-def mix32(x: Any) -> Any:
-    """A 32-bit integer hash (xorshift-multiply rounds); works on Python ints and int64 tensors.
-
-    Multipliers stay below 2^31 so x * c < 2^63 never overflows int64.
-    """
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & MASK32
-    x = x ^ (x >> 15)
-    x = (x * 0x2C1B3C6D) & MASK32
-    return x ^ (x >> 16)
-
-
-def row_key(seed: int, prompt: int, sample: int) -> int:
-    """The random stream of one sample: key = h(h(h(seed) ^ prompt) ^ sample)."""
-    return mix32(mix32(mix32(seed & MASK32) ^ (prompt & MASK32)) ^ (sample & MASK32))
-
-
-def uniform_noise(keys: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
-    """u[b, v] in (0, 1) from h(h(key_b ^ h(step_b)) + v * golden): the same numbers for a row whatever
-    else is in the batch."""
-    r = mix32(keys ^ mix32(steps & MASK32))
-    idx = torch.arange(vocab, device=keys.device, dtype=torch.int64)
-    h = mix32((r[:, None] + idx[None, :] * 0x9E3779B1) & MASK32)
-    return ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
-
-
-def processed_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """log p of the sampler: log_softmax(filter(logits / T)); filter = top-k, then top-p to -inf.
-
-    Top-p drops a token when the mass of the tokens ranked before it already reaches top_p (the
-    first token always stays). Greedy (T = 0) uses T = 1 and no filter.
-    """
-    if params.temperature == 0:
-        return torch.log_softmax(logits, -1)
-    scores = logits / params.temperature
-    if 0 < params.top_k < scores.shape[-1]:
-        kth = torch.topk(scores, params.top_k, dim=-1).values[:, -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-        probs = torch.softmax(sorted_scores, -1)
-        drop_sorted = (probs.cumsum(-1) - probs) >= params.top_p
-        scores = scores.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
-    return torch.log_softmax(scores, -1)
-
-
-def sample_rows(
-    logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor, steps: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token, log p(token)) per row. Sampling is Gumbel-max, token = argmax(log p + g),
-    g = -log(-log u), an exact draw from p; greedy takes argmax(log p)."""
-    logp = processed_logprobs(logits.float(), params)
-    if params.temperature == 0:
-        token = logp.argmax(-1)
-    else:
-        u = uniform_noise(keys, steps, logp.shape[-1])
-        token = (logp - torch.log(-torch.log(u))).argmax(-1)
-    return token, logp.gather(-1, token[:, None]).squeeze(-1)
 
 
 # --- buckets and small helpers --------------------------------------------------------------------
@@ -114,19 +64,6 @@ def length_bucket(n: int, max_len: int) -> int:
     sequence growing from 1K to 32K needs ~40 graphs, not one per token."""
     step = max(256, (1 << max(n - 1, 1).bit_length()) // 8)
     return min(-(-n // step) * step, max_len)
-
-
-def eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids: set[int] = set()
-    cfg = getattr(model, "generation_config", None)
-    for value in (getattr(cfg, "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list | tuple):
-            ids.update(int(v) for v in value)
-    if not ids:
-        raise ValueError("the tokenizer has no eos_token_id: the engine cannot tell where a response ends")
-    return ids
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -145,9 +82,11 @@ def rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
 
 def fast_path_problem(model: Any) -> str | None:
     """Why the fast path cannot run this model, or None when it can."""
+    if hasattr(model, "peft_config"):
+        return "a LoRA (peft) model: merge the adapters first"
     cfg = model.config
-    if cfg.model_type not in SUPPORTED:
-        return f"model_type {cfg.model_type!r} (fast path: {', '.join(SUPPORTED)})"
+    if cfg.model_type.removeprefix("ksa_") not in SUPPORTED:
+        return f"model_type {cfg.model_type!r} (fast path: {', '.join(SUPPORTED)} and their KSA forms)"
     if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or []):
         return "sliding-window layers"
     if (getattr(cfg, "rope_scaling", None) or {}).get("rope_type", "default") not in ("default", "linear", "llama3"):
@@ -187,16 +126,24 @@ class FastEngine(RolloutEngine):
         tokenizer: Any,
         *,
         max_batch: int = 32,
-        max_len: int = 8192,
+        max_len: int | None = None,
         device: str | None = None,
         cuda_graphs: bool = True,
         prefill_chunk: int = 8192,
+        kv_budget_gb: float | None = None,
     ):
+        """`max_batch` sequences decode at once at most; `max_len` (default: the model's
+        max_position_embeddings) bounds prompt + response tokens.
+        K/V storage is allocated for what a `generate` call needs (rows, longest prompt + new tokens)
+        and kept for later calls; with `kv_budget_gb` the rows are also capped so that storage fits
+        the budget (a KSA policy's ring layers need less per row, so more of its sequences run)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.model.to(self.device)
+        max_len = max_len or getattr(model.config, "max_position_embeddings", None) or 1 << 17
         self.max_batch, self.max_len, self.prefill_chunk = max_batch, max_len, prefill_chunk
+        self.kv_budget = None if kv_budget_gb is None else int(kv_budget_gb * 1024**3)
         self.eos = eos_ids(model, tokenizer)
         self.fallback_reason = fast_path_problem(model)
         self.fast = self.fallback_reason is None
@@ -204,7 +151,7 @@ class FastEngine(RolloutEngine):
         if not self.fast:
             from golong.rollout.hf import HFEngine
 
-            self._hf = HFEngine(model, tokenizer, batch_size=max_batch, device=str(self.device))
+            self._hf = HFEngine(model, tokenizer, batch_size=max_batch, device=str(self.device), kv_budget_gb=kv_budget_gb)
             return
         cfg = model.config
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
@@ -215,22 +162,60 @@ class FastEngine(RolloutEngine):
         self.heads = cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.dtype = next(model.parameters()).dtype
-        self.k_cache: list[torch.Tensor] = []
+        self.ksa = getattr(cfg, "ksa_chunk", None) is not None
+        self.mix = float(getattr(cfg, "ksa_mix_coeff", 1.0))
+        self.rows = self.cap_len = 0  # allocated storage: rows x text tokens
+        self.k_cache: list[torch.Tensor] = []  # full attention: [rows, kv_heads, cap_len, head_dim] per layer
         self.v_cache: list[torch.Tensor] = []
-        self._graphs: dict[tuple[int, int], _Graph] = {}
+        self.ksa_layers: list[Any] = []  # KSA: ksa.static_cache.StaticKSALayer per layer
+        self._graphs: dict[tuple[int, int, int], _Graph] = {}
         self._pool = None
 
     # --- memory ------------------------------------------------------------------------------
-    def _ensure_cache(self) -> None:
-        if self.k_cache:
+    def row_bytes(self, length: int) -> int:
+        """K/V bytes one row of storage for `length` text tokens takes (golong/rollout/kvmem.py)."""
+        from golong.rollout.kvmem import kv_bytes_per_sequence
+
+        return kv_bytes_per_sequence(self.model.config, length, torch.empty((), dtype=self.dtype).element_size())
+
+    def _ensure_cache(self, rows: int, length: int) -> None:
+        """Storage for at least `rows` rows of `length` tokens (grown in buckets; graphs are dropped
+        when it is re-allocated, since they point at the old tensors)."""
+        length = min(self.max_len, max(length_bucket(length, self.max_len), self.cap_len))
+        rows = min(self.max_batch, max(batch_bucket(rows, self.max_batch), self.rows))
+        if self.kv_budget is not None:
+            fit = self.kv_budget // self.row_bytes(length)
+            if fit < 1:
+                raise ValueError(
+                    f"rollout.kv_budget_gb={self.kv_budget / 1024**3:g} holds no sequence of {length} tokens "
+                    f"(one needs {self.row_bytes(length) / 1024**3:.3g} GiB); raise the budget or shorten prompts"
+                )
+            rows = min(rows, fit)
+        if rows <= self.rows and length <= self.cap_len:
             return
-        shape = (self.max_batch, self.kv_heads, self.max_len, self.head_dim)
-        n = self.model.config.num_hidden_layers
-        self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
-        self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
+        self._graphs.clear()
+        self.k_cache, self.v_cache, self.ksa_layers = [], [], []
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.rows, self.cap_len = rows, length
+        cfg = self.model.config
+        if self.ksa:
+            from ksa.static_cache import StaticKSALayer
+
+            self.ksa_layers = [
+                StaticKSALayer(rows, self.kv_heads, self.head_dim, length, window=w, chunk=cfg.ksa_chunk,
+                               summaries=cfg.ksa_summaries, visible=cfg.ksa_summaries_visible,
+                               dtype=self.dtype, device=self.device)
+                for w in cfg.ksa_windows
+            ]
+            return
+        shape = (rows, self.kv_heads, length, self.head_dim)
+        self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.num_hidden_layers)]
+        self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.num_hidden_layers)]
 
     def cache_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k_cache + self.v_cache)
+        return sum(t.numel() * t.element_size() for t in self.k_cache + self.v_cache) + sum(
+            layer.nbytes() for layer in self.ksa_layers)
 
     def load_weights(self, state_dict: dict[str, Any]) -> None:
         """Copy into the existing parameter tensors (captured graphs keep pointing at them)."""
@@ -242,7 +227,8 @@ class FastEngine(RolloutEngine):
             return
         self._graphs.clear()
         self._pool = None
-        self.k_cache, self.v_cache = [], []
+        self.k_cache, self.v_cache, self.ksa_layers = [], [], []
+        self.rows = self.cap_len = 0
         self.model.to("cpu")
         torch.cuda.empty_cache()
 
@@ -251,32 +237,55 @@ class FastEngine(RolloutEngine):
             self.model.to(self.device)
 
     # --- the model, layer by layer -----------------------------------------------------------------
-    def _layers(self, ids: torch.Tensor, pos: torch.Tensor, attend) -> torch.Tensor:
-        """Hidden states after the final norm; ids/pos [B, T]; attend(i, q, k, v) -> [B, H, T, D]."""
+    def _layers(self, ids: torch.Tensor, pos: torch.Tensor, attend, n_sum: int = 0) -> torch.Tensor:
+        """Hidden states after the final norm; ids [B, T] text, pos [B, T + n_sum]; attend(i, q, k, v,
+        scale) -> [B, H, T + n_sum, D]. With n_sum > 0 (KSA decode) the last n_sum columns are the
+        summary slots: summary embeddings as input, and the summary norm / projections where the
+        model has them."""
         inner = self.model.model
         h = inner.embed_tokens(ids)
+        b = ids.shape[0]
+        if n_sum:
+            h = torch.cat([h, self.model.summary_embed.weight[None].expand(b, -1, -1).to(h.dtype)], 1)
         cos, sin = inner.rotary_emb(h, pos)
-        b, t = ids.shape
         for i, layer in enumerate(inner.layers):
             a = layer.self_attn
             x = rms_norm(layer.input_layernorm, h)
-            q = a.q_proj(x).view(b, t, -1, self.head_dim)
-            k = a.k_proj(x).view(b, t, -1, self.head_dim)
-            v = a.v_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
-            if hasattr(a, "q_norm"):
-                q, k = rms_norm(a.q_norm, q), rms_norm(a.k_norm, k)
+            if n_sum and hasattr(layer, "summary_input_layernorm"):
+                x = torch.cat([x[:, :-n_sum], rms_norm(layer.summary_input_layernorm, h[:, -n_sum:])], 1)
+            q, k, v = (self._project(a, name, x, n_sum) for name in "qkv")
             q = rope(q.transpose(1, 2), cos, sin)
             k = rope(k.transpose(1, 2), cos, sin)
-            o = attend(i, q, k, v, a.scaling)
-            h = h + a.o_proj(o.transpose(1, 2).reshape(b, t, -1))
+            o = attend(i, q, k, v.transpose(1, 2), a.scaling)
+            h = h + a.o_proj(o.transpose(1, 2).reshape(b, o.shape[2], -1))
             h = h + layer.mlp(rms_norm(layer.post_attention_layernorm, h))
         return rms_norm(inner.norm, h)
+
+    def _project(self, attn: Any, name: str, x: torch.Tensor, n_sum: int) -> torch.Tensor:
+        """{name}_proj (then the head norm, Qwen3 q/k) -> [B, T, heads, D]. KSA summary columns use
+        m * summary_proj + (1 - m) * shared proj, each after the head norm, m = ksa_mix_coeff."""
+        norm = getattr(attn, f"{name}_norm", None)
+
+        def run(linear: Any, inp: torch.Tensor) -> torch.Tensor:
+            y = linear(inp).view(*inp.shape[:2], -1, self.head_dim)
+            return rms_norm(norm, y) if norm is not None else y
+
+        out = run(getattr(attn, f"{name}_proj"), x)
+        extra = getattr(attn, f"summary_{name}_proj", None)
+        if not n_sum or extra is None or self.mix == 0.0:
+            return out
+        summ = run(extra, x[:, -n_sum:])
+        if self.mix != 1.0:
+            summ = self.mix * summ + (1.0 - self.mix) * out[:, -n_sum:]
+        return torch.cat([out[:, :-n_sum], summ], 1)
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(h).float()
 
     def _prefill(self, prompt: list[int], slot: int) -> torch.Tensor:
         """Write the prompt's K/V into `slot`, `prefill_chunk` tokens at a time; next-token logits [V]."""
+        if self.ksa:
+            return self._prefill_ksa(prompt, slot)
         ids = torch.tensor(prompt, device=self.device)[None]
         h = None
         for c0 in range(0, len(prompt), self.prefill_chunk):
@@ -298,6 +307,19 @@ class FastEngine(RolloutEngine):
             h = self._layers(ids[:, c0:c1], pos, attend)
         return self._logits(h[:, -1])[0]
 
+    def _prefill_ksa(self, prompt: list[int], slot: int) -> torch.Tensor:
+        """A KSA prompt runs through the model's own forward (its attention kernels) into a
+        `ksa.KSACache` with the same full / ring split, which is copied into `slot`."""
+        from ksa.cache import KSACache
+        from ksa.modeling import CACHE_KEY
+
+        cache = KSACache(self.model.config, max_length=self.cap_len)
+        ids = torch.tensor([prompt], device=self.device)
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{CACHE_KEY: cache})
+        for static, layer in zip(self.ksa_layers, cache.layers, strict=True):
+            static.load_row(slot, layer)
+        return out.logits[0, -1].float()
+
     def _decode(self, tok: torch.Tensor, pos: torch.Tensor, span: int) -> torch.Tensor:
         """One token for rows 0..B-1 of the cache; tok/pos [B]; attends cache positions < span.
 
@@ -309,13 +331,13 @@ class FastEngine(RolloutEngine):
         groups = self.heads // self.kv_heads
         visible = torch.arange(span, device=tok.device)[None, :] <= pos[:, None]  # [B, span]
         bias = torch.zeros(visible.shape, dtype=torch.float32, device=tok.device).masked_fill(~visible, float("-inf"))
-        flat = (rows[:, None] * self.kv_heads + torch.arange(self.kv_heads, device=tok.device)) * self.max_len
+        flat = (rows[:, None] * self.kv_heads + torch.arange(self.kv_heads, device=tok.device)) * self.cap_len
         flat = (flat + pos[:, None]).reshape(-1)  # index of (row, head, pos) in the [-1, D] view
 
         # The split view of V merges (row, head, chunk) into one GEMM batch without a copy only when
         # rows are 1 or the span is the whole cache; otherwise matmul would copy V, so do not split.
         split = None
-        if self.split_pv and (b == 1 or span == self.max_len):
+        if self.split_pv and (b == 1 or span == self.cap_len):
             split = next((c for c in (512, 256, 128, 64, 32, 16, 8) if span % c == 0 and span // c >= 2), None)
 
         def attend(i, q, k, v, scale):
@@ -338,10 +360,39 @@ class FastEngine(RolloutEngine):
 
         return self._logits(self._layers(tok[:, None], pos[:, None], attend)[:, -1])
 
-    def _decode_step(self, tok: torch.Tensor, pos: torch.Tensor, span: int) -> torch.Tensor:
+    def _decode_ksa(self, tok: torch.Tensor, pos: torch.Tensor, span: int, n: int) -> torch.Tensor:
+        """One text token per row (plus the S summary slots of its chunk when n > 1) through the
+        static KSA storage (ksa/static_cache.py); logits of the text token [B, V]."""
+        cfg = self.model.config
+        C, S = cfg.ksa_chunk, cfg.ksa_summaries
+        positions = pos[:, None]
+        if n > 1:  # summary j of chunk c sits at text position c*C + ((j+1)*C)//S - 1
+            j = torch.arange(S, device=pos.device)
+            positions = torch.cat([positions, (pos // C)[:, None] * C + ((j + 1) * C) // S - 1], 1)
+        biases: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def attend(i, q, k, v, scale):
+            layer = self.ksa_layers[i]
+            if layer.kind() not in biases:
+                biases[layer.kind()] = layer.biases(pos, n, span)
+            return layer.decode(q, k, v, pos, span, biases[layer.kind()], scale)
+
+        return self._logits(self._layers(tok[:, None], positions, attend, n_sum=n - 1)[:, 0])
+
+    def _step_columns(self, pos: list[int]) -> int:
+        """Query columns of a decode step: 1, or 1 + S when any row's token completes a KSA chunk."""
+        if not self.ksa:
+            return 1
+        C = self.model.config.ksa_chunk
+        return 1 + self.model.config.ksa_summaries if any((p + 1) % C == 0 for p in pos) else 1
+
+    def _run_decode(self, tok: torch.Tensor, pos: torch.Tensor, span: int, n: int) -> torch.Tensor:
+        return self._decode_ksa(tok, pos, span, n) if self.ksa else self._decode(tok, pos, span)
+
+    def _decode_step(self, tok: torch.Tensor, pos: torch.Tensor, span: int, n: int = 1) -> torch.Tensor:
         if not self.use_graphs:
-            return self._decode(tok, pos, span)
-        g = self._graphs.get((tok.shape[0], span)) or self._capture(tok.shape[0], span)
+            return self._run_decode(tok, pos, span, n)
+        g = self._graphs.get((tok.shape[0], span, n)) or self._capture(tok.shape[0], span, n)
         g.tok.copy_(tok)
         g.pos.copy_(pos)
         g.graph.replay()
@@ -349,29 +400,38 @@ class FastEngine(RolloutEngine):
 
     def _dummy_inputs(self, b: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs for a warm-up decode of rows 0..b-1: position span - 1, which no live row has filled
-        yet (span > every live row's length), so the K/V written there is overwritten or never seen."""
+        yet (span > every live row's length), so the K/V written there is overwritten or never seen.
+        (KSA ring layers wrap positions onto live slots: _capture saves and restores those.)"""
         tok = torch.zeros(b, dtype=torch.long, device=self.device)
         return tok, torch.full((b,), span - 1, dtype=torch.long, device=self.device)
 
-    def _capture(self, b: int, span: int) -> _Graph:
-        tok, pos = self._dummy_inputs(b, span)
+    def _warm_up(self, b: int, span: int, n: int) -> None:
+        """Run one decode on dummy inputs without changing any live row (see _dummy_inputs)."""
+        saved = [layer.save_rows(b, span - 1) for layer in self.ksa_layers]
+        self._run_decode(*self._dummy_inputs(b, span), span, n)
+        for layer, kept in zip(self.ksa_layers, saved, strict=True):
+            layer.restore_rows(kept, span - 1)
+
+    def _capture(self, b: int, span: int, n: int) -> _Graph:
         # A warm-up on a side stream, as CUDA graph capture requires (lazy inits, cuBLAS workspaces).
-        # It really runs, so it must not overwrite live K/V: see _dummy_inputs.
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            self._decode(tok, pos, span)
+            self._warm_up(b, span, n)
         torch.cuda.current_stream(self.device).wait_stream(stream)
+        tok, pos = self._dummy_inputs(b, span)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            logits = self._decode(tok, pos, span)
-        self._graphs[(b, span)] = g = _Graph(graph, tok, pos, logits)
+            logits = self._run_decode(tok, pos, span, n)
+        self._graphs[(b, span, n)] = g = _Graph(graph, tok, pos, logits)
         return g
 
     # --- scheduling ----------------------------------------------------------------------------
     def _copy_slot(self, src: int, dst: int, length: int) -> None:
+        for layer in self.ksa_layers:
+            layer.copy_row(src, dst, length)
         for kc, vc in zip(self.k_cache, self.v_cache, strict=True):
             kc[dst, :, :length] = kc[src, :, :length]
             vc[dst, :, :length] = vc[src, :, :length]
@@ -389,12 +449,13 @@ class FastEngine(RolloutEngine):
             )
         if any(len(p) == 0 for p in prompts):
             raise ValueError("an empty prompt cannot be generated from; give at least one token")
-        self._ensure_cache()
-        stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "rows_x_steps": 0, "prefills": 0, "moves": 0}
+        self._ensure_cache(len(prompts) * n, longest + params.max_new_tokens)
+        stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "rows_x_steps": 0, "prefills": 0, "moves": 0,
+                 "concurrency": 0, "kv_bytes": self.cache_bytes()}
         waiting = deque((p, j) for p in range(len(prompts)) for j in range(n))
         first_logits: dict[int, torch.Tensor] = {}  # prompt -> logits after its prefill, until all n start
         started: dict[int, int] = {}
-        slots: list[_Seq | None] = [None] * self.max_batch
+        slots: list[_Seq | None] = [None] * self.rows
         done: list[list[_Seq | None]] = [[None] * n for _ in prompts]
 
         def finish_if(seq: _Seq, token: int) -> bool:
@@ -408,7 +469,7 @@ class FastEngine(RolloutEngine):
 
         while waiting or any(slots):
             # Admit waiting samples into free slots: prefill once per prompt, copy K/V for siblings.
-            for slot in range(self.max_batch):
+            for slot in range(self.rows):
                 if not waiting:
                     break
                 if slots[slot] is not None:
@@ -439,15 +500,16 @@ class FastEngine(RolloutEngine):
                 continue
             stats["moves"] += self._compact(slots)
             t0 = time.perf_counter()
-            b = batch_bucket(max(s.slot for s in live) + 1, self.max_batch)
+            stats["concurrency"] = max(stats["concurrency"], len(live))
+            b = batch_bucket(max(s.slot for s in live) + 1, self.rows)
             # Rows of free slots below b decode a dummy token at position 0 of their own (unused) slot.
             host = [[0] * b for _ in range(4)]  # token, position, key, step per row
             for s in live:
                 for field_, value in zip(host, (s.tokens[-1], s.length, s.key, len(s.tokens)), strict=True):
                     field_[s.slot] = value
             tok, pos, keys, steps = torch.tensor(host, dtype=torch.long).to(self.device, non_blocking=True).unbind(0)
-            span = length_bucket(max(s.length for s in live) + 1, self.max_len)
-            logits = self._decode_step(tok, pos, span)
+            span = length_bucket(max(s.length for s in live) + 1, self.cap_len)
+            logits = self._decode_step(tok, pos, span, self._step_columns([s.length for s in live]))
             new_tok, new_lp = sample_rows(logits, params, keys, steps)
             toks, lps = new_tok.tolist(), new_lp.tolist()
             stats["decode_s"] += time.perf_counter() - t0
@@ -469,7 +531,7 @@ class FastEngine(RolloutEngine):
         moves = 0
         while True:
             top = max(s.slot for s in live)
-            if batch_bucket(len(live), self.max_batch) >= batch_bucket(top + 1, self.max_batch):
+            if batch_bucket(len(live), self.rows) >= batch_bucket(top + 1, self.rows):
                 return moves
             moves += 1
             free = slots.index(None)

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from golong.rollout.base import Completion, RolloutEngine, SamplingParams, copy_weights_into
-from golong.rollout.fast import eos_ids, row_key, sample_rows
 from golong.rollout.kvmem import cache_nbytes, model_kv_bytes_fn, plan_batches
+from golong.rollout.sampling import eos_ids, row_key, sample_rows
 
 
 class HFEngine(RolloutEngine):

@@ -1,0 +1,171 @@
+"""Preallocated KSA decode storage for a fixed pool of rows: fixed shapes, so a decode step can be
+captured as a CUDA graph.
+
+Per layer (window W chunks of C tokens, S summaries per chunk, sequences of at most `max_len` text
+tokens; the same split and the same slot numbering as ksa/cache.py):
+
+- full layer (W*C >= max_len): text K/V [rows, Hkv, max_len, D], position p in slot p. No summary is
+  ever visible to a text query there, so the step's own summaries are attended and dropped.
+- ring layer: text K/V [rows, Hkv, R, D], R = (W+1)*C, position p in slot p mod R; summary K/V
+  [rows, Hkv, ceil(max_len/C)*S, D], summary j of chunk c in slot c*S + j.
+
+A decode step feeds, per row, one text token at position `pos` and optionally (n = 1 + S columns)
+the S summary slots of chunk pos // C. Summary columns are fed for every row whenever any row
+completes a chunk; a row that does not writes provisional summary K/V into the slot of its current
+chunk, which no text query can see yet (text sees summaries of chunks more than W behind) and which
+the row overwrites when it does complete the chunk. So no per-row branch is needed.
+
+Which ring slots a query may read follows from arithmetic alone: slot s holds the latest position
+p' = pos - ((pos - s) mod R) <= pos, valid for a text query when p' >= max(0, (pos//C - W) * C) and
+for a summary query when p' >= (pos//C) * C (its own chunk). The masks (ksa/mask.py, on text
+positions): text query -> text of chunks within W, summaries of chunks more than W behind (when
+visible); summary j -> text of its own chunk and summaries j' <= j of its own chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+class StaticKSALayer:
+    """Decode K/V of one KSA layer for `rows` sequences (see the module docstring)."""
+
+    def __init__(self, rows: int, kv_heads: int, head_dim: int, max_len: int, *, window: int, chunk: int,
+                 summaries: int, visible: bool = True, dtype=torch.bfloat16, device="cpu"):
+        self.window, self.chunk, self.summaries, self.visible = window, chunk, summaries, visible
+        self.full = window * chunk >= max_len
+        self.text_slots = max_len if self.full else (window + 1) * chunk
+        self.sum_slots = 0 if self.full else -(-max_len // chunk) * summaries
+        text = (rows, kv_heads, self.text_slots, head_dim)
+        self.k = torch.zeros(text, dtype=dtype, device=device)
+        self.v = torch.zeros(text, dtype=dtype, device=device)
+        summ = (rows, kv_heads, self.sum_slots, head_dim)
+        self.sk = torch.zeros(summ, dtype=dtype, device=device) if self.sum_slots else None
+        self.sv = torch.zeros(summ, dtype=dtype, device=device) if self.sum_slots else None
+
+    def kind(self) -> tuple:
+        """Layers of equal kind share one set of decode masks per step."""
+        return (self.full, self.window, self.text_slots, self.sum_slots, self.visible)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.sk, self.sv) if t is not None)
+
+    # --- filling and moving rows -----------------------------------------------------------------
+    def load_row(self, row: int, layer) -> None:
+        """Copy row 0 of a prefilled `ksa.cache.KSACacheLayer` (built with the same max_len) into `row`."""
+        if layer.full != self.full:
+            raise ValueError("the prefill cache was built for another max_len (full/ring layers differ)")
+        n = layer.keys.shape[1]
+        self.k[row, :, :n] = layer.keys[0].transpose(0, 1)
+        self.v[row, :, :n] = layer.values[0].transpose(0, 1)
+        if self.sk is not None and layer.sum_keys is not None:
+            m = layer.sum_keys.shape[1]
+            self.sk[row, :, :m] = layer.sum_keys[0].transpose(0, 1)
+            self.sv[row, :, :m] = layer.sum_values[0].transpose(0, 1)
+
+    def copy_row(self, src: int, dst: int, length: int) -> None:
+        """Row `dst` := row `src` for a sequence holding `length` text tokens."""
+        t = self.text_slots if not self.full else length
+        self.k[dst, :, :t] = self.k[src, :, :t]
+        self.v[dst, :, :t] = self.v[src, :, :t]
+        if self.sk is not None:
+            m = min(self.sum_slots, -(-length // self.chunk) * self.summaries)
+            self.sk[dst, :, :m] = self.sk[src, :, :m]
+            self.sv[dst, :, :m] = self.sv[src, :, :m]
+
+    def save_rows(self, rows: int, pos: int) -> list[torch.Tensor]:
+        """What a decode of rows 0..rows-1 at text position `pos` may overwrite (to restore after a
+        warm-up run that is not a real step)."""
+        out = [self.k[:rows, :, pos % self.text_slots].clone(), self.v[:rows, :, pos % self.text_slots].clone()]
+        if self.sk is not None:
+            s0 = (pos // self.chunk) * self.summaries
+            out += [self.sk[:rows, :, s0 : s0 + self.summaries].clone(), self.sv[:rows, :, s0 : s0 + self.summaries].clone()]
+        return out
+
+    def restore_rows(self, saved: list[torch.Tensor], pos: int) -> None:
+        rows = saved[0].shape[0]
+        self.k[:rows, :, pos % self.text_slots] = saved[0]
+        self.v[:rows, :, pos % self.text_slots] = saved[1]
+        if self.sk is not None:
+            s0 = (pos // self.chunk) * self.summaries
+            self.sk[:rows, :, s0 : s0 + self.summaries] = saved[2]
+            self.sv[:rows, :, s0 : s0 + self.summaries] = saved[3]
+
+    # --- one decode step -------------------------------------------------------------------------
+    def spans(self, span: int) -> tuple[int, int]:
+        """(text slots, summary slots) a step attends when every live position is < span."""
+        if self.full:
+            return span, 0
+        return self.text_slots, min(self.sum_slots, ((span - 1) // self.chunk + 1) * self.summaries)
+
+    def biases(self, pos: torch.Tensor, n: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Additive masks (0 / -inf) [B, n, text span] and [B, n, summary span or S], for query columns
+        (text, summary 0..n-2). The second attends the stored summaries (ring) or the step's own (full)."""
+        C, S, W = self.chunk, self.summaries, self.window
+        t_span, s_span = self.spans(span)
+        qc = pos // C
+        start = qc * C
+        slot = torch.arange(t_span, device=pos.device)
+        if self.full:
+            held = slot[None].expand(pos.shape[0], -1)  # slot p holds position p
+            text_ok = held <= pos[:, None]
+        else:
+            held = pos[:, None] - (pos[:, None] - slot[None]).remainder(self.text_slots)
+            text_ok = held >= ((qc - W) * C).clamp(min=0)[:, None]
+        own_text = (held >= start[:, None]) & (held <= pos[:, None])
+        text = torch.stack([text_ok] + [own_text] * (n - 1), 1)
+        if self.full:  # the step's own S summaries: summary j sees j' <= j, text sees none
+            j = torch.arange(S, device=pos.device)
+            rows = [torch.zeros(S, dtype=torch.bool, device=pos.device)] + [j <= i for i in range(n - 1)]
+            summ = torch.stack(rows, 0)[None].expand(pos.shape[0], -1, -1)
+        else:
+            m = torch.arange(s_span, device=pos.device)
+            ch, jj = m // S, m % S
+            old = (qc[:, None] - ch[None] > W) & self.visible
+            mine = ch[None] == qc[:, None]
+            summ = torch.stack([old] + [mine & (jj[None] <= i) for i in range(n - 1)], 1)
+        zero = torch.zeros((), dtype=torch.float32, device=pos.device)
+        return (torch.where(text, zero, NEG_INF), torch.where(summ, zero, NEG_INF))
+
+    def decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, span: int,
+               biases: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
+        """Write the step's K/V into rows 0..B-1 and attend; q [B, Hq, n, D], k/v [B, Hkv, n, D] after
+        RoPE, column 0 the text token at `pos` [B], columns 1.. the summaries of chunk pos // C.
+        Returns [B, Hq, n, D]."""
+        b, hq, n, d = q.shape
+        hkv = k.shape[1]
+        groups = hq // hkv
+        t_span, s_span = self.spans(span)
+        heads = torch.arange(hkv, device=pos.device)
+        base = torch.arange(b, device=pos.device)[:, None] * hkv + heads  # [B, Hkv]
+        slot = pos if self.full else pos % self.text_slots
+        flat = (base * self.text_slots + slot[:, None]).reshape(-1)
+        self.k.view(-1, d).index_copy_(0, flat, k[:, :, 0].reshape(-1, d))
+        self.v.view(-1, d).index_copy_(0, flat, v[:, :, 0].reshape(-1, d))
+        if self.full:
+            sum_k, sum_v = k[:, :, 1:], v[:, :, 1:]
+        else:
+            if n > 1:
+                s_idx = (pos // self.chunk)[:, None] * self.summaries + torch.arange(n - 1, device=pos.device)  # [B, S]
+                sflat = (base[:, :, None] * self.sum_slots + s_idx[:, None, :]).reshape(-1)
+                self.sk.view(-1, d).index_copy_(0, sflat, k[:, :, 1:].reshape(-1, d))
+                self.sv.view(-1, d).index_copy_(0, sflat, v[:, :, 1:].reshape(-1, d))
+            sum_k, sum_v = self.sk[:b, :, :s_span], self.sv[:b, :, :s_span]
+        qg = q.reshape(b, hkv, groups * n, d)
+        kt, vt = self.k[:b, :, :t_span], self.v[:b, :, :t_span]
+        bias_t, bias_s = biases
+
+        def scores(keys, bias):
+            s = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale
+            return (s.view(b, hkv, groups, n, -1) + bias[:, None, None]).view(b, hkv, groups * n, -1)
+
+        parts = [scores(kt, bias_t)]
+        if sum_k.shape[2]:
+            parts.append(scores(sum_k, bias_s))
+        probs = torch.softmax(torch.cat(parts, -1), -1).to(vt.dtype)
+        out = torch.matmul(probs[..., :t_span], vt)
+        if len(parts) > 1:
+            out = out + torch.matmul(probs[..., t_span:], sum_v)
+        return out.reshape(b, hq, n, d)
