@@ -1,0 +1,294 @@
+"""GRPO with TMN-Reweight on the hybrid-KSA policy vs the full-attention policy, same generated tasks.
+
+The policies are the models bench/ksa_replication.py trained (`--save-models DIR`: DIR/full, DIR/ksa),
+or, without --models, fresh random models of the replication's shape. Both get the same budget: the
+same steps, the same prompts per step (drawn from seed (seed, step, task)), the same group size G.
+
+One step, per policy (golong's inline trainer loop, written out):
+  1. prompts: `prompts_per_task` single-query prompts of each task (needle, kv, hop2, count; see
+     ksa_replication.make_batch, full difficulty) at `--length` tokens;
+  2. generate G completions each with golong's engine (`hf`: static K/V with the KSA ring + summary
+     store, CUDA graphs; `--engine plain`: the plain transformers loop with KSACache), temperature 1,
+     max_new_tokens = answer length + 1;
+  3. reward: exact match, 1 if the first A response tokens equal the A answer tokens, else 0;
+  4. advantages: golong.algos.compute_advantages('tmn_reweight', rewards, groups, tasks) (alpha 0.8,
+     gamma 1): task-level normalisation with the difficulty weight;
+  5. dynamic sampling without refill: groups whose rewards are all equal (zero advantage) are dropped
+     (off in --smoke, where a random policy scores 0 everywhere and the step would train nothing);
+  6. golong.learner.Learner.train_step (PPO-clip 0.2/0.28, dual clip 3, token-mean, one update per
+     batch, AdamW, bf16 weights with float32 master copies on the GPU);
+  7. weights: the engine samples from the learner's own model object (golong's inline default,
+     cluster.share_weights), so there is nothing to copy after the update.
+Logged per step: per-task mean reward, generation / train / step time, groups kept, learner metrics.
+Before and after training: greedy (teacher-forced) held-out accuracy per task at --length.
+
+Run (H200):  PYTHONPATH=. python bench/ksa_grpo.py --models /tmp/ksa_models --out $OUT/grpo   (~2.5 min;
+             estimated: this script has not run on a GPU)
+CPU check:   PYTHONPATH=. python bench/ksa_grpo.py --smoke --out /tmp/grpo
+Writes results.json and ksa_grpo.png (when matplotlib imports) into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # ksa_replication, also when imported by tests
+
+import ksa_replication as rep  # noqa: E402
+
+POLICIES = ("full", "ksa")
+
+
+def load_policy(models: str | None, name: str, shape: str, device: str, impl: str, seed: int):
+    """(model fp32 on CPU, tokenizer): DIR/name saved by ksa_replication, or a fresh random model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import ksa  # noqa: F401  (registers the ksa_* model types with the Auto classes)
+
+    if models is None:
+        model = rep.build_models(shape, 2 if shape == "smoke" else 16, impl, seed)[name]
+        tok = rep.build_tokenizer()
+    else:
+        folder = Path(models) / name
+        if not (folder / "config.json").is_file():
+            raise SystemExit(f"{folder} holds no saved model; run ksa_replication.py --save-models {models} first")
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(folder)
+    if getattr(model.config, "ksa_chunk", None) is not None:
+        model.config.ksa_impl = impl  # the kernel of this machine, whatever the saving one used
+    else:
+        model.config._attn_implementation = "sdpa"
+    model.generation_config.eos_token_id = rep.EOS
+    model.generation_config.pad_token_id = rep.PAD
+    return model, tok
+
+
+def make_engine(kind: str, model, tok, device: str, rows: int, max_len: int):
+    """golong's engine ('hf': static K/V incl. the KSA ring + summaries, CUDA graphs) or the plain loop."""
+    if kind == "hf":
+        from golong.rollout.fast import FastEngine
+
+        return FastEngine(model, tok, max_batch=rows, max_len=max_len, device=device)
+    from golong.rollout.hf import HFEngine
+
+    return HFEngine(model, tok, batch_size=rows, device=device)
+
+
+def step_prompts(seed: int, step: int, per_task: int, length: int):
+    """[(task, prompt ids, answer ids)] of one step, the same for every policy."""
+    out = []
+    for t, task in enumerate(rep.TASKS):
+        prompts, answers = rep.prompt_and_answer(np.random.default_rng([seed, step, t]), per_task, length, task)
+        out += [(task, p.tolist(), a.tolist()) for p, a in zip(prompts, answers, strict=True)]
+    return out
+
+
+def exact_match(response: list[int], answer: list[int]) -> float:
+    """1.0 when the response starts with the answer tokens (what follows, <eos> or not, is ignored)."""
+    return float(response[: len(answer)] == answer)
+
+
+def heldout_accuracy(model, length: int, rows: int, device: str) -> dict[str, float]:
+    """Greedy accuracy per task on held-out multi-query sequences of `length` tokens (teacher-forced)."""
+    plan = rep.Plan("default", [(length, rep.MAX_PAIRS, 1.0)], 1, length, [length], rows, max(length, 65536))
+    acc = rep.evaluate(model, plan, device)[str(length)]
+    model.train()
+    return acc
+
+
+def run_policy(name: str, args, budget_s: float) -> dict:
+    from golong.algos import compute_advantages
+    from golong.config import AlgoConfig, ModelConfig, OptimConfig
+    from golong.learner import Learner, Sample
+    from golong.rollout.base import SamplingParams
+
+    cuda = args.device.startswith("cuda")
+    impl = args.impl or ("triton" if cuda else "reference")
+    model, tok = load_policy(args.models, name, "smoke" if args.smoke else "default", args.device, impl, args.seed)
+    mcfg = ModelConfig(path=str(Path(args.models or "fresh") / name), dtype="bfloat16" if cuda else "float32")
+    ocfg = OptimConfig(lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95), grad_clip=1.0,
+                       micro_batch_tokens=args.micro_batch_tokens, master_weights="optimizer")
+    acfg = AlgoConfig(estimator="tmn_reweight", estimator_params={"alpha": 0.8, "gamma": 1.0})
+    learner = Learner(mcfg, ocfg, acfg, total_steps=args.steps, seed=args.seed, device=args.device,
+                      temperature=1.0, policy=(model, tok))
+    policy = learner.model
+    rows = args.prompts_per_task * len(rep.TASKS) * args.group
+    engine = make_engine(args.engine, policy, tok, args.device, rows, args.length + 4)
+    row: dict = {"model_type": policy.config.model_type, "engine": type(engine).__name__,
+                 "engine_fast_path": getattr(engine, "fast", None), "steps": []}
+    row["acc_before"] = heldout_accuracy(policy, args.length, args.eval_rows, args.device)
+    t_start = time.perf_counter()
+    for step in range(args.steps):
+        if time.perf_counter() - t_start > budget_s:
+            row["stopped_by_budget"] = step
+            break
+        t0 = time.perf_counter()
+        items = step_prompts(args.seed, step, args.prompts_per_task, args.length)
+        params = SamplingParams(max_new_tokens=max(rep.ANSWER_LEN.values()) + 1, temperature=1.0,
+                                seed=args.seed * 100_003 + step)
+        rep.sync(args.device)
+        t_gen = time.perf_counter()
+        groups = engine.generate([p for _, p, _ in items], args.group, params)
+        rep.sync(args.device)
+        gen_s = time.perf_counter() - t_gen
+        comps = [c for g in groups for c in g]
+        rewards = [exact_match(c.response_ids, a) for (_, _, a), g in zip(items, groups, strict=True) for c in g]
+        tasks = [t for t, _, _ in items for _ in range(args.group)]
+        group_ids = [i for i in range(len(items)) for _ in range(args.group)]
+        adv = compute_advantages("tmn_reweight", torch.tensor(rewards, dtype=torch.float64), group_ids, tasks,
+                                 alpha=0.8, gamma=1.0).tolist()
+        keep = [i for i in range(len(items))  # dynamic sampling: groups whose rewards differ
+                if not args.dynamic_sampling or len(set(rewards[i * args.group : (i + 1) * args.group])) > 1]
+        samples = [Sample(prompt_ids=comps[j].prompt_ids, response_ids=comps[j].response_ids, advantage=adv[j],
+                          sampler_logprobs=comps[j].logprobs, task=tasks[j])
+                   for i in keep for j in range(i * args.group, (i + 1) * args.group)]
+        t_train = time.perf_counter()
+        metrics = learner.train_step(samples) if samples else {}
+        rep.sync(args.device)
+        train_s = time.perf_counter() - t_train
+        rec = {"step": step, "gen_s": gen_s, "train_s": train_s, "step_s": time.perf_counter() - t0,
+               "groups_kept": len(keep), "groups": len(items),
+               "reward": {t: float(np.mean([r for r, tt in zip(rewards, tasks, strict=True) if tt == t]))
+                          for t in rep.TASKS},
+               "reward_all": float(np.mean(rewards)),
+               **{k: metrics[k] for k in ("loss", "grad_norm", "entropy", "drift", "clip_frac") if k in metrics}}
+        row["steps"].append(rec)
+        print(f"  [{name}] step {step:3d} reward " + " ".join(f"{t} {v:.2f}" for t, v in rec["reward"].items())
+              + f" | kept {len(keep)}/{len(items)} gen {gen_s:.2f}s train {train_s:.2f}s", flush=True)
+    row["train_loop_s"] = time.perf_counter() - t_start
+    row["acc_after"] = heldout_accuracy(policy, args.length, args.eval_rows, args.device)
+    done = row["steps"][1:] or row["steps"]  # the first step pays for compilation / warm-up
+    for key in ("gen_s", "train_s", "step_s"):
+        row[f"mean_{key}"] = float(np.mean([s[key] for s in done])) if done else None
+    del learner, engine, policy, model
+    if cuda:
+        torch.cuda.empty_cache()
+    return row
+
+
+def print_table(result: dict) -> None:
+    print(f"\nGRPO + TMN-Reweight at {result['config']['length']} tokens, {result['config']['steps']} steps, "
+          f"{result['config']['prompts_per_task']} prompts/task x G={result['config']['group']}")
+    head = " ".join(f"{t + ' 1st/last':>16}" for t in rep.TASKS)
+    print(f"{'policy':>7} {head} {'acc before->after (all)':>24} {'gen s':>6} {'train s':>7} {'step s':>7}")
+    for name, row in result["policies"].items():
+        steps = row["steps"]
+        k = max(1, len(steps) // 4)  # mean reward of the first / last quarter of the steps
+
+        def q(part, t):
+            return float(np.mean([s["reward"][t] for s in part])) if part else float("nan")
+
+        cells = " ".join(f"{q(steps[:k], t):>7.2f} {q(steps[-k:], t):>8.2f}" for t in rep.TASKS)
+        acc = f"{row['acc_before']['all']:.2f} -> {row['acc_after']['all']:.2f}"
+        print(f"{name:>7} {cells} {acc:>24} {row['mean_gen_s'] or 0:>6.2f} {row['mean_train_s'] or 0:>7.2f} "
+              f"{row['mean_step_s'] or 0:>7.2f}")
+
+
+def plot(result: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (the numbers are in the JSON)")
+        return None
+    fig, axes = plt.subplots(1, len(rep.TASKS) + 1, figsize=(5 * (len(rep.TASKS) + 1), 4))
+    for ax, task in zip(axes, rep.TASKS, strict=False):
+        for name, row in result["policies"].items():
+            ax.plot([s["step"] for s in row["steps"]], [s["reward"][task] for s in row["steps"]], marker=".", label=name)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"mean reward: {task}")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    ax = axes[-1]
+    for name, row in result["policies"].items():
+        steps = [s["step"] for s in row["steps"]]
+        line = ax.plot(steps, [s["step_s"] for s in row["steps"]], label=f"{name} step")[0]
+        ax.plot(steps, [s["gen_s"] for s in row["steps"]], linestyle="--", color=line.get_color(), label=f"{name} generate")
+        ax.plot(steps, [s["train_s"] for s in row["steps"]], linestyle=":", color=line.get_color(), label=f"{name} train")
+    ax.set_title("seconds per step")
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"GRPO + TMN-Reweight, full vs hybrid KSA ({result['machine'].get('gpu') or 'cpu'}, "
+                 f"{result['config']['length']} tokens)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=None, help="folder written by ksa_replication.py --save-models (default: fresh random models)")
+    ap.add_argument("--out", default="bench/results/ksa_grpo")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--smoke", action="store_true", help="tiny CPU run (256 tokens, 3 steps)")
+    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--steps", type=int, default=None, help="GRPO steps per policy (default 30; smoke 3)")
+    ap.add_argument("--length", type=int, default=None, help="prompt length in tokens (default 4096; smoke 256)")
+    ap.add_argument("--prompts-per-task", type=int, default=None, help="default 4; smoke 2")
+    ap.add_argument("--group", type=int, default=None, help="G (default 8; smoke 4)")
+    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--micro-batch-tokens", type=int, default=None,
+                    help="learner micro-batch tokens (default 16384; smoke 1024). The full-attention learner packs "
+                         "sequences into one row under a dense block-diagonal mask of this size squared; KSA runs "
+                         "a padded batch")
+    ap.add_argument("--engine", choices=("hf", "plain"), default="hf")
+    ap.add_argument("--impl", default=None, help="KSA kernel (default triton on CUDA, reference on CPU)")
+    ap.add_argument("--eval-rows", type=int, default=None, help="held-out sequences for before/after accuracy")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="seconds for all policies' step loops (each gets budget/policies; default 100, smoke none)")
+    ap.add_argument("--dynamic-sampling", action=argparse.BooleanOptionalAction, default=None,
+                    help="drop groups whose rewards are all equal (default on; smoke: off, so a random policy still trains)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.budget_s is None and not args.smoke:
+        args.budget_s = 100.0
+    if args.dynamic_sampling is None:
+        args.dynamic_sampling = not args.smoke
+    smoke = args.smoke
+    for key, full, tiny in (("steps", 30, 3), ("length", 4096, 256), ("prompts_per_task", 4, 2), ("group", 8, 4),
+                            ("eval_rows", 32, 4), ("micro_batch_tokens", 16384, 1024)):
+        if getattr(args, key) is None:
+            setattr(args, key, tiny if smoke else full)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return rep.run_args(_run, parse_args(argv))
+
+
+def _run(args: argparse.Namespace) -> dict:
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if set(policies) - set(rep.VARIANTS):
+        sys.exit(f"unknown policy in {policies}; choose from {','.join(rep.VARIANTS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    result = {"bench": "ksa_grpo", "machine": rep.machine_info(args.device),
+              "config": {k: v for k, v in vars(args).items() if k != "out"}, "policies": {}}
+    budget = (args.budget_s or float("inf")) / len(policies)
+    for name in policies:
+        print(f"policy {name}", flush=True)
+        result["policies"][name] = run_policy(name, args, budget)
+        (out / "results.json").write_text(json.dumps(result, indent=1))
+    result["total_s"] = time.perf_counter() - t0
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    print_table(result)
+    png = plot(result, out / "ksa_grpo.png")
+    print(f"wrote {out / 'results.json'}" + (f" and {png}" if png else "") + f" in {result['total_s']:.1f}s")
+    return result
+
+
+if __name__ == "__main__":
+    main()
