@@ -279,7 +279,7 @@ def eval_cmd(
     task_file: list[str] = typer.Option(None, "--task-file", help="Plug-in task path.py:Class (repeatable)."),
     train_data: str = typer.Option(None, "--train-data", help="Training data: evaluation rows whose prompt is in it are reported and excluded."),
     keep_overlap: bool = typer.Option(False, "--keep-overlap", help="Keep evaluation rows that overlap --train-data (still reported)."),
-    engine: str = typer.Option("auto", help="Generation engine: auto, hf or vllm."),
+    engine: str = typer.Option("auto", help="Generation engine: auto, hf (golong's static-cache engine), plain (simple transformers loop) or vllm."),
     greedy: bool = typer.Option(False, "--greedy", help="Greedy decoding (the default with -k 1)."),
     temperature: float = typer.Option(None, help="Sampling temperature (default: 0 = greedy with -k 1, else 1.0)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
