@@ -22,6 +22,18 @@ class IdTokenizer:
         return ""
 
 
+def sync(device: str) -> None:
+    """Wait for the GPU (timings stop after the work, not after its launch)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def free(device: str) -> None:
+    """Give cached GPU memory back between configurations."""
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
 def qwen3_06b_model(tiny: bool, device: str, tiny_layers: int = 2):
     """(random model, config): the Qwen3-0.6B shape in bf16, or a tiny fp32 one for CPU checks."""
     shape = dict(hidden_size=64, num_hidden_layers=tiny_layers, num_attention_heads=4, num_key_value_heads=2,

@@ -31,23 +31,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from benchutil import IdTokenizer, ksa_hybrid, qwen3_06b_model
+from benchutil import IdTokenizer, free, ksa_hybrid, qwen3_06b_model, sync
 
 from golong.rollout.base import SamplingParams
 from golong.rollout.fast import FastEngine
 from golong.rollout.kvmem import kv_bytes_per_sequence
 
 HBM_BYTES_PER_S = 4.8e12
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def free(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
 
 
 def generate_decode_s(model, prompt: list[int], batch: int, new: int, device: str) -> tuple[float, list[int]]:

@@ -28,20 +28,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from benchutil import IdTokenizer, ksa_hybrid, qwen3_06b_model
+from benchutil import IdTokenizer, free, ksa_hybrid, qwen3_06b_model, sync
 
 from golong.rollout.base import SamplingParams
 from golong.rollout.fast import FastEngine
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def free(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
 
 
 def run_safely(row: dict, key: str, fn) -> None:
