@@ -76,14 +76,21 @@ def sample_rows(
     return token, logp.gather(-1, token[:, None]).squeeze(-1)
 
 
-def eos_ids(model: Any, tokenizer: Any) -> set[int]:
+def token_ids(values: Any) -> set[int]:
+    """The ids in a mix of None, ints and lists of ints (eos_token_id comes in all three forms)."""
     ids: set[int] = set()
-    cfg = getattr(model, "generation_config", None)
-    for value in (getattr(cfg, "eos_token_id", None), tokenizer.eos_token_id):
+    for value in values:
         if isinstance(value, int):
             ids.add(value)
         elif isinstance(value, list | tuple):
             ids.update(int(v) for v in value)
+    return ids
+
+
+def eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Where a response ends: the model's generation_config eos_token_id(s) plus the tokenizer's."""
+    cfg = getattr(model, "generation_config", None)
+    ids = token_ids((getattr(cfg, "eos_token_id", None), tokenizer.eos_token_id))
     if not ids:
         raise ValueError("the tokenizer has no eos_token_id: the engine cannot tell where a response ends")
     return ids

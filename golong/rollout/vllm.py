@@ -350,16 +350,13 @@ def _load_tokenizer(path: Path) -> Any:
 
 def _eos_ids(path: Path, tokenizer: Any) -> set[int]:
     """Where a response ends: generation_config.json's eos_token_id(s) plus the tokenizer's."""
-    ids: set[int] = set()
+    from golong.rollout.sampling import token_ids
+
     values = [tokenizer.eos_token_id]
     gen = path / "generation_config.json"
     if gen.is_file():
         values.append(json.loads(gen.read_text()).get("eos_token_id"))
-    for value in values:
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list | tuple):
-            ids.update(int(v) for v in value)
+    ids = token_ids(values)
     if not ids:
         raise VLLMEngineError("the tokenizer has no eos_token_id: the engine cannot tell where a response ends")
     return ids
