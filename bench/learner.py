@@ -75,6 +75,10 @@ VARIANTS: dict[str, dict] = {
     "golong_lora_sac": dict(ckpt="save_attention", master=True, fused=True, lora=True),
     "golong_lora_full": dict(ckpt="full", master=True, fused=True, lora=True),
     "golong_bf16_nockpt_compile": dict(ckpt="off", master=False, fused=True, compile=True),
+    "golong_optmaster_nockpt_compile": dict(ckpt="off", master="optimizer", fused=True, compile=True),
+    "golong_optmaster_sac_compile": dict(ckpt="save_attention", master="optimizer", fused=True, compile=True),
+    "golong_optmaster_full_compile": dict(ckpt="full", master="optimizer", fused=True, compile=True),
+    "golong_lora_sac_compile": dict(ckpt="save_attention", master=True, fused=True, lora=True, compile=True),
     "ksa_sac": dict(ckpt="save_attention", master=True, fused=True, ksa=True),
     "ksa_bf16_sac": dict(ckpt="save_attention", master=False, fused=True, ksa=True),
     "ksa_lora_sac": dict(ckpt="save_attention", master=True, fused=True, ksa=True, lora=True),
@@ -89,7 +93,9 @@ PLANS = {
     "sweep": "1.7b:32768:ksa_bf16_sac,1.7b:8192:golong_sac,1.7b:8192:golong_bf16_nockpt,1.7b:32768:golong_half_ckpt,"
              "1.7b:65536:golong_sac,1.7b:131072:golong_sac,4b:131072:ksa_lora_sac,0.6b:32768:golong_sac,"
              "4b:32768:golong_sac,0.6b:131072:golong_sac,1.7b:32768:golong_bf16_nockpt_compile",
-    # not yet run on a GPU: optimizer-held master weights, full-FT 4B at 128K, compile
+    "compiled": "1.7b:32768:golong_optmaster_nockpt_compile,1.7b:32768:golong_optmaster_sac_compile,"
+                "1.7b:8192:golong_optmaster_nockpt_compile,1.7b:131072:golong_optmaster_sac_compile,"
+                "4b:32768:golong_optmaster_sac_compile,4b:131072:golong_lora_sac_compile",
     "next": "1.7b:8192:golong_optmaster_sac,1.7b:32768:golong_optmaster_sac,1.7b:8192:golong_prev,"
             "1.7b:8192:golong_fused,1.7b:32768:golong_bf16_nockpt_compile,4b:131072:golong_optmaster_full,"
             "0.6b:131072:golong_sac,1.7b:32768:ksa_sac",
@@ -181,7 +187,7 @@ def golong_step_fn(shape: str, tokens: int, response: int, device: str, v: dict)
         path=f"bench:{shape}", dtype="bfloat16", attn_implementation="sdpa",
         gradient_checkpointing=v["ckpt"] != "off",
         checkpoint_policy=v["ckpt"] if v["ckpt"] != "off" else "full", checkpoint_layers=ckpt_layers,
-        lora=LoraConfig(r=16, alpha=32) if v.get("lora") else None, ksa=ksa,
+        lora=LoraConfig(r=16, alpha=32) if v.get("lora") else None, ksa=ksa, compile=bool(v.get("compile")),
     )
     held = v["master"] == "optimizer"  # float32 copies in the optimizer, bf16 model
     ocfg = OptimConfig(lr=1e-6, micro_batch_tokens=tokens, fp32_master_weights=bool(v["master"]),
@@ -195,13 +201,6 @@ def golong_step_fn(shape: str, tokens: int, response: int, device: str, v: dict)
         learner.optimizer = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.999), weight_decay=0.1,
                                               foreach=device.startswith("cuda"))
         learner.scheduler = torch.optim.lr_scheduler.LambdaLR(learner.optimizer, lambda s: 1.0)
-    if v.get("compile"):  # experiment: each decoder layer through torch.compile (one graph, shared by the layers)
-        from transformers.modeling_layers import GradientCheckpointingLayer
-
-        torch._dynamo.config.cache_size_limit = 64
-        for m in learner.model.modules():
-            if isinstance(m, GradientCheckpointingLayer):
-                m.compile()
     prompt, resp = _tokens(shape, tokens, response)
     samples = [Sample(prompt_ids=prompt, response_ids=resp, advantage=1.0)]
     trainable = sum(p.numel() for p in learner.model.parameters() if p.requires_grad)
@@ -340,3 +339,5 @@ def main() -> None:
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()
+    sys.stdout.flush()
+    os._exit(0)  # results are written; skip interpreter teardown (inductor's worker shutdown can hang)

@@ -101,6 +101,11 @@ class InlineCluster:
         was_training = bool(model is not None and model.training)
         self.engine.wake()
         try:
+            if self.shared and self.recipe.model.compile:  # the learner's compiled layers: decode runs them eagerly
+                import torch
+
+                with torch.compiler.set_stance("force_eager"):
+                    return self.engine.generate(prompts, n, params)
             return self.engine.generate(prompts, n, params)
         finally:
             if was_training:  # the shared model goes back to the learner as it was

@@ -110,6 +110,8 @@ class Learner:
             self._roots[id(self._model)] = gdist.shard(self._model, self.dist, bf16_compute=fsdp_bf16)
             if self._ref is not None:
                 self._roots[id(self._ref)] = gdist.shard(self._ref, self.dist)
+        if model.compile:
+            compile_layers(self._model)
         params = [p for p in self._model.parameters() if p.requires_grad]
         # (bf16 parameter, its float32 master copy): the optimizer steps the copies
         self._masters = [(p, p.detach().float().clone()) for p in params] if optimizer_master else []
@@ -431,6 +433,24 @@ class Learner:
     def _is_tied(self, key: str) -> bool:
         out = self._model.get_output_embeddings()
         return out is not None and key.startswith("lm_head") and out.weight is self._model.get_input_embeddings().weight
+
+
+def compile_layers(model: Any) -> None:
+    """torch.compile each decoder layer in place (one graph shared by the identical layers; after FSDP
+    sharding, as FSDP2 expects). Checkpointing and LoRA stay as they are: the layer's forward is what
+    is compiled and recomputed."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "ksa_chunk", None) is not None or getattr(base.config, "use_summary_attention", False):
+        raise ModelLoadError("model.compile does not support KSA policies yet (the KSA kernels are not traced by torch.compile); set model.compile: false")
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    # compile in this process: inductor's pool of forked compile workers once held a benchmark's exit
+    # for its 300 s shutdown timeout on an H200 machine (set TORCHINDUCTOR_COMPILE_THREADS to override)
+    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.compile_threads = 1
+    for layer in gdist.decoder_layers(model):
+        layer.compile()
 
 
 __all__ = ["Learner", "Sample", "load_policy", "ModelLoadError"]

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Run GPU stages on one H200 (or any CUDA machine) in one go, each under its own time limit, writing
+# logs and JSON into $OUT (default bench/results/gpu). Stages run in the order given:
+#
+#   bench/run_h200.sh attention tests decode rollout
+#
+#   attention  bench/ksa_attention.py: sweep the Triton tiles/backward at 32K, then 8K/32K/128K vs SDPA
+#   tests      pytest -m gpu on the KSA kernels, KSA model/cache and the rollout engine (CUDA graphs)
+#   decode     bench/engine_decode.py: generate vs golong's engine, full attention vs KSA, 8K/32K
+#   rollout    bench/ksa_rollout.py: KSA vs full at 32K through the engine, equal batch and equal K/V budget
+#   learner    bench/learner.py --runs compiled: the learner at the GPU recipe settings, 1.7B/4B, 8K-128K
+#
+# Missing pure-Python dependencies can travel as wheels in .whl/ (installed into /tmp/site).
+set -uo pipefail
+OUT=${OUT:-bench/results/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv | tee "$OUT/gpu.txt"
+
+stage() {  # stage NAME SECONDS CMD...
+  local name=$1 secs=$2
+  shift 2
+  echo "=== $name (limit ${secs}s) $(date -u +%T)"
+  local t0=$SECONDS
+  timeout "$secs" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "=== $name rc=$rc in $((SECONDS - t0))s"
+  tail -n 40 "$OUT/$name.log"
+}
+
+for s in "$@"; do
+  case $s in
+    attention) stage attention 300 python3 bench/ksa_attention.py --sweep 32768 --impls triton flex reference \
+                 --out "$OUT/ksa_attention.json" ;;
+    tests) stage tests 240 python3 -m pytest -q -p no:cacheprovider -m gpu -x --timeout 200 \
+             tests/test_ksa_attention.py tests/test_ksa_model.py tests/test_ksa_cache.py \
+             tests/test_rollout_fast.py tests/test_rollout_fast_ksa.py ;;
+    decode) stage decode 300 python3 bench/engine_decode.py --reps 2 --out "$OUT/engine_decode.json" ;;
+    rollout) stage rollout 240 python3 bench/ksa_rollout.py --out "$OUT/ksa_rollout.json" ;;
+    learner) stage learner 480 python3 bench/learner.py --runs compiled --out "$OUT/learner.json" ;;
+    *) echo "unknown stage $s" ;;
+  esac
+done
