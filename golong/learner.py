@@ -33,7 +33,16 @@ from golong import distributed as gdist
 from golong.algos import aggregate, kl_penalty, policy_loss
 from golong.config import AlgoConfig, ModelConfig, OptimConfig
 from golong.models import ModelLoadError, load_policy, prepare_policy  # noqa: F401  (re-exported)
-from golong.packing import PackedRow, pack, packed_logprobs, pad_stack, plan_micro_batches
+from golong.packing import (
+    PackedRow,
+    pack,
+    pack_shared,
+    packed_logprobs,
+    pad_stack,
+    plan_micro_batches,
+    plan_shared_micro_batches,
+    supports_prompt_sharing,
+)
 
 
 @dataclass
@@ -140,8 +149,22 @@ class Learner:
     # ------------------------------------------------------------ forward helpers
 
     def _rows(self, samples: list[Sample]) -> list[tuple[list[int], PackedRow]]:
+        """Micro-batches as (sample indices, packed row): with share_prompts, the samples of one prompt
+        behind a single copy of it; otherwise each (prompt, response) packed on its own."""
+        budget = self.optim_cfg.micro_batch_tokens
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, s in enumerate(samples):
+            groups.setdefault(tuple(s.prompt_ids), []).append(i)
+        if self.optim_cfg.share_prompts and len(groups) < len(samples) and supports_prompt_sharing(self._model):
+            prompts = list(groups)
+            members = [[(i, len(samples[i].response_ids)) for i in groups[p]] for p in prompts]
+            rows = []
+            for units in plan_shared_micro_batches([len(p) for p in prompts], members, budget):
+                row = pack_shared([(samples[u[0]].prompt_ids, [samples[i].response_ids for i in u]) for u in units])
+                rows.append(([i for u in units for i in u], row))
+            return rows
         lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
-        bins = plan_micro_batches(lengths, self.optim_cfg.micro_batch_tokens)
+        bins = plan_micro_batches(lengths, budget)
         return [(b, pack([samples[i].prompt_ids for i in b], [samples[i].response_ids for i in b])) for b in bins]
 
     def _logprobs(self, model, row: PackedRow) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

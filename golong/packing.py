@@ -8,6 +8,12 @@ arguments. Tokens never attend across sequences; tests/test_packing.py checks it
 against separate forwards. Models that cannot be packed this way (KSA, linear attention) run each
 micro-batch as a right-padded batch through their own forward instead.
 
+Responses that share a prompt (the G samples of a GRPO group) can be packed with the prompt once:
+prompt, response 1, ..., response G, each response placed at the positions that follow the prompt
+and attending to the prompt and to itself only (`pack_shared`). The prompt's forward and backward
+then run once per group instead of G times: at long context (prompt >> response) the learner does
+nearly G times less work, with the same log-probs and gradients (tests/test_packing.py).
+
 Log-probs are taken from the final hidden states of the response-predicting positions only, in
 chunks of `chunk` tokens: the LM head, log-softmax and gather run per chunk (and are recomputed in
 backward), so the [tokens, vocab] logits of a long response are never held at once.
@@ -15,8 +21,10 @@ backward), so the [tokens, vocab] logits of a long response are never held at on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -44,13 +52,47 @@ def plan_micro_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
     return bins
 
 
+def plan_shared_micro_batches(prompt_lens: Sequence[int], groups: Sequence[Sequence[tuple[int, int]]], budget: int) -> list[list[list[int]]]:
+    """Micro-batches of prompt-sharing units: group g is its prompt (prompt_lens[g] tokens) and its
+    members (sample index, response length). A group is cut into units of prompt + as many members
+    as fit the budget (at least one member each; every unit repeats the prompt); units are binned
+    first-fit-decreasing by their length. Returns bins of units, a unit being a list of sample indices."""
+    units: list[list[int]] = []
+    sizes: list[int] = []
+    for p, members in zip(prompt_lens, groups, strict=True):
+        unit: list[int] = []
+        size = p
+        for i, r in members:
+            if unit and size + r > budget:
+                units.append(unit)
+                sizes.append(size)
+                unit, size = [], p
+            unit.append(i)
+            size += r
+        units.append(unit)
+        sizes.append(size)
+    return [[units[u] for u in b] for b in plan_micro_batches(sizes, budget)]
+
+
 @dataclass
 class PackedRow:
-    """One packed micro-batch: input_ids/position_ids [1, L]; per sequence (start, prompt_len, response_len)."""
+    """One packed micro-batch: input_ids/position_ids [1, L]; per sequence (start, prompt_len, response_len)
+    with its prompt at [start, start + prompt_len), and where its response starts (`response_at`).
+
+    Shared-prompt rows (`pack_shared`) also carry per-token `docs` (unit index) and `members` (-1 for
+    prompt tokens, the response's index within its unit otherwise): a token attends to earlier tokens
+    of its unit that are prompt tokens or of its own response."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
     spans: list[tuple[int, int, int]]
+    response_at: list[int] = field(default_factory=list)
+    docs: torch.Tensor | None = None
+    members: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not self.response_at:
+            self.response_at = [s + p for s, p, _ in self.spans]
 
     @property
     def response_tokens(self) -> int:
@@ -72,6 +114,35 @@ def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -
     return PackedRow(torch.tensor([ids], dtype=torch.long), torch.tensor([pos], dtype=torch.long), spans)
 
 
+def pack_shared(units: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) -> PackedRow:
+    """Lay out units (prompt, [responses]) as prompt, response 1, ..., response k, unit after unit.
+    Each response takes the positions following its prompt; spans come out in the given order."""
+    ids: list[int] = []
+    pos: list[int] = []
+    docs: list[int] = []
+    members: list[int] = []
+    spans, response_at = [], []
+    for u, (prompt, responses) in enumerate(units):
+        if not prompt:
+            raise ValueError("every sequence needs at least one prompt token (the first response token is predicted from it)")
+        start = len(ids)
+        ids.extend(prompt)
+        pos.extend(range(len(prompt)))
+        docs.extend([u] * len(prompt))
+        members.extend([-1] * len(prompt))
+        for m, r in enumerate(responses):
+            spans.append((start, len(prompt), len(r)))
+            response_at.append(len(ids))
+            ids.extend(r)
+            pos.extend(range(len(prompt), len(prompt) + len(r)))
+            docs.extend([u] * len(r))
+            members.extend([m] * len(r))
+    return PackedRow(
+        torch.tensor([ids], dtype=torch.long), torch.tensor([pos], dtype=torch.long), spans, response_at,
+        torch.tensor(docs, dtype=torch.long), torch.tensor(members, dtype=torch.long),
+    )
+
+
 def _base_and_head(model):
     """(decoder that returns hidden states, lm_head, config) of a causal LM, also under a peft wrapper."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -85,6 +156,79 @@ def supports_packing(model) -> bool:
     config = base.config
     layer_types = set(getattr(config, "layer_types", None) or [])
     return getattr(config, "ksa_chunk", None) is None and layer_types <= {"full_attention", "sliding_attention"}
+
+
+def supports_prompt_sharing(model) -> bool:
+    """Shared-prompt rows need packing support and plain causal attention in every layer (the shared
+    attention below has no sliding window)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    return (
+        supports_packing(model)
+        and set(getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+        and not getattr(config, "use_sliding_window", False)
+    )
+
+
+SHARED_PROMPT_ATTENTION = "golong_shared_prompt"
+
+
+def _shared_prompt_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, golong_mask=None, **kwargs):
+    """transformers attention function for shared-prompt rows: q, k, v [B, H, L, D] under `golong_mask`
+    (a dense bool mask on CPU, a FlexAttention BlockMask on CUDA); returns [B, L, H, D]."""
+    gqa = query.shape[1] != key.shape[1]
+    if golong_mask is None:
+        raise RuntimeError("shared-prompt attention called without its mask (use packed_logprobs)")
+    if isinstance(golong_mask, torch.Tensor):
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=golong_mask, scale=scaling, enable_gqa=gqa)
+    else:
+        out = _compiled_flex()(query, key, value, block_mask=golong_mask, scale=scaling, enable_gqa=gqa)
+    return out.transpose(1, 2).contiguous(), None
+
+
+@lru_cache(maxsize=1)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@lru_cache(maxsize=1)
+def _register_shared_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(SHARED_PROMPT_ATTENTION, _shared_prompt_attention)
+    AttentionMaskInterface.register(SHARED_PROMPT_ATTENTION, lambda *args, **kwargs: None)  # the mask comes as golong_mask
+
+
+@contextmanager
+def _attention_implementation(config, name: str) -> Iterator[None]:
+    """Run the model's attention layers through `name` for the duration (they read it at every call)."""
+    _register_shared_attention()
+    before = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def shared_mask(row: PackedRow, device):
+    """The attention rule of a shared-prompt row: same unit, causal, key is prompt or the query's own
+    response. A dense [1, 1, L, L] bool mask on CPU; a FlexAttention BlockMask (never dense) on CUDA."""
+    docs, members = row.docs.to(device), row.members.to(device)
+    length = docs.numel()
+
+    def rule(b, h, q, k):
+        return (docs[q] == docs[k]) & (k <= q) & ((members[k] < 0) | (members[k] == members[q]))
+
+    if torch.device(device).type != "cuda":
+        idx = torch.arange(length, device=device)
+        return rule(None, None, idx[:, None], idx[None, :])[None, None]
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(rule, None, None, length, length, device=device, _compile=True)
 
 
 def _varlen_kwargs(row: PackedRow, config, device) -> dict:
@@ -140,7 +284,16 @@ def packed_logprobs(
     """
     decoder, head, config = _base_and_head(model)
     device = next(model.parameters()).device
-    if supports_packing(model):
+    if row.members is not None:
+        if not supports_prompt_sharing(model):
+            raise ValueError(f"{type(model).__name__} cannot take shared-prompt rows (KSA, sliding-window or linear-attention layers); use pack()")
+        with _attention_implementation(config, SHARED_PROMPT_ATTENTION):
+            out = decoder(
+                input_ids=row.input_ids.to(device), position_ids=row.position_ids.to(device), use_cache=False,
+                golong_mask=shared_mask(row, device),
+            )
+        hidden = out.last_hidden_state[0]
+    elif supports_packing(model):
         out = decoder(
             input_ids=row.input_ids.to(device), position_ids=row.position_ids.to(device), use_cache=False,
             **_varlen_kwargs(row, config, device),
@@ -148,9 +301,12 @@ def packed_logprobs(
         hidden = out.last_hidden_state[0]  # [L, H]
     else:
         hidden = _padded_hidden(model, row, device)
-    # response token j of a sequence starting at s with prompt length p is predicted at s + p - 1 + j
-    where = torch.cat([torch.arange(s + p - 1, s + p - 1 + r) for s, p, r in row.spans]).to(device)
-    targets = torch.cat([row.input_ids[0, s + p : s + p + r] for s, p, r in row.spans]).to(device)
+    # response token 0 is predicted at the prompt's last token, token j > 0 at response token j - 1
+    where = torch.cat([
+        torch.cat([torch.tensor([s + p - 1]), torch.arange(a, a + r - 1)]) if r else torch.zeros(0, dtype=torch.long)
+        for (s, p, r), a in zip(row.spans, row.response_at, strict=True)
+    ]).to(device)  # fmt: skip
+    targets = torch.cat([row.input_ids[0, a : a + r] for (_, _, r), a in zip(row.spans, row.response_at, strict=True)]).to(device)
     h = hidden.index_select(0, where)
     scale = 1.0 / (temperature if temperature and temperature > 0 else 1.0)
     scale /= float(getattr(config, "logits_scaling", 1.0) or 1.0)

@@ -197,3 +197,28 @@ def test_compiled_learner_trains_inline_with_a_shared_engine(tiny_model_dir, tmp
     hist = train(recipe(tiny_model_dir, tmp_path / "c", model__compile=True, cluster__share_weights=True), rewards=pool(), quiet=True)
     assert [h["step"] for h in hist] == [1, 2]
     assert all(h["drift"] < 1e-3 for h in hist)
+
+
+def test_shared_prompts_train_like_separate_sequences(tiny_model_dir):
+    """share_prompts packs each group behind one copy of its prompt (fewer tokens through the model)
+    and makes the same update as packing every (prompt, response) on its own."""
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(5, 200, (n,), generator=g).tolist() for n in (30, 12)]
+    samples = [
+        Sample(prompt_ids=prompts[k], response_ids=torch.randint(5, 200, (r,), generator=g).tolist(), advantage=a)
+        for k, r, a in [(0, 6, 1.0), (0, 9, -1.0), (0, 3, 0.5), (1, 7, 1.0), (1, 5, -0.5)]
+    ]
+    runs = []
+    for share in (True, False):
+        learner = Learner(ModelConfig(path=str(tiny_model_dir)), OptimConfig(lr=1e-3, share_prompts=share, micro_batch_tokens=48),
+                          AlgoConfig(), total_steps=10, device="cpu")
+        rows = learner._rows(samples)
+        metrics = learner.train_step(samples)
+        weights = torch.cat([p.detach().flatten() for p in learner.model.parameters()])
+        runs.append((sum(r.input_ids.shape[1] for _, r in rows), metrics, weights))
+    (shared_tokens, shared, w_shared), (plain_tokens, plain, w_plain) = runs
+    assert shared_tokens == 30 + 6 + 9 + 3 + 12 + 7 + 5 and plain_tokens == 3 * 30 + 2 * 12 + 6 + 9 + 3 + 7 + 5
+    for key in ("loss", "grad_norm", "entropy"):
+        assert shared[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+    # AdamW's first step is lr * g / |g| per element: where |g| is ~0, summation order shows (1e-5 of lr 1e-3)
+    torch.testing.assert_close(w_shared, w_plain, rtol=1e-4, atol=2e-5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from golong.packing import pack, packed_logprobs, pad_stack, plan_micro_batches
+from golong.packing import pack, pack_shared, packed_logprobs, pad_stack, plan_micro_batches, plan_shared_micro_batches
 
 
 def test_first_fit_decreasing_respects_budget():
@@ -131,3 +131,65 @@ def test_ksa_model_falls_back_to_padded_batches(tiny_model_dir):
         for (p, r), lp in zip(seqs, got, strict=True):
             torch.testing.assert_close(lp, _reference_logprobs(model, p, r), atol=1e-5, rtol=0)
     assert model.get_output_embeddings() is model.lm_head and isinstance(model.lm_head, torch.nn.Linear)
+
+
+# ---------------------------------------------------------------- shared prompts
+
+
+def _groups(vocab, seed=0):
+    """Two prompts with 3 and 2 responses of different lengths (one empty)."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda n: torch.randint(5, vocab, (n,), generator=g).tolist()  # noqa: E731
+    return [(rand(13), [rand(5), rand(1), rand(7)]), (rand(6), [rand(4), rand(0)])]
+
+
+def test_shared_prompt_row_equals_separate_forwards(tiny_lm):
+    groups = _groups(tiny_lm.config.vocab_size)
+    row = pack_shared(groups)
+    assert row.input_ids.shape[1] == 13 + 5 + 1 + 7 + 6 + 4  # each prompt once
+    with torch.no_grad():
+        got, ent = packed_logprobs(tiny_lm, row, chunk=4)
+    flat = [(p, r) for p, rs in groups for r in rs]
+    assert [lp.numel() for lp in got] == [len(r) for _, r in flat]
+    for (p, r), lp in zip(flat, got, strict=True):
+        if r:
+            torch.testing.assert_close(lp, _reference_logprobs(tiny_lm, p, r), atol=1e-5, rtol=0)
+
+
+def test_shared_prompt_gradients_equal_plain_packing(tiny_lm):
+    """The prompt's backward runs once per group and collects every response's gradient: the
+    parameter gradients equal those of packing each (prompt, response) on its own."""
+    groups = _groups(tiny_lm.config.vocab_size, seed=3)
+    flat = [(p, r) for p, rs in groups for r in rs]
+    grads, values = [], []
+    for row in (pack_shared(groups), pack([p for p, _ in flat], [r for _, r in flat])):
+        tiny_lm.zero_grad()
+        lps, _ = packed_logprobs(tiny_lm, row, chunk=3, temperature=0.8)
+        lp = torch.cat(lps)
+        (lp * torch.linspace(-1, 1, lp.numel())).sum().backward()
+        values.append(lp.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in tiny_lm.parameters() if p.grad is not None]))
+    torch.testing.assert_close(values[0], values[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_shared_micro_batches_split_big_groups_and_keep_every_sample():
+    # group 0: prompt 10 + responses 4, 4, 4; group 1: prompt 3 + responses 2, 9
+    bins = plan_shared_micro_batches([10, 3], [[(0, 4), (1, 4), (2, 4)], [(3, 2), (4, 9)]], budget=18)
+    units = [u for b in bins for u in b]
+    assert sorted(i for u in units for i in u) == [0, 1, 2, 3, 4]
+    assert [0, 1] in units and [2] in units  # 10 + 4 + 4 fits, the third response repeats the prompt
+    for b in bins:
+        size = sum((10 if u[0] < 3 else 3) + sum([4, 4, 4, 2, 9][i] for i in u) for u in b)
+        assert size <= 18 or len(b) == 1
+
+
+def test_shared_rows_refuse_models_that_cannot_take_them(tiny_model_dir):
+    ksa = pytest.importorskip("ksa.modeling")
+    from transformers import AutoModelForCausalLM
+
+    from ksa.config import KSAConfig
+
+    model = ksa.convert_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), KSAConfig(chunk=4, windows=[1, 3]))
+    with pytest.raises(ValueError, match="shared-prompt"):
+        packed_logprobs(model, pack_shared(_groups(model.config.vocab_size)))
