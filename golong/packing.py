@@ -214,21 +214,27 @@ def _attention_implementation(config, name: str) -> Iterator[None]:
         config._attn_implementation = before
 
 
-def shared_mask(row: PackedRow, device):
+def shared_mask(row: PackedRow, device, block: bool | None = None):
     """The attention rule of a shared-prompt row: same unit, causal, key is prompt or the query's own
-    response. A dense [1, 1, L, L] bool mask on CPU; a FlexAttention BlockMask (never dense) on CUDA."""
+    response. A dense [1, 1, L, L] bool mask (the CPU default: FlexAttention has no CPU backward) or
+    a FlexAttention BlockMask (the CUDA default; never dense)."""
     docs, members = row.docs.to(device), row.members.to(device)
     length = docs.numel()
 
     def rule(b, h, q, k):
         return (docs[q] == docs[k]) & (k <= q) & ((members[k] < 0) | (members[k] == members[q]))
 
-    if torch.device(device).type != "cuda":
+    if not (torch.device(device).type == "cuda" if block is None else block):
         idx = torch.arange(length, device=device)
         return rule(None, None, idx[:, None], idx[None, :])[None, None]
+    return _compiled_block_mask()(rule, None, None, length, length, device=device)
+
+
+@lru_cache(maxsize=1)
+def _compiled_block_mask():
     from torch.nn.attention.flex_attention import create_block_mask
 
-    return create_block_mask(rule, None, None, length, length, device=device, _compile=True)
+    return torch.compile(create_block_mask)
 
 
 def _varlen_kwargs(row: PackedRow, config, device) -> dict:

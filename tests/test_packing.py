@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -193,3 +195,18 @@ def test_shared_rows_refuse_models_that_cannot_take_them(tiny_model_dir):
     model = ksa.convert_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), KSAConfig(chunk=4, windows=[1, 3]))
     with pytest.raises(ValueError, match="shared-prompt"):
         packed_logprobs(model, pack_shared(_groups(model.config.vocab_size)))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile on the CPU needs a C++ compiler")
+def test_shared_prompt_block_mask_path_equals_dense_mask():
+    """The CUDA path (compiled FlexAttention under a BlockMask) computes the same attention as the
+    dense mask, here on the CPU in forward (FlexAttention has no CPU backward)."""
+    from golong.packing import _shared_prompt_attention, shared_mask
+
+    row = pack_shared(_groups(100, seed=5))
+    length = row.input_ids.shape[1]
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, length, 16, generator=g) for h in (4, 2, 2))
+    dense, _ = _shared_prompt_attention(None, q, k, v, None, scaling=0.25, golong_mask=shared_mask(row, "cpu"))
+    block, _ = _shared_prompt_attention(None, q, k, v, None, scaling=0.25, golong_mask=shared_mask(row, "cpu", block=True))
+    torch.testing.assert_close(block, dense, atol=1e-5, rtol=1e-5)
