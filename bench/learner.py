@@ -24,6 +24,11 @@ The hf baseline numbers quoted for this issue (28.5% at 8K, 32.8% at 32K) match 
 KSA variants are scored against the same full-attention model FLOPs (so their "MFU" is throughput
 relative to the dense model, not hardware utilisation).
 
+With --group G each step trains G responses of R tokens to one prompt of T - R tokens (a GRPO
+group): golong packs them behind one copy of the prompt (optim.share_prompts; --no-share packs each
+sequence alone), the hf baseline runs the G sequences one after another with gradient accumulation.
+tokens/s then counts G * T (each sequence in full); MFU is left out (the work done depends on sharing).
+
     python bench/learner.py --device cpu --tiny                         # smoke test on CPU
     python bench/learner.py --runs 1.7b:32768:hf,1.7b:32768:golong_sac --out bench/results/learner.json
 
@@ -126,8 +131,11 @@ def score(rec: dict) -> dict:
     """Add tokens/s, model TFLOP and MFU to a timed run record (step_s, shape, tokens, settings)."""
     if rec.get("status") != "ok":
         return rec
-    f = model_flops(rec["shape"], rec["tokens"], lora=bool(rec["settings"].get("lora")))
     t = rec["step_s"]
+    if rec.get("group", 1) > 1:
+        rec.update(tokens_per_s=round(rec["group"] * rec["tokens"] / t, 1))
+        return rec
+    f = model_flops(rec["shape"], rec["tokens"], lora=bool(rec["settings"].get("lora")))
     rec.update(tokens_per_s=round(rec["tokens"] / t, 1), model_tflop=round(f["total"] / 1e12, 2),
                mfu=round(f["total"] / t / PEAK_FLOPS, 4), mfu_palm=round(f["total_palm"] / t / PEAK_FLOPS, 4))
     rec.pop("mfu_causal", None)
@@ -153,20 +161,23 @@ def _tokens(shape: str, tokens: int, response: int, seed: int = 0) -> tuple[list
     return ids[: tokens - response], ids[tokens - response :]
 
 
-def hf_step_fn(shape: str, tokens: int, response: int, device: str):
+def hf_step_fn(shape: str, tokens: int, response: int, device: str, group: int = 1):
     """Plain transformers baseline: bf16 weights, SDPA, checkpointing, labels on the response, AdamW."""
     model = build_model(shape, device, torch.bfloat16)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    prompt, resp = _tokens(shape, tokens, response)
-    ids = torch.tensor([prompt + resp], device=device)
-    labels = ids.clone()
-    labels[:, : len(prompt)] = -100
+    prompt, _ = _tokens(shape, tokens, response)
+    batch = []
+    for g in range(group):  # G responses to the one prompt, one sequence after another
+        ids = torch.tensor([prompt + _tokens(shape, tokens, response, seed=g)[1]], device=device)
+        labels = ids.clone()
+        labels[:, : len(prompt)] = -100
+        batch.append((ids, labels))
 
     def step() -> None:
-        loss = model(input_ids=ids, labels=labels).loss
-        loss.backward()
+        for ids, labels in batch:
+            (model(input_ids=ids, labels=labels).loss / group).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -174,7 +185,7 @@ def hf_step_fn(shape: str, tokens: int, response: int, device: str):
     return step, {"trainable_params": sum(p.numel() for p in model.parameters())}
 
 
-def golong_step_fn(shape: str, tokens: int, response: int, device: str, v: dict):
+def golong_step_fn(shape: str, tokens: int, response: int, device: str, v: dict, group: int = 1, share: bool = True):
     from golong.config import AlgoConfig, LoraConfig, ModelConfig, OptimConfig
     from golong.learner import Learner, Sample
 
@@ -190,7 +201,8 @@ def golong_step_fn(shape: str, tokens: int, response: int, device: str, v: dict)
         lora=LoraConfig(r=16, alpha=32) if v.get("lora") else None, ksa=ksa, compile=bool(v.get("compile")),
     )
     held = v["master"] == "optimizer"  # float32 copies in the optimizer, bf16 model
-    ocfg = OptimConfig(lr=1e-6, micro_batch_tokens=tokens, fp32_master_weights=bool(v["master"]),
+    budget = tokens - response + group * response if share else tokens  # one group, or one sequence, per micro-batch
+    ocfg = OptimConfig(lr=1e-6, micro_batch_tokens=budget, share_prompts=share, fp32_master_weights=bool(v["master"]),
                        master_weights="optimizer" if held else "model")
     # the learner casts to the dtype it trains in; building in bf16 keeps the transient small
     fp32_model = v["master"] is True and not v.get("lora")
@@ -201,8 +213,9 @@ def golong_step_fn(shape: str, tokens: int, response: int, device: str, v: dict)
         learner.optimizer = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.999), weight_decay=0.1,
                                               foreach=device.startswith("cuda"))
         learner.scheduler = torch.optim.lr_scheduler.LambdaLR(learner.optimizer, lambda s: 1.0)
-    prompt, resp = _tokens(shape, tokens, response)
-    samples = [Sample(prompt_ids=prompt, response_ids=resp, advantage=1.0)]
+    prompt, _ = _tokens(shape, tokens, response)
+    samples = [Sample(prompt_ids=prompt, response_ids=_tokens(shape, tokens, response, seed=g)[1], advantage=1.0 - g % 2)
+               for g in range(group)]
     trainable = sum(p.numel() for p in learner.model.parameters() if p.requires_grad)
 
     def step() -> None:
@@ -211,16 +224,17 @@ def golong_step_fn(shape: str, tokens: int, response: int, device: str, v: dict)
     return step, {"trainable_params": trainable, "opt_fused": bool(learner.optimizer.defaults.get("fused"))}
 
 
-def run_one(shape: str, tokens: int, variant: str, device: str, response: int, steps: int) -> dict:
+def run_one(shape: str, tokens: int, variant: str, device: str, response: int, steps: int,
+            group: int = 1, share: bool = True) -> dict:  # fmt: skip
     v = VARIANTS[variant]
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     if v.get("kind") == "hf":
-        step, info = hf_step_fn(shape, tokens, response, device)
+        step, info = hf_step_fn(shape, tokens, response, device, group)
     else:
-        step, info = golong_step_fn(shape, tokens, response, device, v)
+        step, info = golong_step_fn(shape, tokens, response, device, v, group, share)
     _sync(device)
     build_s = time.perf_counter() - t0
     times = []
@@ -288,6 +302,8 @@ def main() -> None:
     ap.add_argument("--runs", default=None, help="comma list of shape:tokens:variant, or a plan name: " + ", ".join(PLANS))
     ap.add_argument("--response", type=int, default=2048, help="response tokens carrying the loss (the last R)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up (1 if the warm-up took > 20 s)")
+    ap.add_argument("--group", type=int, default=1, help="responses per prompt trained in one step (a GRPO group)")
+    ap.add_argument("--no-share", action="store_true", help="with --group: pack each sequence alone (optim.share_prompts: false)")
     ap.add_argument("--budget-s", type=float, default=1e9, help="start no new run after this many seconds")
     ap.add_argument("--out", default="bench/results/learner.json")
     ap.add_argument("--rescore", default=None, help="recompute tokens/s and MFU of an existing result file, then exit")
@@ -308,12 +324,13 @@ def main() -> None:
     t_start = time.perf_counter()
     for shape, tokens, variant in runs:
         response = min(args.response, tokens // 4)
-        rec = {"shape": shape, "tokens": tokens, "response_tokens": response, "variant": variant, "settings": VARIANTS[variant]}
+        rec = {"shape": shape, "tokens": tokens, "response_tokens": response, "variant": variant, "settings": VARIANTS[variant],
+               "group": args.group, "share_prompts": not args.no_share}
         if time.perf_counter() - t_start > args.budget_s:
             rec["status"] = "skipped (time budget)"
         else:
             try:
-                rec.update(run_one(shape, tokens, variant, args.device, response, args.steps))
+                rec.update(run_one(shape, tokens, variant, args.device, response, args.steps, args.group, not args.no_share))
                 score(rec)
             except torch.OutOfMemoryError as e:
                 rec.update(status="oom", error=str(e).splitlines()[0][:300])

@@ -2,13 +2,14 @@
 # Run GPU stages on one H200 (or any CUDA machine) in one go, each under its own time limit, writing
 # logs and JSON into $OUT (default bench/results/gpu). Stages run in the order given:
 #
-#   bench/run_h200.sh attention tests decode rollout
+#   bench/run_h200.sh attention tests decode rollout learner group
 #
 #   attention  bench/ksa_attention.py: sweep the Triton tiles/backward at 32K, then 8K/32K/128K vs SDPA
 #   tests      pytest -m gpu on the KSA kernels, KSA model/cache and the rollout engine (CUDA graphs)
 #   decode     bench/engine_decode.py: generate vs golong's engine, full attention vs KSA, 8K/32K
 #   rollout    bench/ksa_rollout.py: KSA vs full at 32K through the engine, equal batch and equal K/V budget
 #   learner    bench/learner.py --runs compiled: the learner at the GPU recipe settings, 1.7B/4B, 8K-128K
+#   group      bench/learner.py --group 8: one 32K prompt, 8 responses of 2K, prompt shared vs packed 8 times
 #
 # Missing pure-Python dependencies can travel as wheels in .whl/ (installed into /tmp/site).
 set -uo pipefail
@@ -42,6 +43,10 @@ for s in "$@"; do
     decode) stage decode 300 python3 bench/engine_decode.py --reps 2 --out "$OUT/engine_decode.json" ;;
     rollout) stage rollout 240 python3 bench/ksa_rollout.py --out "$OUT/ksa_rollout.json" ;;
     learner) stage learner 480 python3 bench/learner.py --runs compiled --out "$OUT/learner.json" ;;
+    group) for share in "" --no-share; do
+             stage "group$share" 240 python3 bench/learner.py --runs 1.7b:32768:golong_optmaster_sac_compile \
+               --group 8 --response 2048 $share --out "$OUT/learner_group$share.json"
+           done ;;
     *) echo "unknown stage $s" ;;
   esac
 done

@@ -41,6 +41,7 @@ from golong.packing import (
     pad_stack,
     plan_micro_batches,
     plan_shared_micro_batches,
+    shared_attention,
     supports_prompt_sharing,
 )
 
@@ -120,7 +121,7 @@ class Learner:
             if self._ref is not None:
                 self._roots[id(self._ref)] = gdist.shard(self._ref, self.dist)
         if model.compile:
-            compile_layers(self._model)
+            compile_layers(self._model, self.device)
         params = [p for p in self._model.parameters() if p.requires_grad]
         # (bf16 parameter, its float32 master copy): the optimizer steps the copies
         self._masters = [(p, p.detach().float().clone()) for p in params] if optimizer_master else []
@@ -268,6 +269,10 @@ class Learner:
         weight: float,
     ) -> tuple[dict[str, float], list[torch.Tensor]]:
         """Forward + backward of one packed row; returns its share of the metrics and its detached log-probs."""
+        with shared_attention(self._model, row):  # checkpointed layers recompute in backward under it too
+            return self._micro_batch_loss(row, advantages, old, ref, total, weight)
+
+    def _micro_batch_loss(self, row, advantages, old, ref, total, weight) -> tuple[dict[str, float], list[torch.Tensor]]:
         algo = self.algo_cfg
         logps, ents = self._logprobs(self._model, row)
         detached = [lp.detach() for lp in logps]
@@ -458,13 +463,15 @@ class Learner:
         return out is not None and key.startswith("lm_head") and out.weight is self._model.get_input_embeddings().weight
 
 
-def compile_layers(model: Any) -> None:
+def compile_layers(model: Any, device: torch.device) -> None:
     """torch.compile each decoder layer in place (one graph shared by the identical layers; after FSDP
     sharding, as FSDP2 expects). Checkpointing and LoRA stay as they are: the layer's forward is what
     is compiled and recomputed."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base.config, "ksa_chunk", None) is not None or getattr(base.config, "use_summary_attention", False):
         raise ModelLoadError("model.compile does not support KSA policies yet (the KSA kernels are not traced by torch.compile); set model.compile: false")
+    if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
+        raise ModelLoadError("model.compile on the CPU needs a C++ compiler (install g++), or set model.compile: false")
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     # compile in this process: inductor's pool of forked compile workers once held a benchmark's exit
     # for its 300 s shutdown timeout on an H200 machine (set TORCHINDUCTOR_COMPILE_THREADS to override)

@@ -203,11 +203,19 @@ def _register_shared_attention() -> None:
 
 
 @contextmanager
-def _attention_implementation(config, name: str) -> Iterator[None]:
-    """Run the model's attention layers through `name` for the duration (they read it at every call)."""
+def shared_attention(model, row: PackedRow) -> Iterator[None]:
+    """For a shared-prompt row: the model's attention layers run the shared-prompt attention for the
+    duration (they read the implementation at every call). Hold it over forward AND backward: a
+    checkpointed layer recomputes its forward in backward and must see the same attention."""
+    if row.members is None:
+        yield
+        return
+    if not supports_prompt_sharing(model):
+        raise ValueError(f"{type(model).__name__} cannot take shared-prompt rows (KSA, sliding-window or linear-attention layers); use pack()")
     _register_shared_attention()
+    config = _base_and_head(model)[2]
     before = config._attn_implementation
-    config._attn_implementation = name
+    config._attn_implementation = SHARED_PROMPT_ATTENTION
     try:
         yield
     finally:
@@ -290,10 +298,8 @@ def packed_logprobs(
     """
     decoder, head, config = _base_and_head(model)
     device = next(model.parameters()).device
-    if row.members is not None:
-        if not supports_prompt_sharing(model):
-            raise ValueError(f"{type(model).__name__} cannot take shared-prompt rows (KSA, sliding-window or linear-attention layers); use pack()")
-        with _attention_implementation(config, SHARED_PROMPT_ATTENTION):
+    if row.members is not None:  # (the caller holds shared_attention over backward too)
+        with shared_attention(model, row):
             out = decoder(
                 input_ids=row.input_ids.to(device), position_ids=row.position_ids.to(device), use_cache=False,
                 golong_mask=shared_mask(row, device),

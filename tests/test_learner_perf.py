@@ -199,9 +199,11 @@ def test_compiled_learner_trains_inline_with_a_shared_engine(tiny_model_dir, tmp
     assert all(h["drift"] < 1e-3 for h in hist)
 
 
-def test_shared_prompts_train_like_separate_sequences(tiny_model_dir):
+@pytest.mark.parametrize("policy", [None, "full", "save_attention"])
+def test_shared_prompts_train_like_separate_sequences(tiny_model_dir, policy):
     """share_prompts packs each group behind one copy of its prompt (fewer tokens through the model)
-    and makes the same update as packing every (prompt, response) on its own."""
+    and makes the same update as packing every (prompt, response) on its own, also when checkpointed
+    layers recompute their forward in backward."""
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(5, 200, (n,), generator=g).tolist() for n in (30, 12)]
     samples = [
@@ -210,7 +212,8 @@ def test_shared_prompts_train_like_separate_sequences(tiny_model_dir):
     ]
     runs = []
     for share in (True, False):
-        learner = Learner(ModelConfig(path=str(tiny_model_dir)), OptimConfig(lr=1e-3, share_prompts=share, micro_batch_tokens=48),
+        model = ModelConfig(path=str(tiny_model_dir), gradient_checkpointing=policy is not None, checkpoint_policy=policy or "full")
+        learner = Learner(model, OptimConfig(lr=1e-3, share_prompts=share, micro_batch_tokens=48),
                           AlgoConfig(), total_steps=10, device="cpu")
         rows = learner._rows(samples)
         metrics = learner.train_step(samples)
@@ -222,3 +225,12 @@ def test_shared_prompts_train_like_separate_sequences(tiny_model_dir):
         assert shared[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
     # AdamW's first step is lr * g / |g| per element: where |g| is ~0, summation order shows (1e-5 of lr 1e-3)
     torch.testing.assert_close(w_shared, w_plain, rtol=1e-4, atol=2e-5)
+
+
+def test_compile_without_a_cpu_compiler_is_a_one_line_error(tiny_model_dir, monkeypatch):
+    import golong.learner as learner_mod
+    from golong.models import ModelLoadError
+
+    monkeypatch.setattr(learner_mod.shutil, "which", lambda name: None)
+    with pytest.raises(ModelLoadError, match="needs a C\\+\\+ compiler"):
+        Learner(ModelConfig(path=str(tiny_model_dir), compile=True), OptimConfig(), AlgoConfig(), total_steps=1, device="cpu")

@@ -7,7 +7,14 @@ import shutil
 import pytest
 import torch
 
-from golong.packing import pack, pack_shared, packed_logprobs, pad_stack, plan_micro_batches, plan_shared_micro_batches
+from golong.packing import (
+    pack,
+    pack_shared,
+    packed_logprobs,
+    pad_stack,
+    plan_micro_batches,
+    plan_shared_micro_batches,
+)
 
 
 def test_first_fit_decreasing_respects_budget():
