@@ -386,14 +386,16 @@ class LearnerGroup:
 # ---------------------------------------------------------------- a learner check you can launch
 
 
-def synthetic_batch(seed: int, n: int, vocab: int, max_len: int = 24) -> list:
-    """`n` samples of random lengths and advantages of both signs (for equivalence checks)."""
+def synthetic_batch(seed: int, n: int, vocab: int, max_len: int = 24, group: int = 1) -> list:
+    """`n` samples of random lengths and advantages of both signs, `group` consecutive samples per
+    prompt as in GRPO (for equivalence checks; shared prompts are packed once)."""
     from golong.learner import Sample
 
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
-        p = torch.randint(5, vocab, (int(torch.randint(2, max_len, (1,), generator=g)),), generator=g).tolist()
+        if i % group == 0:
+            p = torch.randint(5, vocab, (int(torch.randint(2, max_len, (1,), generator=g)),), generator=g).tolist()
         r = torch.randint(5, vocab, (int(torch.randint(1, max_len, (1,), generator=g)),), generator=g).tolist()
         adv = float(torch.randn(1, generator=g))
         out.append(Sample(p, r, advantage=adv, sampler_logprobs=[-1.0] * len(r), task=f"t{i % 2}"))
@@ -418,7 +420,7 @@ def _check(args: argparse.Namespace) -> None:
 
     learner = build()
     vocab = learner.model.get_input_embeddings().weight.shape[0]
-    samples = synthetic_batch(args.seed, args.samples, vocab, args.max_len)
+    samples = synthetic_batch(args.seed, args.samples, vocab, args.max_len, args.group)
     metrics = [learner.train_step(samples) for _ in range(args.steps)]
     weights: dict[str, torch.Tensor] = {}
     for bucket in (iter_full_state(learner.model, ctx, torch.float32) if ctx else [learner.state_dict_for_sync()]):
@@ -460,6 +462,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="with bfloat16: float32 model under autocast, or (sharded) float32 shards gathered as bf16")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--samples", type=int, default=7)
+    p.add_argument("--group", type=int, default=1, help="samples per prompt (shared prompts are packed once)")
     p.add_argument("--max-len", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=1e-3)

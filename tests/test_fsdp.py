@@ -96,6 +96,12 @@ def test_two_ranks_match_one_token_mean_kl_two_updates(model_dir, tmp_path):
     assert (tmp_path / "ckpt" / "model" / "model.safetensors").is_file()
 
 
+def test_two_ranks_match_one_with_shared_prompts(model_dir, tmp_path):
+    """GRPO groups of 3 samples per prompt, packed behind one copy of the prompt on each rank."""
+    args = ("--seed", "2", "--samples", "9", "--group", "3", "--micro-batch-tokens", "60")
+    _compare(_launch(model_dir, tmp_path / "one.json", 1, *args), _launch(model_dir, tmp_path / "two.json", 2, *args))
+
+
 def test_two_ranks_match_one_seq_mean(model_dir, tmp_path):
     """seq-mean-token-mean: the sequence count, not the token count, is summed over ranks."""
     assert len(set(_shares(1, 5))) > 1
