@@ -154,9 +154,10 @@ class Learner:
         behind a single copy of it; otherwise each (prompt, response) packed on its own."""
         budget = self.optim_cfg.micro_batch_tokens
         groups: dict[tuple[int, ...], list[int]] = {}
-        for i, s in enumerate(samples):
-            groups.setdefault(tuple(s.prompt_ids), []).append(i)
-        if self.optim_cfg.share_prompts and len(groups) < len(samples) and supports_prompt_sharing(self._model):
+        if self.optim_cfg.share_prompts and supports_prompt_sharing(self._model):
+            for i, s in enumerate(samples):
+                groups.setdefault(tuple(s.prompt_ids), []).append(i)
+        if 0 < len(groups) < len(samples):
             prompts = list(groups)
             members = [[(i, len(samples[i].response_ids)) for i in groups[p]] for p in prompts]
             rows = []
@@ -270,32 +271,29 @@ class Learner:
     ) -> tuple[dict[str, float], list[torch.Tensor]]:
         """Forward + backward of one packed row; returns its share of the metrics and its detached log-probs."""
         with shared_attention(self._model, row):  # checkpointed layers recompute in backward under it too
-            return self._micro_batch_loss(row, advantages, old, ref, total, weight)
-
-    def _micro_batch_loss(self, row, advantages, old, ref, total, weight) -> tuple[dict[str, float], list[torch.Tensor]]:
-        algo = self.algo_cfg
-        logps, ents = self._logprobs(self._model, row)
-        detached = [lp.detach() for lp in logps]
-        lp, mask = pad_stack(logps)
-        olp, _ = pad_stack(old if old is not None else detached)  # one pass: old = current, ratio 1
-        adv = torch.tensor(advantages, dtype=torch.float32, device=lp.device)
-        pg, pm = policy_loss(
-            lp, olp, adv, mask, clip_low=algo.clip_low, clip_high=algo.clip_high,
-            dual_clip=algo.dual_clip, agg=algo.loss_agg, total=total,
-        )
-        loss, kl = pg, torch.zeros((), device=lp.device)
-        if ref is not None:
-            kl = aggregate(kl_penalty(lp, pad_stack(ref)[0], algo.kl_type), mask, algo.loss_agg, total=total)
-            loss = loss + algo.kl_coef * kl
-        if loss.requires_grad:
-            loss.backward()
-        ent, _ = pad_stack(ents)
-        part = {
-            "loss": loss.item(), "pg_loss": pg.item(), "kl": kl.item(),
-            "entropy": float((ent * mask).sum()) * weight / max(row.response_tokens, 1),
-            **{k: v * weight for k, v in pm.items()},  # token-weighted means over micro-batches
-        }
-        return part, detached
+            algo = self.algo_cfg
+            logps, ents = self._logprobs(self._model, row)
+            detached = [lp.detach() for lp in logps]
+            lp, mask = pad_stack(logps)
+            olp, _ = pad_stack(old if old is not None else detached)  # one pass: old = current, ratio 1
+            adv = torch.tensor(advantages, dtype=torch.float32, device=lp.device)
+            pg, pm = policy_loss(
+                lp, olp, adv, mask, clip_low=algo.clip_low, clip_high=algo.clip_high,
+                dual_clip=algo.dual_clip, agg=algo.loss_agg, total=total,
+            )
+            loss, kl = pg, torch.zeros((), device=lp.device)
+            if ref is not None:
+                kl = aggregate(kl_penalty(lp, pad_stack(ref)[0], algo.kl_type), mask, algo.loss_agg, total=total)
+                loss = loss + algo.kl_coef * kl
+            if loss.requires_grad:
+                loss.backward()
+            ent, _ = pad_stack(ents)
+            part = {
+                "loss": loss.item(), "pg_loss": pg.item(), "kl": kl.item(),
+                "entropy": float((ent * mask).sum()) * weight / max(row.response_tokens, 1),
+                **{k: v * weight for k, v in pm.items()},  # token-weighted means over micro-batches
+            }
+            return part, detached
 
     def _idle_micro_batch(self, row: PackedRow) -> None:
         """Forward + backward with a zero loss: keeps this rank in step with the others' FSDP collectives."""
