@@ -232,6 +232,7 @@ class Learner:
                     row, [samples[i].advantage for i in idx], old[r] if old else None, ref[r] if ref else None,
                     total, weight=row.response_tokens / max(n_tokens, 1),
                 )
+                part["packed_tokens"] = float(row.input_ids.shape[1])  # tokens through the model (shared prompts once)
                 for k, v in part.items():
                     sums[k] = sums.get(k, 0.0) + v
                 if update == 0:

@@ -215,10 +215,9 @@ def test_shared_prompts_train_like_separate_sequences(tiny_model_dir, policy):
         model = ModelConfig(path=str(tiny_model_dir), gradient_checkpointing=policy is not None, checkpoint_policy=policy or "full")
         learner = Learner(model, OptimConfig(lr=1e-3, share_prompts=share, micro_batch_tokens=48),
                           AlgoConfig(), total_steps=10, device="cpu")
-        rows = learner._rows(samples)
         metrics = learner.train_step(samples)
         weights = torch.cat([p.detach().flatten() for p in learner.model.parameters()])
-        runs.append((sum(r.input_ids.shape[1] for _, r in rows), metrics, weights))
+        runs.append((metrics["packed_tokens"], metrics, weights))
     (shared_tokens, shared, w_shared), (plain_tokens, plain, w_plain) = runs
     assert shared_tokens == 30 + 6 + 9 + 3 + 12 + 7 + 5 and plain_tokens == 3 * 30 + 2 * 12 + 6 + 9 + 3 + 7 + 5
     for key in ("loss", "grad_norm", "entropy"):
