@@ -182,15 +182,10 @@ def _shared_prompt_attention(module, query, key, value, attention_mask, dropout=
     if isinstance(golong_mask, torch.Tensor):
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=golong_mask, scale=scaling, enable_gqa=gqa)
     else:
-        out = _compiled_flex()(query, key, value, block_mask=golong_mask, scale=scaling, enable_gqa=gqa)
+        from ksa.flex_attention import compiled_flex_attention
+
+        out = compiled_flex_attention()(query, key, value, block_mask=golong_mask, scale=scaling, enable_gqa=gqa)
     return out.transpose(1, 2).contiguous(), None
-
-
-@lru_cache(maxsize=1)
-def _compiled_flex():
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention, dynamic=False)
 
 
 @lru_cache(maxsize=1)

@@ -39,14 +39,15 @@ def flex_prefix_attention(
     block_mask = prefix_block_mask(seq_lens, chunk, summaries, window, summaries_visible, q.device)
     gqa = q.shape[1] != k.shape[1]
     if q.is_cuda:
-        return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
+        return compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
     with warnings.catch_warnings():  # on CPU the unfused path is expected (forward only, small tests)
         warnings.simplefilter("ignore", UserWarning)
         return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
 
 
 @lru_cache(maxsize=1)
-def _compiled_flex():
+def compiled_flex_attention():
+    """FlexAttention through torch.compile (its fused kernels), built once per process."""
     return torch.compile(flex_attention, dynamic=False)
 
 
