@@ -235,27 +235,42 @@ def dynamic_sampling_mask(rewards: torch.Tensor | Sequence[float], group_ids: Se
 # ---------------------------------------------------------------- losses
 
 
-def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean", *, total: float | None = None) -> torch.Tensor:
+def aggregate(
+    loss_mat: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "token-mean",
+    *,
+    total: float | None = None,
+    norm_len: int | None = None,
+) -> torch.Tensor:
     """Reduce per-token values [B, T] under `mask` to a scalar.
 
-    token-mean:          sum_{b,t} m l / sum_{b,t} m
-    seq-mean-token-mean: (1/B) sum_b (sum_t m l / sum_t m)
-    seq-mean-token-sum:  (1/B) sum_b sum_t m l
-    `total` replaces the denominator (all tokens, or all sequences, of the whole batch) so that
-    micro-batch losses add up to the batch aggregate under gradient accumulation.
+    token-mean:              sum_{b,t} m l / sum_{b,t} m
+    seq-mean-token-mean:     (1/B) sum_b (sum_t m l / sum_t m)
+    seq-mean-token-sum:      (1/B) sum_b sum_t m l
+    seq-mean-token-sum-norm: (1/B) sum_b sum_t m l / L   (Dr.GRPO: L = `norm_len`, a constant such as the
+                             response limit, so a token's weight does not depend on its response's length)
+    B counts sequences with at least one token. `total` replaces the denominator (all tokens, or all
+    sequences, of the whole batch) so that micro-batch losses add up to the batch aggregate under
+    gradient accumulation.
     """
     m = mask.to(loss_mat.dtype)
     if mode == "token-mean":
         denom = m.sum() if total is None else torch.as_tensor(total, dtype=loss_mat.dtype)
         return (loss_mat * m).sum() / denom.clamp_min(1)
-    if mode in ("seq-mean-token-mean", "seq-mean-token-sum"):
+    if mode in ("seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"):
         per_seq = (loss_mat * m).sum(-1)
         if mode == "seq-mean-token-mean":
             per_seq = per_seq / m.sum(-1).clamp_min(1)
+        if mode == "seq-mean-token-sum-norm":
+            if not norm_len:
+                raise ValueError("loss aggregation seq-mean-token-sum-norm needs norm_len (the constant length)")
+            per_seq = per_seq / norm_len
         has_tokens = (m.sum(-1) > 0).to(loss_mat.dtype)
         denom = has_tokens.sum() if total is None else torch.as_tensor(total, dtype=loss_mat.dtype)
         return (per_seq * has_tokens).sum() / denom.clamp_min(1)
-    raise ValueError(f"unknown loss aggregation {mode!r}; use token-mean, seq-mean-token-mean or seq-mean-token-sum")
+    raise ValueError(f"unknown loss aggregation {mode!r}; use token-mean, seq-mean-token-mean, seq-mean-token-sum "
+                     "or seq-mean-token-sum-norm")
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
@@ -274,12 +289,15 @@ def policy_loss(
     dual_clip: float | None = None,
     agg: str = "token-mean",
     total: float | None = None,
+    norm_len: int | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate with clip-higher and optional dual clip, per token [B, T].
 
     rho = exp(logp - logp_old) (log-ratio clamped to [-20, 20]);
     l = max(-A rho, -A clip(rho, 1 - clip_low, 1 + clip_high));
-    dual clip (c > 1, only where A < 0): l = min(l, -c A), so a negative advantage's loss is at most c |A|.
+    dual clip (c > 1, only where A < 0): l = min(l, -c A), so a negative advantage's loss is at most c |A|;
+    rollout correction: l = w l with `is_weights` w [B, T] (see `rollout_is_weights`; no gradient through w).
     `advantages` is [B] (one per sequence) or [B, T]. Returns (aggregate(l), metrics).
     """
     if advantages.ndim == 1:
@@ -301,7 +319,53 @@ def policy_loss(
         neg = advantages < 0
         metrics["dual_clip_frac"] = _masked_mean(((clipped > bound) & neg).float(), mask)
         clipped = torch.where(neg, torch.minimum(clipped, bound), clipped)
-    return aggregate(clipped, mask, agg, total=total), metrics
+    if is_weights is not None:
+        clipped = clipped * is_weights.detach()
+    return aggregate(clipped, mask, agg, total=total, norm_len=norm_len), metrics
+
+
+def rollout_is_weights(
+    old_logprobs: torch.Tensor,
+    sampler_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    level: str = "token",
+    clip: tuple[float, float] = (0.5, 5.0),
+    veto: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Truncated importance weights [B, T] correcting the sampler/learner mismatch (rollout IS).
+
+    The responses were sampled by the rollout engine (pi_s, e.g. a bf16 vLLM) but the gradient is
+    taken for the learner's pi_old; each token's policy-gradient term is weighted by
+        token:    rho_t = exp(logp_old_t - logp_s_t)
+        sequence: rho_t = exp(sum_u m_u (logp_old_u - logp_s_u))   (the same for every t of a response)
+        w_t = min(max(rho_t, low), high)                            (log-ratios clamped to [-20, 20])
+    and, with a veto v, w_t = 0 for every token of a response holding a token with
+    exp(logp_old_u - logp_s_u) < v (a token the learner all but rules out).
+    Metrics, over response tokens: is_weight_mean = mean w; is_clipped_frac = share with rho outside
+    [low, high]; is_vetoed_frac = share of tokens in vetoed responses.
+    """
+    low, high = clip
+    m = mask.to(old_logprobs.dtype)
+    log_ratio = (old_logprobs - sampler_logprobs).detach() * m
+    if level == "token":
+        log_rho = log_ratio
+    elif level == "sequence":
+        log_rho = log_ratio.sum(-1, keepdim=True).expand_as(log_ratio)
+    else:
+        raise ValueError(f"unknown rollout IS level {level!r}; use token or sequence")
+    rho = torch.exp(log_rho.clamp(-20.0, 20.0))
+    weights = rho.clamp(low, high)
+    vetoed = torch.zeros_like(m, dtype=torch.bool)
+    if veto is not None:
+        vetoed = ((log_ratio < math.log(veto)) & mask.bool()).any(-1, keepdim=True).expand_as(vetoed)
+        weights = torch.where(vetoed, torch.zeros_like(weights), weights)
+    metrics = {
+        "is_weight_mean": _masked_mean(weights, mask),
+        "is_clipped_frac": _masked_mean(((rho < low) | (rho > high)).to(m.dtype), mask),
+        "is_vetoed_frac": _masked_mean(vetoed.to(m.dtype), mask),
+    }
+    return weights * m, metrics
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k3") -> torch.Tensor:

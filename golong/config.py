@@ -91,12 +91,30 @@ class AlgoConfig(_Section):
     clip_low: float = Field(0.2, ge=0, description="PPO clip range below 1 (ratio >= 1 - clip_low).")
     clip_high: float = Field(0.28, ge=0, description="PPO clip range above 1 (clip-higher: ratio <= 1 + clip_high).")
     dual_clip: float | None = Field(3.0, description="Dual-clip constant c > 1 bounding the loss of negative advantages; None = off.")
-    loss_agg: Literal["token-mean", "seq-mean-token-mean"] = Field("token-mean", description="How token losses are averaged.")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field("token-mean", description="How token losses are averaged: over all tokens; per sequence then over sequences; or (Dr.GRPO) each sequence's sum divided by the constant loss_norm_tokens, then over sequences. Default for estimator dr_grpo: seq-mean-token-sum-norm.")
+    loss_norm_tokens: int | None = Field(None, ge=1, description="The constant length of loss_agg seq-mean-token-sum-norm; None = rollout.max_new_tokens.")
     kl_coef: float = Field(0.0, ge=0, description="Weight of the KL penalty to the reference policy in the loss (0 = no reference model).")
     kl_type: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator.")
-    updates_per_batch: int = Field(1, ge=1, description="Optimizer passes over each batch (1 = on-policy; old logprobs from the learner's own forward).")
-    dynamic_sampling: bool = Field(True, description="Drop groups whose rewards all equal and refill from new prompts.")
-    max_generation_rounds: int = Field(3, ge=1, description="Generation rounds per step allowed for dynamic-sampling refills.")
+    updates_per_batch: int = Field(1, ge=1, description="Passes over each batch (PPO epochs). 1 = on-policy; more: old log-probs are taken once, before the first update, and every pass runs mini_batches optimizer steps.")
+    mini_batches: int = Field(1, ge=1, description="Optimizer steps per pass: each pass splits the batch into this many consecutive mini-batches (1 = one step on the whole batch). With more than one step per batch, old log-probs are fixed before the first.")
+    rollout_is: Literal["off", "token", "sequence"] = Field("off", description="Rollout importance-sampling correction of the sampler/learner mismatch: each token's policy-gradient term is weighted by pi_old / pi_sampler of the token ('token') or of the whole response ('sequence'), truncated to rollout_is_clip. Needs the sampler's log-probs (every golong engine returns them). GoLongRL: token.")
+    rollout_is_clip: tuple[float, float] = Field((0.5, 5.0), description="[low, high] the importance weights are truncated to (GoLongRL: [0.5, 5.0]).")
+    rollout_is_veto: float | None = Field(None, gt=0, lt=1, description="A response with any token whose ratio pi_old / pi_sampler is below this gets weight 0 (GoLongRL: 1e-4); None = no veto.")
+    dynamic_sampling: bool = Field(True, description="Drop groups whose rewards all equal; generate further rounds until prompts_per_step groups are kept.")
+    prompts_per_round: int | None = Field(None, ge=1, description="Prompts generated per dynamic-sampling round (GoLongRL: 512 for 128 kept); None = rollout.prompts_per_step.")
+    max_generation_rounds: int = Field(3, ge=1, description="Generation rounds per step at most (GoLongRL: 32). When more than prompts_per_step groups are kept, the first ones in generation order train.")
+    underfilled: Literal["train", "error"] = Field("train", description="After max_generation_rounds with fewer than prompts_per_step groups kept: 'train' on those kept (metric groups_kept says how many), or 'error' = stop the run (GoLongRL).")
+
+    @model_validator(mode="after")
+    def _check(self) -> AlgoConfig:
+        if self.dual_clip is not None and self.dual_clip <= 1.0:
+            raise ValueError(f"algo.dual_clip must be > 1 (got {self.dual_clip}); set null to turn dual clip off")
+        low, high = self.rollout_is_clip
+        if not 0 < low <= 1 <= high:
+            raise ValueError(f"algo.rollout_is_clip must be [low, high] with 0 < low <= 1 <= high (got {list(self.rollout_is_clip)})")
+        if self.estimator == "dr_grpo" and "loss_agg" not in self.model_fields_set:
+            self.__dict__["loss_agg"] = "seq-mean-token-sum-norm"  # Dr.GRPO's constant-length aggregation
+        return self
 
 
 class OptimConfig(_Section):
@@ -161,6 +179,12 @@ class Recipe(_Section):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    @model_validator(mode="after")
+    def _resolve_algo(self) -> Recipe:
+        if self.algo.loss_norm_tokens is None:
+            self.algo.__dict__["loss_norm_tokens"] = self.rollout.max_new_tokens
+        return self
+
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe, apply `a.b.c=value` overrides (values parsed as YAML), validate."""
@@ -217,6 +241,8 @@ def _explain(err: ValidationError) -> str:
         return f"unknown recipe key {loc!r}" + (f"; did you mean {hint!r}?" if hint else "")
     if first["type"] == "missing":
         return f"recipe key {loc!r} is required"
+    if first["type"] == "value_error":  # a validator's own one-line message
+        return str(first["msg"]).removeprefix("Value error, ")
     return f"recipe key {loc!r}: {first['msg']} (got {first.get('input')!r})"
 
 

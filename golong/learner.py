@@ -2,13 +2,15 @@
 
 train_step(samples):
   1. pack prompt+response sequences into token-budget micro-batches (golong.packing);
-  2. old log-probs: with one update per batch they come from the same forward (ratio = 1, the
-     on-policy case); with several, from a no-grad pass before the first update;
+  2. old log-probs: with one optimizer step per batch they come from the same forward (ratio = 1,
+     the on-policy case); with several (updates_per_batch passes x mini_batches), from one no-grad
+     pass before the first step. Dropout is off in both (the sampler has none, and the first
+     step's ratio must be exactly 1);
   3. reference log-probs (only if algo.kl_coef > 0): a frozen copy of the initial weights, or for
      LoRA the same model with the adapter disabled;
-  4. PPO-clip loss (golong.algos.policy_loss) with gradient accumulation, each micro-batch's loss
-     normalised by the *whole batch's* token (or sequence) count, so the accumulated gradient is
-     that of the batch aggregate;
+  4. PPO-clip loss (golong.algos.policy_loss, optionally weighted by rollout IS) with gradient
+     accumulation in float32, each micro-batch's loss normalised by the *whole mini-batch's* token
+     (or sequence) count, so the accumulated gradient is that of the mini-batch aggregate;
   5. grad-norm clip, AdamW step, linear warm-up then constant learning rate.
 
 With several learner ranks (torch.distributed initialised, see golong.distributed) the model and the
@@ -30,7 +32,7 @@ from typing import Any
 import torch
 
 from golong import distributed as gdist
-from golong.algos import aggregate, kl_penalty, policy_loss
+from golong.algos import aggregate, kl_penalty, policy_loss, rollout_is_weights
 from golong.config import AlgoConfig, ModelConfig, OptimConfig
 from golong.models import ModelLoadError, load_policy, prepare_policy  # noqa: F401  (re-exported)
 from golong.packing import (
@@ -53,8 +55,9 @@ class Sample:
     prompt_ids: list[int]
     response_ids: list[int]
     advantage: float
-    sampler_logprobs: list[float] | None = None  # from the rollout engine, for drift metrics
+    sampler_logprobs: list[float] | None = None  # from the rollout engine: drift metrics, rollout IS
     task: str = ""
+    sampled: bool = True  # drawn from the rollout engine (False: a reference answer; no rollout IS)
 
 
 def _default_device() -> torch.device:
@@ -79,6 +82,8 @@ class Learner:
         `policy` = (model, tokenizer) trains an already built causal LM instead of loading model.path
         (model.dtype, checkpointing, KSA and LoRA of `model` are still applied).
         """
+        if algo.loss_agg == "seq-mean-token-sum-norm" and not algo.loss_norm_tokens:
+            raise ValueError("loss_agg seq-mean-token-sum-norm needs algo.loss_norm_tokens (a recipe sets it to rollout.max_new_tokens)")
         torch.manual_seed(seed)
         random.seed(seed)
         self.model_cfg, self.optim_cfg, self.algo_cfg = model, optim, algo
@@ -111,8 +116,10 @@ class Learner:
             self._model = prepare_policy(built, load_cfg, device=self.device)
         self._ref = None
         if algo.kl_coef > 0 and not self.is_lora:
+            # the reference computes exactly as the policy's forward does (under autocast: float32
+            # weights, bf16 matmuls), so the step-0 KL is exactly 0
             self._ref = copy.deepcopy(self._model).eval().requires_grad_(False)
-            if self.autocast or fsdp_bf16:
+            if fsdp_bf16:
                 self._ref.to(torch.bfloat16)
         # model -> its FSDP root (whose forward gives the packed log-probs); empty for one rank
         self._roots: dict[int, Any] = {}
@@ -127,6 +134,10 @@ class Learner:
         self._masters = [(p, p.detach().float().clone()) for p in params] if optimizer_master else []
         if self._masters:
             params = [m for _, m in self._masters]
+        # low-precision parameters whose micro-batch gradients are summed in float32 (`_accumulate_grads`)
+        self._lowp = [p for p, _ in self._masters] if self._masters else (
+            [p for p in params if p.dtype != torch.float32] if self.dist is None else [])
+        self._grad32: list[torch.Tensor | None] = [None] * len(self._lowp)
         # fused: one kernel for the whole update on CUDA (the multi-tensor foreach path elsewhere)
         on_cuda = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
@@ -197,74 +208,92 @@ class Learner:
     # ------------------------------------------------------------ the step
 
     def train_step(self, samples: list[Sample]) -> dict[str, float]:
-        """One batch: `updates_per_batch` optimizer passes over all samples.
+        """One batch: `updates_per_batch` passes, each `mini_batches` optimizer steps.
 
-        Returns the first pass's metrics (loss, pg_loss, kl, entropy, clip_frac, approx_kl, grad_norm),
-        lr, drift / drift_kl (when samples carry sampler log-probs), tokens, tokens_per_s, learner_time_s.
+        Returns loss, pg_loss, kl, entropy, clip_frac, approx_kl, ratio_mean, grad_norm (and the
+        rollout IS metrics) averaged over every optimizer step of every pass; lr; drift / drift_kl
+        (when samples carry sampler log-probs); tokens, tokens_per_s, learner_time_s.
         """
         if not samples:
             raise ValueError("train_step needs at least one sample")
         t0 = time.perf_counter()
         algo = self.algo_cfg
-        batch = samples
-        if self.dist is not None:  # this rank's share; the denominators below stay the whole batch's
-            samples = [batch[i] for i in self.dist.my_share([len(s.prompt_ids) + len(s.response_ids) for s in batch])]
-        rows = self._rows(samples)
-        if self.dist is not None:
-            rows = gdist.pad_rows(rows, self.dist)
-        n_tokens = sum(len(s.response_ids) for s in batch)
-        # the whole batch's denominator, so micro-batch losses add up to the batch aggregate
-        total = n_tokens if algo.loss_agg == "token-mean" else sum(1 for s in batch if s.response_ids)
-        ref = [self._ref_logprobs(row) for _, row in rows] if algo.kl_coef > 0 else None
+        plans = [self._plan(mb) for mb in _mini_batches(samples, algo.mini_batches)]
+        self._policy_mode()
+        ref = [[self._ref_logprobs(row) for _, row in p.rows] for p in plans] if algo.kl_coef > 0 else None
         old = None
-        if algo.updates_per_batch > 1:
-            old = [self._frozen_logprobs(row) for _, row in rows]
-        learner_lps: list[torch.Tensor | None] = [None] * len(samples)
-        metrics: dict[str, float] = {}
+        if algo.updates_per_batch > 1 or len(plans) > 1:  # off-policy after the first step: fix pi_old now
+            old = [[self._frozen_logprobs(row) for _, row in p.rows] for p in plans]
+        learner_lps: dict[int, torch.Tensor] = {}  # id(sample) -> pi_old log-probs, for drift
+        steps: list[dict[str, float]] = []
+        packed = 0.0
         for update in range(algo.updates_per_batch):
-            self._model.train()
-            sums: dict[str, float] = {}
-            for r, (idx, row) in enumerate(rows):
-                if not idx:  # an idle micro-batch of a rank with fewer than the others
-                    self._idle_micro_batch(row)
-                    continue
-                part, logps = self._micro_batch(
-                    row, [samples[i].advantage for i in idx], old[r] if old else None, ref[r] if ref else None,
-                    total, weight=row.response_tokens / max(n_tokens, 1),
-                )
-                part["packed_tokens"] = float(row.input_ids.shape[1])  # tokens through the model (shared prompts once)
-                for k, v in part.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                if update == 0:
-                    for i, lp in zip(idx, logps, strict=True):
-                        learner_lps[i] = lp
-            grad_norm = self._optimizer_step()
-            if update == 0:
-                metrics = {**(self.dist.sum_dicts(sums) if self.dist is not None else sums), "grad_norm": grad_norm}
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
+            for k, plan in enumerate(plans):
+                sums: dict[str, float] = {}
+                for r, (idx, row) in enumerate(plan.rows):
+                    if not idx:  # an idle micro-batch of a rank with fewer than the others
+                        self._idle_micro_batch(row)
+                        continue
+                    part, logps = self._micro_batch(
+                        row, [plan.samples[i] for i in idx], old[k][r] if old else None, ref[k][r] if ref else None,
+                        plan.total, weight=row.response_tokens / max(plan.tokens, 1),
+                    )
+                    for name, v in part.items():
+                        sums[name] = sums.get(name, 0.0) + v
+                    if update == 0:
+                        packed += float(row.input_ids.shape[1])  # tokens through the model (shared prompts once)
+                        for i, lp in zip(idx, old[k][r] if old else logps, strict=True):
+                            learner_lps[id(plan.samples[i])] = lp
+                steps.append({**(self.dist.sum_dicts(sums) if self.dist is not None else sums),
+                              "grad_norm": self._optimizer_step()})
+        metrics = {name: sum(st.get(name, 0.0) for st in steps) / len(steps) for name in steps[0]}
+        metrics.update(packed_tokens=packed, optimizer_steps=float(len(steps)), lr=self.scheduler.get_last_lr()[0])
         self.scheduler.step()
         self.step += 1
-        if self.dist is not None:
-            metrics.update(gdist.global_drift(self.dist, [
-                (s.sampler_logprobs, lp) for s, lp in zip(samples, learner_lps, strict=True)
-                if s.sampler_logprobs is not None and lp is not None and len(s.sampler_logprobs)]))
-        else:
-            metrics.update(self._drift(samples, learner_lps))
+        mine = [s for p in plans for s in p.samples]
+        metrics.update(self._drift_metrics(mine, [learner_lps.get(id(s)) for s in mine]))
         elapsed = time.perf_counter() - t0
-        metrics.update(tokens=float(sum(len(s.prompt_ids) + len(s.response_ids) for s in batch)),
-                       response_tokens=float(n_tokens), learner_time_s=elapsed)
+        metrics.update(tokens=float(sum(len(s.prompt_ids) + len(s.response_ids) for s in samples)),
+                       response_tokens=float(sum(len(s.response_ids) for s in samples)), learner_time_s=elapsed)
         metrics["tokens_per_s"] = metrics["tokens"] / max(elapsed, 1e-9)
         return metrics
 
+    def _plan(self, mini_batch: list[Sample]) -> _MiniBatch:
+        """This rank's packed rows of one mini-batch and the mini-batch's (all ranks') loss denominators."""
+        mine = mini_batch
+        if self.dist is not None:  # this rank's share; the denominators stay the whole mini-batch's
+            mine = [mini_batch[i] for i in self.dist.my_share([len(s.prompt_ids) + len(s.response_ids) for s in mini_batch])]
+        rows = self._rows(mine)
+        if self.dist is not None:
+            rows = gdist.pad_rows(rows, self.dist)
+        tokens = sum(len(s.response_ids) for s in mini_batch)
+        total = tokens if self.algo_cfg.loss_agg == "token-mean" else sum(1 for s in mini_batch if s.response_ids)
+        return _MiniBatch(mine, rows, total, tokens)
+
+    def _drift_metrics(self, samples: list[Sample], learner_lps: list[torch.Tensor | None]) -> dict[str, float]:
+        if self.dist is not None:
+            return gdist.global_drift(self.dist, [
+                (s.sampler_logprobs, lp) for s, lp in zip(samples, learner_lps, strict=True)
+                if s.sampler_logprobs is not None and lp is not None and len(s.sampler_logprobs)])
+        return self._drift(samples, learner_lps)
+
+    def _policy_mode(self) -> None:
+        """Train mode (gradient checkpointing, KSA training paths) with every dropout off: the rollout
+        engine samples without dropout, so the learner's log-probs are of the same policy, and the
+        fixed old log-probs equal the first step's (ratio exactly 1) even with LoRA dropout."""
+        self._model.train()
+        for module in self._model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.eval()
+
     @torch.no_grad()
     def _frozen_logprobs(self, row: PackedRow) -> list[torch.Tensor]:
-        self._model.eval()
-        return self._logprobs(self._model, row)[0]
+        return [lp.detach() for lp in self._logprobs(self._model, row)[0]]
 
     def _micro_batch(
         self,
         row: PackedRow,
-        advantages: list[float],
+        samples: list[Sample],
         old: list[torch.Tensor] | None,
         ref: list[torch.Tensor] | None,
         total: int,
@@ -276,37 +305,67 @@ class Learner:
             logps, ents = self._logprobs(self._model, row)
             detached = [lp.detach() for lp in logps]
             lp, mask = pad_stack(logps)
-            olp, _ = pad_stack(old if old is not None else detached)  # one pass: old = current, ratio 1
-            adv = torch.tensor(advantages, dtype=torch.float32, device=lp.device)
+            olp, _ = pad_stack(old if old is not None else detached)  # one step: old = current, ratio 1
+            adv = torch.tensor([s.advantage for s in samples], dtype=torch.float32, device=lp.device)
+            weights, is_metrics = self._is_weights(samples, old if old is not None else detached, olp, mask)
             pg, pm = policy_loss(
-                lp, olp, adv, mask, clip_low=algo.clip_low, clip_high=algo.clip_high,
-                dual_clip=algo.dual_clip, agg=algo.loss_agg, total=total,
+                lp, olp, adv, mask, clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
+                agg=algo.loss_agg, total=total, norm_len=algo.loss_norm_tokens, is_weights=weights,
             )
             loss, kl = pg, torch.zeros((), device=lp.device)
             if ref is not None:
-                kl = aggregate(kl_penalty(lp, pad_stack(ref)[0], algo.kl_type), mask, algo.loss_agg, total=total)
+                kl = aggregate(kl_penalty(lp, pad_stack(ref)[0], algo.kl_type), mask, algo.loss_agg, total=total,
+                               norm_len=algo.loss_norm_tokens)
                 loss = loss + algo.kl_coef * kl
             if loss.requires_grad:
                 loss.backward()
+                self._accumulate_grads()
             ent, _ = pad_stack(ents)
             part = {
                 "loss": loss.item(), "pg_loss": pg.item(), "kl": kl.item(),
                 "entropy": float((ent * mask).sum()) * weight / max(row.response_tokens, 1),
-                **{k: v * weight for k, v in pm.items()},  # token-weighted means over micro-batches
+                **{k: v * weight for k, v in {**pm, **is_metrics}.items()},  # token-weighted means over micro-batches
             }
             return part, detached
+
+    def _is_weights(self, samples: list[Sample], old: list[torch.Tensor], olp: torch.Tensor, mask: torch.Tensor):
+        """Rollout IS weights [B, T] of a micro-batch (None when off); a response without sampler
+        log-probs (or not sampled: a reference answer) gets weight 1."""
+        algo = self.algo_cfg
+        if algo.rollout_is == "off":
+            return None, {}
+        sampler = [
+            torch.tensor(s.sampler_logprobs, dtype=o.dtype, device=o.device)
+            if s.sampled and s.sampler_logprobs is not None and len(s.sampler_logprobs) == o.numel() else o
+            for s, o in zip(samples, old, strict=True)
+        ]
+        return rollout_is_weights(olp, pad_stack(sampler)[0], mask, level=algo.rollout_is,
+                                  clip=tuple(algo.rollout_is_clip), veto=algo.rollout_is_veto)
 
     def _idle_micro_batch(self, row: PackedRow) -> None:
         """Forward + backward with a zero loss: keeps this rank in step with the others' FSDP collectives."""
         logps, _ = self._logprobs(self._model, row)
         (torch.cat(logps).sum() * 0.0).backward()
+        self._accumulate_grads()
+
+    def _accumulate_grads(self) -> None:
+        """After each micro-batch's backward: add the bf16 gradients into float32 sums and free them, so
+        the accumulated gradient's rounding does not grow with the number of micro-batches."""
+        for k, p in enumerate(self._lowp):
+            if p.grad is not None:
+                g = p.grad.float()
+                self._grad32[k] = g if self._grad32[k] is None else self._grad32[k].add_(g)
+                p.grad = None
 
     def _optimizer_step(self) -> float:
         params = [p for p in self._model.parameters() if p.requires_grad]
-        if self._masters:  # bf16 gradients move onto the float32 copies (freed one by one as they go)
-            for p, m in self._masters:
-                m.grad = None if p.grad is None else p.grad.float()
-                p.grad = None
+        for k, p in enumerate(self._lowp):  # the float32 sums go to the float32 copies (or back to bf16)
+            g, self._grad32[k] = self._grad32[k], None
+            if self._masters:
+                self._masters[k][1].grad = g
+            else:
+                p.grad = None if g is None else g.to(p.dtype)
+        if self._masters:
             params = [m for _, m in self._masters]
         norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
         self.optimizer.step()
@@ -460,6 +519,21 @@ class Learner:
     def _is_tied(self, key: str) -> bool:
         out = self._model.get_output_embeddings()
         return out is not None and key.startswith("lm_head") and out.weight is self._model.get_input_embeddings().weight
+
+
+@dataclass
+class _MiniBatch:
+    samples: list[Sample]  # this rank's samples of the mini-batch
+    rows: list[tuple[list[int], PackedRow]]  # their packed micro-batches (indices into `samples`)
+    total: int  # the loss denominator of the whole mini-batch (tokens or sequences, all ranks)
+    tokens: int  # response tokens of the whole mini-batch
+
+
+def _mini_batches(samples: list[Sample], n: int) -> list[list[Sample]]:
+    """`n` consecutive slices of near-equal size (a GRPO group stays whole when n divides the prompts)."""
+    n = max(1, min(n, len(samples)))
+    bounds = [round(i * len(samples) / n) for i in range(n + 1)]
+    return [samples[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def compile_layers(model: Any, device: torch.device) -> None:

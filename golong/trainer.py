@@ -189,7 +189,7 @@ class Trainer:
                 # A "sampler" that put probability 1 on every reference token: the learner's drift
                 # against it, mean |0 - log p|, is the token-mean NLL before this step's update.
                 samples.append(Sample(prompt_ids=p.ids, response_ids=response, advantage=1.0,
-                                      sampler_logprobs=[0.0] * len(response), task=p.task))
+                                      sampler_logprobs=[0.0] * len(response), task=p.task, sampled=False))
             logs.append(self.cluster.train_step(samples))
             logs[-1]["nll"] = logs[-1].get("drift", float("nan"))
             self._say(f"warm start {i + 1}/{t.warm_start_steps}: reference-answer NLL {logs[-1]['nll']:.3f}")

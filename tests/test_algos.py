@@ -15,6 +15,7 @@ from golong.algos import (
     dynamic_sampling_mask,
     kl_penalty,
     policy_loss,
+    rollout_is_weights,
     tmn_difficulty_weights,
 )
 
@@ -215,7 +216,7 @@ def test_policy_loss_clip_higher_and_dual_clip_boundaries():
     assert policy_loss(lp, old, torch.tensor([adv]), mask)[0].item() == pytest.approx((-1.28 - 1.25 + 0.8 + 0.85 + 5.0 - 2.0) / 6)
 
 
-@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
 def test_policy_loss_aggregation_matches_loop(agg):
     gen = torch.Generator().manual_seed(0)
     B, T = 4, 7
@@ -224,25 +225,89 @@ def test_policy_loss_aggregation_matches_loop(agg):
     adv = torch.randn(B, generator=gen)
     lens = [7, 3, 1, 5]
     mask = torch.tensor([[t < n for t in range(T)] for n in lens])
-    got, _ = policy_loss(lp, old, adv, mask, clip_low=0.2, clip_high=0.28, dual_clip=3.0, agg=agg)
+    got, _ = policy_loss(lp, old, adv, mask, clip_low=0.2, clip_high=0.28, dual_clip=3.0, agg=agg, norm_len=11)
     per_seq = [[ref_ppo_token(lp[b, t].item(), old[b, t].item(), adv[b].item(), 0.2, 0.28, 3.0) for t in range(n)]
                for b, n in enumerate(lens)]
     if agg == "token-mean":
         want = sum(sum(s) for s in per_seq) / sum(lens)
     elif agg == "seq-mean-token-mean":
         want = sum(sum(s) / len(s) for s in per_seq) / B
-    else:
+    elif agg == "seq-mean-token-sum":
         want = sum(sum(s) for s in per_seq) / B
+    else:
+        want = sum(sum(s) / 11 for s in per_seq) / B
     assert got.item() == pytest.approx(want, abs=1e-6)
 
 
 def test_aggregate_total_splits_over_micro_batches():
     x = torch.arange(12.0).reshape(3, 4)
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
-    for mode, total in [("token-mean", 7), ("seq-mean-token-mean", 3)]:
-        whole = aggregate(x, mask, mode)
-        parts = aggregate(x[:2], mask[:2], mode, total=total) + aggregate(x[2:], mask[2:], mode, total=total)
+    for mode, total in [("token-mean", 7), ("seq-mean-token-mean", 3), ("seq-mean-token-sum-norm", 3)]:
+        whole = aggregate(x, mask, mode, norm_len=16)
+        parts = (aggregate(x[:2], mask[:2], mode, total=total, norm_len=16)
+                 + aggregate(x[2:], mask[2:], mode, total=total, norm_len=16))
         assert parts.item() == pytest.approx(whole.item())
+
+
+def test_dr_grpo_constant_length_aggregation_hand_values():
+    """Dr.GRPO: each response's token sum over the constant L, averaged over responses."""
+    x = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0], [9.0, 9.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)  # the last has no token
+    assert aggregate(x, mask, "seq-mean-token-sum-norm", norm_len=8).item() == pytest.approx(((6 / 8) + (4 / 8)) / 2)
+    # unlike seq-mean-token-mean, a token's weight does not depend on its response's length
+    assert aggregate(x, mask, "seq-mean-token-mean").item() == pytest.approx((2 + 4) / 2)
+    with pytest.raises(ValueError, match="norm_len"):
+        aggregate(x, mask, "seq-mean-token-sum-norm")
+
+
+def test_rollout_is_token_weights_hand_values():
+    old = torch.log(torch.tensor([[0.5, 0.2, 0.9], [0.4, 0.3, 0.1]]))
+    sampler = torch.log(torch.tensor([[0.5, 0.01, 0.3], [0.8, 0.9, 0.1]]))
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    w, m = rollout_is_weights(old, sampler, mask, level="token", clip=(0.5, 5.0))
+    # ratios 1, 20, 3 | 0.5, 1/3, (padding): truncated to [0.5, 5]
+    want = torch.tensor([[1.0, 5.0, 3.0], [0.5, 0.5, 0.0]])
+    torch.testing.assert_close(w, want, rtol=1e-6, atol=1e-6)
+    assert m["is_weight_mean"] == pytest.approx((1 + 5 + 3 + 0.5 + 0.5) / 5, rel=1e-6)
+    assert m["is_clipped_frac"] == pytest.approx(2 / 5)  # 20 and 1/3 (0.5 itself is inside)
+    assert m["is_vetoed_frac"] == 0.0
+
+
+def test_rollout_is_veto_zeroes_the_whole_response():
+    old = torch.log(torch.tensor([[0.5, 1e-6, 0.9], [0.4, 0.3, 0.2]]))
+    sampler = torch.log(torch.tensor([[0.5, 0.5, 0.3], [0.4, 0.3, 0.2]]))
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    w, m = rollout_is_weights(old, sampler, mask, level="token", clip=(0.5, 5.0), veto=1e-4)
+    # response 0 holds a token with ratio 2e-6 < 1e-4: all its weights are 0; response 1 untouched
+    torch.testing.assert_close(w, torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), rtol=1e-6, atol=1e-6)
+    assert m["is_vetoed_frac"] == pytest.approx(0.5) and m["is_weight_mean"] == pytest.approx(0.5)
+    w2, _ = rollout_is_weights(old, sampler, mask, level="token", clip=(0.5, 5.0), veto=1e-7)
+    assert w2[0, 0].item() == pytest.approx(1.0) and w2[0, 1].item() == 0.5  # no veto: truncated only
+
+
+def test_rollout_is_sequence_weights_hand_values():
+    old = torch.log(torch.tensor([[0.5, 0.6, 0.9], [0.4, 0.3, 0.7]]))
+    sampler = torch.log(torch.tensor([[0.25, 0.3, 0.9], [0.8, 0.6, 0.1]]))
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    w, m = rollout_is_weights(old, sampler, mask, level="sequence", clip=(0.5, 5.0))
+    # products: 2 * 2 * 1 = 4 | 0.5 * 0.5 = 0.25 (padding ignored) -> truncated to 0.5
+    torch.testing.assert_close(w, torch.tensor([[4.0, 4.0, 4.0], [0.5, 0.5, 0.0]]), rtol=1e-5, atol=1e-6)
+    assert m["is_clipped_frac"] == pytest.approx(2 / 5)
+
+
+def test_policy_loss_multiplies_each_token_term_by_its_weight():
+    lp = torch.log(torch.tensor([[0.5, 0.2], [0.3, 0.6]]))
+    old = lp + torch.tensor([[0.0, 0.5], [-0.1, 0.0]])
+    adv = torch.tensor([1.0, -2.0])
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    w = torch.tensor([[2.0, 0.5], [1.0, 0.0]])
+    base, _ = policy_loss(lp, old, adv, mask, dual_clip=3.0, agg="token-mean")
+    weighted, _ = policy_loss(lp, old, adv, mask, dual_clip=3.0, agg="token-mean", is_weights=w)
+    terms = [[ref_ppo_token(lp[b, t].item(), old[b, t].item(), adv[b].item(), 0.2, 0.28, 3.0) for t in range(2)]
+             for b in range(2)]
+    assert base.item() == pytest.approx(sum(map(sum, terms)) / 4, abs=1e-6)
+    assert weighted.item() == pytest.approx(sum(w[b, t].item() * terms[b][t] for b in range(2) for t in range(2)) / 4,
+                                            abs=1e-6)
 
 
 def test_kl_estimators_values():

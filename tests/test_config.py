@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from golong.config import RecipeError, load_recipe, validate_recipe
@@ -32,11 +34,24 @@ def test_defaults_and_overrides(tmp_path):
         ({**BASE, "cluster": {"mode": "slurm"}}, "cluster.mode"),
         ({**BASE, "rollout": {"group_size": 0}}, "rollout.group_size"),
         ({"data": BASE["data"]}, "'model' is required"),
+        ({**BASE, "algo": {"dual_clip": 1.0}}, "algo.dual_clip must be > 1 (got 1.0); set null"),
+        ({**BASE, "algo": {"rollout_is_clip": [1.5, 5.0]}}, "algo.rollout_is_clip must be [low, high]"),
+        ({**BASE, "algo": {"rollout_is": "geometric"}}, "algo.rollout_is"),
+        ({**BASE, "algo": {"underfilled": "skip"}}, "algo.underfilled"),
     ],
 )
 def test_bad_recipes_name_the_key(raw, message):
-    with pytest.raises(RecipeError, match=message.replace("(", r"\(")):
+    with pytest.raises(RecipeError, match=re.escape(message)) as err:
         validate_recipe(raw)
+    assert "\n" not in str(err.value)
+
+
+def test_dr_grpo_aggregates_over_a_constant_length():
+    r = validate_recipe({**BASE, "algo": {"estimator": "dr_grpo"}, "rollout": {"max_new_tokens": 512}})
+    assert r.algo.loss_agg == "seq-mean-token-sum-norm" and r.algo.loss_norm_tokens == 512
+    r = validate_recipe({**BASE, "algo": {"estimator": "dr_grpo", "loss_agg": "token-mean", "loss_norm_tokens": 64}})
+    assert r.algo.loss_agg == "token-mean" and r.algo.loss_norm_tokens == 64  # what the recipe says wins
+    assert validate_recipe(BASE).algo.loss_agg == "token-mean"
 
 
 def test_bad_files_and_overrides(tmp_path):
