@@ -236,13 +236,16 @@ def train(
     if dry_run:
         typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
         return
-    from golong.trainer import Trainer
+    from golong.trainer import DynamicSamplingError, Trainer
 
     try:
         trainer = Trainer(cfg, resume=resume)
     except _train_errors() as e:
         _fail(str(e))
-    trainer.run()
+    try:
+        trainer.run()
+    except DynamicSamplingError as e:  # algo.underfilled: error (checkpoints up to the last full step stay)
+        _fail(str(e))
     if trainer.stop_signal is not None:  # SIGINT/SIGTERM: checkpoint saved; exit 128+signal (130 / 143)
         typer.echo(f"stopped at step {trainer.step}; resume with: golong train {recipe} --resume {trainer.out}")
         raise typer.Exit(128 + trainer.stop_signal)

@@ -3,8 +3,8 @@
     prompts   = mixture.sample(P)                        # task mixture, left-truncated prompts
     groups    = rollout G responses per prompt            # + the sampler's log-probs
     rewards   = reward pool (time limit; failures score 0, counted per task)
-    dynamic sampling: drop groups whose rewards all equal, refill from new prompts
-                      (at most algo.max_generation_rounds generation rounds per step)
+    dynamic sampling: drop groups whose rewards all equal; generate rounds of algo.prompts_per_round
+                      prompts until P groups are kept (at most algo.max_generation_rounds rounds)
     A         = compute_advantages(algo.estimator, rewards, groups, tasks)   # tmn_reweight default
     learner.train_step(samples); sync weights to the engine; log; checkpoint
 
@@ -55,6 +55,11 @@ class Batch:
     generated: list[Group]
     rounds: int
     dropped: Counter = field(default_factory=Counter)
+    surplus: int = 0  # groups kept beyond prompts_per_step (generated, not trained)
+
+
+class DynamicSamplingError(RuntimeError):
+    """Dynamic sampling could not fill the batch within its rounds (algo.underfilled: error)."""
 
 
 def step_seed(seed: int, step: int, salt: int = 0) -> int:
@@ -197,28 +202,46 @@ class Trainer:
 
     # --- rollout + reward + dynamic sampling -------------------------------------------------
     def collect(self) -> Batch:
+        """Generate and score groups. With dynamic sampling (GoLongRL / DAPO): rounds of
+        `algo.prompts_per_round` prompts until `prompts_per_step` groups with reward spread are kept,
+        at most `algo.max_generation_rounds` rounds; the first `prompts_per_step` kept groups in
+        generation order train, and a short batch trains or stops the run (`algo.underfilled`)."""
         r, a = self.recipe.rollout, self.recipe.algo
         batch = Batch(kept=[], generated=[], rounds=0)
-        for round_ in range(a.max_generation_rounds):
-            prompts = self.mixture.sample(r.prompts_per_step - len(batch.kept))
-            params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k,
-                                    seed=step_seed(self.recipe.trainer.seed, self.step, round_ + 1))
-            outputs = self.cluster.generate([p.ids for p in prompts], r.group_size, params)
-            groups = self.score(prompts, outputs)
+        per_round = (a.prompts_per_round or r.prompts_per_step) if a.dynamic_sampling else r.prompts_per_step
+        for round_ in range(a.max_generation_rounds if a.dynamic_sampling else 1):
+            groups = self.generate_round(self.mixture.sample(per_round), round_)
             batch.generated += groups
             batch.rounds += 1
             if not a.dynamic_sampling:
                 batch.kept += groups
                 break
-            keep = self.keep_mask(groups)
-            for g, k in zip(groups, keep, strict=True):
+            for g, k in zip(groups, self.keep_mask(groups), strict=True):
                 if k:
                     batch.kept.append(g)
                 else:
                     batch.dropped[g.prompt.task] += 1
             if len(batch.kept) >= r.prompts_per_step:
                 break
+        batch.surplus = max(0, len(batch.kept) - r.prompts_per_step)
+        batch.kept = batch.kept[: r.prompts_per_step]
+        if len(batch.kept) < r.prompts_per_step:
+            short = (f"dynamic sampling kept {len(batch.kept)} of {r.prompts_per_step} groups in {batch.rounds} rounds "
+                     f"of {per_round} prompts at step {self.step + 1}")
+            if a.underfilled == "error":
+                raise DynamicSamplingError(f"{short}: rewards have no spread within most groups (data too easy or "
+                                           "too hard for the policy); raise algo.max_generation_rounds or set "
+                                           "algo.underfilled=train")
+            if a.dynamic_sampling:
+                self._warn(f"{short}; training on those (algo.underfilled=train)")
         return batch
+
+    def generate_round(self, prompts: list[Prompt], round_: int) -> list[Group]:
+        r = self.recipe.rollout
+        params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k,
+                                seed=step_seed(self.recipe.trainer.seed, self.step, round_ + 1))
+        outputs = self.cluster.generate([p.ids for p in prompts], r.group_size, params)
+        return self.score(prompts, outputs)
 
     def score(self, prompts: list[Prompt], outputs: list[list[Completion]]) -> list[Group]:
         rows = [p.row for p, comps in zip(prompts, outputs, strict=True) for _ in comps]
@@ -277,7 +300,7 @@ class Trainer:
         stats = getattr(getattr(self.cluster, "engine", None), "stats", None) or {}
         out.update({f"rollout/{k}": float(stats[k]) for k in ("concurrency", "kv_bytes") if k in stats})
         out.update({"groups_kept": float(len(batch.kept)), "groups_generated": float(len(batch.generated)),
-                    "rounds": float(batch.rounds), "tokens": float(tokens),
+                    "groups_surplus": float(batch.surplus), "rounds": float(batch.rounds), "tokens": float(tokens),
                     "tokens_per_s": tokens / max(times["step_time"], 1e-9),
                     "samples_trained": float(len(samples))})
         return out

@@ -84,6 +84,39 @@ def test_dynamic_sampling_drops_constant_groups_and_refills(tiny_model_dir, tmp_
     assert h["rounds"] == 1 and h["groups_kept"] == 2  # digit share differs within a group
 
 
+def spread_unless_em(row, response, **variant):
+    """EM rows: always 1 (no spread, dropped); other rows: a number that differs between responses."""
+    import zlib
+
+    return 1.0 if row["data_source"] == "EM" else zlib.crc32(response.encode()) / 2**32
+
+
+def test_dynamic_sampling_fills_the_batch_in_rounds_and_keeps_the_first_groups(tiny_model_dir, tmp_path):
+    r = recipe(tiny_model_dir, tmp_path / "rounds", trainer__steps=1, algo__dynamic_sampling=True,
+               algo__prompts_per_round=6, algo__max_generation_rounds=20, rollout__prompts_per_step=2)
+    trainer = Trainer(r, rewards=pool(spread_unless_em), quiet=True)
+    try:
+        batch = trainer.collect()
+    finally:
+        trainer.cluster.shutdown()
+    with_spread = [g for g in batch.generated if g.prompt.row["data_source"] != "EM"]
+    assert len(batch.generated) == 6 * batch.rounds  # whole rounds of prompts_per_round
+    before_last = [g for g in batch.generated[:-6] if g.prompt.row["data_source"] != "EM"]
+    assert len(with_spread) >= 2 > len(before_last)  # stopped at the round that filled it
+    assert batch.kept == with_spread[:2]  # exactly prompts_per_step: the first kept, in generation order
+    assert batch.surplus == len(with_spread) - 2 > 0
+    assert sum(batch.dropped.values()) == len(batch.generated) - len(with_spread)
+
+
+def test_dynamic_sampling_that_cannot_fill_the_batch_trains_or_stops(tiny_model_dir, tmp_path):
+    from golong.trainer import DynamicSamplingError
+
+    r = recipe(tiny_model_dir, tmp_path / "short", trainer__steps=1, algo__dynamic_sampling=True,
+               algo__prompts_per_round=2, algo__max_generation_rounds=2, algo__underfilled="error")
+    with pytest.raises(DynamicSamplingError, match=r"kept 0 of 2 groups in 2 rounds of 2 prompts at step 1"):
+        train(r, rewards=pool(always_one), quiet=True)
+
+
 def test_warm_start_fits_the_reference_answers(tiny_model_dir, tmp_path):
     r = recipe(tiny_model_dir, tmp_path / "ws", trainer__warm_start_steps=4, trainer__warm_start_prompts=2,
                rollout__max_new_tokens=32, optim__lr=5e-3)
@@ -166,6 +199,9 @@ def test_cli_dry_run_prints_the_resolved_recipe(tiny_model_dir, tmp_path):
         (["rollout.engine=vllm", "trainer.steps=1"], "vllm"),
         (["data.sources.0.generate=null", "data.sources.0.path=/no/such/data.parquet"], "/no/such/data.parquet"),
         (["data.sources.0.generate=[no_such_task]"], "unknown task"),
+        # the tiny model never writes </think>: every reward is 0, no group has spread
+        (["trainer.steps=1", "algo.dynamic_sampling=true", "algo.max_generation_rounds=1", "algo.underfilled=error",
+          "reward.workers=1"], "dynamic sampling kept 0 of"),
     ],
 )
 def test_cli_user_errors_are_one_line(tiny_model_dir, tmp_path, args, message):
