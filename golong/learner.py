@@ -226,7 +226,6 @@ class Learner:
             old = [[self._frozen_logprobs(row) for _, row in p.rows] for p in plans]
         learner_lps: dict[int, torch.Tensor] = {}  # id(sample) -> pi_old log-probs, for drift
         steps: list[dict[str, float]] = []
-        packed = 0.0
         for update in range(algo.updates_per_batch):
             for k, plan in enumerate(plans):
                 sums: dict[str, float] = {}
@@ -241,13 +240,15 @@ class Learner:
                     for name, v in part.items():
                         sums[name] = sums.get(name, 0.0) + v
                     if update == 0:
-                        packed += float(row.input_ids.shape[1])  # tokens through the model (shared prompts once)
+                        # tokens through the model (shared prompts once), counted over the first pass
+                        sums["packed_tokens"] = sums.get("packed_tokens", 0.0) + float(row.input_ids.shape[1])
                         for i, lp in zip(idx, old[k][r] if old else logps, strict=True):
                             learner_lps[id(plan.samples[i])] = lp
                 steps.append({**(self.dist.sum_dicts(sums) if self.dist is not None else sums),
                               "grad_norm": self._optimizer_step()})
         metrics = {name: sum(st.get(name, 0.0) for st in steps) / len(steps) for name in steps[0]}
-        metrics.update(packed_tokens=packed, optimizer_steps=float(len(steps)), lr=self.scheduler.get_last_lr()[0])
+        metrics["packed_tokens"] = sum(st.get("packed_tokens", 0.0) for st in steps)
+        metrics.update(optimizer_steps=float(len(steps)), lr=self.scheduler.get_last_lr()[0])
         self.scheduler.step()
         self.step += 1
         mine = [s for p in plans for s in p.samples]
