@@ -116,8 +116,12 @@ def get_task(name: str) -> Task:
     for task in _registry.values():
         if _norm(task.name) == _norm(name):
             return task
+    import difflib
+
     known = ", ".join(sorted(_registry))
-    raise UnknownTaskError(f"unknown task {name!r}; known tasks: {known} (plug-ins: --task-file path.py:Class)")
+    close = difflib.get_close_matches(_norm(name), {_norm(t): t for t in _registry}, n=1, cutoff=0.6)
+    hint = f"did you mean {[t for t in _registry if _norm(t) == close[0]][0]!r}? " if close else ""
+    raise UnknownTaskError(f"unknown task {name!r}; {hint}known tasks: {known} (plug-ins: --task-file path.py:Class)")
 
 
 def load_task_spec(spec: str) -> Task:
