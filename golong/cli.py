@@ -29,6 +29,19 @@ def _main(
                                  help="Print golong's version and exit."),
 ) -> None:
     """Long-context RL post-training."""
+    import warnings
+
+    from tasks.registry import TaskWarning
+
+    default = warnings.showwarning
+
+    def one_line(message, category, *args, **kwargs):  # task warnings are for users: one line, no source
+        if issubclass(category, TaskWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            default(message, category, *args, **kwargs)
+
+    warnings.showwarning = one_line
 
 
 app.add_typer(data_app, name="data")

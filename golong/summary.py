@@ -55,18 +55,22 @@ def summarize(history: list[dict[str, Any]], labels: dict[str, str] | None = Non
 
 
 def summary_table(rows: list[TaskSummary], title: str):
+    """The table, narrow enough for an 80-column terminal (no vertical rules; cells wrap, never cut)."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
-    for col in ("task", "reward type", "steps", "reward: first 10%", "reward: last 10%", "pass rate: last 10%",
-                "responses", "errors"):
-        table.add_column(col, justify="left" if col in ("task", "reward type") else "right")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAVY, pad_edge=False, show_edge=False,
+                  collapse_padding=True)
+    longest = min(30, max(len(r.label) for r in rows))
+    for col in ("task", "reward", "steps", "start → end", "pass", "scored", "errors"):
+        table.add_column(col, justify="left" if col in ("task", "reward") else "right", overflow="fold",
+                         min_width=longest if col == "task" else None, no_wrap=col == "start → end")
     for r in rows:
         delta = r.reward_last - r.reward_first
         colour = "green" if delta > 0 else "red" if delta < 0 else "default"
         table.add_row(
             f"[bold]{r.label}[/bold]" if r.task == "all" else r.label, "" if r.task == "all" else r.task, str(r.steps),
-            f"{r.reward_first:.3f}", f"[{colour}]{r.reward_last:.3f}[/{colour}]", f"{r.pass_rate_last:.0%}",
+            f"{r.reward_first:.3f} → [{colour}]{r.reward_last:.3f}[/{colour}]", f"{r.pass_rate_last:.0%}",
             "—" if r.responses is None else str(r.responses), str(r.errors),
             end_section=r.task != "all" and rows[-1].task == "all" and r is rows[-2],
         )
@@ -93,7 +97,8 @@ def print_run_summary(run_dir: str | Path, console, history: list[dict[str, Any]
     run_dir = Path(run_dir)
     history = read_jsonl(run_dir / "metrics.jsonl") if history is None else history
     if history:
-        title = f"{run_dir}: {len(history)} RL steps (reward per task over its first vs last 10% of steps)"
+        title = (f"{run_dir}: {len(history)} RL steps. start → end: mean reward over a task's first and last 10% of "
+                 "steps; pass: share of responses with reward > 0.5 in the last 10%")
         console.print(summary_table(summarize(history, runs.task_labels(run_dir)), title))
     ckpts = checkpoint.list_checkpoints(run_dir)
     if ckpts:

@@ -175,3 +175,28 @@ def test_help_shows_boolean_flags_as_switches_and_version_is_there():
     assert len(flags) == 2 and all("--no-" in line and "<bool>" not in line for line in flags)
     res = runner.invoke(app, ["--version"])
     assert res.exit_code == 0 and res.output.strip() == f"golong {golong.__version__}"
+
+
+def test_an_answer_line_on_an_em_route_warns_in_one_line(tmp_path):
+    from tests.test_tasks import PLUGIN
+
+    plugin = tmp_path / "colour.py"
+    plugin.write_text(PLUGIN.replace('"End your reasoning with </think>, then write only the colour."',
+                                     '"End your reasoning with </think>, then write [Answer] and the colour."'))
+    res = runner.invoke(app, ["tasks", "list", "--task-file", f"{plugin}:ColourCode"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    warned = [line for line in res.output.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and "task 'colour_code' asks for an [Answer] line" in warned[0] and "EM" in warned[0]
+    # the task as it was (no [Answer]) and every built-in task load without a warning
+    plugin.write_text(PLUGIN)
+    res = runner.invoke(app, ["tasks", "list", "--task-file", f"{plugin}:ColourCode"])
+    assert res.exit_code == 0 and "warning" not in res.output
+
+
+def test_plot_names_curves_by_task_as_eval_does(tmp_path):
+    from golong.plot import legend_names
+
+    run = tmp_path / "old-run"  # a run from before run.json: the built-in tasks' names
+    run.mkdir()
+    names = legend_names(run, {"EM", "ROUGE-L", "all"})
+    assert names == {"EM": "precise_retrieval (EM)", "ROUGE-L": "summarization (ROUGE-L)", "all": "all tasks"}

@@ -119,16 +119,18 @@ def test_a_run_ends_with_a_summary_and_plot_shows_it(tiny_model_dir, tmp_path):
     res = runner.invoke(app, ["train", path], terminal_width=200)
     assert res.exit_code == 0, res.output
     history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    table = res.output[res.output.index("reward per task"):]
+    table = res.output[res.output.index("start → end"):]
     all_row = next(line for line in table.splitlines() if "all tasks" in line)
-    cells = [c.strip() for c in all_row.strip("│ ").split("│")]
-    assert cells[2] == "3" and cells[3] == f"{history[0]['reward/all']:.3f}"
-    assert cells[4] == f"{history[-1]['reward/all']:.3f}"
-    assert cells[6] == str(int(sum(h["responses/all"] for h in history)))
+    steps, first, _, last, _, scored, errors = all_row.split()[2:]
+    assert steps == "3" and first == f"{history[0]['reward/all']:.3f}" and last == f"{history[-1]['reward/all']:.3f}"
+    assert scored == str(int(sum(h["responses/all"] for h in history))) and errors == "0"
     labels = json.loads((run / "run.json").read_text())["tasks"]
     assert all(name in table for name in labels.values())  # rows named by task, as eval names them
     assert f"checkpoint: {run / 'checkpoints' / 'step_000003'}" in res.output
     assert f"golong eval --model {tiny_model_dir} --model {run}" in res.output and f"golong plot {run}" in res.output
+    from golong.plot import legend_names
+
+    assert legend_names(run, {"EM", "Accuracy"}) == {"EM": "precise_retrieval (EM)", "Accuracy": "comprehension (Accuracy)"}
     plotted = runner.invoke(app, ["plot", str(run)], terminal_width=200)
     assert plotted.exit_code == 0 and all_row in plotted.output
 
@@ -147,3 +149,22 @@ def test_a_folder_another_process_trains_in_is_refused(tiny_model_dir, tmp_path)
         holder.kill()
         holder.wait()
     assert runner.invoke(app, ["train", path]).exit_code == 0
+
+
+def test_the_summary_table_fits_80_columns():
+    import io
+
+    from rich.console import Console
+
+    from golong.summary import summarize, summary_table
+
+    labels = {"EM": "precise_retrieval", "F1": "exhaustive_retrieval", "NDCG": "graded_ranking"}
+    history = [{"step": s, **{f"{m}/{t}": 0.25 * (s % 4) for t in [*labels, "all"]
+                              for m in ("reward", "pass_rate", "responses", "reward_errors")}} for s in range(1, 31)]
+    out = io.StringIO()
+    Console(file=out, width=80).print(summary_table(summarize(history, labels), "a title"))
+    lines = out.getvalue().splitlines()
+    assert max(map(len, lines)) <= 80 and "…" not in out.getvalue()
+    row = next(line for line in lines if line.startswith("exhaustive_retrieval")).split()
+    # 3 steps at the start (steps 1-3: 0.25, 0.5, 0.75) and 3 at the end (28-30: 0, 0.25, 0.5)
+    assert row == ["exhaustive_retrieval", "F1", "30", "0.500", "→", "0.250", "25%", "11", "11"]  # sums of 0.25 * (s % 4)
