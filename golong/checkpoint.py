@@ -120,13 +120,17 @@ def save(run_dir: str | Path, step: int, save_learner: Callable[[Path], Any], st
     save_learner(tmp / "learner")
     torch.save({**state, "step": step, "rng": rng_state()}, tmp / "state.pt")
     write_manifest(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    if final.exists():  # the same step saved again (a warm start saves step 0 as it goes): swap, then delete
+        old = root / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
     _fsync(root)  # make the rename itself durable
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".step_*.tmp-*"):  # left by a process killed mid-save
+    for stale in [*root.glob(".step_*.tmp-*"), *root.glob(".step_*.old-*")]:  # left by a process killed mid-save
         if stale != tmp:
             shutil.rmtree(stale, ignore_errors=True)
     return final

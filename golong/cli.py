@@ -13,6 +13,37 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect, validate and generat
 rewards_app = typer.Typer(no_args_is_help=True, help="Score responses with the GoLongRL rewards.")
 tasks_app = typer.Typer(no_args_is_help=True, help="List the tasks golong knows.")
 ksa_app = typer.Typer(no_args_is_help=True, help="Kwai Summary Attention: convert and export models.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from golong import __version__
+
+        typer.echo(f"golong {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", metavar="", callback=_version, is_eager=True,
+                                 help="Print golong's version and exit."),
+) -> None:
+    """Long-context RL post-training."""
+    import warnings
+
+    from tasks.registry import TaskWarning
+
+    default = warnings.showwarning
+
+    def one_line(message, category, *args, **kwargs):  # task warnings are for users: one line, no source
+        if issubclass(category, TaskWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            default(message, category, *args, **kwargs)
+
+    warnings.showwarning = one_line
+
+
 app.add_typer(data_app, name="data")
 app.add_typer(rewards_app, name="rewards")
 app.add_typer(tasks_app, name="tasks")
@@ -33,6 +64,15 @@ def _console():
     from rich.console import Console
 
     return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _progress():
+    """A rich progress bar on stderr that disappears when done (drawn only on a terminal)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), transient=True)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -57,7 +97,7 @@ def data_validate(
     from golong.data import load_rows, validate_rows
 
     try:
-        rows = load_rows(src, split)
+        rows = load_rows(src, split, keep_unreadable=True)
         report = validate_rows(rows)
     except _user_errors() as e:
         _fail(str(e))
@@ -70,7 +110,7 @@ def data_validate(
     table.add_row("[red]invalid[/red]", str(len(report.bad_indices)))
     console.print(table)
     for issue in report.issues[:max_issues]:
-        console.print(f"[red]row {issue.index}[/red] {issue.field}: {issue.message}", markup=True, highlight=False)
+        console.print(f"[red]row {issue.number}[/red] {issue.field}: {issue.message}", markup=True, highlight=False)
     if len(report.issues) > max_issues:
         console.print(f"... and {len(report.issues) - max_issues} more problems")
     if not report.ok:
@@ -80,17 +120,22 @@ def data_validate(
 @data_app.command("inspect")
 def data_inspect(
     src: str = typer.Argument(..., help="A .parquet/.jsonl/.json file, a folder of them, or a hub dataset id."),
-    tokenizer: str = typer.Option(None, help="Tokenizer folder for exact lengths (default: approximate count)."),
+    tokenizer: str = typer.Option(None, help="Tokenizer folder, hub id or built-in model name (smollm2-135m) for exact lengths (default: approximate count)."),
     split: str = typer.Option("train", help="Split to load when SRC is a hub dataset."),
 ) -> None:
     """Rows per task and prompt token lengths (p50 / p90 / max)."""
     from rich.table import Table
 
     from golong.data import length_stats, load_rows
+    from golong.models import ModelLoadError, resolve_model_path
+    from tasks.length import load_tokenizer
 
     try:
-        stats = length_stats(load_rows(src, split), tokenizer)
-    except _user_errors() as e:
+        tok = load_tokenizer(resolve_model_path(tokenizer)) if tokenizer else None
+        rows = load_rows(src, split)
+        with _progress() as bar:
+            stats = length_stats(bar.track(rows, description="counting tokens"), tok)
+    except (*_user_errors(), ModelLoadError) as e:
         _fail(str(e))
     unit = "tokens" if tokenizer else "tokens, approximate"
     table = Table(title=f"{src} ({unit})")
@@ -111,12 +156,13 @@ def data_synth(
     n: int = typer.Option(100, "-n", help="Rows per task."),
     seed: int = typer.Option(0, help="Seed; the same seed gives the same rows."),
     split: str = typer.Option("train", help="'train' or 'heldout' (disjoint problems)."),
-    tokenizer: str = typer.Option(None, help="Tokenizer folder for exact lengths (default: approximate count)."),
+    tokenizer: str = typer.Option(None, help="Tokenizer folder, hub id or built-in model name (smollm2-135m) for exact lengths (default: approximate count)."),
     task_file: list[str] = typer.Option(None, "--task-file", help="Plug-in task path.py:Class (repeatable)."),
 ) -> None:
     """Generate rows of verifiable long-context problems offline, in the GoLongRL schema."""
     import tasks
     from golong.data import save_rows
+    from golong.models import ModelLoadError, resolve_model_path
     from tasks.length import load_tokenizer, parse_length
 
     try:
@@ -128,10 +174,16 @@ def data_synth(
             chosen = tasks.all_tasks()
         else:
             chosen = [tasks.get_task(name.strip()) for name in task_names.split(",") if name.strip()]
-        tok = load_tokenizer(tokenizer) if tokenizer else None
-        rows = [row for t in chosen for row in t.generate(n, target, seed=seed, split=split, tokenizer=tok)]
+        tok = load_tokenizer(resolve_model_path(tokenizer)) if tokenizer else None
+        rows: list[dict] = []
+        with _progress() as bar:
+            job = bar.add_task("generating rows", total=n * len(chosen))
+            for t in chosen:  # in chunks, for the progress bar (row i depends only on i, not on the chunking)
+                for start in range(0, n, 10):
+                    rows += t.generate(min(10, n - start), target, seed=seed, split=split, tokenizer=tok, start=start)
+                    bar.advance(job, min(10, n - start))
         path = save_rows(rows, output)
-    except _user_errors() as e:
+    except (*_user_errors(), ModelLoadError) as e:
         _fail(str(e))
     typer.echo(f"wrote {len(rows)} rows ({len(chosen)} tasks x {n}, {target} tokens, split {split}) to {path}")
 
@@ -163,38 +215,45 @@ def tasks_list(
 # -- golong rewards (owner: rewards/) -------------------------------------------------------------
 @rewards_app.command("score")
 def rewards_score(
-    src: str = typer.Argument(..., help="JSONL: dataset rows (GoLongRL schema) each with a 'response' string."),
-    output: str = typer.Option(None, "-o", "--output", help="Output JSONL (default: SRC with .scored.jsonl)."),
+    src: str = typer.Argument(..., help="Rows (GoLongRL schema) each with a 'response' string: .parquet/.jsonl/.json file, folder or hub id."),
+    output: str = typer.Option(None, "-o", "--output", help="Output .jsonl/.json/.parquet (default: SRC's name with .scored.jsonl)."),
+    split: str = typer.Option("train", help="Split to load when SRC is a hub dataset."),
     oracle: bool = typer.Option(
-        False, "--oracle", help="Rows without 'response' are scored on a perfect answer built from the ground truth."
+        False, "--oracle/--no-oracle", metavar="", help="Rows without 'response' are scored on a perfect answer built from the ground truth."
     ),
-    pairwise_gold: bool = typer.Option(False, "--pairwise-gold", help="Opt-in fix: Pairwise divides by C(|gold|,2)."),
+    pairwise_gold: bool = typer.Option(False, "--pairwise-gold/--no-pairwise-gold", metavar="", help="Opt-in fix: Pairwise divides by C(|gold|,2)."),
     rouge_on_answer: bool = typer.Option(
-        False, "--rouge-on-answer", help="Opt-in fix: ROUGE-L scores the answer after </think>, not the whole response."
+        False, "--rouge-on-answer/--no-rouge-on-answer", metavar="", help="Opt-in fix: ROUGE-L scores the answer after </think>, not the whole response."
     ),
-    max_errors: int = typer.Option(20, help="Print at most this many bad-line messages."),
+    max_errors: int = typer.Option(20, help="Print at most this many bad-row messages."),
 ) -> None:
-    """Add 'reward' and 'reward_type' to every row and print a per-task summary; bad lines are skipped."""
+    """Add 'reward' and 'reward_type' to every row and print a per-reward-type summary; bad rows are skipped."""
     from pathlib import Path
 
-    from rich.console import Console
     from rich.table import Table
 
-    from rewards.scoring import score_jsonl
+    from golong.data import load_rows, save_rows
+    from rewards.scoring import score_rows
 
-    src_path = Path(src)
-    if not src_path.is_file():
-        _fail(f"{src}: no such file")
-    out = Path(output) if output else src_path.with_suffix(".scored.jsonl")
     variant = {"pairwise_denominator": "gold"} if pairwise_gold else {}
     if rouge_on_answer:
         variant["rouge_on_answer"] = True
-    report = score_jsonl(src_path, out, oracle=oracle, **variant)
-    console = Console()
+    local = Path(src).expanduser()
+    default_out = (local.with_suffix(".scored.jsonl") if local.is_file() else
+                   Path(local.name if local.is_dir() else src.replace("/", "_")).with_suffix(".scored.jsonl"))
+    out = Path(output) if output else default_out
+    try:
+        rows = load_rows(src, split, keep_unreadable=True)
+        scored, report = score_rows(rows, oracle=oracle, **variant)
+        if scored:
+            save_rows(scored, out)
+    except _user_errors() as e:
+        _fail(str(e))
+    console = _console()
     for message in report.errors[:max_errors]:
         console.print(f"[red]skipped[/red] {message}", highlight=False)
     if len(report.errors) > max_errors:
-        console.print(f"... and {len(report.errors) - max_errors} more skipped lines")
+        console.print(f"... and {len(report.errors) - max_errors} more skipped rows")
     table = Table(title=f"{src}: {report.scored} scored, {len(report.errors)} skipped")
     for col in ("reward type", "rows", "mean reward", "share > 0"):
         table.add_column(col, justify="left" if col == "reward type" else "right")
@@ -210,58 +269,133 @@ def rewards_score(
 def _train_errors() -> tuple[type[Exception], ...]:
     from golong.config import RecipeError
     from golong.models import ModelLoadError
+    from golong.trainer import DynamicSamplingError
 
-    return (RecipeError, ModelLoadError, *_user_errors())
+    return (RecipeError, ModelLoadError, DynamicSamplingError, *_user_errors())
+
+
+def _split_recipe_arg(recipe: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """`golong train --resume RUN key=value ...` has no recipe file: the first positional is an override."""
+    if recipe is not None and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
+        return None, [recipe, *overrides]
+    return recipe, overrides
+
+
+def _user_error_line(e: BaseException) -> str | None:
+    """The one-line message of an error the user can fix, None for anything else (a bug: traceback).
+
+    Errors raised inside Ray actors arrive wrapped: a failed method call carries the original
+    error as `cause`; an actor whose constructor failed only has it as the last line of the remote
+    traceback. Either way the user sees the original one line, not the remote traceback."""
+    import re
+
+    user = _train_errors()
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, user):
+        return str(cause)
+    if isinstance(e, user) and not type(e).__module__.startswith("ray."):
+        return str(e)
+    if type(e).__module__.startswith("ray."):
+        names = {c.__name__ for c in user} | {"KSAConfigError"}
+        for line in reversed(str(e).splitlines()):
+            found = re.match(r"^\s*(?:[\w.]+\.)?(\w+): (.+)$", line)
+            if found and found.group(1) in names:
+                return found.group(2).strip()
+    return None
 
 
 @app.command("train")
 def train(
-    recipe: str = typer.Argument(..., help="A YAML recipe, e.g. recipes/demo.yaml."),
-    overrides: list[str] = typer.Argument(None, help="Dotted overrides: rollout.group_size=8 trainer.steps=20 ..."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe as YAML and exit."),
-    resume: str = typer.Option(None, "--resume", help="Continue the run in this folder from its newest checkpoint."),
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip and count malformed data rows (= data.skip_invalid=true)."),
+    recipe: str = typer.Argument(None, help="A YAML recipe, e.g. recipes/demo.yaml (optional with --resume: the run's recorded recipe is used)."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides: rollout.group_size=8 trainer.steps=20 ... (recorded in the run's recipe.yaml)."),
+    dry_run: bool = typer.Option(False, "--dry-run/--no-dry-run", metavar="", help="Print the resolved recipe as YAML and exit."),
+    resume: str = typer.Option(None, "--resume", help="Continue the run in this folder, with its recorded recipe (plus any overrides), from its newest checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", metavar="", help="Start over in trainer.output_dir even if it holds a run (deletes that run's checkpoints and metrics)."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid/--no-skip-invalid", metavar="", help="Skip and count malformed data rows (= data.skip_invalid=true)."),
 ) -> None:
     """GRPO training (TMN-Reweight advantages by default): rollout, reward, update, sync, log, checkpoint.
 
-    SIGINT / SIGTERM: the current step finishes, a checkpoint is saved, exit code 130 / 143."""
+    SIGINT / SIGTERM (also during the warm start): the current step finishes, a checkpoint is saved,
+    exit code 130 / 143, and the command that resumes the run is printed."""
+    import shlex
+
     import yaml
 
     from golong.config import load_recipe
+    from golong.runs import resume_recipe
 
+    recipe, extra = _split_recipe_arg(recipe, list(overrides or []))
+    extra += ["data.skip_invalid=true"] if skip_invalid else []
     try:
-        cfg = load_recipe(recipe, [*(overrides or []), *(["data.skip_invalid=true"] if skip_invalid else [])])
+        if resume:
+            cfg, ignored = resume_recipe(resume, extra, recipe)
+            if ignored:
+                shown = ", ".join(ignored[:4]) + (" ..." if len(ignored) > 4 else "")
+                typer.echo(f"note: {recipe} differs from the recipe recorded in {resume} ({shown}); the run's recorded "
+                           "recipe is used (change it with key=value overrides)", err=True)
+        elif recipe is None:
+            _fail("give a recipe file (e.g. golong train recipes/demo.yaml), or continue a run with --resume RUN")
+        else:
+            cfg = load_recipe(recipe, extra)
     except _train_errors() as e:
         _fail(str(e))
     if dry_run:
         typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
         return
-    from golong.trainer import DynamicSamplingError, Trainer
+    from golong.trainer import Trainer
 
+    out = resume or cfg.trainer.output_dir
+    again = f"golong train --resume {shlex.quote(str(out))}"
     try:
-        trainer = Trainer(cfg, resume=resume)
-    except _train_errors() as e:
-        _fail(str(e))
+        trainer = Trainer(cfg, resume=resume, overwrite=overwrite, overrides=extra)
+    except KeyboardInterrupt:
+        typer.echo(f"\nstopped during start-up, before any training; start it with: {again}", err=True)
+        raise typer.Exit(130) from None
+    except Exception as e:
+        line = _user_error_line(e)
+        if line is None:
+            raise
+        _fail(line)
     try:
         trainer.run()
-    except DynamicSamplingError as e:  # algo.underfilled: error (checkpoints up to the last full step stay)
-        _fail(str(e))
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, the newest checkpoint stays
+        typer.echo(f"\nstopped at once at {trainer.progress_text()}; resume from the newest checkpoint with: {again}", err=True)
+        raise typer.Exit(130) from None
+    except Exception as e:
+        line = _user_error_line(e)
+        if line is None:
+            raise
+        _fail(line)
+    console = _console()
+    _print_summary(trainer, console)
     if trainer.stop_signal is not None:  # SIGINT/SIGTERM: checkpoint saved; exit 128+signal (130 / 143)
-        typer.echo(f"stopped at step {trainer.step}; resume with: golong train {recipe} --resume {trainer.out}")
+        typer.echo(f"stopped at {trainer.progress_text()}; resume with: {again}")
         raise typer.Exit(128 + trainer.stop_signal)
     typer.echo(f"done: {trainer.step} steps; metrics in {trainer.out / 'metrics.jsonl'}")
 
 
+def _print_summary(trainer, console) -> None:
+    from golong.summary import print_run_summary
+
+    logs = trainer.warm_logs
+    if logs:
+        console.print(f"warm start: {len(logs)} steps, reference-answer NLL {logs[0]['nll']:.3f} -> {logs[-1]['nll']:.3f}",
+                      highlight=False)
+    print_run_summary(trainer.out, console, history=trainer.log.history)
+
+
 @app.command("plot")
 def plot(run_dir: str = typer.Argument(..., help="A run folder (holding metrics.jsonl).")) -> None:
-    """Per-task reward curves of a run, written as PNG into the run folder."""
+    """Per-task reward curves of a run, written as PNG into the run folder, and the run's summary table."""
     from golong.config import RecipeError
     from golong.plot import plot_run
+    from golong.summary import print_run_summary
 
     try:
         paths = plot_run(run_dir)
     except RecipeError as e:
         _fail(str(e))
+    print_run_summary(run_dir, _console(), plot=False)
     for p in paths:
         typer.echo(f"wrote {p}")
 
@@ -274,16 +408,16 @@ def eval_cmd(
     data: list[str] = typer.Option(None, "--data", help="Evaluation rows: .parquet/.jsonl/.json file, folder or hub id (repeatable)."),
     split: str = typer.Option("train", help="Split to load when --data / --train-data is a hub dataset."),
     task_names: str = typer.Option("all", "--tasks", help="'all' or comma-separated task names (filters --data and --synth)."),
-    synth: bool = typer.Option(False, "--synth", help="Also generate held-out problems (split 'heldout', disjoint from train)."),
+    synth: bool = typer.Option(False, "--synth/--no-synth", metavar="", help="Also generate held-out problems (split 'heldout', disjoint from train)."),
     lengths: str = typer.Option("4k,8k,16k,32k", help="Prompt lengths of --synth problems, comma-separated."),
     n: int = typer.Option(50, "-n", help="--synth problems per task and length."),
     seed: int = typer.Option(0, help="Seed of generated problems and of sampling."),
     tokenizer: str = typer.Option(None, help="Tokenizer for --synth lengths (default: the first model's)."),
     task_file: list[str] = typer.Option(None, "--task-file", help="Plug-in task path.py:Class (repeatable)."),
     train_data: str = typer.Option(None, "--train-data", help="Training data: evaluation rows whose prompt is in it are reported and excluded."),
-    keep_overlap: bool = typer.Option(False, "--keep-overlap", help="Keep evaluation rows that overlap --train-data (still reported)."),
+    keep_overlap: bool = typer.Option(False, "--keep-overlap/--no-keep-overlap", metavar="", help="Keep evaluation rows that overlap --train-data (still reported)."),
     engine: str = typer.Option("auto", help="Generation engine: auto, hf (golong's static-cache engine), plain (simple transformers loop) or vllm."),
-    greedy: bool = typer.Option(False, "--greedy", help="Greedy decoding (the default with -k 1)."),
+    greedy: bool = typer.Option(False, "--greedy/--no-greedy", metavar="", help="Greedy decoding (the default with -k 1)."),
     temperature: float = typer.Option(None, help="Sampling temperature (default: 0 = greedy with -k 1, else 1.0)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
     k: int = typer.Option(1, "-k", help="Samples per problem (pass@1 is averaged over them; pass@k also reported)."),
@@ -295,13 +429,14 @@ def eval_cmd(
     device: str = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
     dtype: str = typer.Option(None, help="float32 or bfloat16 (default: bfloat16 on cuda, float32 on cpu)."),
     out: str = typer.Option("eval", "-o", "--out", help="Output folder: results.json, report.md, plots, responses.jsonl."),
-    resume: bool = typer.Option(False, "--resume", help="Continue OUT/responses.jsonl, skipping work already done."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start over even if OUT/responses.jsonl exists."),
-    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the PNG plots."),
+    resume: bool = typer.Option(False, "--resume/--no-resume", metavar="", help="Continue OUT/responses.jsonl, skipping work already done."),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", metavar="", help="Start over even if OUT/responses.jsonl exists."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", metavar="", help="Write the PNG plots."),
 ) -> None:
     """Evaluate models on held-out problems: tables per task and length, results.json, report.md, plots."""
     import tasks
     from golong.evaluate import EvalError, EvalSettings, eval_set, evaluate, tokenizer_for_lengths
+    from golong.models import resolve_model_path
     from golong.report import print_tables
     from tasks.length import load_tokenizer, parse_length
 
@@ -320,7 +455,7 @@ def eval_cmd(
             tasks.load_task_spec(spec)
         names = None if task_names.strip() == "all" else [t.strip() for t in task_names.split(",") if t.strip()]
         sizes = [parse_length(x.strip()) for x in lengths.split(",") if x.strip()] if synth else None
-        tok = (load_tokenizer(tokenizer) if tokenizer else tokenizer_for_lengths(model[0])) if synth else None
+        tok = (load_tokenizer(resolve_model_path(tokenizer)) if tokenizer else tokenizer_for_lengths(model[0])) if synth else None
         items, meta = eval_set(data=data, split=split, synth=synth, task_names=names, lengths=sizes, n=n, seed=seed,
                                tokenizer=tok, train_data=train_data, keep_overlap=keep_overlap)
         if synth and tok is None:
@@ -369,7 +504,7 @@ def ksa_convert(
     lr_joint: float = typer.Option(1e-5, "--lr-joint", help="Learning rate of the joint stage."),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Write a resumable checkpoint every N steps."),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint."),
+    resume: bool = typer.Option(False, "--resume/--no-resume", metavar="", help="Continue from OUT/checkpoint."),
 ) -> None:
     """Attach Kwai Summary Attention to a model and self-distill it (teacher: the original model)."""
     from golong.models import ModelLoadError, resolve_model_path

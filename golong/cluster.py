@@ -270,10 +270,12 @@ def _load_tokenizer(recipe: Recipe):
 
 
 def make_cluster(recipe: Recipe, rewards: RewardPool | None = None) -> InlineCluster | RayCluster:
+    from golong.models import preflight
     from golong.rollout.vllm import resolve_engine_name, vllm_available
 
     if resolve_engine_name(recipe.rollout.engine) == "vllm" and not vllm_available():
         from golong.rollout.base import make_engine  # say so before any cluster or model is started
 
         make_engine("vllm", None, None)
+    preflight(recipe.model)  # a missing folder or an unreachable hub id: one line here, not a remote traceback
     return (RayCluster if recipe.cluster.mode == "ray" else InlineCluster)(recipe, rewards)

@@ -11,12 +11,17 @@ A row (verl RL schema, as in the released GoLongRL data):
 
 Local sources: a .parquet / .jsonl / .json file, or a folder holding such files (read in sorted
 order, recursively). Anything else that does not exist locally is treated as a hub dataset id and
-loaded with `datasets.load_dataset` (imported only then).
+loaded with `datasets.load_dataset` (imported only then). Every command that takes data reads it
+through `load_rows`.
+
+Rows are numbered from 1 in every message ("row 1" is the first row of a parquet file, the first
+non-blank line of a JSONL file); `RowIssue.index` itself is the 0-based list position.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +37,13 @@ class DataError(ValueError):
     """A data source that cannot be read or written."""
 
 
+class UnreadableRow(DataError):
+    """A JSONL line that is not JSON, kept in its row's place (`load_rows(..., keep_unreadable=True)`)
+    so that the rows after it keep their numbers and a caller can report it and go on."""
+
+
 # -- reading -----------------------------------------------------------------------------------
-def _read_file(path: Path) -> list[dict]:
+def _read_file(path: Path, keep_unreadable: bool = False) -> list[Any]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -51,7 +61,9 @@ def _read_file(path: Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+                    if not keep_unreadable:
+                        raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}); fix or delete line {lineno}") from None
+                    rows.append(UnreadableRow(f"not valid JSON ({e.msg} at column {e.colno} of line {lineno})"))
         return rows
     if suffix == ".json":
         try:
@@ -74,6 +86,10 @@ def _load_hub(dataset_id: str, split: str) -> list[dict]:
             f"{dataset_id!r} is not a local file and the `datasets` package is not installed: "
             "pip install datasets, or pass a local .parquet/.jsonl file"
         ) from None
+    from golong import hub
+
+    if hub.offline_requested() or not hub.reachable():
+        hub.go_offline()  # a cached copy loads at once; without one, the error below comes at once too
     try:
         ds = datasets.load_dataset(dataset_id, split=split)
     except Exception as e:
@@ -89,8 +105,12 @@ def _looks_local(src: str) -> bool:
     return src.lower().endswith(SUFFIXES) or src.startswith((".", "/", "~")) or src.count("/") != 1
 
 
-def load_rows(src: str | Path, split: str = "train", *, skip_invalid: bool | None = None) -> list[dict]:
+def load_rows(src: str | Path, split: str = "train", *, skip_invalid: bool | None = None,
+              keep_unreadable: bool = False) -> list[dict]:
     """Rows from a local file/folder or a hub dataset id (`split` applies to hub datasets).
+
+    keep_unreadable: a JSONL line that is not JSON becomes an `UnreadableRow` in its place instead of
+    a DataError (validate and score report it and go on).
 
     skip_invalid: None = read as is (no validation); False = validate, and a DataError naming the
     first bad rows (index and field) if any; True = validate, drop the bad rows and report their count
@@ -101,9 +121,9 @@ def load_rows(src: str | Path, split: str = "train", *, skip_invalid: bool | Non
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
         if not files:
             raise DataError(f"{path}: folder holds no {'/'.join(SUFFIXES)} files")
-        rows = [r for f in files for r in _read_file(f)]
+        rows = [r for f in files for r in _read_file(f, keep_unreadable)]
     elif path.is_file():
-        rows = _read_file(path)
+        rows = _read_file(path, keep_unreadable)
     elif _looks_local(str(src)):
         raise DataError(f"{src}: no such file or folder")
     else:
@@ -164,8 +184,13 @@ class RowIssue:
     field: str
     message: str
 
+    @property
+    def number(self) -> int:
+        """The row's number in messages (from 1)."""
+        return self.index + 1
+
     def __str__(self) -> str:
-        return f"row {self.index}: {self.field}: {self.message}"
+        return f"row {self.number}: {self.field}: {self.message}"
 
 
 @dataclass
@@ -242,6 +267,8 @@ def validate_row(row: Any, index: int) -> list[RowIssue]:
     """Problems of one row (empty list when the row can be scored)."""
     import rewards
 
+    if isinstance(row, UnreadableRow):
+        return [RowIssue(index, "<row>", str(row))]
     if not isinstance(row, dict):
         return [RowIssue(index, "<row>", f"must be a dict, got {type(row).__name__}")]
     issues = [RowIssue(index, key, "missing key") for key in REQUIRED if key not in row]
@@ -312,7 +339,7 @@ def _percentile(sorted_vals: list[int], q: float) -> int:
     return sorted_vals[int(k)]
 
 
-def length_stats(rows: list[dict], tokenizer: Any = None) -> dict[str, dict[str, int]]:
+def length_stats(rows: Iterable[dict], tokenizer: Any = None) -> dict[str, dict[str, int]]:
     """Per task: row count and prompt token length p50 / p90 / max (nearest-rank percentiles).
 
     tokenizer: as for `tasks.length.make_counter` (None = the approximate counter).

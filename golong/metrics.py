@@ -4,6 +4,7 @@ Metric names are flat, `<metric>/<task>` for per-task values (task = reward type
 plain names for global ones. Per task, over every response generated in the step (all dynamic-
 sampling rounds, so it measures the current policy on freshly drawn prompts):
 
+- `responses/<task>`  responses scored;
 - `reward/<task>`     mean reward;
 - `pass_rate/<task>`  fraction of responses with reward > 0.5 (= reward == 1 for the binary rewards
                       EM / Accuracy / math; for graded rewards (F1, IoU, NDCG, ROUGE-L) "mostly right");
@@ -12,6 +13,8 @@ sampling rounds, so it measures the current policy on freshly drawn prompts):
 - `dropped/<task>`    groups dropped by dynamic sampling (all rewards equal);
 - `reward_errors/<task>`, `reward_timeouts/<task>`  responses whose reward failed (scored 0);
 - `truncated/<task>`  prompts left-truncated to data.max_prompt_tokens.
+
+With `data.skip_invalid`, `skipped_invalid_rows` is the number of invalid data rows skipped at load.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def per_task(records: Iterable[dict[str, Any]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for task, rs in sorted(by.items()):
         n = len(rs)
+        out[f"responses/{task}"] = float(n)
         out[f"reward/{task}"] = sum(r["reward"] for r in rs) / n
         out[f"pass_rate/{task}"] = sum(r["reward"] > PASS_THRESHOLD for r in rs) / n
         out[f"response_len/{task}"] = sum(r["length"] for r in rs) / n

@@ -40,15 +40,19 @@ def task_key(row: dict[str, Any]) -> str:
     return str(rewards.reward_type(row.get("data_source", ""), row.get("extra_info") or {}))
 
 
-def load_source(src: DataSourceConfig, index: int, seed: int, tokenizer: Any, skip_invalid: bool = False) -> list[dict[str, Any]]:
-    """Rows of one source (a dataset, generated rows, or a plug-in task's rows)."""
+def load_source(src: DataSourceConfig, index: int, seed: int, tokenizer: Any,
+                skip_invalid: bool = False) -> tuple[list[dict[str, Any]], int]:
+    """Rows of one source (a dataset, generated rows, or a plug-in task's rows), and how many invalid
+    rows were skipped (`skip_invalid`; otherwise an invalid row is a DataError)."""
     given = [k for k in ("path", "generate", "task_file") if getattr(src, k)]
     if len(given) != 1:
         raise RecipeError(f"data.sources.{index}: give exactly one of path, generate, task_file (got {given or 'none'})")
     if src.path:
         from golong import data
 
-        return list(data.load_rows(src.path, skip_invalid=skip_invalid))
+        rows = data.load_rows(src.path)
+        valid = data.checked_rows(rows, src.path, skip_invalid)
+        return list(valid), len(rows) - len(valid)
     import tasks
 
     if src.task_file:
@@ -59,7 +63,7 @@ def load_source(src: DataSourceConfig, index: int, seed: int, tokenizer: Any, sk
     rows: list[dict[str, Any]] = []
     for task in chosen:
         rows += task.generate(src.n, src.length, seed=seed + index, split=src.split, tokenizer=tokenizer, **src.knobs)
-    return rows
+    return rows, 0
 
 
 class Mixture:
@@ -68,7 +72,9 @@ class Mixture:
     def __init__(self, cfg: DataConfig, tokenizer: Any, seed: int | None = None):
         self.cfg, self.tokenizer = cfg, tokenizer
         self.seed = cfg.seed if seed is None else seed
-        self.sources = [load_source(s, i, self.seed, tokenizer, cfg.skip_invalid) for i, s in enumerate(cfg.sources)]
+        loaded = [load_source(s, i, self.seed, tokenizer, cfg.skip_invalid) for i, s in enumerate(cfg.sources)]
+        self.sources = [rows for rows, _ in loaded]
+        self.skipped_invalid = sum(n for _, n in loaded)  # invalid rows skipped (data.skip_invalid)
         for i, rows in enumerate(self.sources):
             if not rows:
                 raise RecipeError(f"data.sources.{i} has no rows; check its path or generate settings")

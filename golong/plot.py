@@ -25,6 +25,15 @@ def smooth(values: list[float], window: int) -> list[float]:
     return [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
 
 
+def legend_names(run_dir: str | Path, keys: set[str]) -> dict[str, str]:
+    """Curve names: the task names, as `golong eval` names them, with the reward type the metrics are
+    keyed by: "precise_retrieval (EM)"; "all tasks" for the mean over all."""
+    from golong.runs import task_labels
+
+    labels = task_labels(run_dir)
+    return {k: "all tasks" if k == "all" else f"{labels[k]} ({k})" if k in labels else k for k in keys}
+
+
 def plot_run(run_dir: str | Path, window: int = 5) -> list[Path]:
     """Write `reward_curves.png` (reward and pass rate per task) into the run folder."""
     import matplotlib
@@ -36,11 +45,12 @@ def plot_run(run_dir: str | Path, window: int = 5) -> list[Path]:
     history = read_jsonl(run / "metrics.jsonl")
     if not history:
         raise RecipeError(f"{run / 'metrics.jsonl'} is missing or empty: is {run} a golong run folder?")
+    names = legend_names(run, {k.split("/", 1)[1] for rec in history for k in rec if k.startswith("reward/")})
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for ax, prefix, title in ((axes[0], "reward", "mean reward"), (axes[1], "pass_rate", "pass rate (reward > 0.5)")):
-        for task, (steps, values) in sorted(series(history, prefix).items()):
+        for task, (steps, values) in sorted(series(history, prefix).items(), key=lambda kv: names.get(kv[0], kv[0])):
             style = {"color": "black", "linewidth": 2.5} if task == "all" else {"linewidth": 1.3}
-            ax.plot(steps, smooth(values, window), label=task, **style)
+            ax.plot(steps, smooth(values, window), label=names.get(task, task), **style)
         ax.set_xlabel("step")
         ax.set_title(f"{title}, {window}-step moving average")
         ax.grid(alpha=0.3)

@@ -171,24 +171,57 @@ def _task_length_rows(results: dict[str, Any], model: str) -> tuple[list[str], l
     return header, rows
 
 
-def print_tables(results: dict[str, Any], console: Any) -> None:
-    """Rich tables: by task, by length, and (several lengths) task x length per model."""
+def _rich_table(title: str, header: list[str], rows: list[list[str]]):
     from rich.table import Table
 
-    def show(title: str, header: list[str], rows: list[list[str]]) -> None:
-        table = Table(title=title)
-        for i, h in enumerate(header):
-            table.add_column(h, justify="left" if i == 0 else "right")
-        for r in rows:
-            table.add_row(*r, style="bold" if r[0] == ALL else None)
-        console.print(table)
+    table = Table(title=title)
+    first = min(30, max(len(r[0]) for r in [header, *rows]))
+    for i, h in enumerate(header):  # "fold": a cell too wide for the console wraps, it is never cut off
+        table.add_column(h, justify="left" if i == 0 else "right", overflow="fold", min_width=first if i == 0 else None)
+    for r in rows:
+        table.add_row(*r, style="bold" if r[0] == ALL else None)
+    return table
+
+
+def _per_model_columns(header: list[str], models: list[str]) -> list[tuple[str, list[int]]]:
+    """Column groups of a by-task / by-length table, one per model: name, problems, the model's reward
+    and pass@1, and (after the first) its Δ against the baseline."""
+    groups = []
+    for j, m in enumerate(models):
+        cols = [0, 1, 2 + 2 * j, 3 + 2 * j]
+        if j:
+            cols.append(2 + 2 * len(models) + j - 1)
+        groups.append((m, cols))
+    return groups
+
+
+def print_tables(results: dict[str, Any], console: Any) -> None:
+    """Rich tables: by task, by length, and (several lengths) task x length per model.
+
+    A table wider than the console (several models, long names, an 80-column terminal) is printed
+    as one table per model instead, so no column is cut off."""
+    models = results["models"]
+
+    def show(title: str, header: list[str], rows: list[list[str]], split: bool = True) -> None:
+        from rich.measure import Measurement
+
+        table = _rich_table(title, header, rows)
+        natural = Measurement.get(console, console.options.update(width=10**6), table).maximum  # unwrapped width
+        if not split or len(models) == 1 or natural <= console.width:
+            console.print(table)
+            return
+        for m, cols in _per_model_columns(header, models):
+            delta = len(cols) > 4
+            names = [header[0], header[1], "reward", "pass@1", *(["Δ reward"] if delta else [])]
+            sub = f"{title}: {m}" + (f" (Δ: against {models[0]}, same problems)" if delta else "")
+            console.print(_rich_table(sub, names, [[r[i] for i in cols] for r in rows]))
 
     k = results["settings"].get("k", 1)
     show(f"mean reward ± s.e. and pass@1 by task ({k} sample(s) per problem)", *_table_rows(results, "by_task"))
     show("by prompt length (tokens)", *_table_rows(results, "by_length"))
     if len(results["lengths"]) > 1:
-        for m in results["models"]:
-            show(f"{m}: mean reward by task and length", *_task_length_rows(results, m))
+        for m in models:
+            show(f"{m}: mean reward by task and length", *_task_length_rows(results, m), split=False)
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:

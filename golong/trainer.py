@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from golong import checkpoint, metrics
+from golong import checkpoint, metrics, runs
 from golong.algos import compute_advantages, dynamic_sampling_mask
 from golong.cluster import make_cluster
-from golong.config import Recipe
+from golong.config import Recipe, RecipeError
 from golong.learner import Sample
 from golong.mixture import Mixture, Prompt
 from golong.rewarding import RewardPool, RewardResult
@@ -77,27 +76,58 @@ def seed_everything(seed: int) -> None:
 
 class Trainer:
     def __init__(self, recipe: Recipe, *, resume: str | Path | None = None, rewards: RewardPool | None = None,
-                 quiet: bool = False):
+                 quiet: bool = False, overwrite: bool = False, overrides: list[str] | None = None):
+        """Set up a run in `trainer.output_dir` (a folder holding another run is refused unless
+        `overwrite`), or continue the run in `resume` (`recipe` is then its recorded recipe, see
+        golong.runs.resume_recipe). The folder's run.json and recipe.yaml are written first, so a run
+        stopped at any later point can be resumed."""
         self.recipe, self.quiet = recipe, quiet
         self.out = Path(resume) if resume else Path(recipe.trainer.output_dir)
         self._saved_step = -1
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM: save after this step and stop
         ckpt = checkpoint.resume_point(self.out, warn=self._warn) if resume else None
+        self._lock, self.cluster = runs.lock(self.out), None
+        try:
+            self._setup(ckpt, resume is not None, overwrite, overrides, rewards)
+        except BaseException:  # a recipe or data error, Ctrl-C in start-up: free the folder and the workers
+            try:
+                if self.cluster is not None:
+                    self.cluster.shutdown()
+            finally:
+                self._lock.close()
+            raise
+
+    def _setup(self, ckpt: Path | None, resume: bool, overwrite: bool, overrides: list[str] | None,
+               rewards: RewardPool | None) -> None:
+        recipe = self.recipe
+        state = checkpoint.load_state(ckpt) if ckpt is not None else None
+        self.run_id = runs.record_resume(self.out, overrides) if resume else runs.claim_new(self.out, overrides, overwrite)
+        if state is not None and state.get("run_id", self.run_id) != self.run_id:
+            raise RecipeError(f"--resume {self.out}: checkpoint {ckpt.name} belongs to run {state['run_id']}, not to "
+                              f"this folder's run {self.run_id}; resume the folder it was written in")
+        runs.write_recipe(self.out, recipe)
         self.cluster = make_cluster(recipe, rewards)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.mixture = Mixture(recipe.data, self.cluster.tokenizer, seed=recipe.data.seed)
+        runs.note_tasks(self.out, self.mixture.sources)
+        # checkpoints from before warm-start checkpointing were all written after the warm start
+        self.warm_done = 0 if state is None else state.get("warm_done", recipe.trainer.warm_start_steps)
+        self.warm_logs = [] if state is None else list(state.get("warm_logs", []))
+        # the warm start draws from its own copy of the mixture, so RL's data order does not depend on it
+        self.warm_mixture = None
+        if self.warm_done < recipe.trainer.warm_start_steps:
+            self.warm_mixture = Mixture(recipe.data, self.cluster.tokenizer, seed=recipe.data.seed + 7919)
+            if state is not None and "warm_mixture" in state:
+                self.warm_mixture.load_state_dict(state["warm_mixture"])
         self.step, history = 0, []
-        if ckpt is not None:
-            state = checkpoint.load_state(ckpt)
+        if state is not None:
             self.cluster.load_learner(ckpt / "learner")
             self.cluster.sync_weights()
             self.mixture.load_state_dict(state["mixture"])
             checkpoint.set_rng_state(state["rng"])
             self.step, history = state["step"], state["metrics"]
-            self._say(f"resumed {self.out} from {ckpt.name} (step {self.step})")
-        elif recipe.trainer.warm_start_steps:
-            self.warm_start()
-        (self.out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+            where = f"step {self.step}" if self.step or self.warm_done >= recipe.trainer.warm_start_steps else \
+                f"warm-start step {self.warm_done}/{recipe.trainer.warm_start_steps}"
+            self._say(f"resumed {self.out} from {ckpt.name} ({where})")
         t = recipe.trainer
         self.log = metrics.MetricsLog(self.out, tensorboard=t.tensorboard, wandb=t.wandb, history=history,
                                       config=recipe.model_dump(mode="json"))
@@ -108,12 +138,16 @@ class Trainer:
         total = self.recipe.trainer.steps
         restore = self._catch_stop_signals()
         try:
+            if self.warm_done < self.recipe.trainer.warm_start_steps:
+                self.warm_start()
             with self._progress(total) as advance:
                 while self.step < total and self.stop_signal is None:
                     record = self.train_one_step()
                     self.step += 1
                     if self.recipe.eval.every and (self.step % self.recipe.eval.every == 0 or self.step == total):
                         record.update(self.evaluate())
+                    if self.recipe.data.skip_invalid:
+                        record["skipped_invalid_rows"] = float(self.mixture.skipped_invalid)
                     self.log.log(self.step, record)
                     advance(metrics.summary_line(self.step, total, record))
                     if self.step % self.recipe.trainer.save_every == 0 or self.step == total or self.stop_signal:
@@ -123,13 +157,21 @@ class Trainer:
 
                 if self._saved_step != self.step:  # the signal came after this step's save decision
                     self.save()
-                self._warn(f"stopped by {signal.Signals(self.stop_signal).name} after step {self.step}; checkpoint "
-                           f"saved; continue with --resume {self.out}")
+                self._warn(f"stopped by {signal.Signals(self.stop_signal).name} after "
+                           f"{self.progress_text()}; checkpoint saved")
         finally:
             restore()
             self.log.close()
             self.cluster.shutdown()
+            self._lock.close()
         return self.log.history
+
+    def progress_text(self) -> str:
+        """Where the run stands: 'step 5/30', or 'warm-start step 3/8' before RL began."""
+        t = self.recipe.trainer
+        if self.step == 0 and self.warm_done < t.warm_start_steps:
+            return f"warm-start step {self.warm_done}/{t.warm_start_steps}"
+        return f"step {self.step}/{t.steps}"
 
     def train_one_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -175,19 +217,19 @@ class Trainer:
 
         On-policy with advantage 1 the PPO-clip loss is -(1/T) sum_t log p(y_t) (ratio 1, inside the
         clip range), so `train_step` on reference responses is a plain token-mean SFT step. Rows come
-        from a copy of the mixture with its own seed, so RL's data order is unchanged.
+        from a copy of the mixture with its own seed, so RL's data order is unchanged. A stop signal
+        ends it after the current step; either way a checkpoint keeps what it did (a resume continues
+        it, or skips it once done).
         """
         import rewards
 
         t = self.recipe.trainer
-        mix = Mixture(self.recipe.data, self.cluster.tokenizer, seed=self.recipe.data.seed + 7919)
         tok = self.cluster.tokenizer
         eos = tok.eos_token_id
-        logs = []
-        for i in range(t.warm_start_steps):
+        for i in range(self.warm_done, t.warm_start_steps):
             seed_everything(step_seed(t.seed, -1 - i))
             samples = []
-            for p in mix.sample(t.warm_start_prompts):
+            for p in self.warm_mixture.sample(t.warm_start_prompts):
                 answer = warm_start_answer(rewards.oracle_response(p.row))
                 ids = tok.encode(answer, add_special_tokens=False)[: self.recipe.rollout.max_new_tokens - 1]
                 response = [*ids, eos]
@@ -195,10 +237,15 @@ class Trainer:
                 # against it, mean |0 - log p|, is the token-mean NLL before this step's update.
                 samples.append(Sample(prompt_ids=p.ids, response_ids=response, advantage=1.0,
                                       sampler_logprobs=[0.0] * len(response), task=p.task, sampled=False))
-            logs.append(self.cluster.train_step(samples))
-            logs[-1]["nll"] = logs[-1].get("drift", float("nan"))
-            self._say(f"warm start {i + 1}/{t.warm_start_steps}: reference-answer NLL {logs[-1]['nll']:.3f}")
-        return logs
+            log = self.cluster.train_step(samples)
+            log["nll"] = log.get("drift", float("nan"))
+            self.warm_logs.append({k: float(v) for k, v in log.items()})
+            self.warm_done = i + 1
+            self._say(f"warm start {i + 1}/{t.warm_start_steps}: reference-answer NLL {log['nll']:.3f}")
+            if self.stop_signal is not None:
+                break
+        self.save()
+        return self.warm_logs
 
     # --- rollout + reward + dynamic sampling -------------------------------------------------
     def collect(self) -> Batch:
@@ -307,7 +354,10 @@ class Trainer:
 
     def save(self) -> Path:
         self._saved_step = self.step
-        state = {"mixture": self.mixture.state_dict(), "metrics": self.log.history}
+        state = {"mixture": self.mixture.state_dict(), "metrics": self.log.history, "run_id": self.run_id,
+                 "warm_done": self.warm_done, "warm_logs": self.warm_logs}
+        if self.warm_mixture is not None:
+            state["warm_mixture"] = self.warm_mixture.state_dict()
         return checkpoint.save(self.out, self.step, self.cluster.save_learner, state,
                                keep=self.recipe.trainer.keep_checkpoints)
 

@@ -1,18 +1,17 @@
-"""Score a JSONL file of responses: the work behind `golong rewards score`.
+"""Score rows of responses: the work behind `golong rewards score` (which reads and writes the rows
+with golong's data loader: parquet, JSONL, JSON or a hub id).
 
-Input: one dataset row per line (GoLongRL schema) plus a `response` string. Output: the same
-rows with `reward` (float) and `reward_type` (str) added. A bad line (not JSON, a missing field,
-an unknown route) is reported with its line number and skipped; the others are still scored.
-With `oracle=True`, a row without `response` is scored against `oracle_response(row)`, which is
-also written out as its `response`.
+Input: dataset rows (GoLongRL schema), each with a `response` string. Output: the same rows with
+`reward` (float) and `reward_type` (str) added. A bad row (a missing field, an unknown route, or an
+exception standing in for a row the reader could not read) is reported with its number (from 1)
+and skipped; the others are still scored. With `oracle=True`, a row without `response` is scored
+against `oracle_response(row)`, which is also written out as its `response`.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from rewards.errors import RewardInputError
@@ -58,12 +57,10 @@ class ScoreReport:
         return sorted(self.stats.items(), key=lambda kv: REWARD_TYPES.index(kv[0]))
 
 
-def score_line(text: str, oracle: bool, **variant: Any) -> dict[str, Any]:
-    """One scored row from one JSONL line; raises `RewardInputError` naming the bad field."""
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise RewardInputError(f"not valid JSON ({err.msg} at column {err.colno})") from None
+def score_one(row: Any, oracle: bool, **variant: Any) -> dict[str, Any]:
+    """One scored row; raises `RewardInputError` naming the bad field."""
+    if isinstance(row, Exception):  # a row the reader could not read, kept in its place
+        raise RewardInputError(str(row))
     if not isinstance(row, dict):
         raise RewardInputError(f"expected a JSON object, got {type(row).__name__}")
     kind = row_reward_type(row)
@@ -78,28 +75,16 @@ def score_line(text: str, oracle: bool, **variant: Any) -> dict[str, Any]:
     return {**row, "response": response, "reward": reward, "reward_type": kind}
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, text in enumerate(handle, start=1):
-            if text.strip():
-                yield number, text
-
-
-def score_jsonl(in_path: str | Path, out_path: str | Path, oracle: bool = False, **variant: Any) -> ScoreReport:
-    """Score every line of `in_path` into `out_path` (written atomically at the end)."""
-    Variant.from_kwargs(variant)  # a bad option is one error, not one per line
-    in_path, out_path = Path(in_path), Path(out_path)
-    report = ScoreReport()
-    tmp_path = out_path.with_name(out_path.name + ".tmp")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tmp_path.open("w", encoding="utf-8") as out:
-        for number, text in _lines(in_path):
-            try:
-                scored = score_line(text, oracle, **variant)
-            except RewardInputError as err:
-                report.errors.append(f"line {number}: {err}")
-                continue
-            report.add(scored["reward_type"], scored["reward"])
-            out.write(json.dumps(scored, ensure_ascii=False) + "\n")
-    tmp_path.replace(out_path)
-    return report
+def score_rows(rows: Iterable[Any], oracle: bool = False, **variant: Any) -> tuple[list[dict[str, Any]], ScoreReport]:
+    """Score every row; a bad one is reported as "row N: ..." (N from 1) and left out of the result."""
+    Variant.from_kwargs(variant)  # a bad option is one error, not one per row
+    report, scored = ScoreReport(), []
+    for number, row in enumerate(rows, start=1):
+        try:
+            out = score_one(row, oracle, **variant)
+        except RewardInputError as err:
+            report.errors.append(f"row {number}: {err}")
+            continue
+        report.add(out["reward_type"], out["reward"])
+        scored.append(out)
+    return scored, report

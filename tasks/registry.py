@@ -64,7 +64,30 @@ def check_task(task: Task) -> Task:
             f"task {task.name!r}: data_source={task.data_source!r}, reward_mode={task.reward_mode!r} "
             f"route to {routed}, not to its reward_type {task.reward_type}"
         )
+    _warn_if_answer_marker_is_not_read(task)
     return task
+
+
+class TaskWarning(UserWarning):
+    """A task that loads but whose rows may not score as its author expects."""
+
+
+def _warn_if_answer_marker_is_not_read(task: Task) -> None:
+    """A task asking for `[Answer]` on a route whose reward does not look for it (EM compares the whole
+    text after </think>) can never score a correct answer 1: warn. The route is probed, not listed."""
+    import rewards
+
+    if "[Answer]" not in (task.instruction or ""):
+        return
+    gold = {"doc_ids": ["K-9"], "golden_label": "K-9", "summary": "English"}
+    info = {"reward_mode": task.reward_mode}
+    plain = rewards.compute_score(task.data_source, "x</think>\nK-9", gold, info)
+    marked = rewards.compute_score(task.data_source, "x</think>\n[Answer]\nK-9", gold, info)
+    if plain > marked:
+        warnings.warn(f"task {task.name!r} asks for an [Answer] line, but its route ({task.data_source}/"
+                      f"{task.reward_mode}, {task.reward_type}) scores the whole text after </think>, so an answer "
+                      "written as asked scores 0: drop [Answer] from the instruction or use a route that reads it",
+                      TaskWarning, stacklevel=3)
 
 
 def register(task: Task | type[Task], source: str | None = None) -> Task:
@@ -116,8 +139,12 @@ def get_task(name: str) -> Task:
     for task in _registry.values():
         if _norm(task.name) == _norm(name):
             return task
+    import difflib
+
     known = ", ".join(sorted(_registry))
-    raise UnknownTaskError(f"unknown task {name!r}; known tasks: {known} (plug-ins: --task-file path.py:Class)")
+    close = difflib.get_close_matches(_norm(name), {_norm(t): t for t in _registry}, n=1, cutoff=0.6)
+    hint = f"did you mean {[t for t in _registry if _norm(t) == close[0]][0]!r}? " if close else ""
+    raise UnknownTaskError(f"unknown task {name!r}; {hint}known tasks: {known} (plug-ins: --task-file path.py:Class)")
 
 
 def load_task_spec(spec: str) -> Task:

