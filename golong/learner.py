@@ -35,6 +35,7 @@ from golong.config import AlgoConfig, ModelConfig, OptimConfig
 from golong.models import ModelLoadError, load_policy, prepare_policy  # noqa: F401  (re-exported)
 from golong.packing import (
     PackedRow,
+    bucket_length,
     pack,
     pack_shared,
     packed_logprobs,
@@ -162,7 +163,10 @@ class Learner:
             members = [[(i, len(samples[i].response_ids)) for i in groups[p]] for p in prompts]
             rows = []
             for units in plan_shared_micro_batches([len(p) for p in prompts], members, budget):
-                row = pack_shared([(samples[u[0]].prompt_ids, [samples[i].response_ids for i in u]) for u in units])
+                size = sum(len(samples[u[0]].prompt_ids) + sum(len(samples[i].response_ids) for i in u) for u in units)
+                # padded to a bucket length: compiled attention and layers see a few shapes, not one per row
+                row = pack_shared([(samples[u[0]].prompt_ids, [samples[i].response_ids for i in u]) for u in units],
+                                  pad_to=bucket_length(size))
                 rows.append(([i for u in units for i in u], row))
             return rows
         lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
@@ -232,7 +236,8 @@ class Learner:
                     row, [samples[i].advantage for i in idx], old[r] if old else None, ref[r] if ref else None,
                     total, weight=row.response_tokens / max(n_tokens, 1),
                 )
-                part["packed_tokens"] = float(row.input_ids.shape[1])  # tokens through the model (shared prompts once)
+                part["packed_tokens"] = float(row.input_ids.shape[1] - row.padding)  # tokens through the model (shared prompts once)
+                part["pad_tokens"] = float(row.padding)
                 for k, v in part.items():
                     sums[k] = sums.get(k, 0.0) + v
                 if update == 0:
@@ -254,6 +259,7 @@ class Learner:
         metrics.update(tokens=float(sum(len(s.prompt_ids) + len(s.response_ids) for s in batch)),
                        response_tokens=float(n_tokens), learner_time_s=elapsed)
         metrics["tokens_per_s"] = metrics["tokens"] / max(elapsed, 1e-9)
+        metrics["compiled_graphs"] = compiled_graphs()
         return metrics
 
     @torch.no_grad()
@@ -460,6 +466,15 @@ class Learner:
     def _is_tied(self, key: str) -> bool:
         out = self._model.get_output_embeddings()
         return out is not None and key.startswith("lm_head") and out.weight is self._model.get_input_embeddings().weight
+
+
+def compiled_graphs() -> float:
+    """Graphs torch.compile has built in this process so far (each recompile counts one more): the
+    compiled decoder layers and the compiled FlexAttention of shared-prompt rows. A long run should
+    settle, not grow with every step."""
+    from torch._dynamo.utils import counters
+
+    return float(counters["stats"]["unique_graphs"])
 
 
 def compile_layers(model: Any, device: torch.device) -> None:
