@@ -19,7 +19,8 @@ compiled, shared:
 Reported per configuration (a table at the end; JSON after every step, so a run cut short keeps what
 it measured): first-step time (compilation included), then medians over the later steps of step
 time, rollout (engine prefill and decode apart), learner, weight sync, tokens/s (prompt + response
-tokens of all P*G sequences per second of step), learner MFU, peak GPU memory, compiled graphs so far.
+tokens of all P*G sequences per second of step), learner MFU, peak GPU memory, and the graphs
+torch.compile has built for this configuration so far (a run that settles stops adding them).
 
   learner FLOPs = 6 * (N_layers * packed + V*H * response) + 12 * layers * (Hq*D) * pairs
       packed = tokens through the model (a shared prompt once, padding not counted), response =
@@ -212,6 +213,9 @@ class Run:
 
         cluster.train_step = observed
         model = cluster.learner.model
+        from golong.learner import compiled_graphs
+
+        graphs_before = compiled_graphs()  # the metric counts the whole process: keep this configuration's
         weight_bytes = sum(p.numel() for p in model.parameters()) * 2
         last = 0.0
         while trainer.step < args.steps and time.perf_counter() - t0 + last < args.budget_s:
@@ -226,6 +230,7 @@ class Run:
             rec = {k: float(m.get(k, 0.0)) for k in (
                 "step_time", "rollout_time", "train_time", "sync_time", "learner_time_s", "tokens", "tokens_per_s",
                 "packed_tokens", "pad_tokens", "response_tokens", "compiled_graphs")}
+            rec["compiled_graphs"] -= graphs_before
             rec.update({k: float(stats.get(k, 0.0)) for k in ("prefill_s", "decode_s", "decode_steps", "prefills")})
             rec.update(rollout_floors(model.config, c["shape"], prompt_lens, stats, weight_bytes))
             rec["learner_tflop"] = flops / 1e12

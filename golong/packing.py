@@ -209,10 +209,20 @@ def _shared_prompt_attention(module, query, key, value, attention_mask, dropout=
     if isinstance(golong_mask, torch.Tensor):
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=golong_mask, scale=scaling, enable_gqa=gqa)
     else:
-        from ksa.flex_attention import compiled_flex_attention
-
-        out = compiled_flex_attention()(query, key, value, block_mask=golong_mask, scale=scaling, enable_gqa=gqa)
+        out = _flex_between_graphs(query, key, value, golong_mask, scaling, gqa)
     return out.transpose(1, 2).contiguous(), None
+
+
+@torch.compiler.disable
+def _flex_between_graphs(query, key, value, block_mask, scale, gqa):
+    """The compiled FlexAttention kernel, kept out of the compiled decoder layers' graphs (a graph
+    break around it): those graphs turn dynamic in the packed length after its second value, and
+    FlexAttention lowered with symbolic lengths is the least travelled path (on the CPU inductor's
+    flex template fails to build so). Called from here it is compiled with static shapes, once per
+    bucket length (bucket_length), the path the kernel is known to take."""
+    from ksa.flex_attention import compiled_flex_attention
+
+    return compiled_flex_attention()(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=gqa)
 
 
 @lru_cache(maxsize=1)

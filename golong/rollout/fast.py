@@ -19,7 +19,9 @@ prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engin
   captured on first use; weight updates copy into the same tensors, so graphs stay valid;
 - serves a fixed pool of slots: a sequence that finishes (EOS or max_new_tokens) frees its slot for
   the next waiting one; the G samples of one prompt share one prefill (the prompt's K/V are copied
-  from a live sibling's slot), and live rows are moved down to the lowest slots when that lets a
+  from a live sibling's slot), the prompts admitted together are prefilled in one packed forward
+  (full attention, up to prefill_chunk tokens; attention per prompt; KSA prompts still one at a
+  time), and live rows are moved down to the lowest slots when that lets a
   smaller batch bucket run;
 - samples on the device with a counter-based random stream keyed by (seed, prompt index, sample
   index, step) (golong/rollout/sampling.py): a sample's tokens do not depend on which other rows
