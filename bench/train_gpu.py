@@ -14,6 +14,7 @@ share|noshare, ksa (the 3:1 KSA hybrid of recipes/ksa*.yaml; KSA policies run ea
 compiled, shared:
 
     python bench/train_gpu.py 0.6b:8k:8x4:256 0.6b:8k:8x4:256:eager 0.6b:8k:8x4:256:noshare --budget-s 240
+    python bench/train_gpu.py 0.6b:8k:8x4:256:eager --budget-s 100 --append --out r.json   # a process each
     python bench/train_gpu.py --smoke          # CPU, tiny shape, seconds (part of the test suite)
 
 Reported per configuration (a table at the end; JSON after every step, so a run cut short keeps what
@@ -107,7 +108,8 @@ def make_recipe(c: dict, path: Path, out: Path, args):
         "model.path": str(path), "model.compile": c["compile"],
         "model.ksa": {"chunk": 8, "summaries": 1, "windows": f"([128]*3+[16768])*{layers // 4}",
                       "impl": "reference" if cpu else "triton"} if c["ksa"] else None,
-        "data.sources": [{"generate": "all", "length": n, "n": max(18, c["prompts"] * args.steps)} for n in c["prompt_lens"]],
+        "data.sources": [{"generate": "all", "length": n, "n": 18} for n in c["prompt_lens"]],  # 2 a task
+
         "data.max_prompt_tokens": longest,
         "rollout.engine": "hf", "rollout.group_size": c["group"], "rollout.prompts_per_step": c["prompts"],
         "rollout.max_new_tokens": c["new"], "rollout.batch_size": c["group"] * c["prompts"],
@@ -172,16 +174,20 @@ class Run:
         self.record = results["configs"][c["name"]] = {"settings": c, "status": "starting", "steps": []}
 
     def over_budget(self) -> None:  # from the watchdog thread: the step in flight did not finish in time
-        self.record["status"] = f"over budget: step {len(self.record['steps']) + 1} unfinished at {self.args.budget_s:.0f} s"
+        self.record["status"] = f"over budget: step {len(self.record['steps']) + 1} unfinished at {self.c['budget_s']:.0f} s"
         self.write()
         print(f"{self.c['name']}: {self.record['status']}", flush=True)
+        import multiprocessing
+
+        for child in multiprocessing.active_children():  # the reward workers would outlive the exit
+            child.terminate()
         os._exit(124)
 
     def run(self, root: Path) -> None:
         from golong.trainer import Trainer
 
         c, args, t0 = self.c, self.args, time.perf_counter()
-        watchdog = threading.Timer(args.budget_s, self.over_budget)
+        watchdog = threading.Timer(c["budget_s"], self.over_budget)
         watchdog.daemon = True
         watchdog.start()
         trainer = None
@@ -218,7 +224,7 @@ class Run:
         graphs_before = compiled_graphs()  # the metric counts the whole process: keep this configuration's
         weight_bytes = sum(p.numel() for p in model.parameters()) * 2
         last = 0.0
-        while trainer.step < args.steps and time.perf_counter() - t0 + last < args.budget_s:
+        while trainer.step < args.steps and time.perf_counter() - t0 + last < c["budget_s"]:
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             m = trainer.train_one_step()
@@ -287,23 +293,32 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("configs", nargs="*", help="SHAPE:PROMPT:GxP:NEW[:compile|eager][:share|noshare][:ksa]")
     ap.add_argument("--smoke", action="store_true", help=f"CPU, {SMOKE}, 3 steps: seconds")
     ap.add_argument("--steps", type=int, default=8, help="steps per configuration at most (the first compiles)")
-    ap.add_argument("--budget-s", type=float, default=300.0, help="wall-clock budget per configuration, setup included")
+    ap.add_argument("--budget-s", type=float, nargs="+", default=[300.0],
+                    help="wall-clock budget of each configuration, setup included (one value for all, or one each)")
     ap.add_argument("--micro-batch-tokens", type=int, default=None,
                     help="optim.micro_batch_tokens (default: max(16384, prompt + G * new): one group per micro-batch)")
     ap.add_argument("--set", action="append", default=[], help="one more recipe override key=value (repeatable)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_gpu.json"))
+    ap.add_argument("--append", action="store_true",
+                    help="keep the configurations already in --out (one process per configuration, one file)")
     args = ap.parse_args(argv)
     if args.smoke:
         args.configs, args.steps, args.device = args.configs or [SMOKE], min(args.steps, 3), "cpu"
     if not args.configs:
         ap.error("give configurations, or --smoke")
     configs = [parse_config(s) for s in args.configs]
+    if len(args.budget_s) not in (1, len(configs)):
+        ap.error(f"--budget-s takes one value or one per configuration ({len(configs)})")
+    budgets = args.budget_s * len(configs) if len(args.budget_s) == 1 else args.budget_s
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU x{os.cpu_count()}"
     results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "configs": {}, "args": vars(args),
+               "note": "configurations run one after another in one process: inductor's caches are warm after the first",
                "machine": {"device": dev, "torch": torch.__version__, "platform": platform.platform()}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and out.is_file():
+        results["configs"] = json.loads(out.read_text()).get("configs", {})
     lock = threading.Lock()
 
     def write() -> None:
@@ -311,7 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
             out.write_text(json.dumps(results, indent=1))
 
     with tempfile.TemporaryDirectory(prefix="golong-train-gpu-") as tmp:
-        for c in configs:
+        for c, budget in zip(configs, budgets, strict=True):
+            c["budget_s"] = budget
             Run(c, args, results, write).run(Path(tmp))
             torch._dynamo.reset()  # each configuration compiles from scratch: its first step is a user's
             if torch.cuda.is_available():
