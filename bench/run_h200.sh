@@ -10,6 +10,15 @@
 #   rollout    bench/ksa_rollout.py: KSA vs full at 32K through the engine, equal batch and equal K/V budget
 #   learner    bench/learner.py --runs compiled: the learner at the GPU recipe settings, 1.7B/4B, 8K-128K
 #   group      bench/learner.py --group 8: one 32K prompt, 8 responses of 2K, prompt shared vs packed 8 times
+#   gputest    pytest -m gpu tests/test_train_gpu.py: three trainer steps at the GPU recipe's settings, bounded
+#   train      bench/train_gpu.py, 0.6B, 8K prompts, G=8 x 4, 256 new tokens: compiled + shared prompts (the
+#              GPU recipe) within 130 s, eager + shared within 90 s, compiled + unshared within 110 s
+#   train32k   bench/train_gpu.py, 1.7B, 32K prompts, G=8 x 2, 2K new tokens, compiled + shared, within 190 s
+#   trl        bench/trainer_vs_trl.py: golong vs TRL's GRPOTrainer, 0.6B shape, 8K prompts, G=8 x 4, 256 new
+#
+# Issue 15 in two device calls (a call runs 600 s at most; each of these ends within ~550 s), each
+# with carry [".whl"] after scripts/fetch_gpu_wheels.sh here, timeout_s 600:
+#   OUT=$OUT bench/run_h200.sh gputest train        then        OUT=$OUT bench/run_h200.sh train32k trl
 #
 # Missing pure-Python dependencies can travel as wheels in .whl/ (installed into /tmp/site).
 set -uo pipefail
@@ -27,7 +36,7 @@ stage() {  # stage NAME SECONDS CMD...
   shift 2
   echo "=== $name (limit ${secs}s) $(date -u +%T)"
   local t0=$SECONDS
-  timeout "$secs" "$@" >"$OUT/$name.log" 2>&1
+  timeout "$secs" "$@" >>"$OUT/$name.log" 2>&1  # appended: a stage may run several commands
   local rc=$?
   echo "=== $name rc=$rc in $((SECONDS - t0))s"
   tail -n 40 "$OUT/$name.log"
@@ -47,6 +56,16 @@ for s in "$@"; do
              stage "group$share" 240 python3 bench/learner.py --runs 1.7b:32768:golong_optmaster_sac_compile \
                --group 8 --response 2048 $share --out "$OUT/learner_group$share.json"
            done ;;
+    gputest) stage gputest 170 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_train_gpu.py ;;
+    train) for run in "0.6b:8k:8x4:256 130" "0.6b:8k:8x4:256:eager 90" "0.6b:8k:8x4:256:noshare 110"; do
+             read -r cfg secs <<<"$run"  # a process per configuration: one that overruns cannot stop the next
+             stage train $((secs + 10)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 20 --append \
+               --out "$OUT/train_gpu_0.6b.json"
+           done ;;
+    train32k) stage train32k 210 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 190 --steps 8 \
+                --out "$OUT/train_gpu_1.7b.json" ;;
+    trl) stage trl 320 python3 bench/trainer_vs_trl.py --model qwen3-0.6b --length 8192 --group 8 --prompts 4 \
+           --max-new 256 --steps 3 --repeats 1 --out "$OUT/trainer_vs_trl_h200.json" ;;
     *) echo "unknown stage $s" ;;
   esac
 done

@@ -37,6 +37,7 @@ from golong.config import AlgoConfig, ModelConfig, OptimConfig
 from golong.models import ModelLoadError, load_policy, prepare_policy  # noqa: F401  (re-exported)
 from golong.packing import (
     PackedRow,
+    bucket_length,
     pack,
     pack_shared,
     packed_logprobs,
@@ -173,7 +174,10 @@ class Learner:
             members = [[(i, len(samples[i].response_ids)) for i in groups[p]] for p in prompts]
             rows = []
             for units in plan_shared_micro_batches([len(p) for p in prompts], members, budget):
-                row = pack_shared([(samples[u[0]].prompt_ids, [samples[i].response_ids for i in u]) for u in units])
+                size = sum(len(samples[u[0]].prompt_ids) + sum(len(samples[i].response_ids) for i in u) for u in units)
+                # padded to a bucket length: compiled attention and layers see a few shapes, not one per row
+                row = pack_shared([(samples[u[0]].prompt_ids, [samples[i].response_ids for i in u]) for u in units],
+                                  pad_to=bucket_length(size))
                 rows.append(([i for u in units for i in u], row))
             return rows
         lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
@@ -241,13 +245,15 @@ class Learner:
                         sums[name] = sums.get(name, 0.0) + v
                     if update == 0:
                         # tokens through the model (shared prompts once), counted over the first pass
-                        sums["packed_tokens"] = sums.get("packed_tokens", 0.0) + float(row.input_ids.shape[1])
+                        sums["packed_tokens"] = sums.get("packed_tokens", 0.0) + float(row.input_ids.shape[1] - row.padding)
+                        sums["pad_tokens"] = sums.get("pad_tokens", 0.0) + float(row.padding)
                         for i, lp in zip(idx, old[k][r] if old else logps, strict=True):
                             learner_lps[id(plan.samples[i])] = lp
                 steps.append({**(self.dist.sum_dicts(sums) if self.dist is not None else sums),
                               "grad_norm": self._optimizer_step()})
         metrics = {name: sum(st.get(name, 0.0) for st in steps) / len(steps) for name in steps[0]}
-        metrics["packed_tokens"] = sum(st.get("packed_tokens", 0.0) for st in steps)
+        for name in ("packed_tokens", "pad_tokens"):
+            metrics[name] = sum(st.get(name, 0.0) for st in steps)
         metrics.update(optimizer_steps=float(len(steps)), lr=self.scheduler.get_last_lr()[0])
         self.scheduler.step()
         self.step += 1
@@ -257,6 +263,7 @@ class Learner:
         metrics.update(tokens=float(sum(len(s.prompt_ids) + len(s.response_ids) for s in samples)),
                        response_tokens=float(sum(len(s.response_ids) for s in samples)), learner_time_s=elapsed)
         metrics["tokens_per_s"] = metrics["tokens"] / max(elapsed, 1e-9)
+        metrics["compiled_graphs"] = compiled_graphs()
         return metrics
 
     def _plan(self, mini_batch: list[Sample]) -> _MiniBatch:
@@ -535,6 +542,15 @@ def _mini_batches(samples: list[Sample], n: int) -> list[list[Sample]]:
     n = max(1, min(n, len(samples)))
     bounds = [round(i * len(samples) / n) for i in range(n + 1)]
     return [samples[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def compiled_graphs() -> float:
+    """Graphs torch.compile has built in this process so far (each recompile counts one more): the
+    compiled decoder layers and the compiled FlexAttention of shared-prompt rows. A long run should
+    settle, not grow with every step."""
+    from torch._dynamo.utils import counters
+
+    return float(counters["stats"]["unique_graphs"])
 
 
 def compile_layers(model: Any, device: torch.device) -> None:

@@ -14,6 +14,14 @@ and attending to the prompt and to itself only (`pack_shared`). The prompt's for
 then run once per group instead of G times: at long context (prompt >> response) the learner does
 nearly G times less work, with the same log-probs and gradients (tests/test_packing.py).
 
+Shared-prompt rows are padded to a bucket length (`bucket_length`: at most 12.5% padding above 1K
+tokens, 8 lengths per octave) with one extra sequence nothing else attends to, and their FlexAttention
+BlockMask is built directly from the row's spans, without compilation (`shared_block_mask`). The
+compiled FlexAttention kernel is then compiled once per bucket, not once per packed length, and
+compiled decoder layers (model.compile) see a bounded set of shapes. Ordinary packed rows need no
+buckets: with compiled layers torch.compile's automatic dynamic shapes compile a layer twice (the
+first length static, then one dynamic graph for every later length; tests/test_packing.py counts).
+
 Log-probs are taken from the final hidden states of the response-predicting positions only, in
 chunks of `chunk` tokens: the LM head, log-softmax and gather run per chunk (and are recomputed in
 backward), so the [tokens, vocab] logits of a long response are never held at once.
@@ -28,6 +36,8 @@ from functools import lru_cache
 
 import torch
 from torch.utils.checkpoint import checkpoint
+
+TILE = 128  # FlexAttention's default tile (BLOCK_SIZE); bucket lengths are multiples of it
 
 
 def plan_micro_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
@@ -81,7 +91,8 @@ class PackedRow:
 
     Shared-prompt rows (`pack_shared`) also carry per-token `docs` (unit index) and `members` (-1 for
     prompt tokens, the response's index within its unit otherwise): a token attends to earlier tokens
-    of its unit that are prompt tokens or of its own response."""
+    of its unit that are prompt tokens or of its own response. Padding (`pad_shared`) is one more unit
+    of `padding` prompt tokens at the end: it attends only to itself, so every row's softmax stays finite."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
@@ -89,6 +100,7 @@ class PackedRow:
     response_at: list[int] = field(default_factory=list)
     docs: torch.Tensor | None = None
     members: torch.Tensor | None = None
+    padding: int = 0  # trailing tokens of a sequence of their own (bucketed rows); their outputs are dropped
 
     def __post_init__(self) -> None:
         if not self.response_at:
@@ -114,9 +126,19 @@ def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -
     return PackedRow(torch.tensor([ids], dtype=torch.long), torch.tensor([pos], dtype=torch.long), spans)
 
 
-def pack_shared(units: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) -> PackedRow:
+def bucket_length(n: int) -> int:
+    """The packed length a row of n tokens is padded to: n rounded up to a multiple of
+    max(128, pow2(n) / 16), pow2(n) the smallest power of two >= n. Padding stays under 12.5% of n
+    above 1024 tokens (under 128 tokens below); an octave (2^k, 2^(k+1)] holds 8 buckets, so a run whose
+    micro-batches range from 8K to 16K tokens meets at most 8 lengths. Multiples of 128, FlexAttention's tile."""
+    step = max(TILE, (1 << max(n - 1, 1).bit_length()) // 16)
+    return -(-n // step) * step
+
+
+def pack_shared(units: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], pad_to: int | None = None) -> PackedRow:
     """Lay out units (prompt, [responses]) as prompt, response 1, ..., response k, unit after unit.
-    Each response takes the positions following its prompt; spans come out in the given order."""
+    Each response takes the positions following its prompt; spans come out in the given order.
+    With `pad_to`, a last unit of padding tokens (id 0, no responses) fills the row to that length."""
     ids: list[int] = []
     pos: list[int] = []
     docs: list[int] = []
@@ -137,9 +159,14 @@ def pack_shared(units: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) 
             pos.extend(range(len(prompt), len(prompt) + len(r)))
             docs.extend([u] * len(r))
             members.extend([m] * len(r))
+    padding = max(0, (pad_to or 0) - len(ids))
+    ids.extend([0] * padding)
+    pos.extend(range(padding))
+    docs.extend([len(units)] * padding)
+    members.extend([-1] * padding)
     return PackedRow(
         torch.tensor([ids], dtype=torch.long), torch.tensor([pos], dtype=torch.long), spans, response_at,
-        torch.tensor(docs, dtype=torch.long), torch.tensor(members, dtype=torch.long),
+        torch.tensor(docs, dtype=torch.long), torch.tensor(members, dtype=torch.long), padding,
     )
 
 
@@ -182,10 +209,20 @@ def _shared_prompt_attention(module, query, key, value, attention_mask, dropout=
     if isinstance(golong_mask, torch.Tensor):
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=golong_mask, scale=scaling, enable_gqa=gqa)
     else:
-        from ksa.flex_attention import compiled_flex_attention
-
-        out = compiled_flex_attention()(query, key, value, block_mask=golong_mask, scale=scaling, enable_gqa=gqa)
+        out = _flex_between_graphs(query, key, value, golong_mask, scaling, gqa)
     return out.transpose(1, 2).contiguous(), None
+
+
+@torch.compiler.disable
+def _flex_between_graphs(query, key, value, block_mask, scale, gqa):
+    """The compiled FlexAttention kernel, kept out of the compiled decoder layers' graphs (a graph
+    break around it): those graphs turn dynamic in the packed length after its second value, and
+    FlexAttention lowered with symbolic lengths is the least travelled path (on the CPU inductor's
+    flex template fails to build so). Called from here it is compiled with static shapes, once per
+    bucket length (bucket_length), the path the kernel is known to take."""
+    from ksa.flex_attention import compiled_flex_attention
+
+    return compiled_flex_attention()(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=gqa)
 
 
 @lru_cache(maxsize=1)
@@ -193,6 +230,9 @@ def _register_shared_attention() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
+    # one compiled FlexAttention per bucket length (bucket_length): keep dynamo's default limit of 8
+    # from sending a run over many buckets to the unfused path, whose memory grows with L^2
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     AttentionInterface.register(SHARED_PROMPT_ATTENTION, _shared_prompt_attention)
     AttentionMaskInterface.register(SHARED_PROMPT_ATTENTION, lambda *args, **kwargs: None)  # the mask comes as golong_mask
 
@@ -220,24 +260,83 @@ def shared_attention(model, row: PackedRow) -> Iterator[None]:
 def shared_mask(row: PackedRow, device, block: bool | None = None):
     """The attention rule of a shared-prompt row: same unit, causal, key is prompt or the query's own
     response. A dense [1, 1, L, L] bool mask (the CPU default: FlexAttention has no CPU backward) or
-    a FlexAttention BlockMask (the CUDA default; never dense)."""
-    docs, members = row.docs.to(device), row.members.to(device)
-    length = docs.numel()
+    a FlexAttention BlockMask (the CUDA default; never dense, see shared_block_mask)."""
+    if not (torch.device(device).type == "cuda" if block is None else block):
+        docs, members = row.docs.to(device), row.members.to(device)
+        idx = torch.arange(docs.numel(), device=device)
+        return _shared_rule(docs, members)(None, None, idx[:, None], idx[None, :])[None, None]
+    return shared_block_mask(row, device)
 
+
+def _shared_rule(docs: torch.Tensor, members: torch.Tensor):
     def rule(b, h, q, k):
         return (docs[q] == docs[k]) & (k <= q) & ((members[k] < 0) | (members[k] == members[q]))
 
-    if not (torch.device(device).type == "cuda" if block is None else block):
-        idx = torch.arange(length, device=device)
-        return rule(None, None, idx[:, None], idx[None, :])[None, None]
-    return _compiled_block_mask()(rule, None, None, length, length, device=device)
+    return rule
 
 
-@lru_cache(maxsize=1)
-def _compiled_block_mask():
-    from torch.nn.attention.flex_attention import create_block_mask
+def _attended_intervals(docs: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Per query token of a shared-prompt row, the two key intervals it attends, as [L, 4]
+    (lo1, hi1, lo2, hi2), inclusive, an interval with hi < lo being empty: its unit's prompt up to
+    itself, and (a response token) its own response up to itself. The rule of `shared_mask` reads
+    exactly this way because a unit is laid out as its prompt, then its responses one after another."""
+    n = docs.numel()
+    idx = torch.arange(n)
+    new_doc = torch.ones(n, dtype=torch.bool)
+    new_doc[1:] = docs[1:] != docs[:-1]
+    new_run = new_doc.clone()  # a new (unit, member) run: the start of a prompt or a response
+    new_run[1:] |= members[1:] != members[:-1]
+    doc_start = torch.cummax(torch.where(new_doc, idx, 0), 0).values
+    run_start = torch.cummax(torch.where(new_run, idx, 0), 0).values
+    prompt = members < 0
+    # a unit's prompt ends where its first response starts (or at the unit's end): the prompt run's end
+    prompt_end = torch.zeros(n, dtype=torch.long)  # per doc start: last prompt index of that unit
+    prompt_end.scatter_reduce_(0, doc_start[prompt], idx[prompt], reduce="amax", include_self=False)
+    hi1 = torch.minimum(idx, prompt_end[doc_start])
+    lo2 = torch.where(prompt, idx + 1, run_start)  # empty for prompt tokens
+    return torch.stack([doc_start, hi1, lo2, idx], 1)
 
-    return torch.compile(create_block_mask)
+
+def shared_block_mask(row: PackedRow, device):
+    """FlexAttention BlockMask of a shared-prompt row, built without compilation or an L x L mask:
+    each query attends at most two key intervals (_attended_intervals), so the number of keys it
+    sees in each TILE-wide key tile is two interval overlaps. A tile pair is full when every query
+    row of the q tile sees all TILE keys, partial when some sees some; computed one slab of q tiles
+    at a time (O(L^2 / TILE) integers in all). Equal to create_block_mask's (tests/test_packing.py)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    docs, members = row.docs.cpu(), row.members.cpu()
+    length = docs.numel()
+    n_tiles = -(-length // TILE)
+    iv = _attended_intervals(docs, members)
+    iv = torch.cat([iv, iv.new_tensor([[0, -1, 0, -1]]).expand(n_tiles * TILE - length, 4)])  # tail rows see nothing
+    k0 = torch.arange(n_tiles) * TILE
+    any_tile = torch.zeros(n_tiles, n_tiles, dtype=torch.bool)
+    all_tile = torch.zeros_like(any_tile)
+    rows = max(1, (1 << 24) // (TILE * n_tiles))  # q tiles per slab: ~16M counts at once
+    for r0 in range(0, n_tiles, rows):
+        r1 = min(n_tiles, r0 + rows)
+        lo1, hi1, lo2, hi2 = (c[:, None] for c in iv[r0 * TILE : r1 * TILE].unbind(1))
+        seen = (torch.minimum(hi1, k0 + TILE - 1) - torch.maximum(lo1, k0) + 1).clamp_(min=0)
+        seen += (torch.minimum(hi2, k0 + TILE - 1) - torch.maximum(lo2, k0) + 1).clamp_(min=0)
+        seen = seen.view(r1 - r0, TILE, n_tiles)
+        any_tile[r0:r1] = (seen > 0).any(1)
+        all_tile[r0:r1] = (seen == TILE).all(1)
+    if length % TILE:  # a ragged last key tile is never full (its tail keys do not exist)
+        all_tile[:, -1] = False
+    partial = any_tile & ~all_tile
+    lists = [x.to(device) for t in (partial, all_tile) for x in _tile_lists(t)]
+    pad_docs = torch.cat([docs, docs.new_full((n_tiles * TILE - length,), -1)]).to(device)
+    pad_members = torch.cat([members, members.new_full((n_tiles * TILE - length,), -1)]).to(device)
+    return BlockMask.from_kv_blocks(*lists, BLOCK_SIZE=TILE, mask_mod=_shared_rule(pad_docs, pad_members),
+                                    seq_lengths=(length, length))
+
+
+def _tile_lists(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bool [nq, nk] -> (count [1, 1, nq], key tile indices [1, 1, nq, nk], the set ones first, ascending)."""
+    num = tiles.sum(-1, dtype=torch.int32)
+    idx = torch.argsort(tiles.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+    return num[None, None], idx[None, None]
 
 
 def _varlen_kwargs(row: PackedRow, config, device) -> dict:

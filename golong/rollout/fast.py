@@ -19,7 +19,9 @@ prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engin
   captured on first use; weight updates copy into the same tensors, so graphs stay valid;
 - serves a fixed pool of slots: a sequence that finishes (EOS or max_new_tokens) frees its slot for
   the next waiting one; the G samples of one prompt share one prefill (the prompt's K/V are copied
-  from a live sibling's slot), and live rows are moved down to the lowest slots when that lets a
+  from a live sibling's slot), the prompts admitted together are prefilled in one packed forward
+  (full attention, up to prefill_chunk tokens; attention per prompt; KSA prompts still one at a
+  time), and live rows are moved down to the lowest slots when that lets a
   smaller batch bucket run;
 - samples on the device with a counter-based random stream keyed by (seed, prompt index, sample
   index, step) (golong/rollout/sampling.py): a sample's tokens do not depend on which other rows
@@ -290,6 +292,55 @@ class FastEngine(RolloutEngine):
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(h).float()
 
+    def _prefill_many(self, prompts: list[list[int]], slots: list[int], stats: dict) -> list[torch.Tensor]:
+        """Prefill prompts into their slots; next-token logits [V] of each. Full-attention prompts go
+        through the layers packed together, up to `prefill_chunk` tokens per forward (_prefill_packed);
+        a longer prompt goes alone, in chunks (_prefill). KSA prompts still run one at a time through
+        the model's own KSA forward."""
+        out: dict[int, torch.Tensor] = {}
+        pack: list[int] = []
+
+        def flush() -> None:
+            if pack:
+                out.update(zip(pack, self._prefill_packed([prompts[i] for i in pack], [slots[i] for i in pack]), strict=True))
+                stats["prefill_batches"] += 1
+                pack.clear()
+
+        for i, prompt in enumerate(prompts):
+            if self.ksa or len(prompt) > self.prefill_chunk:
+                out[i] = self._prefill(prompt, slots[i])
+                stats["prefill_batches"] += 1
+                continue
+            if sum(len(prompts[k]) for k in pack) + len(prompt) > self.prefill_chunk:
+                flush()
+            pack.append(i)
+        flush()
+        return [out[i] for i in range(len(prompts))]
+
+    def _prefill_packed(self, prompts: list[list[int]], slots: list[int]) -> list[torch.Tensor]:
+        """Prompts laid end to end in one row, each at its own positions 0..len-1: embeddings, norms,
+        projections and MLP run over all their tokens in one pass (larger GEMMs, fewer launches: what a
+        batch of short prompts gains), attention runs per prompt (causal SDPA on its slice, no mask to
+        build, no padding), and each prompt's K/V goes into its slot. Logits of each prompt's last token."""
+        ends = [0]
+        for prompt in prompts:
+            ends.append(ends[-1] + len(prompt))
+        ids = torch.tensor([[t for prompt in prompts for t in prompt]], device=self.device)
+        pos = torch.cat([torch.arange(len(prompt)) for prompt in prompts]).to(self.device)[None]
+        groups = self.heads // self.kv_heads
+
+        def attend(i, q, k, v, scale):
+            outs = []
+            for a, b, slot in zip(ends[:-1], ends[1:], slots, strict=True):
+                self.k_cache[i][slot, :, : b - a] = k[0, :, a:b]
+                self.v_cache[i][slot, :, : b - a] = v[0, :, a:b]
+                keys, vals = (x[:, :, a:b].repeat_interleave(groups, 1) for x in (k, v))  # as _prefill does
+                outs.append(F.scaled_dot_product_attention(q[:, :, a:b], keys, vals, is_causal=True, scale=scale))
+            return torch.cat(outs, 2)
+
+        h = self._layers(ids, pos, attend)
+        return list(self._logits(h[0, torch.tensor(ends[1:], device=self.device) - 1]))
+
     def _prefill(self, prompt: list[int], slot: int) -> torch.Tensor:
         """Write the prompt's K/V into `slot`, `prefill_chunk` tokens at a time; next-token logits [V]."""
         if self.ksa:
@@ -458,8 +509,9 @@ class FastEngine(RolloutEngine):
         if any(len(p) == 0 for p in prompts):
             raise ValueError("an empty prompt cannot be generated from; give at least one token")
         self._ensure_cache(len(prompts) * n, longest + params.max_new_tokens)
-        stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "rows_x_steps": 0, "prefills": 0, "moves": 0,
-                 "concurrency": 0, "kv_bytes": self.cache_bytes()}
+        stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "rows_x_steps": 0, "prefills": 0,
+                 "prefill_batches": 0, "moves": 0,
+                 "concurrency": 0, "kv_bytes": self.cache_bytes(), "kv_tokens_read": 0}
         waiting = deque((p, j) for p in range(len(prompts)) for j in range(n))
         first_logits: dict[int, torch.Tensor] = {}  # prompt -> logits after its prefill, until all n start
         started: dict[int, int] = {}
@@ -476,33 +528,10 @@ class FastEngine(RolloutEngine):
             return False
 
         while waiting or any(slots):
-            # Admit waiting samples into free slots: prefill once per prompt, copy K/V for siblings.
-            for slot in range(self.rows):
-                if not waiting:
-                    break
-                if slots[slot] is not None:
-                    continue
-                p, j = waiting.popleft()
-                sibling = next((s for s in slots if s is not None and s.prompt == p), None)
-                t0 = time.perf_counter()
-                if sibling is not None:
-                    self._copy_slot(sibling.slot, slot, len(prompts[p]))
-                else:
-                    first_logits[p] = self._prefill(prompts[p], slot)
-                    stats["prefills"] += 1
-                logits = first_logits[p]
-                started[p] = started.get(p, 0) + 1
-                if started[p] == n:
-                    first_logits.pop(p)
-                seq = _Seq(p, j, slot, len(prompts[p]), row_key(params.seed, p, j))
-                tok, lp = sample_rows(logits[None], params, torch.tensor([seq.key], device=self.device),
-                                      torch.zeros(1, dtype=torch.long, device=self.device))
-                self._sync()
-                stats["prefill_s"] += time.perf_counter() - t0
-                seq.tokens.append(int(tok))
-                seq.logps.append(float(lp))
-                slots[slot] = seq
+            t0 = time.perf_counter()
+            for seq in self._admit(prompts, n, params, waiting, slots, first_logits, started, stats):
                 finish_if(seq, seq.tokens[-1])
+            stats["prefill_s"] += time.perf_counter() - t0
             live = [s for s in slots if s is not None]
             if not live:
                 continue
@@ -523,6 +552,7 @@ class FastEngine(RolloutEngine):
             stats["decode_s"] += time.perf_counter() - t0
             stats["decode_steps"] += 1
             stats["rows_x_steps"] += len(live)
+            stats["kv_tokens_read"] += sum(s.length for s in live)  # K/V entries a step must read: its floor
             for s in live:
                 s.length += 1
                 s.tokens.append(toks[s.slot])
@@ -530,6 +560,46 @@ class FastEngine(RolloutEngine):
                 finish_if(s, toks[s.slot])
         self.stats = stats
         return [[self._completion(prompts[p], s) for s in group if s is not None] for p, group in enumerate(done)]
+
+    def _admit(self, prompts: list[list[int]], n: int, params: SamplingParams, waiting: deque, slots: list,
+               first_logits: dict[int, torch.Tensor], started: dict[int, int], stats: dict) -> list[_Seq]:
+        """Fill the free slots from `waiting`. The prompts among them whose K/V no slot holds yet are
+        prefilled together (_prefill_many); every other sample copies its prompt's K/V from a slot that
+        holds it (a live sibling, or the slot just prefilled). Each admitted sample then draws its first
+        token, all in one sampling call. Returns the admitted sequences, placed in their slots."""
+        admitted = []
+        for slot in range(self.rows):
+            if not waiting:
+                break
+            if slots[slot] is None:
+                admitted.append((slot, *waiting.popleft()))
+        if not admitted:
+            return []
+        holder = {s.prompt: s.slot for s in slots if s is not None}  # a slot holding each prompt's K/V
+        fresh: dict[int, int] = {}
+        for slot, p, _ in admitted:
+            if p not in holder and p not in fresh:
+                fresh[p] = slot
+        if fresh:
+            first_logits.update(zip(fresh, self._prefill_many([prompts[p] for p in fresh], list(fresh.values()), stats), strict=True))
+            stats["prefills"] += len(fresh)
+        holder.update(fresh)
+        seqs, logits = [], []
+        for slot, p, j in admitted:
+            if slot != holder[p]:
+                self._copy_slot(holder[p], slot, len(prompts[p]))
+            seqs.append(_Seq(p, j, slot, len(prompts[p]), row_key(params.seed, p, j)))
+            logits.append(first_logits[p])
+            started[p] = started.get(p, 0) + 1
+            if started[p] == n:
+                first_logits.pop(p)
+        keys = torch.tensor([s.key for s in seqs], device=self.device)
+        tok, lp = sample_rows(torch.stack(logits), params, keys, torch.zeros_like(keys))
+        for seq, t, x in zip(seqs, tok.tolist(), lp.tolist(), strict=True):
+            seq.tokens.append(t)
+            seq.logps.append(x)
+            slots[seq.slot] = seq
+        return seqs
 
     def _compact(self, slots: list[_Seq | None]) -> int:
         """Move the highest live rows into the lowest free slots while that shrinks the batch bucket

@@ -1,0 +1,341 @@
+"""`golong train` end to end on one GPU: the real Trainer (inline), step by step, per phase.
+
+Each configuration starts from the GPU recipe (recipes/golongrl_qwen3_4b_tmn.yaml, through
+golong.config with dotted overrides, as `golong train` reads it) and changes only what a benchmark
+must: a random-weight Qwen3 model of a named shape written to a local folder with a locally built
+tokenizer (tests/tiny.py; no hub), the 9 generated GoLongRL tasks at one prompt length, G x P
+responses of a fixed length, the in-process engine (rollout.engine=hf), cluster.mode=inline, no
+dynamic sampling (every group is trained, so steps are alike). Then Trainer.train_one_step runs
+until --steps or the time budget, whichever comes first.
+
+Configurations, as SHAPE:PROMPT:GxP:NEW[:flag...], PROMPT one length (8k) or several (2k,6k: one
+data source each, so prompts of different lengths meet in a step), flags compile|eager,
+share|noshare, ksa (the 3:1 KSA hybrid of recipes/ksa*.yaml; KSA policies run eagerly); defaults:
+compiled, shared:
+
+    python bench/train_gpu.py 0.6b:8k:8x4:256 0.6b:8k:8x4:256:eager 0.6b:8k:8x4:256:noshare --budget-s 240
+    python bench/train_gpu.py 0.6b:8k:8x4:256:eager --budget-s 100 --append --out r.json   # a process each
+    python bench/train_gpu.py --smoke          # CPU, tiny shape, seconds (part of the test suite)
+
+Reported per configuration (a table at the end; JSON after every step, so a run cut short keeps what
+it measured): first-step time (compilation included), then medians over the later steps of step
+time, rollout (engine prefill and decode apart), learner, weight sync, tokens/s (prompt + response
+tokens of all P*G sequences per second of step), learner MFU, peak GPU memory, and the graphs
+torch.compile has built for this configuration so far (a run that settles stops adding them).
+
+  learner FLOPs = 6 * (N_layers * packed + V*H * response) + 12 * layers * (Hq*D) * pairs
+      packed = tokens through the model (a shared prompt once, padding not counted), response =
+      response tokens (golong's LM head runs on them only), pairs = attended (query, key) pairs:
+      shared, per group p(p+1)/2 + sum_i (r_i p + r_i(r_i+1)/2); unshared sum_i (p+r_i)(p+r_i+1)/2
+      (a group split over micro-batches repeats its prompt: counted once here). No recompute.
+      MFU = FLOPs / learner time / 990e12 (H200 dense bf16 datasheet, as bench/learner.py).
+  decode floor  = (decode steps * weight bytes + K/V entries read * bytes per entry) / 4.8e12
+      (K/V entries read: each decode step, every live row's length; KSA: bytes at the mean length).
+  prefill floor = sum over prompts (2 N p + 2 * layers * (Hq*D) * p^2) / 790e12 (measured bf16 GEMM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from learner import PEAK_FLOPS, SHAPES, VOCAB, qwen3_config  # noqa: E402  (bench/learner.py)
+
+GPU_RECIPE = ROOT / "recipes" / "golongrl_qwen3_4b_tmn.yaml"
+HBM_BYTES_PER_S = 4.8e12  # H200 datasheet
+GEMM_FLOPS = 790e12  # bf16 matmul measured on the project's H200 (shared/ENVIRONMENT.md)
+SMOKE = "tiny:96:2x2:8:eager"
+
+
+def parse_config(spec: str) -> dict:
+    shape, prompt, gp, new, *flags = spec.split(":")
+    if shape not in SHAPES:
+        raise SystemExit(f"unknown shape {shape!r}; one of {', '.join(SHAPES)}")
+    unknown = set(flags) - {"compile", "eager", "share", "noshare", "ksa"}
+    if unknown:
+        raise SystemExit(f"unknown flags {sorted(unknown)} in {spec!r} (compile|eager, share|noshare, ksa)")
+    g, p = (int(x) for x in gp.lower().split("x"))
+    lengths = [int(x[:-1]) * 1024 if x.lower().endswith("k") else int(x) for x in prompt.split(",")]
+    ksa = "ksa" in flags
+    return {"name": spec, "shape": shape, "prompt_lens": lengths, "group": g, "prompts": p, "new": int(new),
+            "ksa": ksa, "compile": "eager" not in flags and not ksa, "share": "noshare" not in flags}
+
+
+def policy_folder(shape: str, root: Path, device: str) -> Path:
+    """A random-weight Qwen3 model of `shape` (bf16 on a GPU) and the local tokenizer, saved once."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny import build_tokenizer
+
+    path = root / f"qwen3-{shape}"
+    if (path / "config.json").is_file():
+        return path
+    tok = build_tokenizer()
+    cfg = qwen3_config(shape)
+    cfg.eos_token_id, cfg.pad_token_id = tok.eos_token_id, tok.pad_token_id
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def make_recipe(c: dict, path: Path, out: Path, args):
+    """The GPU recipe with the benchmark's overrides, validated by the recipe schema."""
+    from golong.config import load_recipe
+
+    cpu = args.device == "cpu"
+    longest = max(c["prompt_lens"])
+    budget = args.micro_batch_tokens or max(16384, longest + c["group"] * c["new"])
+    layers = SHAPES[c["shape"]]["num_hidden_layers"]
+    sets = {
+        "model.path": str(path), "model.compile": c["compile"],
+        "model.ksa": {"chunk": 8, "summaries": 1, "windows": f"([128]*3+[16768])*{layers // 4}",
+                      "impl": "reference" if cpu else "triton"} if c["ksa"] else None,
+        "data.sources": [{"generate": "all", "length": n, "n": 18} for n in c["prompt_lens"]],  # 2 a task
+
+        "data.max_prompt_tokens": longest,
+        "rollout.engine": "hf", "rollout.group_size": c["group"], "rollout.prompts_per_step": c["prompts"],
+        "rollout.max_new_tokens": c["new"], "rollout.batch_size": c["group"] * c["prompts"],
+        "algo.dynamic_sampling": False, "algo.max_generation_rounds": 1,
+        "optim.share_prompts": c["share"], "optim.micro_batch_tokens": budget,
+        "reward.workers": 2 if cpu else 8,
+        "cluster.mode": "inline", "cluster.address": None,
+        "trainer.steps": args.steps, "trainer.output_dir": str(out), "trainer.save_every": 10**6,
+    }
+    if cpu:  # float32 on the CPU (no bf16 autocast there worth timing)
+        sets.update({"model.dtype": "float32", "model.attn_implementation": None})
+    overrides = [f"{k}={json.dumps(v)}" for k, v in sets.items()] + list(args.set)
+    return load_recipe(GPU_RECIPE, overrides)
+
+
+def model_params(shape: str) -> int:
+    """Parameters of the decoder layers (projections and MLP; norms negligible, embedding apart)."""
+    s = SHAPES[shape]
+    h, qd, kvd = s["hidden_size"], s["num_attention_heads"] * s["head_dim"], s["num_key_value_heads"] * s["head_dim"]
+    return s["num_hidden_layers"] * (2 * h * qd + 2 * h * kvd + 3 * h * s["intermediate_size"])
+
+
+def learner_flops(shape: str, samples: list[tuple[tuple, int]], share: bool) -> float:
+    """Model FLOPs of the learner's work on one step's samples [(prompt key, response length)] (docstring)."""
+    s = SHAPES[shape]
+    h, layers, qd = s["hidden_size"], s["num_hidden_layers"], s["num_attention_heads"] * s["head_dim"]
+    n_layers = model_params(shape)
+    groups: dict[tuple, list[int]] = {}
+    for (key, p), r in samples:
+        groups.setdefault((key, p), []).append(r)
+    packed = pairs = 0
+    for (_, p), rs in groups.items():
+        if share:
+            packed += p + sum(rs)
+            pairs += p * (p + 1) // 2 + sum(r * p + r * (r + 1) // 2 for r in rs)
+        else:
+            packed += sum(p + r for r in rs)
+            pairs += sum((p + r) * (p + r + 1) // 2 for r in rs)
+    response = sum(r for _, r in samples)
+    return 6 * (n_layers * packed + VOCAB.get(shape, 151936) * h * response) + 12 * layers * qd * pairs
+
+
+def rollout_floors(model_cfg, shape: str, prompt_lens: list[int], stats: dict, weight_bytes: int) -> dict:
+    """Decode floor (bytes at HBM speed) and prefill floor (FLOPs at GEMM speed), see the docstring."""
+    from golong.rollout.kvmem import kv_bytes_per_sequence
+
+    s = SHAPES[shape]
+    qd, layers = s["num_attention_heads"] * s["head_dim"], s["num_hidden_layers"]
+    steps, entries = stats.get("decode_steps", 0), stats.get("kv_tokens_read", 0)
+    mean_len = max(1, entries // max(1, stats.get("rows_x_steps", 1)))
+    per_entry = kv_bytes_per_sequence(model_cfg, mean_len, 2) / mean_len
+    n = weight_bytes / 2
+    prefill = sum(2 * n * p + 2 * layers * qd * p * p for p in prompt_lens) / GEMM_FLOPS
+    return {"decode_floor_s": (steps * weight_bytes + entries * per_entry) / HBM_BYTES_PER_S, "prefill_floor_s": prefill}
+
+
+class Run:
+    """One configuration: its Trainer, its step records, and its share of the JSON file."""
+
+    def __init__(self, c: dict, args, results: dict, write):
+        self.c, self.args, self.results, self.write = c, args, results, write
+        self.record = results["configs"][c["name"]] = {"settings": c, "status": "starting", "steps": []}
+
+    def over_budget(self) -> None:  # from the watchdog thread: the step in flight did not finish in time
+        self.record["status"] = f"over budget: step {len(self.record['steps']) + 1} unfinished at {self.c['budget_s']:.0f} s"
+        self.write()
+        print(f"{self.c['name']}: {self.record['status']}", flush=True)
+        import multiprocessing
+
+        for child in multiprocessing.active_children():  # the reward workers would outlive the exit
+            child.terminate()
+        os._exit(124)
+
+    def run(self, root: Path) -> None:
+        from golong.trainer import Trainer
+
+        c, args, t0 = self.c, self.args, time.perf_counter()
+        watchdog = threading.Timer(c["budget_s"], self.over_budget)
+        watchdog.daemon = True
+        watchdog.start()
+        trainer = None
+        try:
+            recipe = make_recipe(c, policy_folder(c["shape"], root, args.device), root / f"run-{len(self.results['configs'])}", args)
+            trainer = Trainer(recipe, quiet=True)
+            self.record["setup_s"] = round(time.perf_counter() - t0, 2)
+            self.record["status"] = "running"
+            self._steps(trainer, t0)
+            self.record["status"] = "ok"
+        except Exception as e:  # recorded; the next configuration still runs
+            traceback.print_exc()
+            self.record["status"] = f"error: {type(e).__name__}: {str(e)[:300]}"
+        finally:
+            watchdog.cancel()
+            if trainer is not None:
+                trainer.cluster.shutdown()
+        self.record["summary"] = summarize(self.record["steps"])
+        self.write()
+
+    def _steps(self, trainer, t0: float) -> None:
+        cluster, c, args = trainer.cluster, self.c, self.args
+        seen: list = []
+        train_step = cluster.train_step
+
+        def observed(samples):  # the step's samples, for the FLOP count (the learner runs as it is)
+            seen[:] = [((hash(tuple(s.prompt_ids)), len(s.prompt_ids)), len(s.response_ids)) for s in samples]
+            return train_step(samples)
+
+        cluster.train_step = observed
+        model = cluster.learner.model
+        from golong.learner import compiled_graphs
+
+        graphs_before = compiled_graphs()  # the metric counts the whole process: keep this configuration's
+        weight_bytes = sum(p.numel() for p in model.parameters()) * 2
+        last = 0.0
+        while trainer.step < args.steps and time.perf_counter() - t0 + last < c["budget_s"]:
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            m = trainer.train_one_step()
+            trainer.step += 1
+            last = m["step_time"]
+            stats = dict(getattr(cluster.engine, "stats", {}) or {})
+            prompt_lens = [p for _, p in {key for key, _ in seen}]  # one prefill per prompt
+            flops = learner_flops(c["shape"], seen, c["share"] and not c["ksa"])
+            rec = {k: float(m.get(k, 0.0)) for k in (
+                "step_time", "rollout_time", "train_time", "sync_time", "learner_time_s", "tokens", "tokens_per_s",
+                "packed_tokens", "pad_tokens", "response_tokens", "compiled_graphs")}
+            rec["compiled_graphs"] -= graphs_before
+            rec.update({k: float(stats.get(k, 0.0)) for k in ("prefill_s", "decode_s", "decode_steps", "prefills")})
+            rec.update(rollout_floors(model.config, c["shape"], prompt_lens, stats, weight_bytes))
+            rec["learner_tflop"] = flops / 1e12
+            rec["mfu"] = flops / max(rec["train_time"], 1e-9) / PEAK_FLOPS
+            rec["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+            self.record["steps"].append({k: sig(v) for k, v in rec.items()})
+            self.write()
+            print(f"{c['name']} step {trainer.step}: {rec['step_time']:.2f}s (rollout {rec['rollout_time']:.2f}: prefill "
+                  f"{rec['prefill_s']:.2f} decode {rec['decode_s']:.2f}, learner {rec['train_time']:.2f}, "
+                  f"graphs {rec['compiled_graphs']:.0f}, mem {rec['peak_mem_gib']} GiB)", flush=True)
+
+
+def sig(x: float) -> float:
+    """x to 5 significant digits (JSON that stays readable, tiny CPU numbers kept)."""
+    return float(f"{x:.5g}")
+
+
+def summarize(steps: list[dict]) -> dict:
+    """First-step time, then medians over the later steps (all steps when only one ran)."""
+    if not steps:
+        return {}
+    later = steps[1:] or steps
+    out = {"first_step_s": steps[0]["step_time"], "steps": len(steps)}
+    for k in ("step_time", "rollout_time", "prefill_s", "decode_s", "decode_floor_s", "prefill_floor_s", "train_time",
+              "sync_time", "tokens_per_s", "mfu", "peak_mem_gib", "packed_tokens", "pad_tokens"):
+        out[k] = statistics.median(r[k] for r in later)
+    out["decode_over_floor"] = sig(out["decode_s"] / out["decode_floor_s"]) if out["decode_floor_s"] else None
+    floor = out["decode_floor_s"] + out["prefill_floor_s"]
+    out["rollout_over_floor"] = sig(out["rollout_time"] / floor) if floor else None
+    out["compiled_graphs"] = steps[-1]["compiled_graphs"]
+    return out
+
+
+def table(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"golong train, one step ({results['machine']['device']})")
+    cols = [("config", None), ("status", None), ("first s", "first_step_s"), ("step s", "step_time"),
+            ("rollout s", "rollout_time"), ("prefill s", "prefill_s"), ("decode s", "decode_s"),
+            ("decode/floor", "decode_over_floor"), ("learner s", "train_time"), ("sync s", "sync_time"),
+            ("tok/s", "tokens_per_s"), ("MFU", "mfu"), ("peak GiB", "peak_mem_gib"), ("graphs", "compiled_graphs")]
+    for name, _ in cols:
+        t.add_column(name, justify="left" if name in ("config", "status") else "right")
+    for name, r in results["configs"].items():
+        s = r.get("summary") or summarize(r["steps"])
+        t.add_row(name, r["status"], *[("" if s.get(k) is None else f"{s[k]:.3g}" if isinstance(s[k], float) else str(s[k]))
+                                       for _, k in cols[2:]])
+    Console(width=200).print(t)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("configs", nargs="*", help="SHAPE:PROMPT:GxP:NEW[:compile|eager][:share|noshare][:ksa]")
+    ap.add_argument("--smoke", action="store_true", help=f"CPU, {SMOKE}, 3 steps: seconds")
+    ap.add_argument("--steps", type=int, default=8, help="steps per configuration at most (the first compiles)")
+    ap.add_argument("--budget-s", type=float, nargs="+", default=[300.0],
+                    help="wall-clock budget of each configuration, setup included (one value for all, or one each)")
+    ap.add_argument("--micro-batch-tokens", type=int, default=None,
+                    help="optim.micro_batch_tokens (default: max(16384, prompt + G * new): one group per micro-batch)")
+    ap.add_argument("--set", action="append", default=[], help="one more recipe override key=value (repeatable)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_gpu.json"))
+    ap.add_argument("--append", action="store_true",
+                    help="keep the configurations already in --out (one process per configuration, one file)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.configs, args.steps, args.device = args.configs or [SMOKE], min(args.steps, 3), "cpu"
+    if not args.configs:
+        ap.error("give configurations, or --smoke")
+    configs = [parse_config(s) for s in args.configs]
+    if len(args.budget_s) not in (1, len(configs)):
+        ap.error(f"--budget-s takes one value or one per configuration ({len(configs)})")
+    budgets = args.budget_s * len(configs) if len(args.budget_s) == 1 else args.budget_s
+    dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU x{os.cpu_count()}"
+    results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "configs": {}, "args": vars(args),
+               "note": "configurations run one after another in one process: inductor's caches are warm after the first",
+               "machine": {"device": dev, "torch": torch.__version__, "platform": platform.platform()}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and out.is_file():
+        results["configs"] = json.loads(out.read_text()).get("configs", {})
+    lock = threading.Lock()
+
+    def write() -> None:
+        with lock:
+            out.write_text(json.dumps(results, indent=1))
+
+    with tempfile.TemporaryDirectory(prefix="golong-train-gpu-") as tmp:
+        for c, budget in zip(configs, budgets, strict=True):
+            c["budget_s"] = budget
+            Run(c, args, results, write).run(Path(tmp))
+            torch._dynamo.reset()  # each configuration compiles from scratch: its first step is a user's
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    table(results)
+    print(f"wrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

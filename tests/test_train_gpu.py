@@ -1,0 +1,106 @@
+"""bench/train_gpu.py: the real Trainer step by step, per phase. The smoke mode runs on the CPU in the
+default suite; the GPU test (-m gpu) runs three steps at the GPU recipe's settings (compiled layers,
+optimizer-held float32 masters, shared prompts) with prompts of different lengths and bounds the step
+time and the number of compiled graphs; a slow CPU test runs the same bounds logic with compilation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def train_gpu():
+    spec = importlib.util.spec_from_file_location("golong_bench_train_gpu", ROOT / "bench" / "train_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_run(record: dict, *, first_s: float, step_s: float, graphs: int, growth: int) -> None:
+    """A configuration finished its steps within the bounds: first step (compilation included) and
+    later steps under their time limits; compiled graphs under `graphs` after the first step and
+    growing by at most `growth` over the later ones (the run settles into a few shapes)."""
+    steps = record["steps"]
+    assert record["status"] == "ok", record["status"]
+    assert steps[0]["step_time"] <= first_s, steps[0]
+    assert all(s["step_time"] <= step_s for s in steps[1:]), [s["step_time"] for s in steps]
+    counts = [s["compiled_graphs"] for s in steps]
+    assert 1 <= counts[-1] <= graphs, counts  # compiled at all (a graph break can leave layers eager), not per length
+    assert counts[-1] - counts[0] <= growth, counts
+
+
+def test_smoke_runs_the_trainer_and_reports_every_phase(train_gpu, tmp_path):
+    out = tmp_path / "train.json"
+    results = train_gpu.main(["--smoke", "--out", str(out)])
+    assert json.loads(out.read_text())["configs"] == json.loads(json.dumps(results["configs"]))
+    (record,) = results["configs"].values()
+    assert record["status"] == "ok" and len(record["steps"]) == 3
+    settings = record["settings"]
+    sequences = settings["group"] * settings["prompts"]
+    for s in record["steps"]:
+        assert s["prefill_s"] > 0 and s["decode_s"] > 0 and s["train_time"] > 0
+        assert s["prefills"] == settings["prompts"]  # one prefill per prompt, its group copies the K/V
+        assert 0 < s["response_tokens"] <= sequences * settings["new"]
+        # shared prompts: each prompt goes through the model once, not G times; padding under its bound
+        prompts = s["tokens"] - s["response_tokens"]
+        assert s["packed_tokens"] == pytest.approx(prompts / settings["group"] + s["response_tokens"])
+        assert 0 <= s["pad_tokens"] < s["packed_tokens"] / 8 + 128 * settings["prompts"]  # per row: < max(12.5%, 128)
+        assert s["mfu"] > 0 and s["decode_floor_s"] > 0 and s["prefill_floor_s"] > 0
+    summary = record["summary"]
+    assert summary["steps"] == 3 and summary["first_step_s"] == record["steps"][0]["step_time"]
+    assert summary["decode_over_floor"] > 1 and summary["compiled_graphs"] == 0  # eager: nothing compiled
+
+
+def test_configuration_specs(train_gpu):
+    c = train_gpu.parse_config("1.7b:2k,32k:8x2:2048:noshare")
+    assert (c["prompt_lens"], c["group"], c["prompts"], c["new"]) == ([2048, 32768], 8, 2, 2048)
+    assert c["compile"] and not c["share"] and not c["ksa"]
+    assert not train_gpu.parse_config("0.6b:8k:8x4:256:ksa")["compile"]  # KSA policies run eagerly
+    with pytest.raises(SystemExit, match="unknown flags"):
+        train_gpu.parse_config("0.6b:8k:8x4:256:fast")
+
+
+def test_learner_flops_count_shared_prompts_once(train_gpu):
+    shape = train_gpu.SHAPES["tiny"]
+    layers, qd = shape["num_hidden_layers"], shape["num_attention_heads"] * shape["head_dim"]
+    samples = [(("a", 10), 3), (("a", 10), 5)]
+    shared = train_gpu.learner_flops("tiny", samples, share=True)
+    plain = train_gpu.learner_flops("tiny", samples, share=False)
+    # the same response tokens; the unshared row runs the prompt twice and its tokens attend more pairs
+    pairs_shared = 55 + (3 * 10 + 6) + (5 * 10 + 15)
+    pairs_plain = 13 * 14 // 2 + 15 * 16 // 2
+    per_token = (plain - shared - 12 * layers * qd * (pairs_plain - pairs_shared)) / 10
+    assert per_token > 0 and per_token == pytest.approx(6 * train_gpu.model_params("tiny"))
+
+
+@pytest.mark.slow
+def test_compiled_steps_with_prompts_of_different_lengths_settle_on_cpu(train_gpu, tmp_path):
+    """The GPU test's logic on the CPU: compiled layers (inductor), shared prompts, prompt lengths from
+    two data sources; compiled graphs stop growing after the first step. (Without activation
+    checkpointing: on the CPU machine's transformers 5.2x a checkpointed layer graph-breaks inside the
+    checkpoint and runs eagerly; the GPU machine's 5.17 compiles it.)"""
+    results = train_gpu.main(["tiny:96,200:2x3:8:compile", "--device", "cpu", "--steps", "3", "--budget-s", "900",
+                              "--set", "model.gradient_checkpointing=false", "--out", str(tmp_path / "r.json")])
+    (record,) = results["configs"].values()
+    check_run(record, first_s=600, step_s=120, graphs=12, growth=4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_three_steps_at_the_gpu_recipe_settings(train_gpu, tmp_path):
+    """0.6B shape, prompts of 2K, 4K and 6K tokens (three data sources), G=8 x 4, 128 new tokens,
+    compiled layers, optimizer-held masters, shared prompts: the first step (compilation included)
+    within 120 s, later steps within 20 s; compiled graphs: the layers' pieces around the attention
+    call (static, then dynamic in the length: ~12 on the CPU) plus one FlexAttention kernel per bucket
+    length, so at most 40, and at most 8 new ones after the first step (new buckets only)."""
+    results = train_gpu.main(["0.6b:2k,4k,6k:8x4:128", "--steps", "3", "--budget-s", "400",
+                              "--out", str(tmp_path / "r.json")])
+    (record,) = results["configs"].values()
+    check_run(record, first_s=120, step_s=20, graphs=40, growth=8)
