@@ -107,7 +107,7 @@ class OptimConfig(_Section):
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
     micro_batch_tokens: int = Field(8192, ge=1, description="Token budget of one packed micro-batch.")
     logprob_chunk: int = Field(1024, ge=1, description="Tokens per chunk when computing log-probs (full-vocab logits never held for a whole sequence).")
-    share_prompts: bool = Field(True, description="Pack the responses of one prompt behind a single copy of it (each attends to the prompt and itself): the prompt's forward and backward run once per group instead of G times, same log-probs and gradients. Models with KSA, sliding-window or linear-attention layers use plain packing.")
+    share_prompts: bool = Field(True, description="Pack the responses of one prompt behind a single copy of it (each attends to the prompt and itself): the prompt's forward and backward run once per group instead of G times, same log-probs and gradients. KSA policies share on the KSA layout (ksa/shared.py); models with sliding-window or linear-attention layers use plain packing.")
     fp32_master_weights: bool = Field(True, description="With model.dtype=bfloat16: keep float32 weights and optimizer state, compute under bf16 autocast (RL-sized updates vanish in bf16 weights). False = pure bf16 weights (half the memory).")
     master_weights: Literal["model", "optimizer"] = Field("model", description="With fp32_master_weights: where the float32 weights live. 'model': a float32 model run under bf16 autocast. 'optimizer': a bf16 model (bf16 activations, no per-forward weight casts) whose float32 copies the optimizer updates and copies back after each step.")
 

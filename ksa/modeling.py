@@ -44,6 +44,7 @@ from ksa.attention import ksa_attention
 from ksa.cache import KSACache
 from ksa.config import KSAConfig, KSAConfigError, resolve_windows
 from ksa.layout import expand_positions, text_index
+from ksa.shared import SharedLayout, shared_ksa_attention, shared_layout, shared_mask
 
 # transformers renamed the cache keyword (past_key_values -> cache) between 5.17 and 5.24
 CACHE_KEY = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -53,7 +54,7 @@ CACHE_KEY = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ el
 class KSAContext:
     """What the attention of every layer needs for one forward (passed down as `ksa_ctx`)."""
 
-    mode: str  # "ksa": expanded layout; "causal": plain causal on text; "decode": one cached step
+    mode: str  # "ksa": expanded layout; "shared": a shared-prompt row; "causal": plain causal on text; "decode": one cached step
     windows: list[int]
     chunk: int
     summaries: int
@@ -65,6 +66,8 @@ class KSAContext:
     pos: torch.Tensor | None = None  # [B] text position of the decoded token
     needs_sum: torch.Tensor | None = None  # [B] the token completes a chunk
     summary_slots: torch.Tensor | None = None  # [B, L] bool, for summary q/k/v projections
+    layout: SharedLayout | None = None  # "shared" mode: the row's slots (ksa/shared.py)
+    masks: dict = field(default_factory=dict)  # window -> the mask its layers use, built before the layers run
     extras: dict = field(default_factory=dict)
 
 
@@ -80,6 +83,8 @@ def ksa_attention_forward(module, query, key, value, attention_mask, scaling=Non
         out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=True)
     elif ctx.mode == "decode":
         out = ctx.cache.layers[layer].step(query, key, value, ctx.pos, ctx.needs_sum, scaling)
+    elif ctx.mode == "shared":
+        out = shared_ksa_attention(query, key, value, ctx.masks[ctx.windows[layer]], scaling)
     else:
         out = ksa_attention(
             query, key, value, chunk=ctx.chunk, summaries=ctx.summaries, window=ctx.windows[layer],
@@ -276,6 +281,26 @@ class KSAMixin:
             cache.text_len = lengths.clone()
             cache.columns_seen = T
         return hidden
+
+    def shared_prompt_hidden(self, input_ids: torch.Tensor, units) -> torch.Tensor:
+        """Final hidden states [N, D] of a shared-prompt row (ksa/shared.py), no LM head.
+
+        input_ids [N]: unit after unit, each its prompt's tokens then its responses' tokens;
+        units: (prompt length, [response lengths]) per unit. Each response's states equal those of
+        its (prompt, response) run alone through `forward`."""
+        C, S = self.config.ksa_chunk, self.config.ksa_summaries
+        layout = shared_layout(units, C, S, device=input_ids.device)
+        text_emb = self.model.embed_tokens(input_ids)
+        hidden = text_emb.new_zeros(1, layout.length, text_emb.shape[-1])
+        hidden[0, layout.text_slots] = text_emb
+        is_sum = layout.is_summary.bool()
+        hidden[0, is_sum] = self.summary_embed.weight[layout.pos[is_sum].long()].to(hidden.dtype)
+        ctx = self._context("shared", layout=layout)
+        ctx.masks = {w: shared_mask(layout, w, ctx.impl, ctx.visible) for w in set(ctx.windows)}
+        if self._uses_summary_slots():
+            ctx.summary_slots = is_sum[None]
+        hidden = self._run_layers(hidden, layout.positions[None], ctx)
+        return hidden[0, layout.text_slots]
 
     # --- one decode step through the cache ------------------------------------------------------
     def _decode_step(self, ids: torch.Tensor, cache: KSACache) -> torch.Tensor:
