@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class RecipeError(ValueError):
@@ -39,14 +39,9 @@ class ModelConfig(_Section):
     checkpoint_policy: Literal["full", "save_attention"] = Field("save_attention", description="With gradient_checkpointing: 'full' recomputes each layer in backward; 'save_attention' keeps the attention outputs (O(T) memory per layer) and recomputes the rest, skipping the O(T^2) attention recompute.")
     checkpoint_layers: int | None = Field(None, ge=0, description="With gradient_checkpointing: checkpoint only the first N decoder layers (the rest keep their activations: faster where memory allows); None = all layers.")
     attn_implementation: str | None = Field(None, description="transformers attention backend (e.g. 'sdpa'); None = library default.")
-    compile: bool = Field(False, description="Learner: compile each decoder layer with torch.compile (fuses the norms, RoPE, SwiGLU and residual adds; bench/learner.py measured 1.26x tokens/s at 32K on an H200). The first steps pay the compile; rollouts on a shared model run eagerly. Not with KSA policies yet.")
+    compile: bool = Field(False, description="Learner: compile each decoder layer with torch.compile (fuses the norms, RoPE, SwiGLU and residual adds; bench/learner.py measured 1.26x tokens/s at 32K on an H200). The first steps pay the compile; rollouts on a shared model run eagerly. KSA policies too (their Triton kernels are opaque custom ops inside the compiled layers).")
     ksa: dict[str, Any] | None = Field(None, description="Make the policy a Kwai Summary Attention model with these ksa settings.")
 
-    @model_validator(mode="after")
-    def _compile_without_ksa(self) -> ModelConfig:
-        if self.compile and self.ksa is not None:
-            raise ValueError("model.compile does not support KSA policies yet (the KSA kernels are not traced by torch.compile); set model.compile: false")
-        return self
 
 
 class DataSourceConfig(_Section):

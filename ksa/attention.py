@@ -50,6 +50,7 @@ def ksa_attention(
     scale: float | None = None,
     summaries_visible: bool = True,
     seq_lens: list[int] | None = None,
+    mask=None,
 ) -> torch.Tensor:
     """KSA attention on the interleaved expanded layout.
 
@@ -58,13 +59,19 @@ def ksa_attention(
     sequences of those text lengths concatenated along L, each with its own layout (chunking restarts
     at 0) and no attention between them. `window` is in chunks; scale defaults to D ** -0.5;
     summaries_visible=False gives Sliding Chunk Attention. Returns [B, Hq, L, D] in q's dtype;
-    differentiable w.r.t. q, k, v (flex: backward needs a GPU).
+    differentiable w.r.t. q, k, v (flex: backward needs a GPU). `mask`: `ksa_mask(...)` of the same
+    arguments, built ahead (a compiled layer then only reads it); None builds it here (cached).
     """
     seq_lens = _check(q, k, v, chunk, summaries, window, impl, seq_lens)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     opts = dict(chunk=chunk, summaries=summaries, window=window, scale=scale, summaries_visible=summaries_visible)
+    if mask is None and impl != "triton":
+        mask = ksa_mask(tuple(seq_lens), chunk, summaries, window, impl, summaries_visible, q.device)
     if impl == "reference":
-        return _reference(q, k, v, seq_lens, **opts)
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     if impl == "triton":  # reads and writes the interleaved layout in place, through index arithmetic
         from ksa.triton_attention import triton_ksa_attention
 
@@ -74,11 +81,24 @@ def ksa_attention(
         return triton_ksa_attention(q, k, v, seq_lens=tuple(seq_lens), **opts)
     from ksa.flex_attention import flex_prefix_attention
 
-    perm = prefix_order(tuple(seq_lens), chunk, summaries, q.device)
-    inv = inverse_order(perm)
+    perm, inv, block_mask = mask
     qp, kp, vp = (_Permute.apply(x, perm, inv) for x in (q, k, v))
-    out = flex_prefix_attention(qp, kp, vp, seq_lens=tuple(seq_lens), **opts)
+    out = flex_prefix_attention(qp, kp, vp, seq_lens=tuple(seq_lens), block_mask=block_mask, **opts)
     return _Permute.apply(out, inv, perm)
+
+
+def ksa_mask(seq_lens: tuple[int, ...], chunk: int, summaries: int, window: int, impl: str, summaries_visible: bool, device):
+    """What kernel `impl` reads besides q, k, v for one window: the dense [L, L] mask ("reference"), the
+    prefix order, its inverse and the BlockMask ("flex"), nothing ("triton": index arithmetic)."""
+    seq_lens = tuple(int(t) for t in seq_lens)
+    if impl == "reference":
+        return packed_dense_mask(seq_lens, chunk, summaries, window, summaries_visible, device)
+    if impl == "flex":
+        from ksa.flex_attention import prefix_block_mask
+
+        perm = prefix_order(seq_lens, chunk, summaries, device)
+        return perm, inverse_order(perm), prefix_block_mask(seq_lens, chunk, summaries, window, summaries_visible, device)
+    return None
 
 
 class _Permute(torch.autograd.Function):
@@ -94,15 +114,6 @@ class _Permute(torch.autograd.Function):
     def backward(ctx, grad):
         (inv,) = ctx.saved_tensors
         return grad.index_select(2, inv), None, None
-
-
-def _reference(q, k, v, seq_lens, *, chunk, summaries, window, scale, summaries_visible):
-    """Dense-mask SDPA (block-diagonal over packed sequences)."""
-    mask = packed_dense_mask(tuple(seq_lens), chunk, summaries, window, summaries_visible, q.device)
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 @lru_cache(maxsize=8)

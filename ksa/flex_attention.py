@@ -34,10 +34,14 @@ def flex_prefix_attention(
     window: int,
     scale: float,
     summaries_visible: bool,
+    block_mask: BlockMask | None = None,
 ) -> torch.Tensor:
     """softmax(q k^T * scale + KSA mask) v with q, k, v ([B, H, L, D]) already in prefix layout."""
-    block_mask = prefix_block_mask(seq_lens, chunk, summaries, window, summaries_visible, q.device)
+    if block_mask is None:
+        block_mask = prefix_block_mask(seq_lens, chunk, summaries, window, summaries_visible, q.device)
     gqa = q.shape[1] != k.shape[1]
+    if torch.compiler.is_compiling():  # inside a compiled layer: inductor fuses FlexAttention there
+        return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
     if q.is_cuda:
         return compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
     with warnings.catch_warnings():  # on CPU the unfused path is expected (forward only, small tests)

@@ -154,6 +154,8 @@ def shared_ksa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     gqa = q.shape[1] != k.shape[1]
+    if torch.compiler.is_compiling():  # inside a compiled layer: inductor fuses FlexAttention there
+        return flex_attention(q, k, v, block_mask=mask, scale=scale, enable_gqa=gqa)
     if q.is_cuda:
         return compiled_flex_attention()(q, k, v, block_mask=mask, scale=scale, enable_gqa=gqa)
     with warnings.catch_warnings():  # on CPU the unfused path is expected (forward only, small tests)
