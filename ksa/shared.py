@@ -137,10 +137,13 @@ def shared_block_mask(layout: SharedLayout, window: int, summaries_visible: bool
     return rule_block_mask(layout.tables, partial(shared_rule, window=window, summaries_visible=summaries_visible))
 
 
-def shared_mask(layout: SharedLayout, window: int, impl: str, summaries_visible: bool = True):
+def shared_mask(layout: SharedLayout, window: int, impl: str, summaries_visible: bool = True, block: bool | None = None):
     """What `shared_ksa_attention` needs for one window: a dense mask for impl "reference", a BlockMask
-    otherwise (the Triton kernel reads only the plain layout; shared rows run through FlexAttention)."""
-    if impl == "reference":
+    otherwise (the Triton kernel reads only the plain layout; shared rows run through FlexAttention).
+    `block` overrides; on the CPU the default is dense (FlexAttention has no CPU backward)."""
+    if block is None:
+        block = impl != "reference" and layout.doc.device.type != "cpu"
+    if not block:
         return shared_dense_mask(layout, window, summaries_visible)
     return shared_block_mask(layout, window, summaries_visible)
 

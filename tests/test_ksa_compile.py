@@ -89,9 +89,8 @@ def _logprobs_and_grads(model, row):
 @pytest.mark.parametrize("impl, extra", [("reference", {}), ("reference", {"summary_qkv": True, "mix_coeff": 0.5}), ("triton", {})],
                          ids=["reference", "summary-qkv", "triton"])
 def test_compiled_ksa_model_equals_eager(tiny_tokenizer, impl, extra):
-    """golong's compile_layers on a KSA policy: log-probs and parameter gradients of packed pairs and
-    (reference kernel: FlexAttention, which shared rows take otherwise, has no CPU backward) of a
-    shared-prompt row equal the eager model's."""
+    """golong's compile_layers on a KSA policy: log-probs and parameter gradients of packed pairs and of
+    a shared-prompt row (on the CPU through its dense mask) equal the eager model's."""
     from golong.learner import compile_layers
 
     _, model = ksa_tiny(tiny_tokenizer, windows=(1, 3, 1), chunk=4, impl=impl, **extra)
@@ -102,7 +101,7 @@ def test_compiled_ksa_model_equals_eager(tiny_tokenizer, impl, extra):
     rand = lambda n: torch.randint(5, model.config.vocab_size, (n,), generator=g).tolist()  # noqa: E731
     groups = [(rand(10), [rand(7), rand(12)]), (rand(5), [rand(9)])]
     flat = [(p, r) for p, rs in groups for r in rs]
-    rows = [pack([p for p, _ in flat], [r for _, r in flat])] + ([pack_shared(groups)] if impl == "reference" else [])
+    rows = [pack([p for p, _ in flat], [r for _, r in flat]), pack_shared(groups)]
     for row in rows:
         (lp1, g1), (lp2, g2) = _logprobs_and_grads(model, row), _logprobs_and_grads(compiled, row)
         torch.testing.assert_close(lp2, lp1, atol=2e-5, rtol=0)

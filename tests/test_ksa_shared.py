@@ -4,6 +4,8 @@ forward (golong.packing's per-sequence path), and the test fails when the layout
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -140,8 +142,11 @@ def test_equality_check_catches_a_wrong_layout_or_rule(models, monkeypatch, targ
     assert _logprob_error(model, groups) > 1e-3
 
 
-def test_flex_forward_equals_reference(models):
-    """The FlexAttention path (a BlockMask of the same rule; what a GPU runs) in forward on the CPU."""
+def test_flex_forward_equals_reference(models, monkeypatch):
+    """The FlexAttention path (a BlockMask of the same rule; what a GPU runs) in forward on the CPU
+    (where the dense mask is the default: FlexAttention has no CPU backward)."""
+    import ksa.modeling
+
     model = models["s2"]
     groups = _groups([(13, [3, 1, 11, 6]), (8, [5, 9])], model.config.vocab_size, seed=7)
     ids = torch.tensor([t for p, rs in groups for t in p + [x for r in rs for x in r]])
@@ -150,6 +155,7 @@ def test_flex_forward_equals_reference(models):
     with torch.no_grad():
         for impl in ("reference", "flex"):
             model.config.ksa_impl = impl
+            monkeypatch.setattr(ksa.modeling, "shared_mask", partial(shared.shared_mask, block=impl == "flex"))
             out[impl] = model.shared_prompt_hidden(ids, units)
     model.config.ksa_impl = "reference"
     torch.testing.assert_close(out["flex"], out["reference"], atol=1e-5, rtol=1e-5)
