@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class RecipeError(ValueError):
@@ -39,14 +39,9 @@ class ModelConfig(_Section):
     checkpoint_policy: Literal["full", "save_attention"] = Field("save_attention", description="With gradient_checkpointing: 'full' recomputes each layer in backward; 'save_attention' keeps the attention outputs (O(T) memory per layer) and recomputes the rest, skipping the O(T^2) attention recompute.")
     checkpoint_layers: int | None = Field(None, ge=0, description="With gradient_checkpointing: checkpoint only the first N decoder layers (the rest keep their activations: faster where memory allows); None = all layers.")
     attn_implementation: str | None = Field(None, description="transformers attention backend (e.g. 'sdpa'); None = library default.")
-    compile: bool = Field(False, description="Learner: compile each decoder layer with torch.compile (fuses the norms, RoPE, SwiGLU and residual adds; bench/learner.py measured 1.26x tokens/s at 32K on an H200). The first steps pay the compile; rollouts on a shared model run eagerly. Not with KSA policies yet.")
+    compile: bool = Field(False, description="Learner: compile each decoder layer with torch.compile (fuses the norms, RoPE, SwiGLU and residual adds; bench/learner.py measured 1.26x tokens/s at 32K on an H200). The first steps pay the compile; rollouts on a shared model run eagerly. KSA policies too (their Triton kernels are opaque custom ops inside the compiled layers).")
     ksa: dict[str, Any] | None = Field(None, description="Make the policy a Kwai Summary Attention model with these ksa settings.")
 
-    @model_validator(mode="after")
-    def _compile_without_ksa(self) -> ModelConfig:
-        if self.compile and self.ksa is not None:
-            raise ValueError("model.compile does not support KSA policies yet (the KSA kernels are not traced by torch.compile); set model.compile: false")
-        return self
 
 
 class DataSourceConfig(_Section):
@@ -125,7 +120,7 @@ class OptimConfig(_Section):
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
     micro_batch_tokens: int = Field(8192, ge=1, description="Token budget of one packed micro-batch.")
     logprob_chunk: int = Field(1024, ge=1, description="Tokens per chunk when computing log-probs (full-vocab logits never held for a whole sequence).")
-    share_prompts: bool = Field(True, description="Pack the responses of one prompt behind a single copy of it (each attends to the prompt and itself): the prompt's forward and backward run once per group instead of G times, same log-probs and gradients. Models with KSA, sliding-window or linear-attention layers use plain packing.")
+    share_prompts: bool = Field(True, description="Pack the responses of one prompt behind a single copy of it (each attends to the prompt and itself): the prompt's forward and backward run once per group instead of G times, same log-probs and gradients. KSA policies share on the KSA layout (ksa/shared.py); models with sliding-window or linear-attention layers use plain packing.")
     fp32_master_weights: bool = Field(True, description="With model.dtype=bfloat16: keep float32 weights and optimizer state, compute under bf16 autocast (RL-sized updates vanish in bf16 weights). False = pure bf16 weights (half the memory).")
     master_weights: Literal["model", "optimizer"] = Field("model", description="With fp32_master_weights: where the float32 weights live. 'model': a float32 model run under bf16 autocast. 'optimizer': a bf16 model (bf16 activations, no per-forward weight casts) whose float32 copies the optimizer updates and copies back after each step.")
 

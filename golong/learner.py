@@ -556,10 +556,9 @@ def compiled_graphs() -> float:
 def compile_layers(model: Any, device: torch.device) -> None:
     """torch.compile each decoder layer in place (one graph shared by the identical layers; after FSDP
     sharding, as FSDP2 expects). Checkpointing and LoRA stay as they are: the layer's forward is what
-    is compiled and recomputed."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base.config, "ksa_chunk", None) is not None or getattr(base.config, "use_summary_attention", False):
-        raise ModelLoadError("model.compile does not support KSA policies yet (the KSA kernels are not traced by torch.compile); set model.compile: false")
+    is compiled and recomputed. KSA layers compile too: their masks are built before the layers run,
+    the Triton kernels are opaque custom ops (ksa/triton_attention.py), and layers of one window share
+    a graph."""
     if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
         raise ModelLoadError("model.compile on the CPU needs a C++ compiler (install g++), or set model.compile: false")
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)

@@ -283,6 +283,7 @@ def prepare_policy(model: Any, cfg: ModelConfig, device: str | torch.device | No
 
 # Attention kernels whose outputs "save_attention" keeps: recomputing them in backward is the
 # costliest part of the recompute at long lengths (O(T^2)), keeping them costs O(T) per layer.
+# The KSA Triton kernel (ksa/triton_attention.py, a custom op) is matched by name in the policy.
 _ATTENTION_OPS = tuple(
     getattr(torch.ops.aten, name)
     for name in (
@@ -298,7 +299,8 @@ def _save_attention_context():
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
     def policy(ctx, op, *args, **kwargs):
-        saved = getattr(op, "_overloadpacket", op) in _ATTENTION_OPS
+        packet = getattr(op, "_overloadpacket", op)
+        saved = packet in _ATTENTION_OPS or getattr(packet, "_qualified_op_name", "") == "ksa::triton_attention"
         return CheckpointPolicy.MUST_SAVE if saved else CheckpointPolicy.PREFER_RECOMPUTE
 
     return create_selective_checkpoint_contexts(policy)

@@ -12,7 +12,9 @@ Responses that share a prompt (the G samples of a GRPO group) can be packed with
 prompt, response 1, ..., response G, each response placed at the positions that follow the prompt
 and attending to the prompt and to itself only (`pack_shared`). The prompt's forward and backward
 then run once per group instead of G times: at long context (prompt >> response) the learner does
-nearly G times less work, with the same log-probs and gradients (tests/test_packing.py).
+nearly G times less work, with the same log-probs and gradients (tests/test_packing.py). KSA models
+lay such a row out on the KSA layout themselves (ksa/shared.py: each response continues the prompt's
+chunking and owns the summary of the chunk it completes; tests/test_ksa_shared.py).
 
 Shared-prompt rows are padded to a bucket length (`bucket_length`: at most 12.5% padding above 1K
 tokens, 8 lengths per octave) with one extra sequence nothing else attends to, and their FlexAttention
@@ -187,14 +189,19 @@ def supports_packing(model) -> bool:
 
 def supports_prompt_sharing(model) -> bool:
     """Shared-prompt rows need packing support and plain causal attention in every layer (the shared
-    attention below has no sliding window)."""
+    attention below has no sliding window), or a KSA model (ksa/shared.py lays the row out)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config
-    return (
+    return _is_ksa(model) or (
         supports_packing(model)
         and set(getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
         and not getattr(config, "use_sliding_window", False)
     )
+
+
+def _is_ksa(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base.config, "ksa_chunk", None) is not None and hasattr(base, "shared_prompt_hidden")
 
 
 SHARED_PROMPT_ATTENTION = "golong_shared_prompt"
@@ -246,7 +253,10 @@ def shared_attention(model, row: PackedRow) -> Iterator[None]:
         yield
         return
     if not supports_prompt_sharing(model):
-        raise ValueError(f"{type(model).__name__} cannot take shared-prompt rows (KSA, sliding-window or linear-attention layers); use pack()")
+        raise ValueError(f"{type(model).__name__} cannot take shared-prompt rows (sliding-window or linear-attention layers); use pack()")
+    if _is_ksa(model):  # the KSA model lays out and masks the row itself (_ksa_shared_hidden)
+        yield
+        return
     _register_shared_attention()
     config = _base_and_head(model)[2]
     before = config._attn_implementation
@@ -365,6 +375,21 @@ def _padded_hidden(model, row: PackedRow, device) -> torch.Tensor:
     return torch.cat([hidden[i, : x.numel()] for i, x in enumerate(seqs)])
 
 
+def _ksa_shared_hidden(model, row: PackedRow) -> torch.Tensor:
+    """Final hidden states [L, H] of a shared-prompt row through a KSA model (ksa/shared.py)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    units: list[tuple[int, list[int]]] = []
+    starts: list[int] = []
+    for s, p, r in row.spans:  # pack_shared: the spans of one unit share its prompt's start
+        if not starts or starts[-1] != s:
+            starts.append(s)
+            units.append((p, []))
+        units[-1][1].append(r)
+    if sum(p + sum(rs) for p, rs in units) != row.input_ids.shape[1]:
+        raise ValueError("a shared-prompt row for a KSA model needs at least one response per prompt")
+    return base.shared_prompt_hidden(row.input_ids[0].to(base.device), units)
+
+
 def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, scale: float, softcap: float | None):
     """log p(target) and entropy [n] for hidden states [n, H]; the softmax runs in float32."""
     logits = head(hidden).float()
@@ -392,7 +417,9 @@ def packed_logprobs(
     """
     decoder, head, config = _base_and_head(model)
     device = next(model.parameters()).device
-    if row.members is not None:  # (the caller holds shared_attention over backward too)
+    if row.members is not None and _is_ksa(model):
+        hidden = _ksa_shared_hidden(model, row)
+    elif row.members is not None:  # (the caller holds shared_attention over backward too)
         with shared_attention(model, row):
             out = decoder(
                 input_ids=row.input_ids.to(device), position_ids=row.position_ids.to(device), use_cache=False,

@@ -1,5 +1,7 @@
 """Kwai Summary Attention: layout -> mask -> attention -> cache -> modeling -> convert.
 
+ksa.shared lays out a prompt with several responses behind one copy of it (GRPO groups).
+
 `ksa.from_pretrained` / `ksa.save_pretrained` read and write the released KSA checkpoint format
 (ksa/release.py). `import ksa` registers the KSA model types (ksa_qwen3, ksa_qwen2, ksa_llama) with transformers'
 Auto classes, so `AutoModelForCausalLM.from_pretrained(dir)` loads a saved KSA model.
@@ -19,6 +21,7 @@ from ksa.modeling import (
     ksa_config_from,
 )
 from ksa.release import ReleaseFormatError, from_pretrained, is_release_config, save_pretrained
+from ksa.shared import SharedLayout, shared_layout
 
 __all__ = [
     "KSACache",
@@ -29,6 +32,7 @@ __all__ = [
     "KSAQwen2ForCausalLM",
     "KSAQwen3ForCausalLM",
     "ReleaseFormatError",
+    "SharedLayout",
     "convert",
     "convert_model",
     "dense_mask",
@@ -45,5 +49,6 @@ __all__ = [
     "parse_window_pattern",
     "resolve_windows",
     "save_pretrained",
+    "shared_layout",
     "text_index",
 ]

@@ -10,6 +10,11 @@ packed along L with `seq_lens`). The kernels:
 - "triton":    a FlashAttention-2 style Triton kernel that walks the prefix order's tiles but reads and
                writes the interleaved tensors in place (ksa/triton_attention.py).
 
+Where a layer's window covers the whole sequence (one sequence; the hybrid's full layers, and every
+layer below its window's length) the mask is plain causal attention over text plus, for each summary,
+its own chunk: "flex" and "triton" then run causal SDPA over the text slots and a per-chunk attention
+for the summaries (`_within_window`) instead of the KSA kernel, so short sequences cost what SDPA does.
+
 Why a prefix layout: on the interleaved layout every 128x128 tile holds a summary column, so no tile
 can be skipped and a block-sparse kernel is slower than full attention. Gathering, per sequence, all
 summary slots first and the text after them,
@@ -50,6 +55,7 @@ def ksa_attention(
     scale: float | None = None,
     summaries_visible: bool = True,
     seq_lens: list[int] | None = None,
+    mask=None,
 ) -> torch.Tensor:
     """KSA attention on the interleaved expanded layout.
 
@@ -58,13 +64,21 @@ def ksa_attention(
     sequences of those text lengths concatenated along L, each with its own layout (chunking restarts
     at 0) and no attention between them. `window` is in chunks; scale defaults to D ** -0.5;
     summaries_visible=False gives Sliding Chunk Attention. Returns [B, Hq, L, D] in q's dtype;
-    differentiable w.r.t. q, k, v (flex: backward needs a GPU).
+    differentiable w.r.t. q, k, v (flex: backward needs a GPU). `mask`: `ksa_mask(...)` of the same
+    arguments, built ahead (a compiled layer then only reads it); None builds it here (cached).
     """
     seq_lens = _check(q, k, v, chunk, summaries, window, impl, seq_lens)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     opts = dict(chunk=chunk, summaries=summaries, window=window, scale=scale, summaries_visible=summaries_visible)
+    if impl != "reference" and covers_sequence(seq_lens, chunk, window):
+        return _within_window(q, k, v, seq_lens[0], chunk, summaries, scale)
+    if mask is None and impl != "triton":
+        mask = ksa_mask(tuple(seq_lens), chunk, summaries, window, impl, summaries_visible, q.device)
     if impl == "reference":
-        return _reference(q, k, v, seq_lens, **opts)
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     if impl == "triton":  # reads and writes the interleaved layout in place, through index arithmetic
         from ksa.triton_attention import triton_ksa_attention
 
@@ -74,11 +88,57 @@ def ksa_attention(
         return triton_ksa_attention(q, k, v, seq_lens=tuple(seq_lens), **opts)
     from ksa.flex_attention import flex_prefix_attention
 
-    perm = prefix_order(tuple(seq_lens), chunk, summaries, q.device)
+    perm, inv, block_mask = mask
+    qp, kp, vp = (_Permute.apply(x, perm, inv) for x in (q, k, v))
+    out = flex_prefix_attention(qp, kp, vp, seq_lens=tuple(seq_lens), block_mask=block_mask, **opts)
+    return _Permute.apply(out, inv, perm)
+
+
+def covers_sequence(seq_lens, chunk: int, window: int) -> bool:
+    """True for one sequence whose every chunk lies within `window` of the last: then a text query sees
+    all earlier text and no summary (plain causal attention over text), and a summary query its own
+    chunk; `_within_window` computes that without the KSA kernel."""
+    return len(seq_lens) == 1 and window >= (seq_lens[0] - 1) // chunk
+
+
+def _within_window(q, k, v, text_len: int, chunk: int, summaries: int, scale: float) -> torch.Tensor:
+    """KSA attention of one sequence that its window covers: causal SDPA over the text slots, and for the
+    summaries of each full chunk attention to that chunk's C text and S summary slots (summary j sees
+    summaries up to j). Slots are gathered into the prefix order (summaries, then text) and back."""
+    b, hq, _, d = q.shape
+    n_chunks, n_sum = text_len // chunk, (text_len // chunk) * summaries
+    perm = prefix_order((text_len,), chunk, summaries, q.device)
     inv = inverse_order(perm)
     qp, kp, vp = (_Permute.apply(x, perm, inv) for x in (q, k, v))
-    out = flex_prefix_attention(qp, kp, vp, seq_lens=tuple(seq_lens), **opts)
+    out = F.scaled_dot_product_attention(qp[:, :, n_sum:], kp[:, :, n_sum:], vp[:, :, n_sum:], is_causal=True, scale=scale,
+                                         enable_gqa=q.shape[1] != k.shape[1])  # fmt: skip
+    if n_sum:
+        def blocks(x):  # [b, h, L, d] -> [b, N, h, C + S, d]: each full chunk's text, then its summaries
+            text = x[:, :, n_sum : n_sum + n_chunks * chunk].unflatten(2, (n_chunks, chunk))
+            return torch.cat([text, x[:, :, :n_sum].unflatten(2, (n_chunks, summaries))], 3).transpose(1, 2)
+
+        q_sum = qp[:, :, :n_sum].unflatten(2, (n_chunks, summaries)).transpose(1, 2)  # [b, N, hq, S, d]
+        own = torch.ones(summaries, chunk + summaries, dtype=torch.bool, device=q.device).tril(chunk)
+        sums = F.scaled_dot_product_attention(q_sum, blocks(kp), blocks(vp), attn_mask=own, scale=scale,
+                                              enable_gqa=q.shape[1] != k.shape[1])  # fmt: skip
+        out = torch.cat([sums.transpose(1, 2).reshape(b, hq, n_sum, d), out], 2)
     return _Permute.apply(out, inv, perm)
+
+
+def ksa_mask(seq_lens: tuple[int, ...], chunk: int, summaries: int, window: int, impl: str, summaries_visible: bool, device):
+    """What kernel `impl` reads besides q, k, v for one window: the dense [L, L] mask ("reference"), the
+    prefix order, its inverse and the BlockMask ("flex"), nothing ("triton": index arithmetic)."""
+    seq_lens = tuple(int(t) for t in seq_lens)
+    if impl != "reference" and covers_sequence(seq_lens, chunk, window):
+        return None  # ksa_attention takes the within-window path
+    if impl == "reference":
+        return packed_dense_mask(seq_lens, chunk, summaries, window, summaries_visible, device)
+    if impl == "flex":
+        from ksa.flex_attention import prefix_block_mask
+
+        perm = prefix_order(seq_lens, chunk, summaries, device)
+        return perm, inverse_order(perm), prefix_block_mask(seq_lens, chunk, summaries, window, summaries_visible, device)
+    return None
 
 
 class _Permute(torch.autograd.Function):
@@ -94,15 +154,6 @@ class _Permute(torch.autograd.Function):
     def backward(ctx, grad):
         (inv,) = ctx.saved_tensors
         return grad.index_select(2, inv), None, None
-
-
-def _reference(q, k, v, seq_lens, *, chunk, summaries, window, scale, summaries_visible):
-    """Dense-mask SDPA (block-diagonal over packed sequences)."""
-    mask = packed_dense_mask(tuple(seq_lens), chunk, summaries, window, summaries_visible, q.device)
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 @lru_cache(maxsize=8)

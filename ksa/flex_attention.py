@@ -15,7 +15,7 @@ L x L mask never exists in memory and no compile is needed for it.
 from __future__ import annotations
 
 import warnings
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
@@ -34,10 +34,14 @@ def flex_prefix_attention(
     window: int,
     scale: float,
     summaries_visible: bool,
+    block_mask: BlockMask | None = None,
 ) -> torch.Tensor:
     """softmax(q k^T * scale + KSA mask) v with q, k, v ([B, H, L, D]) already in prefix layout."""
-    block_mask = prefix_block_mask(seq_lens, chunk, summaries, window, summaries_visible, q.device)
+    if block_mask is None:
+        block_mask = prefix_block_mask(seq_lens, chunk, summaries, window, summaries_visible, q.device)
     gqa = q.shape[1] != k.shape[1]
+    if torch.compiler.is_compiling():  # inside a compiled layer: inductor fuses FlexAttention there
+        return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
     if q.is_cuda:
         return compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
     with warnings.catch_warnings():  # on CPU the unfused path is expected (forward only, small tests)
@@ -77,13 +81,11 @@ def prefix_rule(q_info, k_info, window: int, summaries_visible: bool):
     return (q_doc == k_doc) & (own | (~q_sum & text))
 
 
-def prefix_mask_mod(tables, window: int, summaries_visible: bool):
-    """FlexAttention mask_mod on the prefix layout (lookups into the slot tables)."""
+def rule_mask_mod(tables, rule):
+    """FlexAttention mask_mod of `rule(q_info, k_info)` on slot tables (lookups into them)."""
 
     def _mod(b, h, q_idx, kv_idx):
-        return prefix_rule(
-            tuple(t[q_idx] for t in tables), tuple(t[kv_idx] for t in tables), window, summaries_visible
-        )
+        return rule(tuple(t[q_idx] for t in tables), tuple(t[kv_idx] for t in tables))
 
     return _mod
 
@@ -94,6 +96,15 @@ def prefix_block_mask(
 ) -> BlockMask:
     """BlockMask of the KSA rule on the prefix layout with TILE x TILE tiles (full tiles kept apart)."""
     tables = slot_tables(seq_lens, chunk, summaries, device)
+    return rule_block_mask(tables, partial(prefix_rule, window=window, summaries_visible=summaries_visible))
+
+
+def rule_block_mask(tables: tuple[torch.Tensor, ...], rule) -> BlockMask:
+    """BlockMask of `rule(q_info, k_info)` over slot tables whose first table is the doc id (>= 0).
+
+    The rule is evaluated one slab of TILE-row tiles at a time (never the whole L x L mask); tiles
+    where it holds everywhere are listed as full tiles, so the kernel skips the elementwise mask there."""
+    device = tables[0].device
     length = tables[0].numel()
     n_tiles = -(-length // TILE)
     kv_info = tuple(_pad(t, n_tiles * TILE) for t in tables)
@@ -103,14 +114,14 @@ def prefix_block_mask(
     for r0 in range(0, n_tiles, rows_per_slab):
         r1 = min(n_tiles, r0 + rows_per_slab)
         q_info = tuple(t[r0 * TILE : r1 * TILE, None] for t in kv_info)
-        valid = prefix_rule(q_info, tuple(t[None, :] for t in kv_info), window, summaries_visible)
+        valid = rule(q_info, tuple(t[None, :] for t in kv_info))
         valid &= kv_info[0][None, :] >= 0  # padding slots (doc -1) are never valid
         tiles = valid.view(r1 - r0, TILE, n_tiles, TILE)
         any_tile[r0:r1] = tiles.any(3).any(1)
         all_tile[r0:r1] = tiles.all(3).all(1)
     # a tile that holds padding query rows has all_tile False there already through `valid`
-    partial = any_tile & ~all_tile
-    kv_num, kv_idx = _tile_lists(partial)
+    partial_tiles = any_tile & ~all_tile
+    kv_num, kv_idx = _tile_lists(partial_tiles)
     full_num, full_idx = _tile_lists(all_tile)
     return BlockMask.from_kv_blocks(
         kv_num,
@@ -118,7 +129,7 @@ def prefix_block_mask(
         full_num,
         full_idx,
         BLOCK_SIZE=TILE,
-        mask_mod=prefix_mask_mod(tables, window, summaries_visible),
+        mask_mod=rule_mask_mod(tables, rule),
         seq_lengths=(length, length),
     )
 

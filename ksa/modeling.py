@@ -21,6 +21,7 @@ KSA forward passes a `ksa_ctx` keyword down the layers to say what to do (layout
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 
@@ -40,10 +41,11 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import AttentionInterface
 
-from ksa.attention import ksa_attention
+from ksa.attention import ksa_attention, ksa_mask
 from ksa.cache import KSACache
 from ksa.config import KSAConfig, KSAConfigError, resolve_windows
 from ksa.layout import expand_positions, text_index
+from ksa.shared import SharedLayout, shared_ksa_attention, shared_layout, shared_mask
 
 # transformers renamed the cache keyword (past_key_values -> cache) between 5.17 and 5.24
 CACHE_KEY = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -53,7 +55,7 @@ CACHE_KEY = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ el
 class KSAContext:
     """What the attention of every layer needs for one forward (passed down as `ksa_ctx`)."""
 
-    mode: str  # "ksa": expanded layout; "causal": plain causal on text; "decode": one cached step
+    mode: str  # "ksa": expanded layout; "shared": a shared-prompt row; "causal": plain causal on text; "decode": one cached step
     windows: list[int]
     chunk: int
     summaries: int
@@ -65,7 +67,19 @@ class KSAContext:
     pos: torch.Tensor | None = None  # [B] text position of the decoded token
     needs_sum: torch.Tensor | None = None  # [B] the token completes a chunk
     summary_slots: torch.Tensor | None = None  # [B, L] bool, for summary q/k/v projections
+    layout: SharedLayout | None = None  # "shared" mode: the row's slots (ksa/shared.py)
+    masks: dict = field(default_factory=dict)  # window -> what its layers' kernel reads, built before the layers run
+    window: int = 0  # the current layer's window and mask ("ksa" / "shared" modes, set by `at_layer`)
+    mask: object = None
     extras: dict = field(default_factory=dict)
+
+    def at_layer(self, i: int) -> KSAContext:
+        """This context for layer i with its window and mask as plain fields: the attention of a compiled
+        layer reads no layer index, so layers of one window share one graph."""
+        if self.mode not in ("ksa", "shared"):
+            return self
+        window = self.windows[i]
+        return dataclasses.replace(self, window=window, mask=self.masks.get(window))
 
 
 def ksa_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -75,18 +89,19 @@ def ksa_attention_forward(module, query, key, value, attention_mask, scaling=Non
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
-    layer = module.layer_idx
     if ctx.mode == "causal":
         out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=True)
     elif ctx.mode == "decode":
-        out = ctx.cache.layers[layer].step(query, key, value, ctx.pos, ctx.needs_sum, scaling)
+        out = ctx.cache.layers[module.layer_idx].step(query, key, value, ctx.pos, ctx.needs_sum, scaling)
+    elif ctx.mode == "shared":
+        out = shared_ksa_attention(query, key, value, ctx.mask, scaling)
     else:
         out = ksa_attention(
-            query, key, value, chunk=ctx.chunk, summaries=ctx.summaries, window=ctx.windows[layer],
-            impl=ctx.impl, scale=scaling, summaries_visible=ctx.visible,
+            query, key, value, chunk=ctx.chunk, summaries=ctx.summaries, window=ctx.window,
+            impl=ctx.impl, scale=scaling, summaries_visible=ctx.visible, mask=ctx.mask,
         )
         if ctx.cache is not None:
-            ctx.cache.layers[layer].prefill(key, value, ctx.lengths, ctx.text_len)
+            ctx.cache.layers[module.layer_idx].prefill(key, value, ctx.lengths, ctx.text_len)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -122,6 +137,57 @@ def _context_layer_class(cls: type) -> type:
     return _LAYER_CLASSES[cls]
 
 
+# --- the summary hooks: module-level functions that read what they need off the hooked module
+# (plain attributes set by `_refer`), so a deep copy of the model hooks its own summary modules.
+
+
+def _refer(module: nn.Module, **refs) -> None:
+    """Unregistered references on `module` (not submodules: no state-dict entries); deepcopy maps them."""
+    for name, value in refs.items():
+        object.__setattr__(module, name, value)
+
+
+def _mix(module: nn.Module) -> float:
+    return float(getattr(module._ksa_config, "ksa_mix_coeff", 1.0))
+
+
+def _summary_proj_hook(mod, args, out):
+    """Shared q/k/v projection -> on summary slots: m * extra(x) + (1 - m) * shared(x), m = mix_coeff.
+
+    Where a per-head norm follows (mod._ksa_key), the blend happens after it (norm(extra) with
+    norm(shared)), as in the released format: the shared output is stashed for the norm's hook.
+    """
+    ctx = _current_ctx()
+    m = _mix(mod)
+    if ctx is None or ctx.summary_slots is None or m == 0.0:
+        return out
+    summ = mod._ksa_extra(args[0])
+    if m != 1.0:
+        if mod._ksa_key is not None:
+            ctx.extras[mod._ksa_key] = out
+        else:
+            summ = m * summ + (1.0 - m) * out
+    return torch.where(ctx.summary_slots[..., None], summ, out)
+
+
+def _summary_mix_after_norm_hook(mod, args, out):  # out: norm(summary proj) on summary slots, [B, L, H, D]
+    ctx = _current_ctx()
+    shared = None if ctx is None else ctx.extras.pop(mod._ksa_key, None)
+    if shared is None:
+        return out
+    m = _mix(mod)
+    blended = m * out + (1.0 - m) * mod.forward(shared.view_as(args[0]))
+    slots = ctx.summary_slots.reshape(*ctx.summary_slots.shape, *([1] * (out.dim() - 2)))
+    return torch.where(slots, blended, out)
+
+
+def _summary_norm_hook(mod, args, out):
+    ctx = _current_ctx()
+    if ctx is None or ctx.summary_slots is None:
+        return out
+    return torch.where(ctx.summary_slots[..., None], mod._ksa_extra(args[0]), out)
+
+
 def ksa_settings(config) -> KSAConfig:
     """The KSAConfig stored flat (ksa_*) in a KSA model config."""
     return KSAConfig(
@@ -155,62 +221,20 @@ class KSAMixin:
                     setattr(attn, f"summary_{name}", extra)
                     head_norm = getattr(attn, f"{name[0]}_norm", None)  # Qwen3: q_norm / k_norm
                     key = f"{i}.{name}" if head_norm is not None else None
-                    base.register_forward_hook(self._summary_proj_hook(extra, key))
+                    _refer(base, _ksa_extra=extra, _ksa_key=key, _ksa_config=config)
+                    base.register_forward_hook(_summary_proj_hook)
                     if key is not None:
-                        head_norm.register_forward_hook(self._summary_mix_after_norm_hook(key))
+                        _refer(head_norm, _ksa_key=key, _ksa_config=config)
+                        head_norm.register_forward_hook(_summary_mix_after_norm_hook)
         if getattr(config, "ksa_summary_norm", False):
             for layer in self.model.layers:
                 norm = layer.input_layernorm
                 layer.summary_input_layernorm = copy.deepcopy(norm)
-                norm.register_forward_hook(self._summary_norm_hook(layer.summary_input_layernorm))
-        for layer in self.model.layers:
-            layer.__class__ = _context_layer_class(type(layer))
-
-    def _mix(self) -> float:
-        return float(getattr(self.config, "ksa_mix_coeff", 1.0))
-
-    def _summary_proj_hook(self, extra: nn.Linear, norm_key: str | None = None):
-        """Shared q/k/v projection -> on summary slots: m * extra(x) + (1 - m) * shared(x), m = mix_coeff.
-
-        Where a per-head norm follows (norm_key), the blend happens after it (norm(extra) with
-        norm(shared)), as in the released format: the shared output is stashed for the norm's hook.
-        """
-
-        def hook(mod, args, out):
-            ctx = _current_ctx()
-            if ctx is None or ctx.summary_slots is None or self._mix() == 0.0:
-                return out
-            summ = extra(args[0])
-            if self._mix() != 1.0:
-                if norm_key is not None:
-                    ctx.extras[norm_key] = out
-                else:
-                    summ = self._mix() * summ + (1.0 - self._mix()) * out
-            return torch.where(ctx.summary_slots[..., None], summ, out)
-
-        return hook
-
-    def _summary_mix_after_norm_hook(self, key: str):
-        def hook(mod, args, out):  # out: norm(summary proj) on summary slots, [B, L, H, D]
-            ctx = _current_ctx()
-            shared = None if ctx is None else ctx.extras.pop(key, None)
-            if shared is None:
-                return out
-            m = self._mix()
-            blended = m * out + (1.0 - m) * mod.forward(shared.view_as(args[0]))
-            slots = ctx.summary_slots.reshape(*ctx.summary_slots.shape, *([1] * (out.dim() - 2)))
-            return torch.where(slots, blended, out)
-
-        return hook
-
-    def _summary_norm_hook(self, summary_norm: nn.Module):
-        def hook(mod, args, out):
-            ctx = _current_ctx()
-            if ctx is None or ctx.summary_slots is None:
-                return out
-            return torch.where(ctx.summary_slots[..., None], summary_norm(args[0]), out)
-
-        return hook
+                _refer(norm, _ksa_extra=layer.summary_input_layernorm)
+                norm.register_forward_hook(_summary_norm_hook)
+        if self._uses_summary_slots():  # the summary hooks find the layer's context through it
+            for layer in self.model.layers:
+                layer.__class__ = _context_layer_class(type(layer))
 
     def _uses_summary_slots(self) -> bool:
         c = self.config
@@ -235,8 +259,8 @@ class KSAMixin:
     def _run_layers(self, hidden: torch.Tensor, position_ids: torch.Tensor, ctx: KSAContext) -> torch.Tensor:
         self._use_ksa_attention()
         cos_sin = self.model.rotary_emb(hidden, position_ids)
-        for layer in self.model.layers[: self.config.num_hidden_layers]:
-            out = layer(hidden, attention_mask=None, position_ids=position_ids, position_embeddings=cos_sin, ksa_ctx=ctx)
+        for i, layer in enumerate(self.model.layers[: self.config.num_hidden_layers]):
+            out = layer(hidden, attention_mask=None, position_ids=position_ids, position_embeddings=cos_sin, ksa_ctx=ctx.at_layer(i))
             hidden = out[0] if isinstance(out, tuple) else out
         return self.model.norm(hidden)
 
@@ -263,6 +287,7 @@ class KSAMixin:
             if n_sum:
                 hidden[:, is_sum] = self.summary_embed.weight.repeat(n_sum // S, 1).to(hidden.dtype)
             ctx = self._context("ksa", text_len=T, cache=cache, lengths=lengths)
+            ctx.masks = {w: ksa_mask((T,), C, S, w, ctx.impl, ctx.visible, hidden.device) for w in set(ctx.windows)}
             if self._uses_summary_slots():
                 ctx.summary_slots = is_sum[None].expand(B, L)
             hidden = self._run_layers(hidden, positions[None].expand(B, L), ctx)
@@ -276,6 +301,26 @@ class KSAMixin:
             cache.text_len = lengths.clone()
             cache.columns_seen = T
         return hidden
+
+    def shared_prompt_hidden(self, input_ids: torch.Tensor, units) -> torch.Tensor:
+        """Final hidden states [N, D] of a shared-prompt row (ksa/shared.py), no LM head.
+
+        input_ids [N]: unit after unit, each its prompt's tokens then its responses' tokens;
+        units: (prompt length, [response lengths]) per unit. Each response's states equal those of
+        its (prompt, response) run alone through `forward`."""
+        C, S = self.config.ksa_chunk, self.config.ksa_summaries
+        layout = shared_layout(units, C, S, device=input_ids.device)
+        text_emb = self.model.embed_tokens(input_ids)
+        hidden = text_emb.new_zeros(1, layout.length, text_emb.shape[-1])
+        hidden[0, layout.text_slots] = text_emb
+        is_sum = layout.is_summary.bool()
+        hidden[0, is_sum] = self.summary_embed.weight[layout.pos[is_sum].long()].to(hidden.dtype)
+        ctx = self._context("shared", layout=layout)
+        ctx.masks = {w: shared_mask(layout, w, ctx.impl, ctx.visible) for w in set(ctx.windows)}
+        if self._uses_summary_slots():
+            ctx.summary_slots = is_sum[None]
+        hidden = self._run_layers(hidden, layout.positions[None], ctx)
+        return hidden[0, layout.text_slots]
 
     # --- one decode step through the cache ------------------------------------------------------
     def _decode_step(self, ids: torch.Tensor, cache: KSACache) -> torch.Tensor:

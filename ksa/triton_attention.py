@@ -468,21 +468,65 @@ def _interpreted() -> bool:
     return all(type(f).__name__ == "InterpretedFunction" for f in (_q_side_kernel, tl.zeros))
 
 
-class _KSAAttention(torch.autograd.Function):
-    """Autograd wrapper: q, k, v contiguous [B, H, L, D] on the interleaved layout."""
+# ---------------------------------------------------------------- the kernels as torch ops
+# Registered as custom ops so torch.compile treats them as opaque calls (with shapes from the fake
+# implementations) and fuses everything around them; autograd goes through register_autograd.
 
-    @staticmethod
-    def forward(ctx, q, k, v, seq_lens, chunk, summaries, window, scale, vis):
-        o, lse = _forward(q, k, v, seq_lens, chunk, summaries, window, scale, vis)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.cfg = (seq_lens, chunk, summaries, window, scale, vis)
-        return o
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, o, lse, do.contiguous(), *ctx.cfg)
-        return dq, dk, dv, None, None, None, None, None, None
+def _require_backend(q: torch.Tensor) -> None:
+    if q.device.type != "cuda" and not _interpreted():
+        raise RuntimeError(
+            "impl='triton' needs CUDA tensors, or (slow, for tests) TRITON_INTERPRET=1 set in the "
+            "environment before anything imports triton (e.g. at the top of conftest.py)"
+        )
+
+
+@torch.library.custom_op("ksa::triton_attention", mutates_args=())
+def triton_attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_lens: list[int],
+    chunk: int, summaries: int, window: int, scale: float, summaries_visible: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(out [B, Hq, L, D], lse [B, Hq, L] float32, base 2) of KSA attention on the interleaved layout."""
+    _require_backend(q)
+    q, k, v = (x.contiguous() for x in (q, k, v))
+    return _forward(q, k, v, tuple(seq_lens), chunk, summaries, window, scale, summaries_visible)
+
+
+@triton_attention_op.register_fake
+def _(q, k, v, seq_lens, chunk, summaries, window, scale, summaries_visible):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("ksa::triton_attention_backward", mutates_args=())
+def triton_attention_backward_op(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    seq_lens: list[int], chunk: int, summaries: int, window: int, scale: float, summaries_visible: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(dq, dk, dv) of `triton_attention_op` given the gradient of its output."""
+    _require_backend(q)
+    q, k, v, out, grad_out = (x.contiguous() for x in (q, k, v, out, grad_out))
+    return _backward(q, k, v, out, lse.contiguous(), grad_out, tuple(seq_lens), chunk, summaries, window, scale, summaries_visible)
+
+
+@triton_attention_backward_op.register_fake
+def _(grad_out, q, k, v, out, lse, seq_lens, chunk, summaries, window, scale, summaries_visible):
+    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, *cfg = inputs
+    ctx.save_for_backward(q, k, v, *output)
+    ctx.cfg = cfg
+    ctx.mark_non_differentiable(output[1])
+
+
+def _backward_rule(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = triton_attention_backward_op(grad_out, q, k, v, out, lse, *ctx.cfg)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+triton_attention_op.register_autograd(_backward_rule, setup_context=_setup_context)
 
 
 def triton_ksa_attention(
@@ -498,10 +542,5 @@ def triton_ksa_attention(
     summaries_visible: bool,
 ) -> torch.Tensor:
     """KSA attention of q, k, v ([B, H, L, D]) on the interleaved layout, packed sequences along L."""
-    if q.device.type != "cuda" and not _interpreted():
-        raise RuntimeError(
-            "impl='triton' needs CUDA tensors, or (slow, for tests) TRITON_INTERPRET=1 set in the "
-            "environment before anything imports triton (e.g. at the top of conftest.py)"
-        )
-    q, k, v = (x.contiguous() for x in (q, k, v))
-    return _KSAAttention.apply(q, k, v, tuple(seq_lens), chunk, summaries, window, scale, summaries_visible)
+    out, _ = triton_attention_op(q, k, v, list(seq_lens), chunk, summaries, window, scale, summaries_visible)
+    return out

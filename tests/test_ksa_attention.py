@@ -199,6 +199,53 @@ def test_packed_sequences_are_independent(impl):
         start = sl.stop
 
 
+# (chunk, summaries, window, text_len, Hq, Hkv) whose window covers the sequence: the last chunk exactly
+# at the window, S = 2, GQA, a trailing partial chunk, a sequence shorter than one chunk, batch rows.
+WITHIN_WINDOW = [(4, 1, 5, 21, 2, 1), (4, 2, 6, 27, 4, 2), (8, 1, 100, 64, 1, 1), (4, 1, 1, 3, 2, 2), (3, 1, 4, 15, 2, 1)]
+
+
+@pytest.mark.parametrize("impl", ["triton", "flex"])
+@pytest.mark.parametrize("case", WITHIN_WINDOW)
+def test_within_window_path_equals_reference(case, impl, monkeypatch):
+    """Where the window covers the sequence, the kernels hand over to causal SDPA over text plus per-chunk
+    summary attention: forward and gradients equal the dense reference (and the flex impl gets a
+    backward on the CPU, since no FlexAttention runs)."""
+    import ksa.attention as attention
+
+    chunk, summaries, window, text_len, hq, hkv = case
+    calls, within = [], attention._within_window
+    monkeypatch.setattr(attention, "_within_window", lambda *a: calls.append(1) or within(*a))
+    q, k, v = _inputs(text_len, chunk, summaries, hq, hkv, d=16)
+    kw = dict(chunk=chunk, summaries=summaries, window=window)
+    ref = ksa_attention(q, k, v, **kw)
+    out = ksa_attention(q, k, v, impl=impl, **kw)
+    assert calls == [1]
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(_grads(out, (q, k, v)), _grads(ref, (q, k, v)), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    if impl == "triton":  # the kernel itself still computes the covered case
+        _needs_triton()
+        from ksa.triton_attention import triton_ksa_attention
+
+        direct = triton_ksa_attention(q, k, v, seq_lens=(text_len,), scale=16**-0.5, summaries_visible=True, **kw)
+        torch.testing.assert_close(direct, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_within_window_path_only_where_the_window_covers(monkeypatch):
+    """One chunk short of covering, or several packed sequences: the KSA kernel runs (summaries are
+    visible there, or sequences must stay apart)."""
+    import ksa.attention as attention
+
+    monkeypatch.setattr(attention, "_within_window", lambda *a: pytest.fail("took the within-window path"))
+    with torch.no_grad():  # (FlexAttention: no CPU backward)
+        q, k, v = _inputs(21, 4, 1, 2, 1, d=16, batch=1)
+        out = ksa_attention(q, k, v, chunk=4, window=4, impl="flex")
+        torch.testing.assert_close(out, ksa_attention(q, k, v, chunk=4, window=4), atol=1e-5, rtol=1e-5)
+        q, k, v = _inputs(40, 4, 1, 2, 1, d=16, batch=1)
+        q, k, v = (x[:, :, : expanded_length(21, 4) + expanded_length(10, 4)] for x in (q, k, v))
+        ksa_attention(q, k, v, chunk=4, window=100, impl="flex", seq_lens=[21, 10])
+
+
 def test_positions_and_prefix_layout_agree():
     # the permutation moves exactly the summary slots to the front
     pos, is_sum = expand_positions(37, 4, 2)

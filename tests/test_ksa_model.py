@@ -210,3 +210,24 @@ def test_gpu_kernels_match_reference_with_gradients(tiny_tokenizer, impl):
                        model.model.layers[0].self_attn.q_proj.weight.grad.clone())
     for a, b in zip(grads["reference"], grads[impl], strict=True):
         torch.testing.assert_close(b, a, atol=2e-3, rtol=2e-3)
+
+
+def test_deep_copy_uses_its_own_summary_modules(tiny_tokenizer):
+    """The summary hooks of a deep copy (the learner's frozen reference, a compiled copy) run the copy's
+    summary projections and layernorm, not the original's: changing the original leaves the copy's
+    logits alone, and the copy's gradients land in the copy."""
+    import copy
+
+    _, model = ksa_tiny(tiny_tokenizer, windows=(1, 3), summary_qkv=True, mix_coeff=0.5, summary_norm=True)
+    twin = copy.deepcopy(model)
+    ids = torch.randint(5, model.config.vocab_size, (1, 19), generator=torch.Generator().manual_seed(0))
+    before = twin(input_ids=ids).logits.detach()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "summary_" in name and "embed" not in name:
+                p.add_(1.0)
+    torch.testing.assert_close(twin(input_ids=ids).logits.detach(), before)
+    twin(input_ids=ids).logits.sum().backward()
+    attn = twin.model.layers[0].self_attn
+    assert attn.summary_q_proj.weight.grad is not None and twin.model.layers[0].summary_input_layernorm.weight.grad is not None
+    assert model.model.layers[0].self_attn.summary_q_proj.weight.grad is None

@@ -182,11 +182,6 @@ def test_compiled_layers_train_like_eager_ones(tiny_model_dir, checkpointing):
     torch.testing.assert_close(w_compiled, w_eager, rtol=1e-5, atol=1e-6)
 
 
-def test_compile_with_ksa_is_a_config_error(tiny_model_dir):
-    with pytest.raises(ValueError, match="model.compile does not support KSA"):
-        ModelConfig(path=str(tiny_model_dir), compile=True, ksa={"chunk": 4, "windows": 2})
-
-
 @pytest.mark.skipif(_NO_COMPILER, reason="torch.compile on the CPU needs a C++ compiler")
 def test_compiled_learner_trains_inline_with_a_shared_engine(tiny_model_dir, tmp_path):
     """The rollout engine decodes the learner's (compiled) model eagerly; the loop runs and the

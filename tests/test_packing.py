@@ -193,13 +193,13 @@ def test_shared_micro_batches_split_big_groups_and_keep_every_sample():
         assert size <= 18 or len(b) == 1
 
 
-def test_shared_rows_refuse_models_that_cannot_take_them(tiny_model_dir):
-    ksa = pytest.importorskip("ksa.modeling")
-    from transformers import AutoModelForCausalLM
+def test_shared_rows_refuse_models_that_cannot_take_them(tiny_tokenizer):
+    """A sliding-window layer would need the window in the shared mask (KSA models take shared rows:
+    tests/test_ksa_shared.py)."""
+    from tests.tiny import build_model
 
-    from ksa.config import KSAConfig
-
-    model = ksa.convert_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), KSAConfig(chunk=4, windows=[1, 3]))
+    model = build_model(tiny_tokenizer, arch="qwen2")
+    model.config.layer_types = ["sliding_attention", "full_attention"]
     with pytest.raises(ValueError, match="shared-prompt"):
         packed_logprobs(model, pack_shared(_groups(model.config.vocab_size)))
 

@@ -1,0 +1,209 @@
+"""Shared prompts on the KSA layout (ksa/shared.py): a group's responses behind one copy of the prompt
+give the log-probs and gradients of packing each (prompt, response) alone through the KSA model's own
+forward (golong.packing's per-sequence path), and the test fails when the layout or rule is wrong."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+
+import ksa.shared as shared
+from golong.packing import pack, pack_shared, packed_logprobs, supports_prompt_sharing
+from ksa.layout import expand_positions
+from tests.test_ksa_model import ksa_tiny
+
+# (prompt length, response lengths) per unit, chunk 4. Prompts of 10 and 13 end in a partial chunk
+# (the boundary chunk holds 2 and 1 prompt tokens); responses of 1 do not complete it, of 2 just do;
+# 12 and 8 are whole chunks. Windows of 1 chunk (4 tokens) are shorter than every prompt but 3.
+UNITS = [
+    [(10, [1])],  # G = 1
+    [(10, [7, 2]), (8, [5, 1, 9])],  # G = 2 and 3
+    [(13, [3, 1, 11, 6]), (12, [4, 9])],  # G = 4
+    [(3, [14, 2, 0])],  # a prompt inside one chunk; an empty response
+]
+
+
+def _groups(units, vocab, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda n: torch.randint(5, vocab, (n,), generator=g).tolist()  # noqa: E731
+    return [(rand(p), [rand(r) for r in rs]) for p, rs in units]
+
+
+def _flat(groups):
+    return [(p, r) for p, rs in groups for r in rs]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_tokenizer):
+    """KSA models (chunk 4) with windows of 1 to 3 chunks and a full layer; S = 1 and 2; with summary
+    q/k/v projections blended and a summary layernorm; a Llama."""
+    return {
+        "s1": ksa_tiny(tiny_tokenizer, windows=(3, 1, 1000), chunk=4)[1],
+        "s2": ksa_tiny(tiny_tokenizer, windows=(1, 2), chunk=4, summaries=2, seed=1)[1],
+        "qkv": ksa_tiny(tiny_tokenizer, windows=(1, 2), chunk=4, seed=2, summary_qkv=True, mix_coeff=0.5, summary_norm=True)[1],
+        "llama": ksa_tiny(tiny_tokenizer, arch="llama", windows=(2, 1), chunk=4, seed=3)[1],
+    }
+
+
+def _logprob_error(model, groups, temperature=1.0) -> float:
+    """Max |log-prob difference| between the shared row and each pair packed alone."""
+    flat = _flat(groups)
+    with torch.no_grad():
+        got, _ = packed_logprobs(model, pack_shared(groups), chunk=5, temperature=temperature)
+        want, _ = packed_logprobs(model, pack([p for p, _ in flat], [r for _, r in flat]), chunk=5, temperature=temperature)
+    assert [g.numel() for g in got] == [len(r) for _, r in flat]
+    return max((a - b).abs().max().item() for a, b in zip(got, want, strict=True) if a.numel())
+
+
+def test_layout_gives_each_response_its_alone_slots():
+    """Prompt slots plus response m's slots are, as (summary?, rope position) pairs, the layout of the
+    pair alone; the prompt's trailing partial chunk has no summary of its own in the shared copy."""
+    units = [(10, [7, 2, 1]), (8, [5]), (3, [14])]
+    lay = shared.shared_layout(units, chunk=4, summaries=2)
+    for d, (p, rs) in enumerate(units):
+        in_unit = lay.doc == d
+        prompt_sums = (in_unit & (lay.member < 0) & lay.is_summary.bool()).sum().item()
+        assert prompt_sums == (p // 4) * 2
+        for m, r in enumerate(rs):
+            mine = in_unit & ((lay.member < 0) | (lay.member == m))
+            got = sorted(zip(lay.is_summary[mine].tolist(), lay.positions[mine].tolist(), strict=True))
+            pos, is_sum = expand_positions(p + r, 4, 2)
+            assert got == sorted(zip(is_sum.int().tolist(), pos.tolist(), strict=True))
+    text = lay.text_slots
+    assert text.numel() == sum(p + sum(rs) for p, rs in units) and not lay.is_summary[text].any()
+    assert (text.diff() > 0).all()  # text keeps the caller's order
+
+
+@pytest.mark.parametrize("name", ["s1", "s2", "qkv", "llama"])
+@pytest.mark.parametrize("units", UNITS, ids=["G1", "G2-3", "G4", "short-prompt"])
+def test_shared_logprobs_equal_alone(models, name, units):
+    model = models[name]
+    assert supports_prompt_sharing(model)
+    assert _logprob_error(model, _groups(units, model.config.vocab_size), temperature=0.7) < 2e-5
+
+
+@pytest.mark.parametrize("name", ["s1", "qkv"])
+def test_shared_gradients_equal_alone(models, name):
+    """The prompt's backward runs once and collects every response's gradient: parameter gradients
+    (summary embedding and summary projections included) equal those of packing each pair alone."""
+    model = models[name]
+    groups = _groups([(10, [7, 2, 5]), (13, [3, 6])], model.config.vocab_size, seed=4)
+    flat = _flat(groups)
+    grads, values = [], []
+    for row in (pack_shared(groups), pack([p for p, _ in flat], [r for _, r in flat])):
+        model.zero_grad()
+        lps, _ = packed_logprobs(model, row, chunk=4)
+        lp = torch.cat(lps)
+        (lp * torch.linspace(-1, 1, lp.numel())).sum().backward()
+        values.append(lp.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    model.zero_grad()
+    torch.testing.assert_close(values[0], values[1], atol=2e-5, rtol=0)
+    assert grads[0].keys() == grads[1].keys() and "summary_embed.weight" in grads[0]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], atol=2e-5, rtol=1e-4, msg=n)
+
+
+def _boundary_summary_from_prompt(first: int, end: int, chunk: int) -> torch.Tensor:
+    """Mutation: the prompt's trailing partial chunk gets the summary, shared by every response."""
+    return torch.arange(-(-first // chunk), -(-end // chunk) if first == 0 else end // chunk)
+
+
+def _responses_see_each_other(q_info, k_info, window, summaries_visible=True):
+    return shared.prefix_rule(q_info[:4], k_info[:4], window, summaries_visible)
+
+
+def _boundary_summary_skips_prompt_text(q_info, k_info, window, summaries_visible=True):
+    """Mutation: a response's summary reads only the response's text (of the boundary chunk: part of it)."""
+    ok = shared.prefix_rule(q_info[:4], k_info[:4], window, summaries_visible)
+    q_sum = q_info[1].bool()
+    return ok & (k_info[4] == q_info[4]) | ok & (k_info[4] < 0) & ~(q_sum & (q_info[4] >= 0))
+
+
+@pytest.mark.parametrize(
+    "target, mutant",
+    [
+        ("_summary_chunks", _boundary_summary_from_prompt),
+        ("shared_rule", _responses_see_each_other),
+        ("shared_rule", _boundary_summary_skips_prompt_text),
+    ],
+    ids=["boundary-summary-from-prompt", "responses-see-each-other", "boundary-summary-skips-prompt"],
+)
+def test_equality_check_catches_a_wrong_layout_or_rule(models, monkeypatch, target, mutant):
+    """The equality above is not vacuous: each of these mistakes moves log-probs far past its tolerance."""
+    # responses long enough that queries past the window read the boundary summary in a layer after the
+    # first (a summary's first-layer K/V come from its embedding alone, whatever it attends to)
+    model = models["s1"]
+    groups = _groups([(10, [12, 9, 2]), (13, [11, 6])], model.config.vocab_size)
+    assert _logprob_error(model, groups) < 2e-5
+    monkeypatch.setattr(shared, target, mutant)
+    assert _logprob_error(model, groups) > 1e-3
+
+
+def test_flex_forward_equals_reference(models, monkeypatch):
+    """The FlexAttention path (a BlockMask of the same rule; what a GPU runs) in forward on the CPU
+    (where the dense mask is the default: FlexAttention has no CPU backward)."""
+    import ksa.modeling
+
+    model = models["s2"]
+    groups = _groups([(13, [3, 1, 11, 6]), (8, [5, 9])], model.config.vocab_size, seed=7)
+    ids = torch.tensor([t for p, rs in groups for t in p + [x for r in rs for x in r]])
+    units = [(len(p), [len(r) for r in rs]) for p, rs in groups]
+    out = {}
+    with torch.no_grad():
+        for impl in ("reference", "flex"):
+            model.config.ksa_impl = impl
+            monkeypatch.setattr(ksa.modeling, "shared_mask", partial(shared.shared_mask, block=impl == "flex"))
+            out[impl] = model.shared_prompt_hidden(ids, units)
+    model.config.ksa_impl = "reference"
+    torch.testing.assert_close(out["flex"], out["reference"], atol=1e-5, rtol=1e-5)
+
+
+def test_block_mask_equals_dense_mask():
+    """Tile by tile, the BlockMask (full tiles, partial tiles + mask_mod) is the dense rule, over a row
+    longer than one 128-slot tile."""
+    lay = shared.shared_layout([(150, [40, 7, 33]), (20, [90])], chunk=8, summaries=1)
+    for window in (1, 4, 100):
+        dense = shared.shared_dense_mask(lay, window)
+        block = shared.shared_block_mask(lay, window)
+        torch.testing.assert_close(block.to_dense()[0, 0].bool(), _tiles(dense, 128))
+        idx = torch.arange(lay.length)
+        torch.testing.assert_close(block.mask_mod(0, 0, idx[:, None], idx[None, :]), dense)
+
+
+def _tiles(dense: torch.Tensor, tile: int) -> torch.Tensor:
+    n = -(-dense.shape[0] // tile)
+    padded = torch.zeros(n * tile, n * tile, dtype=torch.bool)
+    padded[: dense.shape[0], : dense.shape[1]] = dense
+    return padded.view(n, tile, n, tile).any(3).any(1)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_learner_shares_prompts_of_a_ksa_policy(tiny_model_dir, checkpointing):
+    """Learner._rows packs a KSA policy's groups behind one copy of each prompt and makes the same update
+    as packing every (prompt, response) alone (also with checkpointed layers recomputing in backward)."""
+    from golong.config import AlgoConfig, ModelConfig, OptimConfig
+    from golong.learner import Learner, Sample
+
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(5, 200, (n,), generator=g).tolist() for n in (30, 13)]
+    samples = [
+        Sample(prompt_ids=prompts[k], response_ids=torch.randint(5, 200, (r,), generator=g).tolist(), advantage=a)
+        for k, r, a in [(0, 6, 1.0), (0, 11, -1.0), (0, 3, 0.5), (1, 7, 1.0), (1, 5, -0.5)]
+    ]
+    runs = []
+    for share in (True, False):
+        model = ModelConfig(path=str(tiny_model_dir), ksa={"chunk": 4, "windows": [1, 3]}, gradient_checkpointing=checkpointing)
+        learner = Learner(model, OptimConfig(lr=1e-3, share_prompts=share, micro_batch_tokens=64), AlgoConfig(),
+                          total_steps=10, device="cpu")
+        rows = learner._rows(samples)
+        assert all((row.members is not None) == share for _, row in rows)
+        metrics = learner.train_step(samples)
+        runs.append((metrics, torch.cat([p.detach().flatten() for p in learner.model.parameters()])))
+    (shared_m, w_shared), (plain_m, w_plain) = runs
+    assert shared_m["packed_tokens"] == 30 + 6 + 11 + 3 + 13 + 7 + 5
+    for key in ("loss", "grad_norm", "entropy"):
+        assert shared_m[key] == pytest.approx(plain_m[key], rel=1e-4, abs=1e-6), key
+    torch.testing.assert_close(w_shared, w_plain, rtol=1e-4, atol=2e-5)
