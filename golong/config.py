@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class RecipeError(ValueError):
@@ -41,7 +41,6 @@ class ModelConfig(_Section):
     attn_implementation: str | None = Field(None, description="transformers attention backend (e.g. 'sdpa'); None = library default.")
     compile: bool = Field(False, description="Learner: compile each decoder layer with torch.compile (fuses the norms, RoPE, SwiGLU and residual adds; bench/learner.py measured 1.26x tokens/s at 32K on an H200). The first steps pay the compile; rollouts on a shared model run eagerly. KSA policies too (their Triton kernels are opaque custom ops inside the compiled layers).")
     ksa: dict[str, Any] | None = Field(None, description="Make the policy a Kwai Summary Attention model with these ksa settings.")
-
 
 
 class DataSourceConfig(_Section):

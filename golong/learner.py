@@ -46,6 +46,7 @@ from golong.packing import (
     plan_shared_micro_batches,
     shared_attention,
     supports_prompt_sharing,
+    uses_ksa_layout,
 )
 
 
@@ -172,12 +173,13 @@ class Learner:
         if 0 < len(groups) < len(samples):
             prompts = list(groups)
             members = [[(i, len(samples[i].response_ids)) for i in groups[p]] for p in prompts]
-            rows = []
+            rows, ksa_layout = [], uses_ksa_layout(self._model)
             for units in plan_shared_micro_batches([len(p) for p in prompts], members, budget):
                 size = sum(len(samples[u[0]].prompt_ids) + sum(len(samples[i].response_ids) for i in u) for u in units)
                 # padded to a bucket length: compiled attention and layers see a few shapes, not one per row
+                # (not KSA rows: the KSA model lays its row out with summary slots of its own)
                 row = pack_shared([(samples[u[0]].prompt_ids, [samples[i].response_ids for i in u]) for u in units],
-                                  pad_to=bucket_length(size))
+                                  pad_to=None if ksa_layout else bucket_length(size))
                 rows.append(([i for u in units for i in u], row))
             return rows
         lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]

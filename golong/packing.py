@@ -192,14 +192,15 @@ def supports_prompt_sharing(model) -> bool:
     attention below has no sliding window), or a KSA model (ksa/shared.py lays the row out)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config
-    return _is_ksa(model) or (
+    return uses_ksa_layout(model) or (
         supports_packing(model)
         and set(getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
         and not getattr(config, "use_sliding_window", False)
     )
 
 
-def _is_ksa(model) -> bool:
+def uses_ksa_layout(model) -> bool:
+    """A KSA model that lays shared-prompt rows out itself (summary slots inserted per unit)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return getattr(base.config, "ksa_chunk", None) is not None and hasattr(base, "shared_prompt_hidden")
 
@@ -254,7 +255,7 @@ def shared_attention(model, row: PackedRow) -> Iterator[None]:
         return
     if not supports_prompt_sharing(model):
         raise ValueError(f"{type(model).__name__} cannot take shared-prompt rows (sliding-window or linear-attention layers); use pack()")
-    if _is_ksa(model):  # the KSA model lays out and masks the row itself (_ksa_shared_hidden)
+    if uses_ksa_layout(model):  # the KSA model lays out and masks the row itself (_ksa_shared_hidden)
         yield
         return
     _register_shared_attention()
@@ -417,7 +418,7 @@ def packed_logprobs(
     """
     decoder, head, config = _base_and_head(model)
     device = next(model.parameters()).device
-    if row.members is not None and _is_ksa(model):
+    if row.members is not None and uses_ksa_layout(model):
         hidden = _ksa_shared_hidden(model, row)
     elif row.members is not None:  # (the caller holds shared_attention over backward too)
         with shared_attention(model, row):
