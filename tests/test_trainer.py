@@ -84,6 +84,15 @@ def test_dynamic_sampling_drops_constant_groups_and_refills(tiny_model_dir, tmp_
     assert h["rounds"] == 1 and h["groups_kept"] == 2  # digit share differs within a group
 
 
+def test_rollout_is_weights_are_logged_and_exactly_one_when_the_sampler_is_the_learner(tiny_model_dir, tmp_path):
+    """Inline with shared weights the engine samples from the learner's own float32 model: every
+    ratio pi_old / pi_sampler is 1 up to float noise, so nothing is clipped or vetoed."""
+    r = recipe(tiny_model_dir, tmp_path / "is", trainer__steps=1, algo__rollout_is="token", algo__rollout_is_veto=1e-4)
+    (h,) = train(r, rewards=pool(), quiet=True)
+    assert h["is_weight_mean"] == pytest.approx(1.0, abs=1e-4) and h["drift"] == pytest.approx(0.0, abs=1e-4)
+    assert h["is_clipped_frac"] == 0.0 and h["is_vetoed_frac"] == 0.0
+
+
 def spread_unless_em(row, response, **variant):
     """EM rows: always 1 (no spread, dropped); other rows: a number that differs between responses."""
     import zlib
