@@ -111,6 +111,7 @@ AttentionInterface.register("ksa", ksa_attention_forward)
 # KSAContext that layer was called with. A layer names it on entry to its own forward, so a layer
 # recomputed by gradient checkpointing in backward (after the KSA forward returned) names it again.
 _CURRENT = threading.local()
+_CURRENT.ctx = None  # present from the start (in this thread): a compiled layer's guard on it then holds
 _LAYER_CLASSES: dict[type, type] = {}
 
 
@@ -210,7 +211,7 @@ class KSAMixin:
         self.summary_embed = nn.Embedding(config.ksa_summaries, config.hidden_size)
         nn.init.normal_(self.summary_embed.weight, std=std)
         if getattr(config, "ksa_summary_qkv", False):
-            for i, layer in enumerate(self.model.layers):
+            for layer in self.model.layers:
                 attn = layer.self_attn
                 for name in ("q_proj", "k_proj", "v_proj"):
                     base = getattr(attn, name)
@@ -220,7 +221,9 @@ class KSAMixin:
                         extra.bias.data.zero_()
                     setattr(attn, f"summary_{name}", extra)
                     head_norm = getattr(attn, f"{name[0]}_norm", None)  # Qwen3: q_norm / k_norm
-                    key = f"{i}.{name}" if head_norm is not None else None
+                    # the norm's hook picks up what the projection's stashed in the same layer: a key per
+                    # projection, not per layer (no layer index in a compiled layer's guards)
+                    key = name if head_norm is not None else None
                     _refer(base, _ksa_extra=extra, _ksa_key=key, _ksa_config=config)
                     base.register_forward_hook(_summary_proj_hook)
                     if key is not None:

@@ -161,3 +161,20 @@ def test_save_attention_keeps_the_ksa_kernel_outputs(tiny_tokenizer):
     assert results["full"][0] == 4 and results["save_attention"][0] == 2  # 2 layers: forward (+ recompute)
     for n, g in results["full"][1].items():
         torch.testing.assert_close(results["save_attention"][1][n], g, atol=1e-5, rtol=1e-5, msg=n)
+
+
+@needs_compiler
+def test_layers_of_one_window_share_a_graph(tiny_tokenizer):
+    """Compiled KSA layers specialise on their window, not on their index: four layers with two distinct
+    windows (and summary q/k/v hooks) make two graphs, not four (compile time on a 28-layer model)."""
+    from torch._dynamo.utils import counters
+
+    from golong.learner import compile_layers
+
+    _, model = ksa_tiny(tiny_tokenizer, windows=(1, 1, 3, 1), chunk=4, summary_qkv=True, mix_coeff=0.5)
+    torch._dynamo.reset()
+    counters.clear()
+    compile_layers(model, torch.device("cpu"))
+    with torch.no_grad():
+        model(input_ids=torch.randint(5, 500, (1, 22), generator=torch.Generator().manual_seed(0)))
+    assert counters["stats"]["unique_graphs"] == 2
