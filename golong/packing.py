@@ -38,6 +38,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 TILE = 128  # FlexAttention's default tile (BLOCK_SIZE); bucket lengths are multiples of it
+SLAB_COUNTS = 1 << 24  # shared_block_mask: key counts held at once (one slab of query tiles)
 
 
 def plan_micro_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
@@ -314,7 +315,7 @@ def shared_block_mask(row: PackedRow, device):
     k0 = torch.arange(n_tiles, device=docs.device) * TILE
     any_tile = torch.zeros(n_tiles, n_tiles, dtype=torch.bool, device=docs.device)
     all_tile = torch.zeros_like(any_tile)
-    rows = max(1, (1 << 24) // (TILE * n_tiles))  # q tiles per slab: ~16M counts at once
+    rows = max(1, SLAB_COUNTS // (TILE * n_tiles))  # q tiles per slab
     for r0 in range(0, n_tiles, rows):
         r1 = min(n_tiles, r0 + rows)
         lo1, hi1, lo2, hi2 = (c[:, None] for c in iv[r0 * TILE : r1 * TILE].unbind(1))
