@@ -310,9 +310,9 @@ def shared_block_mask(row: PackedRow, device):
     docs, members = row.docs.to(device), row.members.to(device)
     length = docs.numel()
     n_tiles = -(-length // TILE)
-    iv = _attended_intervals(docs, members)
+    iv = _attended_intervals(docs, members).int()
     iv = torch.cat([iv, iv.new_tensor([[0, -1, 0, -1]]).expand(n_tiles * TILE - length, 4)])  # tail rows see nothing
-    k0 = torch.arange(n_tiles, device=docs.device) * TILE
+    k0 = torch.arange(n_tiles, device=docs.device, dtype=torch.int32) * TILE
     any_tile = torch.zeros(n_tiles, n_tiles, dtype=torch.bool, device=docs.device)
     all_tile = torch.zeros_like(any_tile)
     rows = max(1, SLAB_COUNTS // (TILE * n_tiles))  # q tiles per slab
