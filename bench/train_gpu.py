@@ -219,9 +219,6 @@ class Run:
 
         cluster.train_step = observed
         model = cluster.learner.model
-        from golong.learner import compiled_graphs
-
-        graphs_before = compiled_graphs()  # the metric counts the whole process: keep this configuration's
         weight_bytes = sum(p.numel() for p in model.parameters()) * 2
         last = 0.0
         while trainer.step < args.steps and time.perf_counter() - t0 + last < c["budget_s"]:
@@ -236,7 +233,6 @@ class Run:
             rec = {k: float(m.get(k, 0.0)) for k in (
                 "step_time", "rollout_time", "train_time", "sync_time", "learner_time_s", "tokens", "tokens_per_s",
                 "packed_tokens", "pad_tokens", "response_tokens", "compiled_graphs")}
-            rec["compiled_graphs"] -= graphs_before
             rec.update({k: float(stats.get(k, 0.0)) for k in ("prefill_s", "decode_s", "decode_steps", "prefills")})
             rec.update(rollout_floors(model.config, c["shape"], prompt_lens, stats, weight_bytes))
             rec["learner_tflop"] = flops / 1e12

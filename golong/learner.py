@@ -139,6 +139,7 @@ class Learner:
             self.optimizer, lambda step: min(1.0, (step + 1) / warm) if warm > 0 else 1.0
         )
         self.step = 0
+        self._graphs_before = compiled_graphs()  # the metric counts this learner's graphs, not the process's
 
     @property
     def model(self):
@@ -259,7 +260,7 @@ class Learner:
         metrics.update(tokens=float(sum(len(s.prompt_ids) + len(s.response_ids) for s in batch)),
                        response_tokens=float(n_tokens), learner_time_s=elapsed)
         metrics["tokens_per_s"] = metrics["tokens"] / max(elapsed, 1e-9)
-        metrics["compiled_graphs"] = compiled_graphs()
+        metrics["compiled_graphs"] = compiled_graphs() - self._graphs_before
         return metrics
 
     @torch.no_grad()
@@ -470,8 +471,9 @@ class Learner:
 
 def compiled_graphs() -> float:
     """Graphs torch.compile has built in this process so far (each recompile counts one more): the
-    compiled decoder layers and the compiled FlexAttention of shared-prompt rows. A long run should
-    settle, not grow with every step."""
+    compiled decoder layers and the compiled FlexAttention of shared-prompt rows. The learner's metric
+    `compiled_graphs` counts those built since it was created: a long run should settle, not grow
+    with every step."""
     from torch._dynamo.utils import counters
 
     return float(counters["stats"]["unique_graphs"])
