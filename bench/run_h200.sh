@@ -12,7 +12,7 @@
 #   group      bench/learner.py --group 8: one 32K prompt, 8 responses of 2K, prompt shared vs packed 8 times
 #   gputest    pytest -m gpu tests/test_train_gpu.py: three trainer steps at the GPU recipe's settings, bounded
 #   train      bench/train_gpu.py, 0.6B, 8K prompts, G=8 x 4, 256 new tokens: compiled + shared prompts (the
-#              GPU recipe) within 130 s, eager + shared within 90 s, compiled + unshared within 110 s
+#              GPU recipe) within 120 s, eager + shared within 90 s, compiled + unshared within 100 s
 #   train32k   bench/train_gpu.py, 1.7B, 32K prompts, G=8 x 2, 2K new tokens, compiled + shared, within 190 s
 #   trl        bench/trainer_vs_trl.py: golong vs TRL's GRPOTrainer, 0.6B shape, 8K prompts, G=8 x 4, 256 new
 #
@@ -56,8 +56,8 @@ for s in "$@"; do
              stage "group$share" 240 python3 bench/learner.py --runs 1.7b:32768:golong_optmaster_sac_compile \
                --group 8 --response 2048 $share --out "$OUT/learner_group$share.json"
            done ;;
-    gputest) stage gputest 170 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_train_gpu.py ;;
-    train) for run in "0.6b:8k:8x4:256 130" "0.6b:8k:8x4:256:eager 90" "0.6b:8k:8x4:256:noshare 110"; do
+    gputest) stage gputest 200 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_train_gpu.py ;;
+    train) for run in "0.6b:8k:8x4:256 120" "0.6b:8k:8x4:256:eager 90" "0.6b:8k:8x4:256:noshare 100"; do
              read -r cfg secs <<<"$run"  # a process per configuration: one that overruns cannot stop the next
              stage train $((secs + 10)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 20 --append \
                --out "$OUT/train_gpu_0.6b.json"

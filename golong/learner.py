@@ -151,6 +151,7 @@ class Learner:
             self.optimizer, lambda step: min(1.0, (step + 1) / warm) if warm > 0 else 1.0
         )
         self.step = 0
+        self._graphs_before = compiled_graphs()  # the metric counts this learner's graphs, not the process's
 
     @property
     def model(self):
@@ -265,7 +266,7 @@ class Learner:
         metrics.update(tokens=float(sum(len(s.prompt_ids) + len(s.response_ids) for s in samples)),
                        response_tokens=float(sum(len(s.response_ids) for s in samples)), learner_time_s=elapsed)
         metrics["tokens_per_s"] = metrics["tokens"] / max(elapsed, 1e-9)
-        metrics["compiled_graphs"] = compiled_graphs()
+        metrics["compiled_graphs"] = compiled_graphs() - self._graphs_before
         return metrics
 
     def _plan(self, mini_batch: list[Sample]) -> _MiniBatch:
@@ -548,8 +549,9 @@ def _mini_batches(samples: list[Sample], n: int) -> list[list[Sample]]:
 
 def compiled_graphs() -> float:
     """Graphs torch.compile has built in this process so far (each recompile counts one more): the
-    compiled decoder layers and the compiled FlexAttention of shared-prompt rows. A long run should
-    settle, not grow with every step."""
+    compiled decoder layers and the compiled FlexAttention of shared-prompt rows. The learner's metric
+    `compiled_graphs` counts those built since it was created: a long run should settle, not grow
+    with every step."""
     from torch._dynamo.utils import counters
 
     return float(counters["stats"]["unique_graphs"])

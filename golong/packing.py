@@ -40,6 +40,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 TILE = 128  # FlexAttention's default tile (BLOCK_SIZE); bucket lengths are multiples of it
+SLAB_COUNTS = 1 << 24  # shared_block_mask: key counts held at once (one slab of query tiles)
 
 
 def plan_micro_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
@@ -292,8 +293,8 @@ def _attended_intervals(docs: torch.Tensor, members: torch.Tensor) -> torch.Tens
     itself, and (a response token) its own response up to itself. The rule of `shared_mask` reads
     exactly this way because a unit is laid out as its prompt, then its responses one after another."""
     n = docs.numel()
-    idx = torch.arange(n)
-    new_doc = torch.ones(n, dtype=torch.bool)
+    idx = torch.arange(n, device=docs.device)
+    new_doc = torch.ones(n, dtype=torch.bool, device=docs.device)
     new_doc[1:] = docs[1:] != docs[:-1]
     new_run = new_doc.clone()  # a new (unit, member) run: the start of a prompt or a response
     new_run[1:] |= members[1:] != members[:-1]
@@ -301,7 +302,7 @@ def _attended_intervals(docs: torch.Tensor, members: torch.Tensor) -> torch.Tens
     run_start = torch.cummax(torch.where(new_run, idx, 0), 0).values
     prompt = members < 0
     # a unit's prompt ends where its first response starts (or at the unit's end): the prompt run's end
-    prompt_end = torch.zeros(n, dtype=torch.long)  # per doc start: last prompt index of that unit
+    prompt_end = torch.zeros(n, dtype=torch.long, device=docs.device)  # per doc start: last prompt index of that unit
     prompt_end.scatter_reduce_(0, doc_start[prompt], idx[prompt], reduce="amax", include_self=False)
     hi1 = torch.minimum(idx, prompt_end[doc_start])
     lo2 = torch.where(prompt, idx + 1, run_start)  # empty for prompt tokens
@@ -313,18 +314,19 @@ def shared_block_mask(row: PackedRow, device):
     each query attends at most two key intervals (_attended_intervals), so the number of keys it
     sees in each TILE-wide key tile is two interval overlaps. A tile pair is full when every query
     row of the q tile sees all TILE keys, partial when some sees some; computed one slab of q tiles
-    at a time (O(L^2 / TILE) integers in all). Equal to create_block_mask's (tests/test_packing.py)."""
+    at a time (O(L^2 / TILE) integers in all, on `device`). Equal to create_block_mask's
+    (tests/test_packing_buckets.py)."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    docs, members = row.docs.cpu(), row.members.cpu()
+    docs, members = row.docs.to(device), row.members.to(device)
     length = docs.numel()
     n_tiles = -(-length // TILE)
-    iv = _attended_intervals(docs, members)
+    iv = _attended_intervals(docs, members).int()
     iv = torch.cat([iv, iv.new_tensor([[0, -1, 0, -1]]).expand(n_tiles * TILE - length, 4)])  # tail rows see nothing
-    k0 = torch.arange(n_tiles) * TILE
-    any_tile = torch.zeros(n_tiles, n_tiles, dtype=torch.bool)
+    k0 = torch.arange(n_tiles, device=docs.device, dtype=torch.int32) * TILE
+    any_tile = torch.zeros(n_tiles, n_tiles, dtype=torch.bool, device=docs.device)
     all_tile = torch.zeros_like(any_tile)
-    rows = max(1, (1 << 24) // (TILE * n_tiles))  # q tiles per slab: ~16M counts at once
+    rows = max(1, SLAB_COUNTS // (TILE * n_tiles))  # q tiles per slab
     for r0 in range(0, n_tiles, rows):
         r1 = min(n_tiles, r0 + rows)
         lo1, hi1, lo2, hi2 = (c[:, None] for c in iv[r0 * TILE : r1 * TILE].unbind(1))
@@ -336,9 +338,9 @@ def shared_block_mask(row: PackedRow, device):
     if length % TILE:  # a ragged last key tile is never full (its tail keys do not exist)
         all_tile[:, -1] = False
     partial = any_tile & ~all_tile
-    lists = [x.to(device) for t in (partial, all_tile) for x in _tile_lists(t)]
-    pad_docs = torch.cat([docs, docs.new_full((n_tiles * TILE - length,), -1)]).to(device)
-    pad_members = torch.cat([members, members.new_full((n_tiles * TILE - length,), -1)]).to(device)
+    lists = [x for t in (partial, all_tile) for x in _tile_lists(t)]
+    pad_docs = torch.cat([docs, docs.new_full((n_tiles * TILE - length,), -1)])
+    pad_members = torch.cat([members, members.new_full((n_tiles * TILE - length,), -1)])
     return BlockMask.from_kv_blocks(*lists, BLOCK_SIZE=TILE, mask_mod=_shared_rule(pad_docs, pad_members),
                                     seq_lengths=(length, length))
 

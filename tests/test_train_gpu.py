@@ -95,12 +95,13 @@ def test_compiled_steps_with_prompts_of_different_lengths_settle_on_cpu(train_gp
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_three_steps_at_the_gpu_recipe_settings(train_gpu, tmp_path):
-    """0.6B shape, prompts of 2K, 4K and 6K tokens (three data sources), G=8 x 4, 128 new tokens,
-    compiled layers, optimizer-held masters, shared prompts: the first step (compilation included)
-    within 120 s, later steps within 20 s; compiled graphs: the layers' pieces around the attention
-    call (static, then dynamic in the length: ~12 on the CPU) plus one FlexAttention kernel per bucket
-    length, so at most 40, and at most 8 new ones after the first step (new buckets only)."""
-    results = train_gpu.main(["0.6b:2k,4k,6k:8x4:128", "--steps", "3", "--budget-s", "400",
+    """0.6B shape, prompts of 3K and 6K tokens (two data sources), G=8 x 4, 128 new tokens, compiled
+    layers, optimizer-held masters, shared prompts: the first step (compilation included) within
+    150 s, later steps within 30 s (a new bucket length compiles one more FlexAttention kernel);
+    compiled graphs: the layers' pieces around the attention call (static, then dynamic in the
+    length: ~12 on the CPU) plus one FlexAttention kernel per bucket length, so at most 40, and at
+    most 8 new ones after the first step (new buckets only)."""
+    results = train_gpu.main(["0.6b:3k,6k:8x4:128", "--steps", "3", "--budget-s", "400",
                               "--out", str(tmp_path / "r.json")])
     (record,) = results["configs"].values()
-    check_run(record, first_s=120, step_s=20, graphs=40, growth=8)
+    check_run(record, first_s=150, step_s=30, graphs=40, growth=8)
