@@ -1,15 +1,15 @@
-"""Decode speed after a long prompt: plain transformers `generate` vs golong's engine (FastEngine),
+"""Decode speed after a long prompt: plain transformers `generate` vs golong's engine (StaticEngine),
 full attention vs the 3:1 KSA hybrid, with the bandwidth floor.
 
 Model: Qwen3-0.6B shape (hidden 1024, 28 layers, 16 q / 8 kv heads, head_dim 128, MLP 3072,
 vocab 151936, tied embeddings), random weights, bf16; its KSA form is the same weights converted
 (benchutil.ksa_hybrid: 21 layers with a 1024-token window + summaries, 7 full layers). `--tiny`: a
 4-layer toy for CPU checks. For each prompt length P and batch B, B rows decode `--new-tokens`
-greedy tokens after a P-token prompt (FastEngine: one prompt with n=B samples, prefilled once;
+greedy tokens after a P-token prompt (StaticEngine: one prompt with n=B samples, prefilled once;
 generate: B copies of the prompt). Only decode is timed:
 - generate: time(max_new_tokens=N) - time(max_new_tokens=1), both with min_new_tokens set, over
   B * (N - 1) tokens (transformers' default cache; KSA: its KSACache);
-- FastEngine: its own decode clock (`engine.stats["decode_s"]`, synchronised every step), over the
+- StaticEngine: its own decode clock (`engine.stats["decode_s"]`, synchronised every step), over the
   rows x steps it decoded; the first call (graph capture) is a warm-up.
 Floor: bytes read per step (weights once + each row's K/V at its mean length, kvmem's count) / 4.8 TB/s.
 Greedy agreement with `generate` is reported as leading equal tokens; where they part, the reference
@@ -34,8 +34,8 @@ import torch
 from benchutil import IdTokenizer, free, ksa_hybrid, qwen3_06b_model, sync
 
 from golong.rollout.base import SamplingParams
-from golong.rollout.fast import FastEngine
 from golong.rollout.kvmem import kv_bytes_per_sequence
+from golong.rollout.static import StaticEngine
 
 HBM_BYTES_PER_S = 4.8e12
 
@@ -78,7 +78,7 @@ def floor_s(model, batch: int, prompt_len: int, new: int) -> float:
 
 
 def fast_decode(model, tok, prompt: list[int], batch: int, new: int, reps: int) -> tuple[dict, list[int]]:
-    engine = FastEngine(model, tok, max_batch=batch, max_len=len(prompt) + new, prefill_chunk=32768)
+    engine = StaticEngine(model, tok, max_batch=batch, max_len=len(prompt) + new, prefill_chunk=32768)
     greedy = SamplingParams(max_new_tokens=new, temperature=0)
     first = engine.generate([prompt], batch, greedy)[0][0].response_ids  # warm-up: graph capture
     runs = []

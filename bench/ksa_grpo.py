@@ -7,8 +7,8 @@ same steps, the same prompts per step (drawn from seed (seed, step, task)), the 
 One step, per policy (golong's inline trainer loop, written out):
   1. prompts: `prompts_per_task` single-query prompts of each task (needle, kv, hop2, count; see
      ksa_replication.make_batch, full difficulty) at `--length` tokens;
-  2. generate G completions each with golong's engine (`hf`: static K/V with the KSA ring + summary
-     store, CUDA graphs; `--engine plain`: the plain transformers loop with KSACache), temperature 1,
+  2. generate G completions each with golong's engine (`static`: static K/V with the KSA ring + summary
+     store, CUDA graphs; `--engine loop`: the transformers decode loop with KSACache), temperature 1,
      max_new_tokens = answer length + 1;
   3. reward: exact match, 1 if the first A response tokens equal the A answer tokens, else 0;
   4. advantages: golong.algos.compute_advantages('tmn_reweight', rewards, groups, tasks) (alpha 0.8,
@@ -43,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # ksa_replication, als
 
 import ksa_replication as rep  # noqa: E402
 
+from ksa import is_ksa  # noqa: E402
+
 POLICIES = ("full", "ksa")
 
 
@@ -61,24 +63,13 @@ def load_policy(models: str | None, name: str, shape: str, device: str, impl: st
             raise SystemExit(f"{folder} holds no saved model; run ksa_replication.py --save-models {models} first")
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(folder)
-    if getattr(model.config, "ksa_chunk", None) is not None:
+    if is_ksa(model.config):
         model.config.ksa_impl = impl  # the kernel of this machine, whatever the saving one used
     else:
         model.config._attn_implementation = "sdpa"
     model.generation_config.eos_token_id = rep.EOS
     model.generation_config.pad_token_id = rep.PAD
     return model, tok
-
-
-def make_engine(kind: str, model, tok, device: str, rows: int, max_len: int):
-    """golong's engine ('hf': static K/V incl. the KSA ring + summaries, CUDA graphs) or the plain loop."""
-    if kind == "hf":
-        from golong.rollout.fast import FastEngine
-
-        return FastEngine(model, tok, max_batch=rows, max_len=max_len, device=device)
-    from golong.rollout.hf import HFEngine
-
-    return HFEngine(model, tok, batch_size=rows, device=device)
 
 
 def step_prompts(seed: int, step: int, per_task: int, length: int):
@@ -107,7 +98,7 @@ def run_policy(name: str, args, budget_s: float) -> dict:
     from golong.algos import compute_advantages
     from golong.config import AlgoConfig, ModelConfig, OptimConfig
     from golong.learner import Learner, Sample
-    from golong.rollout.base import SamplingParams
+    from golong.rollout import EngineConfig, SamplingParams, make_engine
 
     cuda = args.device.startswith("cuda")
     impl = args.impl or ("triton" if cuda else "reference")
@@ -120,9 +111,9 @@ def run_policy(name: str, args, budget_s: float) -> dict:
                       temperature=1.0, policy=(model, tok))
     policy = learner.model
     rows = args.prompts_per_task * len(rep.TASKS) * args.group
-    engine = make_engine(args.engine, policy, tok, args.device, rows, args.length + 4)
-    row: dict = {"model_type": policy.config.model_type, "engine": type(engine).__name__,
-                 "engine_fast_path": getattr(engine, "fast", None), "steps": []}
+    engine = make_engine(EngineConfig(args.engine, batch_size=rows, max_len=args.length + 4, device=args.device),
+                         policy, tok)
+    row: dict = {"model_type": policy.config.model_type, "engine": type(engine).__name__, "steps": []}
     row["acc_before"] = heldout_accuracy(policy, args.length, args.eval_rows, args.device)
     t_start = time.perf_counter()
     for step in range(args.steps):
@@ -243,7 +234,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="learner micro-batch tokens (default 16384; smoke 1024). The full-attention learner packs "
                          "sequences into one row under a dense block-diagonal mask of this size squared; KSA runs "
                          "a padded batch")
-    ap.add_argument("--engine", choices=("hf", "plain"), default="hf")
+    ap.add_argument("--engine", choices=("static", "loop"), default="static",
+                    help="golong's static engine (K/V incl. the KSA ring + summaries, CUDA graphs) or the decode loop")
     ap.add_argument("--impl", default=None, help="KSA kernel (default triton on CUDA, reference on CPU)")
     ap.add_argument("--eval-rows", type=int, default=None, help="held-out sequences for before/after accuracy")
     ap.add_argument("--budget-s", type=float, default=None,

@@ -1,5 +1,5 @@
 """Rollout at long context: full attention vs the 3:1 KSA hybrid on the same model shape, both
-through golong's engine (FastEngine: static K/V, CUDA graphs, continuous batching).
+through golong's engine (StaticEngine: static K/V, CUDA graphs, continuous batching).
 
 Model: Qwen3-0.6B shape (hidden 1024, 28 layers, 16 q / 8 kv heads, head_dim 128, MLP 3072,
 vocab 151936, tied embeddings), random weights, bf16, and its KSA conversion (benchutil.ksa_hybrid:
@@ -31,7 +31,7 @@ import torch
 from benchutil import IdTokenizer, free, ksa_hybrid, qwen3_06b_model, sync
 
 from golong.rollout.base import SamplingParams
-from golong.rollout.fast import FastEngine
+from golong.rollout.static import StaticEngine
 
 
 def run_safely(row: dict, key: str, fn) -> None:
@@ -43,7 +43,7 @@ def run_safely(row: dict, key: str, fn) -> None:
 
 
 def decode_tok_s(model, tok, prompt: list[int], batch: int, new: int, context: int) -> float:
-    engine = FastEngine(model, tok, max_batch=batch, max_len=context, prefill_chunk=32768)
+    engine = StaticEngine(model, tok, max_batch=batch, max_len=context, prefill_chunk=32768)
     greedy = SamplingParams(max_new_tokens=new, temperature=0)
     engine.generate([prompt], batch, greedy)  # warm-up (graph capture)
     engine.generate([prompt], batch, greedy)
@@ -51,7 +51,7 @@ def decode_tok_s(model, tok, prompt: list[int], batch: int, new: int, context: i
 
 
 def end_to_end(model, tok, prompts, group: int, new: int, context: int, max_batch: int, budget_gb: float, dev: str) -> dict:
-    engine = FastEngine(model, tok, max_batch=max_batch, max_len=context, prefill_chunk=32768, kv_budget_gb=budget_gb)
+    engine = StaticEngine(model, tok, max_batch=max_batch, max_len=context, prefill_chunk=32768, kv_budget_gb=budget_gb)
     params = SamplingParams(max_new_tokens=new, temperature=1.0, seed=0)
     engine.generate(prompts, group, SamplingParams(max_new_tokens=new, temperature=1.0, seed=1))  # warm-up
     sync(dev)
@@ -86,7 +86,7 @@ def main() -> None:
     full, cfg = qwen3_06b_model(args.tiny, dev, tiny_layers=4)
     models = {"full": full, "ksa": ksa_hybrid(full, args.tiny, dev)}
     tok = IdTokenizer(cfg.vocab_size)
-    row_bytes = {name: FastEngine(m, tok, max_len=context).row_bytes(context) for name, m in models.items()}
+    row_bytes = {name: StaticEngine(m, tok, max_len=context).row_bytes(context) for name, m in models.items()}
     budget_gb = args.kv_budget_gb or (4 * row_bytes["full"] / 1024**3 if args.tiny else 40.0)
     gen = torch.Generator().manual_seed(0)
     prompt_pool = torch.randint(0, cfg.vocab_size - 2, (args.max_batch, plen), generator=gen).tolist()

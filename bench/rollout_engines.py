@@ -1,5 +1,5 @@
-"""Rollout engines side by side: generated tokens/s of vLLM vs golong's engine (`hf`: FastEngine) and the
-plain transformers loop (`plain`: HFEngine) on the same model, prompts and lengths, plus the time of one
+"""Rollout engines side by side: generated tokens/s of vLLM vs golong's static engine (column `hf`, its
+old name: StaticEngine) and the transformers decode loop (column `plain`: LoopEngine) on the same model, prompts and lengths, plus the time of one
 weight sync (`load_weights` of a full state dict).
 
 Prompts are random token ids (no special tokens) of `--prompt-len` tokens; every prompt gets G samples
@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from golong.rollout.base import SamplingParams
-from golong.rollout.fast import FastEngine
-from golong.rollout.hf import HFEngine
+from golong.rollout.loop import LoopEngine
+from golong.rollout.static import StaticEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,8 +91,8 @@ def bench_model(name: str, args, tmp: Path) -> dict:
                  "prompts": args.prompts, "group": args.group, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
 
     rows = args.prompts * args.group
-    for label, engine in (("plain", HFEngine(model, tok, batch_size=rows)),
-                          ("hf", FastEngine(model, tok, max_batch=rows, max_len=args.prompt_len + args.new_tokens))):
+    for label, engine in (("plain", LoopEngine(model, tok, batch_size=rows)),
+                          ("hf", StaticEngine(model, tok, max_batch=rows, max_len=args.prompt_len + args.new_tokens))):
         row[label] = time_generate(engine, prompts, args.group, params, args.repeats)
         row[label]["sync_s"] = time_sync(engine, state, args.repeats)
         print(f"[{name}] {label}: {row[label]}", flush=True)

@@ -48,7 +48,7 @@ for s in "$@"; do
                  --out "$OUT/ksa_attention.json" ;;
     tests) stage tests 240 python3 -m pytest -q -p no:cacheprovider -m gpu -x --timeout 200 \
              tests/test_ksa_attention.py tests/test_ksa_model.py tests/test_ksa_cache.py \
-             tests/test_rollout_fast.py tests/test_rollout_fast_ksa.py ;;
+             tests/test_rollout_static.py tests/test_rollout_static_ksa.py ;;
     decode) stage decode 300 python3 bench/engine_decode.py --reps 2 --out "$OUT/engine_decode.json" ;;
     rollout) stage rollout 240 python3 bench/ksa_rollout.py --out "$OUT/ksa_rollout.json" ;;
     learner) stage learner 480 python3 bench/learner.py --runs compiled --out "$OUT/learner.json" ;;

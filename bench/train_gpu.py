@@ -4,7 +4,7 @@ Each configuration starts from the GPU recipe (recipes/golongrl_qwen3_4b_tmn.yam
 golong.config with dotted overrides, as `golong train` reads it) and changes only what a benchmark
 must: a random-weight Qwen3 model of a named shape written to a local folder with a locally built
 tokenizer (tests/tiny.py; no hub), the 9 generated GoLongRL tasks at one prompt length, G x P
-responses of a fixed length, the in-process engine (rollout.engine=hf), cluster.mode=inline, no
+responses of a fixed length, the in-process engine (rollout.engine=static), cluster.mode=inline, no
 dynamic sampling (every group is trained, so steps are alike). Then Trainer.train_one_step runs
 until --steps or the time budget, whichever comes first.
 
@@ -111,7 +111,7 @@ def make_recipe(c: dict, path: Path, out: Path, args):
         "data.sources": [{"generate": "all", "length": n, "n": 18} for n in c["prompt_lens"]],  # 2 a task
 
         "data.max_prompt_tokens": longest,
-        "rollout.engine": "hf", "rollout.group_size": c["group"], "rollout.prompts_per_step": c["prompts"],
+        "rollout.engine": "static", "rollout.group_size": c["group"], "rollout.prompts_per_step": c["prompts"],
         "rollout.max_new_tokens": c["new"], "rollout.batch_size": c["group"] * c["prompts"],
         "algo.dynamic_sampling": False, "algo.max_generation_rounds": 1,
         "optim.share_prompts": c["share"], "optim.micro_batch_tokens": budget,

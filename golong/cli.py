@@ -78,11 +78,12 @@ def _progress():
 def _user_errors() -> tuple[type[Exception], ...]:
     import rewards
     from golong.data import DataError
+    from golong.rollout import EngineError
     from tasks import TaskError
     from tasks.length import LengthError
     from tasks.textgen import SplitError
 
-    return (DataError, TaskError, LengthError, SplitError, rewards.UnknownRouteError)
+    return (DataError, TaskError, LengthError, SplitError, EngineError, rewards.UnknownRouteError)
 
 
 @data_app.command("validate")
@@ -341,6 +342,9 @@ def train(
         _fail(str(e))
     if dry_run:
         typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
+        from golong.rollout import engine_config
+
+        typer.echo(f"# rollout.engine {cfg.rollout.engine} builds the {engine_config(cfg).resolved} engine on this machine")
         return
     from golong.trainer import Trainer
 
@@ -416,7 +420,7 @@ def eval_cmd(
     task_file: list[str] = typer.Option(None, "--task-file", help="Plug-in task path.py:Class (repeatable)."),
     train_data: str = typer.Option(None, "--train-data", help="Training data: evaluation rows whose prompt is in it are reported and excluded."),
     keep_overlap: bool = typer.Option(False, "--keep-overlap/--no-keep-overlap", metavar="", help="Keep evaluation rows that overlap --train-data (still reported)."),
-    engine: str = typer.Option("auto", help="Generation engine: auto, hf (golong's static-cache engine), plain (simple transformers loop) or vllm."),
+    engine: str = typer.Option("auto", help="Generation engine: auto, static (golong's engine), loop (a transformers decode loop, any model) or vllm; hf / fast / plain are the older names."),
     greedy: bool = typer.Option(False, "--greedy/--no-greedy", metavar="", help="Greedy decoding (the default with -k 1)."),
     temperature: float = typer.Option(None, help="Sampling temperature (default: 0 = greedy with -k 1, else 1.0)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
@@ -425,7 +429,7 @@ def eval_cmd(
     max_prompt_tokens: int = typer.Option(None, "--max-prompt-tokens", help="Left-truncate longer prompts (default: never)."),
     pass_threshold: float = typer.Option(0.5, "--pass-threshold", help="A sample passes when reward > this (binary rewards: == 1)."),
     batch_prompts: int = typer.Option(8, "--batch-prompts", help="Problems per generation call (and per flush of responses.jsonl)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Sequences the transformers engine decodes at once."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Sequences the static / loop engine decodes at once."),
     device: str = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
     dtype: str = typer.Option(None, help="float32 or bfloat16 (default: bfloat16 on cuda, float32 on cpu)."),
     out: str = typer.Option("eval", "-o", "--out", help="Output folder: results.json, report.md, plots, responses.jsonl."),

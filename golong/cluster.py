@@ -49,26 +49,18 @@ def build_learner(recipe: Recipe, device: str | None = None):
 
 
 def build_engine(recipe: Recipe, model: Any = None, tokenizer: Any = None, device: str | None = None):
-    from golong.rollout.base import make_engine
-    from golong.rollout.vllm import resolve_engine_name
+    from golong.rollout import engine_config, make_engine
 
-    if resolve_engine_name(recipe.rollout.engine) == "vllm":  # vLLM loads the weights itself
+    config = engine_config(recipe, device)
+    if config.resolved == "vllm":  # vLLM loads the weights itself
         from golong.models import resolve_model_path
-        from golong.rollout.vllm import derive_max_model_len
 
-        m = recipe.model
-        return make_engine(
-            "vllm", resolve_model_path(m.path), tokenizer,
-            max_model_len=derive_max_model_len(recipe.data.max_prompt_tokens, recipe.rollout.max_new_tokens),
-            dtype=m.dtype, seed=recipe.trainer.seed, trust_remote_code=m.trust_remote_code,
-        )
+        return make_engine(config, resolve_model_path(recipe.model.path), tokenizer)
     if model is None:
         from golong.models import load_policy
 
         model, tokenizer = load_policy(_engine_model_cfg(recipe), device=device)
-    limit = recipe.data.max_prompt_tokens + recipe.rollout.max_new_tokens if recipe.data.max_prompt_tokens else None
-    return make_engine(recipe.rollout.engine, model, tokenizer, batch_size=recipe.rollout.batch_size, device=device,
-                       kv_budget_gb=recipe.rollout.kv_budget_gb, **({"max_len": limit} if limit else {}))
+    return make_engine(config, model, tokenizer)
 
 
 class InlineCluster:
@@ -84,10 +76,10 @@ class InlineCluster:
         self.recipe = recipe
         self.learner = build_learner(recipe)
         self.tokenizer = self.learner.tokenizer
-        from golong.rollout.vllm import resolve_engine_name
+        from golong.rollout import engine_config
 
         # vLLM holds its own copy of the weights: it is synced after every update
-        self.shared = recipe.cluster.share_weights and resolve_engine_name(recipe.rollout.engine) != "vllm"
+        self.shared = recipe.cluster.share_weights and engine_config(recipe).resolved != "vllm"
         if self.shared:
             model = self.learner.model
             if recipe.model.lora is not None:  # LoRA layers live inside the base model
@@ -271,11 +263,8 @@ def _load_tokenizer(recipe: Recipe):
 
 def make_cluster(recipe: Recipe, rewards: RewardPool | None = None) -> InlineCluster | RayCluster:
     from golong.models import preflight
-    from golong.rollout.vllm import resolve_engine_name, vllm_available
+    from golong.rollout import check_available
 
-    if resolve_engine_name(recipe.rollout.engine) == "vllm" and not vllm_available():
-        from golong.rollout.base import make_engine  # say so before any cluster or model is started
-
-        make_engine("vllm", None, None)
+    check_available(recipe.rollout.engine)  # say so before any cluster or model is started
     preflight(recipe.model)  # a missing folder or an unreachable hub id: one line here, not a remote traceback
     return (RayCluster if recipe.cluster.mode == "ray" else InlineCluster)(recipe, rewards)

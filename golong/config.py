@@ -62,15 +62,15 @@ class DataConfig(_Section):
 
 
 class RolloutConfig(_Section):
-    engine: Literal["auto", "hf", "fast", "plain", "vllm"] = Field("hf", description="Rollout engine: 'hf' = golong's engine over the transformers model (static K/V incl. KSA ring + summaries, CUDA graphs, continuous batching; 'fast' is the same), 'plain' = a simple transformers decode loop, 'vllm', or 'auto' (vLLM where installed with a GPU, else hf).")
+    engine: Literal["auto", "static", "loop", "vllm", "hf", "fast", "plain"] = Field("static", description="Rollout engine (golong/rollout/__init__.py): 'static' = golong's engine over the transformers model (static K/V incl. KSA ring + summaries, CUDA graphs, continuous batching; models it cannot run go to loop), 'loop' = a decode loop over the model's own forward and cache (any model), 'vllm', or 'auto' (vLLM where installed with a GPU and the policy is not KSA, else static). Older names still work: hf, fast = static; plain = loop (`--dry-run` says which engine a name builds).")
     group_size: int = Field(8, ge=1, description="G: responses sampled per prompt.")
     prompts_per_step: int = Field(8, ge=1, description="Prompts whose groups make one training batch.")
     max_new_tokens: int = Field(256, ge=1, description="Response length limit (GoLongRL: 16384).")
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
     top_k: int = Field(0, ge=0, description="Top-k sampling (0 = off).")
-    batch_size: int = Field(32, ge=1, description="Sequences generated at once by the transformers engine.")
-    kv_budget_gb: float | None = Field(None, gt=0, description="hf / plain engines: decode K/V memory budget (GiB); as many sequences run at once as their K/V fits (KSA ring layers need less, so more run at once). None = off (batch_size alone).")
+    batch_size: int = Field(32, ge=1, description="Sequences generated at once by the static / loop engines.")
+    kv_budget_gb: float | None = Field(None, gt=0, description="static / loop engines: decode K/V memory budget (GiB); as many sequences run at once as their K/V fits (KSA ring layers need less, so more run at once). None = off (batch_size alone).")
 
 
 class RewardConfig(_Section):

@@ -34,7 +34,7 @@ from golong.rollout.base import RolloutEngine, SamplingParams, encode_chat
 
 RESPONSES = "responses.jsonl"
 SETTINGS = "eval_settings.json"
-# An engine factory: model path -> (engine, tokenizer). "auto" / "hf" / "vllm" name the built-in ones.
+# An engine factory: model path -> (engine, tokenizer). "auto" / "static" / "loop" / "vllm" name the built-in ones.
 EngineFactory = Callable[[str], tuple[RolloutEngine, Any]]
 
 
@@ -466,14 +466,18 @@ def load_model(path: str, *, device: str | None = None, dtype: str = "float32") 
 
 def default_engine_factory(name: str = "auto", *, device: str | None = None, dtype: str = "float32",
                            batch_size: int = 32) -> EngineFactory:
-    """model path -> (engine, tokenizer) through `golong.rollout.base.make_engine`."""
-    from golong.rollout.base import make_engine
+    """model path -> (engine, tokenizer) through `golong.rollout.make_engine`."""
+    from golong.rollout import EngineConfig, check_available, engine_name, make_engine
+    from ksa import is_ksa
+
+    name = engine_name(name)
 
     def build(path: str) -> tuple[RolloutEngine, Any]:
         if name == "vllm":  # fail before loading any weights
-            make_engine("vllm", None, None)
+            check_available(name)
         model, tokenizer = load_model(path, device=device, dtype=dtype)
-        return make_engine(name, model, tokenizer, batch_size=batch_size, device=device), tokenizer
+        config = EngineConfig(name, ksa=is_ksa(model.config), batch_size=batch_size, device=device)
+        return make_engine(config, model, tokenizer), tokenizer
 
     return build
 
@@ -536,7 +540,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate every model on `rows`; write responses.jsonl, results.json, report.md and plots.
 
-    engine: 'auto' | 'hf' | 'vllm', or a factory `model path -> (engine, tokenizer)`.
+    engine: 'auto' | 'static' | 'loop' | 'vllm' (golong/rollout/__init__.py), or a factory `model path -> (engine, tokenizer)`.
     k, sampling: samples per problem and how to draw them (max_new_tokens, temperature, top_p, seed);
         shorthands that override the matching fields of `settings` (batching, truncation, pass threshold).
     names: display names of the models (default: the paths as given).

@@ -333,7 +333,7 @@ def _make_ksa(model: Any, settings: dict[str, Any]) -> Any:
     """Turn the policy into a KSA model (ksa.convert_model); a model that already is one is kept."""
     import ksa
 
-    if getattr(model.config, "ksa_chunk", None) is not None:
+    if ksa.is_ksa(model.config):
         return model
     try:
         return ksa.convert_model(model, ksa.KSAConfig(**settings))

@@ -39,6 +39,8 @@ from functools import lru_cache
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ksa import is_ksa
+
 TILE = 128  # FlexAttention's default tile (BLOCK_SIZE); bucket lengths are multiples of it
 SLAB_COUNTS = 1 << 24  # shared_block_mask: key counts held at once (one slab of query tiles)
 
@@ -185,7 +187,7 @@ def supports_packing(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config
     layer_types = set(getattr(config, "layer_types", None) or [])
-    return getattr(config, "ksa_chunk", None) is None and layer_types <= {"full_attention", "sliding_attention"}
+    return not is_ksa(config) and layer_types <= {"full_attention", "sliding_attention"}
 
 
 def supports_prompt_sharing(model) -> bool:
@@ -203,7 +205,7 @@ def supports_prompt_sharing(model) -> bool:
 def uses_ksa_layout(model) -> bool:
     """A KSA model that lays shared-prompt rows out itself (summary slots inserted per unit)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(base.config, "ksa_chunk", None) is not None and hasattr(base, "shared_prompt_hidden")
+    return is_ksa(base.config) and hasattr(base, "shared_prompt_hidden")
 
 
 SHARED_PROMPT_ATTENTION = "golong_shared_prompt"

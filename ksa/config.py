@@ -58,6 +58,12 @@ class KSAConfig:
 FULL_WINDOW = 1 << 20  # chunks: longer than any context, so the layer is plain causal attention
 
 
+def is_ksa(config) -> bool:
+    """Whether `config` (a transformers model config) describes a KSA model: it carries the flat
+    ksa_* settings that ksa.ksa_config_from writes (ksa_chunk first among them)."""
+    return getattr(config, "ksa_chunk", None) is not None
+
+
 def hybrid_windows(num_layers: int, window: int = 128, ratio: int = 3) -> list[int]:
     """The released 3:1 hybrid: `ratio` KSA layers of `window` chunks, then one full layer, repeated."""
     return [FULL_WINDOW if (i + 1) % (ratio + 1) == 0 else window for i in range(num_layers)]

@@ -44,6 +44,7 @@ from transformers.modeling_utils import AttentionInterface
 from ksa.attention import ksa_attention, ksa_mask
 from ksa.cache import KSACache
 from ksa.config import KSAConfig, KSAConfigError, resolve_windows
+from ksa.decode import completes_chunk, mix_summary, step_inputs
 from ksa.layout import expand_positions, text_index
 from ksa.shared import SharedLayout, shared_ksa_attention, shared_layout, shared_mask
 
@@ -167,7 +168,7 @@ def _summary_proj_hook(mod, args, out):
         if mod._ksa_key is not None:
             ctx.extras[mod._ksa_key] = out
         else:
-            summ = m * summ + (1.0 - m) * out
+            summ = mix_summary(summ, out, m)
     return torch.where(ctx.summary_slots[..., None], summ, out)
 
 
@@ -177,7 +178,7 @@ def _summary_mix_after_norm_hook(mod, args, out):  # out: norm(summary proj) on 
     if shared is None:
         return out
     m = _mix(mod)
-    blended = m * out + (1.0 - m) * mod.forward(shared.view_as(args[0]))
+    blended = mix_summary(out, mod.forward(shared.view_as(args[0])), m)
     slots = ctx.summary_slots.reshape(*ctx.summary_slots.shape, *([1] * (out.dim() - 2)))
     return torch.where(slots, blended, out)
 
@@ -328,17 +329,10 @@ class KSAMixin:
     # --- one decode step through the cache ------------------------------------------------------
     def _decode_step(self, ids: torch.Tensor, cache: KSACache) -> torch.Tensor:
         """ids [B] -> hidden of the new text tokens [B, D]; feeds the chunk's summaries where it completes."""
-        C, S = self.config.ksa_chunk, self.config.ksa_summaries
         pos = cache.text_len
         cache.begin_step(pos)
-        needs_sum = (pos + 1) % C == 0
-        emb = self.model.embed_tokens(ids)[:, None]  # [B, 1, D]
-        positions = pos[:, None]
-        if bool(needs_sum.any()):
-            j = torch.arange(S, device=ids.device)
-            sum_pos = (pos // C)[:, None] * C + ((j + 1) * C) // S - 1  # [B, S]
-            emb = torch.cat([emb, self.summary_embed.weight[None].expand(ids.shape[0], -1, -1).to(emb.dtype)], 1)
-            positions = torch.cat([positions, sum_pos], 1)
+        needs_sum = completes_chunk(pos, self.config.ksa_chunk)
+        emb, positions = step_inputs(self, ids, pos, bool(needs_sum.any()))  # [B, 1 or 1 + S, D]
         ctx = self._context("decode", cache=cache, pos=pos, needs_sum=needs_sum)
         if self._uses_summary_slots():
             slots = torch.zeros(positions.shape, dtype=torch.bool, device=ids.device)

@@ -80,11 +80,11 @@ def ksa_parts(tiny_model_dir, tiny_tokenizer):
     return full, model, tiny_tokenizer, prompts
 
 
-def test_hf_engine_samples_with_the_ksa_cache_and_reports_exact_logprobs(ksa_parts):
-    from golong.rollout.hf import HFEngine
+def test_loop_engine_samples_with_the_ksa_cache_and_reports_exact_logprobs(ksa_parts):
+    from golong.rollout.loop import LoopEngine
 
     _, model, tok, prompts = ksa_parts
-    engine = HFEngine(model, tok, batch_size=12)
+    engine = LoopEngine(model, tok, batch_size=12)
     out = engine.generate(prompts, 3, SamplingParams(max_new_tokens=10, temperature=0.7, seed=3))
     assert engine.stats["kv_bytes_peak"] > 0
     for p, group in zip(prompts, out, strict=True):
@@ -118,8 +118,8 @@ def test_kv_accounting_by_hand():
 
 
 def test_kv_budget_admits_more_ksa_rows_and_keeps_completions(ksa_parts):
-    from golong.rollout.hf import HFEngine
     from golong.rollout.kvmem import model_kv_bytes_fn
+    from golong.rollout.loop import LoopEngine
 
     full, model, tok, prompts = ksa_parts
     params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=7)
@@ -128,12 +128,12 @@ def test_kv_budget_admits_more_ksa_rows_and_keeps_completions(ksa_parts):
     budget_gb = 2 * n * model_kv_bytes_fn(full)(longest) / 1024**3  # two full-attention groups
     stats, outs = {}, {}
     for name, m in (("full", full), ("ksa", model)):
-        engine = HFEngine(m, tok, batch_size=64, kv_budget_gb=budget_gb)
+        engine = LoopEngine(m, tok, batch_size=64, kv_budget_gb=budget_gb)
         outs[name] = engine.generate(prompts, n, params)
         stats[name] = dict(engine.stats)
         assert stats[name]["kv_bytes_peak"] <= stats[name]["kv_bytes"] <= budget_gb * 1024**3  # the plan bounds the cache
         # the batching changes nothing: one big batch, or one prompt at a time, samples the same tokens
-        for other in (HFEngine(m, tok, batch_size=64), HFEngine(m, tok, batch_size=n)):
+        for other in (LoopEngine(m, tok, batch_size=64), LoopEngine(m, tok, batch_size=n)):
             again = other.generate(prompts, n, params)
             assert [[c.response_ids for c in g] for g in again] == [[c.response_ids for c in g] for g in outs[name]]
             for ga, gb in zip(again, outs[name], strict=True):

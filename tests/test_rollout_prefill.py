@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from golong.rollout.base import SamplingParams
-from golong.rollout.fast import FastEngine
-from tests.test_rollout_fast import TEXT, hf_greedy, make_model
+from golong.rollout.static import StaticEngine
+from tests.test_rollout_static import TEXT, hf_greedy, make_model
 
 LENGTHS = (3, 9, 5, 12, 7)
 
@@ -25,8 +25,8 @@ def _one_thread():
 def _engines(model, tok):
     """(batched, one at a time): a prefill_chunk below every prompt sends each prompt alone through
     the chunked single-prompt path."""
-    return (FastEngine(model, tok, max_batch=16, max_len=48),
-            FastEngine(model, tok, max_batch=16, max_len=48, prefill_chunk=min(LENGTHS) - 1))
+    return (StaticEngine(model, tok, max_batch=16, max_len=48),
+            StaticEngine(model, tok, max_batch=16, max_len=48, prefill_chunk=min(LENGTHS) - 1))
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
@@ -55,7 +55,7 @@ def test_batched_prefill_sampling_equals_one_at_a_time(tiny_tokenizer):
     ids = tiny_tokenizer.encode(TEXT * 2)
     prompts = [ids[:k] for k in LENGTHS]
     params = SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.95, seed=5)
-    packed = FastEngine(model, tiny_tokenizer, max_batch=16, max_len=48, prefill_chunk=16)  # 3+9 | 5 | 12 | 7
+    packed = StaticEngine(model, tiny_tokenizer, max_batch=16, max_len=48, prefill_chunk=16)  # 3+9 | 5 | 12 | 7
     single = _engines(model, tiny_tokenizer)[1]
     out_p, out_s = packed.generate(prompts, 3, params), single.generate(prompts, 3, params)
     assert 1 < packed.stats["prefill_batches"] < len(prompts)

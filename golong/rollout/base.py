@@ -2,7 +2,7 @@
 
 An engine owns a copy of the policy for generation. The trainer only ever calls `generate`,
 `load_weights` and (when the engine shares accelerators with the learner) `sleep` / `wake`, so the
-transformers engine here and a vLLM engine later are interchangeable.
+engines (static, loop, vllm: see golong/rollout/__init__.py, which builds them) are interchangeable.
 
 Log-probabilities returned with each completion are those of the *sampler's* distribution, i.e.
 `log_softmax(logits / temperature)` after top-k / top-p filtering, evaluated at the sampled token.
@@ -88,35 +88,3 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     if ids and isinstance(ids[0], list):
         ids = ids[0]
     return list(ids)
-
-
-def make_engine(name: str, model: Any, tokenizer: Any, **kwargs: Any) -> RolloutEngine:
-    """The engine a recipe names (`rollout.engine`): 'hf' (alias 'fast': golong's static-cache engine,
-    rollout/fast.py, which itself falls back to the plain loop for models it cannot run), 'plain'
-    (rollout/hf.py), 'vllm', or 'auto' (vLLM when it is installed and a GPU is present, else 'hf')."""
-    from golong.rollout.vllm import resolve_engine_name, vllm_available
-
-    resolved = resolve_engine_name(name)
-    if resolved == "plain":
-        from golong.rollout.hf import HFEngine
-
-        kwargs.pop("max_len", None)
-        return HFEngine(model, tokenizer, **kwargs)
-    if resolved in ("hf", "fast"):
-        from golong.rollout.fast import FastEngine
-
-        return FastEngine(model, tokenizer, max_batch=kwargs.pop("batch_size", 32), **kwargs)
-    if resolved == "vllm":
-        if not vllm_available():
-            from golong.config import RecipeError
-
-            raise RecipeError(
-                "rollout.engine=vllm needs the vllm package: pip install -e '.[vllm]' on a GPU machine, "
-                "or scripts/setup_vllm_cpu.sh on a CPU one (or use rollout.engine=hf)"
-            )
-        from golong.rollout.vllm import VLLMEngine
-
-        return VLLMEngine(model, tokenizer, **kwargs)
-    from golong.config import RecipeError
-
-    raise RecipeError(f"unknown rollout.engine {name!r}; use hf, plain, vllm or auto")

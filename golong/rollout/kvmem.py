@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from ksa import is_ksa
+
 
 def layer_entries(length: int, *, window: int | None = None, chunk: int | None = None,
                   summaries: int = 1, sliding: int | None = None) -> int:
@@ -39,11 +41,9 @@ def kv_bytes_per_sequence(config: Any, length: int, element_size: int = 2) -> in
     """Bytes of K/V one sequence of `length` tokens needs in the decode cache of a model with `config`."""
     layers = config.num_hidden_layers
     per_entry = 2 * (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * _head_dim(config) * element_size
-    chunk = getattr(config, "ksa_chunk", None)
-    if chunk is not None:
-        windows = list(config.ksa_windows)
-        summaries = config.ksa_summaries
-        entries = sum(layer_entries(length, window=w, chunk=chunk, summaries=summaries) for w in windows)
+    if is_ksa(config):
+        chunk, summaries = config.ksa_chunk, config.ksa_summaries
+        entries = sum(layer_entries(length, window=w, chunk=chunk, summaries=summaries) for w in config.ksa_windows)
         return entries * per_entry
     types = list(getattr(config, "layer_types", None) or ["full_attention"] * layers)
     sliding = getattr(config, "sliding_window", None)

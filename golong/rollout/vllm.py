@@ -4,7 +4,7 @@ Prompts go in as token ids (`TokensPrompt`: chat templates are the caller's busi
 completion carries the log-prob of every sampled token under the *sampling* distribution: the
 engine is started with `logprobs_mode="processed_logprobs"`, i.e. `log_softmax` of the logits after
 temperature and top-k / top-p, and asks for `logprobs=0` (the sampled token only). Greedy requests
-(temperature 0) report `log_softmax(logits)` at temperature 1, as the transformers engine does.
+(temperature 0) report `log_softmax(logits)` at temperature 1, as the static and loop engines do.
 
 Lengths. `max_model_len` is prompt limit + response limit. A prompt whose `len + max_new_tokens`
 exceeds it is not sent to vLLM: its group holds `n` empty completions with `finish_reason="length"`
@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from golong.rollout.base import Completion, RolloutEngine, SamplingParams
+from ksa import is_ksa
 
 log = logging.getLogger("golong.rollout.vllm")
 
@@ -59,20 +60,6 @@ class VLLMEngineError(RuntimeError):
 def vllm_available() -> bool:
     """Is the `vllm` package importable (without importing it)?"""
     return importlib.util.find_spec("vllm") is not None
-
-
-def resolve_engine_name(name: str) -> str:
-    """'auto' -> 'vllm' when vllm is installed and a CUDA GPU is present, else 'hf'."""
-    if name != "auto":
-        return name
-    return "vllm" if vllm_available() and torch.cuda.is_available() else "hf"
-
-
-def derive_max_model_len(max_prompt_tokens: int | None, max_new_tokens: int | None) -> int | None:
-    """Context vLLM must hold: prompt limit + response limit (None when either is unknown)."""
-    if max_prompt_tokens is None or max_new_tokens is None:
-        return None
-    return int(max_prompt_tokens) + int(max_new_tokens)
 
 
 def prompt_seed(seed: int, index: int, n: int) -> int:
@@ -110,7 +97,7 @@ class VLLMEngine(RolloutEngine):
         weights are then handed over without a copy, and no `__main__` guard is needed."""
         if not vllm_available():
             raise VLLMEngineError("rollout.engine=vllm needs the vllm package (CPU: scripts/setup_vllm_cpu.sh; "
-                                  "GPU: pip install vllm), or use rollout.engine=hf")
+                                  "GPU: pip install vllm), or use rollout.engine=static")
         if weight_sync != "auto" and weight_sync not in SYNC_METHODS:
             raise VLLMEngineError(f"weight_sync={weight_sync!r} is unknown; use auto or one of {', '.join(SYNC_METHODS)}")
         del batch_size, device
@@ -158,8 +145,8 @@ class VLLMEngine(RolloutEngine):
             return path
         if not hasattr(model, "save_pretrained"):
             raise VLLMEngineError(f"VLLMEngine takes a model folder or a transformers model, not {type(model).__name__}")
-        if getattr(model.config, "ksa_chunk", None) is not None:
-            raise VLLMEngineError("vLLM cannot run Kwai Summary Attention models; use rollout.engine=hf")
+        if is_ksa(model.config):
+            raise VLLMEngineError("vLLM cannot run Kwai Summary Attention models; use rollout.engine=static")
         path = self._own_dir / "model"
         model.save_pretrained(path)
         if tokenizer is not None:

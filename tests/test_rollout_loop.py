@@ -1,4 +1,5 @@
-"""The transformers rollout engine: log-probs, greedy equivalence, seeds, EOS, weight loading."""
+"""The loop engine (a decode loop over the transformers model): log-probs, greedy equivalence, seeds, EOS,
+weight loading."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import math
 import pytest
 import torch
 
-from golong.rollout.base import SamplingParams, encode_chat, make_engine
-from golong.rollout.hf import HFEngine
+from golong.rollout import check_available
+from golong.rollout.base import SamplingParams, encode_chat
+from golong.rollout.loop import LoopEngine
 from golong.rollout.sampling import row_key, sample_rows
 
 
@@ -32,7 +34,7 @@ def full_forward_logprobs(model, prompt, response, temperature=1.0):
 
 def test_logprobs_match_a_full_forward_at_the_sampling_temperature(engine_parts):
     model, tok, prompts = engine_parts
-    eng = HFEngine(model, tok, batch_size=8)
+    eng = LoopEngine(model, tok, batch_size=8)
     out = eng.generate(prompts, 3, SamplingParams(max_new_tokens=12, temperature=0.7, seed=3))
     assert [len(g) for g in out] == [3, 3, 3]
     for p, group in zip(prompts, out, strict=True):
@@ -44,7 +46,7 @@ def test_logprobs_match_a_full_forward_at_the_sampling_temperature(engine_parts)
 
 def test_greedy_equals_transformers_generate_and_seeds_reproduce(engine_parts):
     model, tok, prompts = engine_parts
-    eng = HFEngine(model, tok, batch_size=2)  # several batches, left padding within each
+    eng = LoopEngine(model, tok, batch_size=2)  # several batches, left padding within each
     greedy = eng.generate(prompts, 1, SamplingParams(max_new_tokens=10, temperature=0))
     for p, group in zip(prompts, greedy, strict=True):
         ref = model.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False)[0, len(p):].tolist()
@@ -63,7 +65,7 @@ def test_generation_stops_at_eos_and_reports_the_finish_reason(tiny_tokenizer):
     # An eighth of the vocabulary ends a response: some samples stop within 6 tokens, some do not.
     stop_ids = list(range(len(tiny_tokenizer) * 7 // 8, len(tiny_tokenizer)))
     model.generation_config.eos_token_id = stop_ids
-    eng = HFEngine(model, tiny_tokenizer, batch_size=16)
+    eng = LoopEngine(model, tiny_tokenizer, batch_size=16)
     prompt = encode_chat(tiny_tokenizer, [{"role": "user", "content": "answer question"}])
     out = eng.generate([prompt], 16, SamplingParams(max_new_tokens=6, temperature=1.0, seed=0))[0]
     stop = set(stop_ids)
@@ -81,12 +83,12 @@ def test_load_weights_replaces_the_policy(engine_parts, tiny_tokenizer):
 
     model, tok, prompts = engine_parts
     other = build_model(tiny_tokenizer, seed=5)
-    eng = HFEngine(build_model(tiny_tokenizer, seed=1), tok)
+    eng = LoopEngine(build_model(tiny_tokenizer, seed=1), tok)
     params = SamplingParams(max_new_tokens=6, seed=4)
     before = eng.generate(prompts, 1, params)
     eng.load_weights(other.state_dict())
     after = eng.generate(prompts, 1, params)
-    expected = HFEngine(other, tok).generate(prompts, 1, params)
+    expected = LoopEngine(other, tok).generate(prompts, 1, params)
     assert [g[0].response_ids for g in after] == [g[0].response_ids for g in expected]
     assert [g[0].logprobs for g in after] == [g[0].logprobs for g in expected]
     assert [g[0].logprobs for g in after] != [g[0].logprobs for g in before]
@@ -118,4 +120,4 @@ def test_vllm_engine_is_a_clear_error_until_it_exists():
     from golong.config import RecipeError
 
     with pytest.raises(RecipeError, match="vllm"):
-        make_engine("vllm", None, None)
+        check_available("vllm")

@@ -1,4 +1,7 @@
-"""The transformers rollout engine: batched sampling with a KV cache and the sampler's log-probs.
+"""The loop engine (`rollout.engine: loop`): a decode loop over the transformers model's own forward
+and cache class, batched, with the sampler's log-probs. It runs any causal LM (the static engine,
+rollout/static.py, runs Qwen3 / Qwen2 / Llama and their KSA forms; the registry falls back to this
+one for everything else).
 
 Why a hand-written decode loop instead of `model.generate`:
 - each prompt is prefilled once and its KV cache repeated G times (`batch_repeat_interleave`), so a
@@ -13,7 +16,7 @@ cache (KSA) generate through the same loop; a KSA cache is sized to the batch's 
   (golong/rollout/kvmem.py: a KSA policy's small-window layers are bounded, so more of its long
   rollouts run at once); `stats` reports the concurrency and K/V bytes of the last `generate`;
 - sampling uses a counter-based random stream per (seed, prompt, sample, step) (the same as the
-  fast engine's), so a completion does not depend on which other rows share its batch.
+  static engine's), so a completion does not depend on which other rows share its batch.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ import torch
 from golong.rollout.base import Completion, RolloutEngine, SamplingParams, copy_weights_into
 from golong.rollout.kvmem import cache_nbytes, model_kv_bytes_fn, plan_batches
 from golong.rollout.sampling import eos_ids, row_key, sample_rows
+from ksa import is_ksa
 
 
-class HFEngine(RolloutEngine):
+class LoopEngine(RolloutEngine):
     """Generate with a transformers causal LM; prompts are left-padded into batches."""
 
     def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32, device: str | None = None,
@@ -88,7 +92,7 @@ class HFEngine(RolloutEngine):
     def _new_cache(self, max_length: int) -> dict[str, Any]:
         """A KSA policy gets a KSACache sized to this batch (layers whose window covers max_length keep
         plain text K/V, growth stops at max_length); other models create their own cache."""
-        if getattr(self.model.config, "ksa_chunk", None) is None:
+        if not is_ksa(self.model.config):
             return {}
         from ksa.cache import KSACache
 

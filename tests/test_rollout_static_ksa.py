@@ -1,5 +1,5 @@
-"""FastEngine on KSA policies (static ring + summary storage, ksa/static_cache.py) against two
-references computed another way: the transformers engine with its growing `ksa.KSACache`, and a full
+"""StaticEngine on KSA policies (static ring + summary storage, ksa/static_cache.py) against two
+references computed another way: the loop engine with its growing `ksa.KSACache`, and a full
 recomputation of the KSA forward (dense-mask reference attention) over prompt + response so far."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import torch
 
 import ksa
 from golong.rollout.base import SamplingParams
-from golong.rollout.fast import FastEngine
-from golong.rollout.hf import HFEngine
-from tests.test_rollout_fast import make_model
+from golong.rollout.loop import LoopEngine
+from golong.rollout.static import StaticEngine
+from tests.test_rollout_static import make_model
 
 TEXT = "the key of record 12 is 777 and the city of the needle in the haystack is the answer to find first"
 LENGTHS = (5, 13, 9, 20, 16)  # crossing chunk boundaries (chunk 4) at different offsets
@@ -70,17 +70,17 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_ksa_greedy_equals_recomputation_and_hf_engine(tiny_tokenizer, prompts, case):
+def test_ksa_greedy_equals_recomputation_and_loop_engine(tiny_tokenizer, prompts, case):
     model = ksa_model(tiny_tokenizer, **CASES[case])
     layers = model.config.ksa_windows
     assert layers[0] * 4 < max(LENGTHS) + NEW <= layers[1] * 4  # one ring layer that evicts, one full layer
     eos = {tiny_tokenizer.eos_token_id}
     refs = [recompute_greedy(model, p, NEW, eos) for p in prompts]
     greedy = SamplingParams(max_new_tokens=NEW, temperature=0)
-    hf = HFEngine(model, tiny_tokenizer).generate(prompts, 2, greedy)
+    hf = LoopEngine(model, tiny_tokenizer).generate(prompts, 2, greedy)
     for max_batch in (16, 3):  # all rows at once; 3 slots: continuous batching, sibling copies, moves
-        engine = FastEngine(model, tiny_tokenizer, max_batch=max_batch, max_len=64)
-        assert engine.fast and engine.ksa
+        engine = StaticEngine(model, tiny_tokenizer, max_batch=max_batch, max_len=64)
+        assert engine.ksa
         out = engine.generate(prompts, 2, greedy)
         assert [[c.response_ids for c in g] for g in out] == [[r, r] for r in refs]
         assert [[c.response_ids for c in g] for g in out] == [[c.response_ids for c in g] for g in hf]
@@ -91,15 +91,15 @@ def test_ksa_greedy_equals_recomputation_and_hf_engine(tiny_tokenizer, prompts, 
 
 def test_ksa_sampling_reproducible_whatever_the_batch(tiny_tokenizer, prompts):
     """A sample's tokens depend on (seed, prompt, sample) only: not on the slot count, and the same as
-    the transformers engine draws (both use the same counter-based streams)."""
+    the loop engine draws (both use the same counter-based streams)."""
     model = ksa_model(tiny_tokenizer, summary_qkv=True)
     params = SamplingParams(max_new_tokens=NEW, temperature=1.0, seed=11)
 
     def tokens(out):
         return [[c.response_ids for c in g] for g in out]
 
-    runs = [tokens(FastEngine(model, tiny_tokenizer, max_batch=b, max_len=64).generate(prompts, 3, params)) for b in (16, 2)]
-    assert runs[0] == runs[1] == tokens(HFEngine(model, tiny_tokenizer).generate(prompts, 3, params))
+    runs = [tokens(StaticEngine(model, tiny_tokenizer, max_batch=b, max_len=64).generate(prompts, 3, params)) for b in (16, 2)]
+    assert runs[0] == runs[1] == tokens(LoopEngine(model, tiny_tokenizer).generate(prompts, 3, params))
     assert len({tuple(r) for g in runs[0] for r in g}) > 5
 
 
@@ -109,14 +109,14 @@ def test_ksa_storage_is_bounded_and_budget_admits_more_ksa_rows(tiny_tokenizer, 
     full = make_model(tiny_tokenizer, "qwen3").eval()
     model = ksa_model(tiny_tokenizer)
     greedy = SamplingParams(max_new_tokens=NEW, temperature=0)
-    probe = FastEngine(model, tiny_tokenizer, max_batch=64, max_len=4096)
+    probe = StaticEngine(model, tiny_tokenizer, max_batch=64, max_len=4096)
     probe.generate(prompts[:1], 1, greedy)
     ring = probe.ksa_layers[0]
     assert not ring.full and ring.text_slots == 2 * 4
     budget_rows = 10
     length = 1024
-    budget_gb = budget_rows * FastEngine(full, tiny_tokenizer).row_bytes(length) / 1024**3
-    engines = [FastEngine(m, tiny_tokenizer, max_batch=64, max_len=length, kv_budget_gb=budget_gb) for m in (full, model)]
+    budget_gb = budget_rows * StaticEngine(full, tiny_tokenizer).row_bytes(length) / 1024**3
+    engines = [StaticEngine(m, tiny_tokenizer, max_batch=64, max_len=length, kv_budget_gb=budget_gb) for m in (full, model)]
     long_prompt = [prompts[-1] * 50]  # 800 tokens: storage for 1024
     for e in engines:  # 16 rows wanted
         e.generate(long_prompt * 2, 8, SamplingParams(max_new_tokens=2, temperature=0))
@@ -133,7 +133,7 @@ def test_ksa_cuda_graphs_greedy_equals_recomputation(tiny_tokenizer, prompts):
     eos = {tiny_tokenizer.eos_token_id}
     refs = [recompute_greedy(model, p, NEW, eos) for p in prompts]
     for max_batch in (16, 3):
-        engine = FastEngine(model, tiny_tokenizer, max_batch=max_batch, max_len=64)
+        engine = StaticEngine(model, tiny_tokenizer, max_batch=max_batch, max_len=64)
         out = engine.generate(prompts, 2, SamplingParams(max_new_tokens=NEW, temperature=0))
         assert engine.use_graphs and {key[2] for key in engine._graphs} == {1, 2}  # text-only and summary steps
         assert [[c.response_ids for c in g] for g in out] == [[r, r] for r in refs]

@@ -1,5 +1,6 @@
-"""golong's rollout engine (`rollout.engine: hf`): static KV cache, CUDA graphs, continuous batching,
-for full-attention and KSA policies alike.
+"""golong's own rollout engine (`rollout.engine: static`): static K/V storage, CUDA graphs, continuous
+batching, for full-attention and KSA policies alike. Named for what makes it fast: every tensor a
+decode step touches is allocated once, with fixed shapes, so the step can be captured as a graph.
 
 Why not transformers' `generate`: each decode step there re-enters Python for every module, grows
 the KV cache by concatenation and launches hundreds of small kernels, so a 0.6B model after a 32K
@@ -10,8 +11,9 @@ prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engin
 - KSA policies (ksa_qwen3 / ksa_qwen2 / ksa_llama) keep a text ring of (W+1)*C slots plus a summary
   store in their windowed layers (ksa/static_cache.py), so their storage per row is a fraction of
   full attention's and the same budget admits more rows; a decode step feeds the chunk's summary
-  slots as extra query columns whenever any row completes a chunk (a second graph per bucket);
-  prompts are prefilled through the model's own KSA forward (its Triton / flex kernels);
+  slots as extra query columns whenever any row completes a chunk (a second graph per bucket; the
+  step's inputs and the summary q/k/v blend come from ksa/decode.py, as in the model's own cached
+  decode); prompts are prefilled through the model's own KSA forward (its Triton / flex kernels);
 - runs its own layer loop over the model's HF modules (embed -> per layer: norm, q/k/v proj,
   q/k head norms (Qwen3), RoPE from the model's rotary_emb, cache write, attention, o_proj, residual,
   post-norm, MLP -> final norm -> lm_head), so one decode step is a fixed sequence of kernels that
@@ -32,10 +34,10 @@ Measured on one H200 (2026-11-28, Qwen3-0.6B shape, bf16, full attention, bench/
 1.0 ms), 5.6 ms after 8K. What is left is mostly launch-bound: ~60 small kernels per layer even
 inside one graph. The KSA path has not run on a GPU yet.
 
-Supported: Qwen3 / Qwen2 / Llama architectures and their KSA forms. Any other model (and LoRA-
-wrapped peft models) falls back to the plain transformers loop (`HFEngine`, `rollout.engine: plain`:
-one prefill per prompt, rows leave the batch at EOS, no graphs); `engine.fast` says which path is
-in use and `engine.fallback_reason` why.
+Supported: Qwen3 / Qwen2 / Llama architectures and their KSA forms (`unsupported_reason` says why
+another model is not). For any other model (and LoRA-wrapped peft models) the engine registry
+(golong/rollout/__init__.py) builds the transformers decode loop instead (`LoopEngine`,
+rollout/loop.py) and logs the reason; `StaticEngine` itself refuses such a model.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import torch.nn.functional as F
 
 from golong.rollout.base import Completion, RolloutEngine, SamplingParams, copy_weights_into
 from golong.rollout.sampling import eos_ids, row_key, sample_rows
+from ksa import completes_chunk, is_ksa, mix_summary, step_inputs
 
 SUPPORTED = ("qwen3", "qwen2", "llama")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -82,20 +85,20 @@ def rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
     return norm.weight * normed.to(x.dtype)
 
 
-def fast_path_problem(model: Any) -> str | None:
-    """Why the fast path cannot run this model, or None when it can."""
+def unsupported_reason(model: Any) -> str | None:
+    """Why `StaticEngine` cannot run this model, or None when it can."""
     if hasattr(model, "peft_config"):
         return "a LoRA (peft) model: merge the adapters first"
     cfg = model.config
     if cfg.model_type.removeprefix("ksa_") not in SUPPORTED:
-        return f"model_type {cfg.model_type!r} (fast path: {', '.join(SUPPORTED)} and their KSA forms)"
+        return f"model_type {cfg.model_type!r} (static engine: {', '.join(SUPPORTED)} and their KSA forms)"
     if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or []):
         return "sliding-window layers"
     if (getattr(cfg, "rope_scaling", None) or {}).get("rope_type", "default") not in ("default", "linear", "llama3"):
         return "dynamic RoPE scaling"
     norm = model.model.layers[0].input_layernorm
     if not hasattr(norm, "variance_epsilon") or "Gemma" in type(norm).__name__:
-        return f"norm {type(norm).__name__} (fast path: Qwen / Llama RMSNorm)"
+        return f"norm {type(norm).__name__} (static engine: Qwen / Llama RMSNorm)"
     return None
 
 
@@ -119,7 +122,7 @@ class _Graph:
     logits: torch.Tensor
 
 
-class FastEngine(RolloutEngine):
+class StaticEngine(RolloutEngine):
     """Static-cache, CUDA-graph, continuous-batching generation (see the module docstring)."""
 
     def __init__(
@@ -138,7 +141,11 @@ class FastEngine(RolloutEngine):
         max_position_embeddings) bounds prompt + response tokens.
         K/V storage is allocated for what a `generate` call needs (rows, longest prompt + new tokens)
         and kept for later calls; with `kv_budget_gb` the rows are also capped so that storage fits
-        the budget (a KSA policy's ring layers need less per row, so more of its sequences run)."""
+        the budget (a KSA policy's ring layers need less per row, so more of its sequences run).
+        A model it cannot run (`unsupported_reason`) is a ValueError naming the reason."""
+        problem = unsupported_reason(model)
+        if problem is not None:
+            raise ValueError(f"the static engine cannot run {problem}; use rollout.engine=loop")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device) if device else next(model.parameters()).device
@@ -147,24 +154,14 @@ class FastEngine(RolloutEngine):
         self.max_batch, self.max_len, self.prefill_chunk = max_batch, max_len, prefill_chunk
         self.kv_budget = None if kv_budget_gb is None else int(kv_budget_gb * 1024**3)
         self.eos = eos_ids(model, tokenizer)
-        self.fallback_reason = fast_path_problem(model)
-        self.fast = self.fallback_reason is None
         self.stats: dict[str, float] = {}
-        if not self.fast:
-            from golong.rollout.hf import HFEngine
-
-            self._hf = HFEngine(model, tokenizer, batch_size=max_batch, device=str(self.device), kv_budget_gb=kv_budget_gb)
-            return
         cfg = model.config
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
-        # Split probs @ V over the cache length (see _decode). Off: on an H200 cuBLAS's own choice was
-        # faster (32K prompt, batch 1: 6.6 ms/step unsplit vs 7.1 split; bench/results/engine_decode_h200.json).
-        self.split_pv = False
         self.kv_heads = cfg.num_key_value_heads
         self.heads = cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.dtype = next(model.parameters()).dtype
-        self.ksa = getattr(cfg, "ksa_chunk", None) is not None
+        self.ksa = is_ksa(cfg)
         self.mix = float(getattr(cfg, "ksa_mix_coeff", 1.0))
         self.rows = self.cap_len = 0  # allocated storage: rows x text tokens
         self.k_cache: list[torch.Tensor] = []  # full attention: [rows, kv_heads, cap_len, head_dim] per layer
@@ -226,7 +223,7 @@ class FastEngine(RolloutEngine):
     def free_cache(self) -> None:
         """Drop graphs and the K/V storage on an accelerator (re-made by the next `generate`), keep the
         weights: for an engine sharing its model with a colocated learner."""
-        if self.device.type == "cpu" or not self.fast:
+        if self.device.type == "cpu":
             return
         self._graphs.clear()
         self._pool = None
@@ -247,16 +244,16 @@ class FastEngine(RolloutEngine):
             self.model.to(self.device)
 
     # --- the model, layer by layer -----------------------------------------------------------------
-    def _layers(self, ids: torch.Tensor, pos: torch.Tensor, attend, n_sum: int = 0) -> torch.Tensor:
-        """Hidden states after the final norm; ids [B, T] text, pos [B, T + n_sum]; attend(i, q, k, v,
-        scale) -> [B, H, T + n_sum, D]. With n_sum > 0 (KSA decode) the last n_sum columns are the
-        summary slots: summary embeddings as input, and the summary norm / projections where the
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.model.embed_tokens(ids)
+
+    def _layers(self, h: torch.Tensor, pos: torch.Tensor, attend, n_sum: int = 0) -> torch.Tensor:
+        """Hidden states after the final norm; h [B, T, D] input hidden states, pos [B, T]; attend(i,
+        q, k, v, scale) -> [B, H, T, D]. With n_sum > 0 (KSA decode, inputs from ksa.step_inputs) the
+        last n_sum columns are summary slots: the summary norm / projections run there where the
         model has them."""
         inner = self.model.model
-        h = inner.embed_tokens(ids)
-        b = ids.shape[0]
-        if n_sum:
-            h = torch.cat([h, self.model.summary_embed.weight[None].expand(b, -1, -1).to(h.dtype)], 1)
+        b = h.shape[0]
         cos, sin = inner.rotary_emb(h, pos)
         for i, layer in enumerate(inner.layers):
             a = layer.self_attn
@@ -284,9 +281,7 @@ class FastEngine(RolloutEngine):
         extra = getattr(attn, f"summary_{name}_proj", None)
         if not n_sum or extra is None or self.mix == 0.0:
             return out
-        summ = run(extra, x[:, -n_sum:])
-        if self.mix != 1.0:
-            summ = self.mix * summ + (1.0 - self.mix) * out[:, -n_sum:]
+        summ = mix_summary(run(extra, x[:, -n_sum:]), out[:, -n_sum:], self.mix)
         return torch.cat([out[:, :-n_sum], summ], 1)
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -338,7 +333,7 @@ class FastEngine(RolloutEngine):
                 outs.append(F.scaled_dot_product_attention(q[:, :, a:b], keys, vals, is_causal=True, scale=scale))
             return torch.cat(outs, 2)
 
-        h = self._layers(ids, pos, attend)
+        h = self._layers(self._embed(ids), pos, attend)
         return list(self._logits(h[0, torch.tensor(ends[1:], device=self.device) - 1]))
 
     def _prefill(self, prompt: list[int], slot: int) -> torch.Tensor:
@@ -363,7 +358,7 @@ class FastEngine(RolloutEngine):
                 return F.scaled_dot_product_attention(q, keys, vals, attn_mask=allowed, scale=scale)
 
             pos = torch.arange(c0, c1, device=self.device)[None]
-            h = self._layers(ids[:, c0:c1], pos, attend)
+            h = self._layers(self._embed(ids[:, c0:c1]), pos, attend)
         return self._logits(h[:, -1])[0]
 
     def _prefill_ksa(self, prompt: list[int], slot: int) -> torch.Tensor:
@@ -393,12 +388,6 @@ class FastEngine(RolloutEngine):
         flat = (rows[:, None] * self.kv_heads + torch.arange(self.kv_heads, device=tok.device)) * self.cap_len
         flat = (flat + pos[:, None]).reshape(-1)  # index of (row, head, pos) in the [-1, D] view
 
-        # The split view of V merges (row, head, chunk) into one GEMM batch without a copy only when
-        # rows are 1 or the span is the whole cache; otherwise matmul would copy V, so do not split.
-        split = None
-        if self.split_pv and (b == 1 or span == self.cap_len):
-            split = next((c for c in (512, 256, 128, 64, 32, 16, 8) if span % c == 0 and span // c >= 2), None)
-
         def attend(i, q, k, v, scale):
             kc, vc = self.k_cache[i], self.v_cache[i]
             kc.view(-1, self.head_dim).index_copy_(0, flat, k.reshape(-1, self.head_dim))
@@ -406,28 +395,14 @@ class FastEngine(RolloutEngine):
             qg = q.reshape(b, self.kv_heads, groups, self.head_dim)
             scores = torch.matmul(qg, kc[:b, :, :span].transpose(-1, -2)).float() * scale + bias[:, None, None]
             probs = torch.softmax(scores, -1).to(vc.dtype)
-            if split is None:
-                return torch.matmul(probs, vc[:b, :, :span]).reshape(b, self.heads, 1, self.head_dim)
-            # probs @ V reduces over all `span` positions: as one GEMM per (row, head) that is a long
-            # serial reduction; split into chunks of `split` positions (one small GEMM each, run in
-            # parallel) and add the partial outputs in fp32.
-            parts = span // split
-            p5 = probs.view(b, self.kv_heads, groups, parts, split).transpose(2, 3)
-            v5 = vc[:b, :, :span].view(b, self.kv_heads, parts, split, self.head_dim)
-            out = torch.matmul(p5, v5).float().sum(2).to(vc.dtype)
-            return out.reshape(b, self.heads, 1, self.head_dim)
+            return torch.matmul(probs, vc[:b, :, :span]).reshape(b, self.heads, 1, self.head_dim)
 
-        return self._logits(self._layers(tok[:, None], pos[:, None], attend)[:, -1])
+        return self._logits(self._layers(self._embed(tok[:, None]), pos[:, None], attend)[:, -1])
 
     def _decode_ksa(self, tok: torch.Tensor, pos: torch.Tensor, span: int, n: int) -> torch.Tensor:
         """One text token per row (plus the S summary slots of its chunk when n > 1) through the
         static KSA storage (ksa/static_cache.py); logits of the text token [B, V]."""
-        cfg = self.model.config
-        C, S = cfg.ksa_chunk, cfg.ksa_summaries
-        positions = pos[:, None]
-        if n > 1:  # summary j of chunk c sits at text position c*C + ((j+1)*C)//S - 1
-            j = torch.arange(S, device=pos.device)
-            positions = torch.cat([positions, (pos // C)[:, None] * C + ((j + 1) * C) // S - 1], 1)
+        h, positions = step_inputs(self.model, tok, pos, n > 1)
         biases: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
         def attend(i, q, k, v, scale):
@@ -436,14 +411,14 @@ class FastEngine(RolloutEngine):
                 biases[layer.kind()] = layer.biases(pos, n, span)
             return layer.decode(q, k, v, pos, span, biases[layer.kind()], scale)
 
-        return self._logits(self._layers(tok[:, None], positions, attend, n_sum=n - 1)[:, 0])
+        return self._logits(self._layers(h, positions, attend, n_sum=n - 1)[:, 0])
 
     def _step_columns(self, pos: list[int]) -> int:
         """Query columns of a decode step: 1, or 1 + S when any row's token completes a KSA chunk."""
         if not self.ksa:
             return 1
         C = self.model.config.ksa_chunk
-        return 1 + self.model.config.ksa_summaries if any((p + 1) % C == 0 for p in pos) else 1
+        return 1 + self.model.config.ksa_summaries if any(completes_chunk(p, C) for p in pos) else 1
 
     def _run_decode(self, tok: torch.Tensor, pos: torch.Tensor, span: int, n: int) -> torch.Tensor:
         return self._decode_ksa(tok, pos, span, n) if self.ksa else self._decode(tok, pos, span)
@@ -497,14 +472,12 @@ class FastEngine(RolloutEngine):
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> list[list[Completion]]:
-        if not self.fast:
-            return self._hf.generate(prompts, n, params)
         self.model.eval()
         longest = max((len(p) for p in prompts), default=0)
         if longest + params.max_new_tokens - 1 > self.max_len:
             raise ValueError(
                 f"a prompt of {longest} tokens + {params.max_new_tokens} new tokens exceeds max_len={self.max_len}; "
-                "raise FastEngine(max_len=...) or shorten prompts"
+                "raise StaticEngine(max_len=...) or shorten prompts"
             )
         if any(len(p) == 0 for p in prompts):
             raise ValueError("an empty prompt cannot be generated from; give at least one token")
@@ -617,10 +590,6 @@ class FastEngine(RolloutEngine):
             assert seq is not None
             self._copy_slot(top, free, seq.length)
             slots[free], slots[top], seq.slot = seq, None, free
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def _completion(self, prompt: list[int], s: _Seq) -> Completion:
         text_ids = s.tokens[:-1] if s.finish == "stop" else s.tokens  # the EOS token is not text

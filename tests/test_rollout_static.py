@@ -1,4 +1,4 @@
-"""FastEngine (static KV cache, own decode loop, continuous batching) against plain transformers.
+"""StaticEngine (static KV cache, own decode loop, continuous batching) against plain transformers.
 
 References are computed another way: greedy tokens by `model.generate` one prompt at a time, log-probs
 by a teacher-forced forward over prompt + response with the sampler's filter applied by hand.
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from golong.rollout.base import SamplingParams
-from golong.rollout.fast import FastEngine, length_bucket
 from golong.rollout.sampling import row_key, sample_rows, uniform_noise
+from golong.rollout.static import StaticEngine, length_bucket
 
 TEXT = "the key of record 12 is 777 and the city"
 LENGTHS = (3, 9, 5, 12)
@@ -76,7 +76,7 @@ def test_greedy_equals_hf_generate(stopping_model, tiny_tokenizer, prompts, max_
     """8 rows (4 prompts x G=2) through 8, 3 (continuous batching) or 1 slot(s), chunked prefill too."""
     model, refs = stopping_model
     assert len({len(r) for r in refs}) > 1, "the reference should stop rows at different steps"
-    engine = FastEngine(model, tiny_tokenizer, max_batch=max_batch, max_len=40, prefill_chunk=chunk)
+    engine = StaticEngine(model, tiny_tokenizer, max_batch=max_batch, max_len=40, prefill_chunk=chunk)
     out = engine.generate(prompts, 2, SamplingParams(max_new_tokens=16, temperature=0))
     for ref, group in zip(refs, out, strict=True):
         assert [c.response_ids for c in group] == [ref, ref]
@@ -92,7 +92,7 @@ def test_graph_warm_up_leaves_live_rows_intact(stopping_model, tiny_tokenizer, p
     """Capturing a CUDA graph first runs the decode eagerly on dummy inputs; replayed here on the CPU
     before every new (batch, span) bucket, it must not change any output."""
     model, refs = stopping_model
-    engine = FastEngine(model, tiny_tokenizer, max_batch=3, max_len=40)
+    engine = StaticEngine(model, tiny_tokenizer, max_batch=3, max_len=40)
     seen = set()
 
     def decode_after_warm_up(tok, pos, span, n=1):
@@ -128,12 +128,10 @@ def teacher_forced_logprobs(model, prompt, response, params: SamplingParams) -> 
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("split_pv", [False, True])
-def test_sampled_logprobs_equal_teacher_forced(tiny_tokenizer, prompts, split_pv):
+def test_sampled_logprobs_equal_teacher_forced(tiny_tokenizer, prompts):
     model = make_model(tiny_tokenizer, "qwen3")
     params = SamplingParams(max_new_tokens=10, temperature=0.8, top_k=40, top_p=0.9, seed=3)
-    engine = FastEngine(model, tiny_tokenizer, max_batch=4, max_len=32)
-    engine.split_pv = split_pv  # span 32 = max_len: the split path runs when enabled
+    engine = StaticEngine(model, tiny_tokenizer, max_batch=4, max_len=32)
     for p, group in zip(prompts[:2], engine.generate(prompts[:2], 3, params), strict=True):
         for c in group:
             ref = teacher_forced_logprobs(model, p, c.response_ids, params)
@@ -145,7 +143,7 @@ def test_sampling_reproducible_whatever_the_batch(tiny_tokenizer, prompts):
     params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=7)
 
     def run(max_batch, seed=7):
-        engine = FastEngine(model, tiny_tokenizer, max_batch=max_batch, max_len=32)
+        engine = StaticEngine(model, tiny_tokenizer, max_batch=max_batch, max_len=32)
         out = engine.generate(prompts, 3, SamplingParams(**{**params.__dict__, "seed": seed}))
         return [[c.response_ids for c in g] for g in out]
 
@@ -157,7 +155,7 @@ def test_sampling_reproducible_whatever_the_batch(tiny_tokenizer, prompts):
 
 def test_load_weights_switches_policy(tiny_tokenizer, prompts):
     old, new = make_model(tiny_tokenizer, "qwen3", seed=1), make_model(tiny_tokenizer, "qwen3", seed=2)
-    engine = FastEngine(copy.deepcopy(old), tiny_tokenizer, max_batch=4, max_len=32)
+    engine = StaticEngine(copy.deepcopy(old), tiny_tokenizer, max_batch=4, max_len=32)
     greedy = SamplingParams(max_new_tokens=8, temperature=0)
     before = [g[0].response_ids for g in engine.generate(prompts, 1, greedy)]
     engine.load_weights(new.state_dict())
@@ -182,7 +180,7 @@ def test_gumbel_sampler_matches_distribution():
 def test_length_bucket_and_limits(tiny_tokenizer, prompts):
     assert length_bucket(1, 10_000) == 256 and length_bucket(257, 10_000) == 512
     assert length_bucket(5000, 10_000) == 5120 and length_bucket(33_000, 33_000) == 33_000
-    engine = FastEngine(make_model(tiny_tokenizer, "qwen3"), tiny_tokenizer, max_batch=2, max_len=16)
+    engine = StaticEngine(make_model(tiny_tokenizer, "qwen3"), tiny_tokenizer, max_batch=2, max_len=16)
     with pytest.raises(ValueError, match="max_len"):
         engine.generate(prompts, 1, SamplingParams(max_new_tokens=8))
 
@@ -197,7 +195,7 @@ def test_cuda_graphs_greedy_equals_hf_generate(tiny_tokenizer, prompts, arch):
     refs = [hf_greedy(model, tiny_tokenizer, p, 16) for p in prompts]
     model.to("cuda")
     for max_batch in (8, 3):
-        engine = FastEngine(model, tiny_tokenizer, max_batch=max_batch, max_len=300)
+        engine = StaticEngine(model, tiny_tokenizer, max_batch=max_batch, max_len=300)
         out = engine.generate(prompts, 2, SamplingParams(max_new_tokens=16, temperature=0))
         assert engine.use_graphs and engine._graphs
         assert [[c.response_ids for c in g] for g in out] == [[r, r] for r in refs]
