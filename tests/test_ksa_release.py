@@ -324,7 +324,7 @@ def test_ksa4b_recipe_holds_the_golongrl_settings():
 
     r = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "ksa4b_grpo_tmn.yaml")
     assert (r.model.path, r.rollout.engine, r.model.dtype, r.model.gradient_checkpointing) == (
-        "OpenOneRec/KSA-4B-base", "hf", "bfloat16", True)
+        "OpenOneRec/KSA-4B-base", "static", "bfloat16", True)
     assert (r.rollout.group_size, r.rollout.prompts_per_step, r.rollout.temperature) == (16, 128, 1.0)
     assert (r.data.max_prompt_tokens, r.rollout.max_new_tokens, r.data.sources[0].path) == (163840, 16384, "Kwai-Klear/GoLongRL")
     assert (r.optim.lr, r.optim.warmup_steps, r.optim.weight_decay, r.optim.grad_clip) == (2e-6, 5, 0.1, 1.0)

@@ -31,7 +31,7 @@ def make_recipe(model_dir, out_dir) -> object:
     return validate_recipe({
         "model": {"path": str(model_dir)},
         "data": {"sources": [{"generate": "precise_retrieval", "length": 160, "n": 16}], "max_prompt_tokens": 256},
-        "rollout": {"engine": "hf", "group_size": 4, "prompts_per_step": 2, "max_new_tokens": 16, "temperature": 1.0},
+        "rollout": {"engine": "static", "group_size": 4, "prompts_per_step": 2, "max_new_tokens": 16, "temperature": 1.0},
         "algo": {"dynamic_sampling": False},
         "optim": {"lr": 3e-3, "weight_decay": 0.0},
         "cluster": {"mode": "inline", "share_weights": False, "colocate": True},
