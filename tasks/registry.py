@@ -195,7 +195,8 @@ def task_for_row(row: dict) -> Task:
     2. else a registered task whose capability equals the row's `ability` and whose reward type is
        the row's routed reward type;
     3. else a `GenericTask` for the row's reward type.
-    A row whose data_source / reward_mode routes nowhere raises rewards.UnknownRouteError.
+    A row whose data_source / reward_mode routes nowhere raises rewards.UnknownRouteError (a row that is
+    not in the schema at all, another `ValueError` of `rewards`).
     """
     import rewards
 
@@ -204,7 +205,7 @@ def task_for_row(row: dict) -> Task:
     name = info.get("task") if isinstance(info, dict) else None
     if isinstance(name, str) and name in _registry:
         return _registry[name]
-    rtype = rewards.reward_type(row.get("data_source"), info if isinstance(info, dict) else None)
+    rtype = rewards.row_reward_type(row)
     ability = _norm(row.get("ability") or "")
     for task in _registry.values():
         if task.reward_type == rtype and _norm(task.capability) == ability:

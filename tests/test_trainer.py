@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -252,6 +253,24 @@ def test_eval_every_logs_heldout_metrics(tiny_model_dir, tmp_path):
     for h in hist:
         assert 0.0 <= h["eval/reward/all"] <= 1.0 and "eval/pass@1/all" in h
     assert (tmp_path / "ev" / "eval" / "step_000002" / "results.json").is_file()
+
+
+def hang_on_heldout(row, response, **variant):
+    """Hangs for held-out rows (the evaluation's), scores training rows 0.5."""
+    if row["extra_info"].get("split") == "heldout":
+        time.sleep(60)
+    return 0.5
+
+
+def test_eval_scores_in_the_runs_reward_pool_under_its_time_limit(tiny_model_dir, tmp_path):
+    r = recipe(tiny_model_dir, tmp_path / "evh", trainer__steps=1, eval__every=1, eval__tasks=["precise_retrieval"],
+               eval__lengths=[100], eval__n=2, eval__max_new_tokens=4)
+    t0 = time.perf_counter()
+    (h,) = train(r, rewards=RewardPool(mode="thread", timeout_s=0.2, score_fn=hang_on_heldout), quiet=True)
+    assert time.perf_counter() - t0 < 50 and h["eval/reward/all"] == 0.0 and h["reward/all"] == 0.5
+    res = json.loads((tmp_path / "evh" / "eval" / "step_000001" / "results.json").read_text())
+    assert res["summary"]["step_000001"]["all"]["errors"] == 2
+    assert "rollout/concurrency" in h  # the inline engine's stats of its last generate call
 
 
 def test_fast_engine_trains_inline(tiny_model_dir, tmp_path):
