@@ -343,18 +343,10 @@ def run_batch(engine: Any, tokenizer: Any, todo: list[EvalItem], model: str, set
             for (it, prompt, s, comp), res in zip(todo_samples, results, strict=True)]
 
 
-def run_model(
-    engine: Any,
-    tokenizer: Any,
-    items: list[EvalItem],
-    model: str,
-    settings: EvalSettings,
-    rewards: RewardPool,
-    *,
-    done: dict[tuple[str, str], set[int]] | None = None,
-    sink: Callable[[list[dict]], None] | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> list[dict]:
+def run_model(engine: Any, tokenizer: Any, items: list[EvalItem], model: str, settings: EvalSettings,
+              rewards: RewardPool, *, done: dict[tuple[str, str], set[int]] | None = None,
+              sink: Callable[[list[dict]], None] | None = None,
+              progress: Callable[[int], None] | None = None) -> list[dict]:
     """Generate and score every (item, sample) of `model` not in `done`; return the new records.
 
     `engine` is anything with `generate(prompts_ids, n, SamplingParams)` (a RolloutEngine, or the
@@ -376,20 +368,11 @@ def run_model(
     return out
 
 
-def evaluate_engine(
-    engine: Any,
-    tokenizer: Any,
-    rows: list[dict] | list[EvalItem],
-    *,
-    model: str = "policy",
-    k: int | None = None,
-    sampling: SamplingParams | None = None,
-    settings: EvalSettings | None = None,
-    out_dir: str | Path | None = None,
-    rewards: RewardPool | None = None,
-    score_fn: ScoreFn | None = None,
-    reward_timeout_s: float = 30.0,
-) -> dict[str, Any]:
+def evaluate_engine(engine: Any, tokenizer: Any, rows: list[dict] | list[EvalItem], *, model: str = "policy",
+                    k: int | None = None, sampling: SamplingParams | None = None,
+                    settings: EvalSettings | None = None, out_dir: str | Path | None = None,
+                    rewards: RewardPool | None = None, score_fn: ScoreFn | None = None,
+                    reward_timeout_s: float = 30.0) -> dict[str, Any]:
     """Evaluate one live engine (e.g. the trainer's, mid-run) on `rows`; the results dict.
 
     Responses are scored in `rewards` (the trainer's pool), or in a pool of `reward_pool(score_fn,
@@ -513,29 +496,13 @@ def open_output(out_dir: Path, settings: EvalSettings, resume: bool, overwrite: 
     return log
 
 
-def evaluate(
-    models: list[str],
-    rows: list[dict] | list[EvalItem],
-    *,
-    engine: str | EngineFactory = "auto",
-    k: int | None = None,
-    sampling: SamplingParams | None = None,
-    settings: EvalSettings | None = None,
-    out_dir: str | Path = "eval",
-    resume: bool = False,
-    overwrite: bool = False,
-    names: list[str] | None = None,
-    meta: dict[str, Any] | None = None,
-    rewards: RewardPool | None = None,
-    score_fn: ScoreFn | None = None,
-    reward_timeout_s: float = 30.0,
-    reward_workers: int = 2,
-    device: str | None = None,
-    dtype: str = "float32",
-    batch_size: int = 32,
-    console: Any = None,
-    plots: bool = True,
-) -> dict[str, Any]:
+def evaluate(models: list[str], rows: list[dict] | list[EvalItem], *, engine: str | EngineFactory = "auto",
+             k: int | None = None, sampling: SamplingParams | None = None, settings: EvalSettings | None = None,
+             out_dir: str | Path = "eval", resume: bool = False, overwrite: bool = False,
+             names: list[str] | None = None, meta: dict[str, Any] | None = None,
+             rewards: RewardPool | None = None, score_fn: ScoreFn | None = None, reward_timeout_s: float = 30.0,
+             reward_workers: int = 2, device: str | None = None, dtype: str = "float32", batch_size: int = 32,
+             console: Any = None, plots: bool = True) -> dict[str, Any]:
     """Evaluate every model on `rows`; write responses.jsonl, results.json, report.md and plots.
 
     engine: 'auto' | 'hf' | 'vllm', or a factory `model path -> (engine, tokenizer)`.

@@ -39,6 +39,8 @@ def per_reward_type(records: Iterable[dict[str, Any]]) -> dict[str, float]:
         by[r["reward_type"]].append(r)
         by["all"].append(r)
     out: dict[str, float] = {}
+    # Key strings stay `<metric>/<reward type>` as every run so far logged them (reward/EM, pass_rate/F1):
+    # old runs' metrics.jsonl still plot and summarize. Renaming the code's word did not rename the keys.
     for kind, rs in sorted(by.items()):
         n = len(rs)
         out[f"responses/{kind}"] = float(n)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import rewards
+from golong.config import EvalSettings
 from golong.evaluate import (
     EvalError,
-    EvalSettings,
     ResponseLog,
     drop_overlap,
     evaluate,
@@ -297,10 +297,14 @@ def hang_on_multi_table(row, response, **variant):
 def test_scores_in_the_reward_pool_equal_the_serial_scores(rows, tiny_tokenizer):
     """Worker processes (the default pool) and the caller's thread give the released scorer's numbers."""
     engine = ScriptedEngine(rows, tiny_tokenizer, _half_wrong)
-    pooled = run_model(engine, tiny_tokenizer, make_items(rows), "m", prepare_settings(EvalSettings(batch_prompts=7)),
-                       reward_pool())
-    threaded = run_model(engine, tiny_tokenizer, make_items(rows), "m", prepare_settings(EvalSettings(batch_prompts=7)),
-                         reward_pool(rewards.score_row))
+    settings = prepare_settings(EvalSettings(batch_prompts=7))
+    pools = [reward_pool(), reward_pool(rewards.score_row)]
+    assert [p.mode for p in pools] == ["process", "thread"]
+    try:
+        pooled, threaded = (run_model(engine, tiny_tokenizer, make_items(rows), "m", settings, p) for p in pools)
+    finally:
+        for p in pools:
+            p.close()
     by_id = {make_items([r])[0].id: r for r in rows}
     serial = [rewards.score_row(by_id[r["row_id"]], r["response"]) for r in pooled]
     assert [r["reward"] for r in pooled] == serial == [r["reward"] for r in threaded]

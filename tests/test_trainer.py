@@ -49,15 +49,15 @@ def strip_times(history):
             for h in history]
 
 
-def test_inline_run_logs_per_task_metrics_and_checkpoints(tiny_model_dir, tmp_path):
+def test_inline_run_logs_per_reward_type_metrics_and_checkpoints(tiny_model_dir, tmp_path):
     hist = train(recipe(tiny_model_dir, tmp_path / "run"), rewards=pool(), quiet=True)
     assert [h["step"] for h in hist] == [1, 2]
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lines == hist
     for h in hist:
         assert h["groups_kept"] == 2 and h["samples_trained"] == 6
-        tasks = {k.split("/", 1)[1] for k in h if k.startswith("reward/")} - {"all"}
-        assert tasks <= {"EM", "Accuracy"} and tasks
+        kinds = {k.split("/", 1)[1] for k in h if k.startswith("reward/")} - {"all"}
+        assert kinds <= {"EM", "Accuracy"} and kinds
         assert 0 <= h["reward/all"] <= 1 and "loss" in h and h["response_len/all"] <= 8
         assert h["reward_errors/all"] == 0 and h["dropped/all"] == 0
     assert (tmp_path / "run" / "checkpoints" / "step_000002" / "learner").is_dir()
@@ -229,7 +229,7 @@ def test_cli_resume_without_a_checkpoint_is_a_clear_error(tiny_model_dir, tmp_pa
     assert res.exit_code == 1 and "no recipe.yaml in it (not a golong run folder?)" in res.output
 
 
-def test_plot_writes_per_task_curves(tmp_path):
+def test_plot_writes_per_reward_type_curves(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     hist = [{"step": s, "reward/EM": s / 10, "reward/all": s / 20, "pass_rate/EM": 0.1 * s} for s in range(1, 6)]
