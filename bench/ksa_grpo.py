@@ -11,8 +11,9 @@ One step, per policy (golong's inline trainer loop, written out):
      store, CUDA graphs; `--engine loop`: the transformers decode loop with KSACache), temperature 1,
      max_new_tokens = answer length + 1;
   3. reward: exact match, 1 if the first A response tokens equal the A answer tokens, else 0;
-  4. advantages: golong.algos.compute_advantages('tmn_reweight', rewards, groups, tasks) (alpha 0.8,
-     gamma 1): task-level normalisation with the difficulty weight;
+  4. advantages: golong.algos.compute_advantages('tmn_reweight', rewards, groups, tasks) (each
+     bench task its own reward type; alpha 0.8, gamma 1): reward-type-level normalisation with the
+     difficulty weight;
   5. dynamic sampling without refill: groups whose rewards are all equal (zero advantage) are dropped
      (off in --smoke, where a random policy scores 0 everywhere and the step would train nothing);
   6. golong.learner.Learner.train_step (PPO-clip 0.2/0.28, dual clip 3, token-mean, one update per
@@ -138,7 +139,7 @@ def run_policy(name: str, args, budget_s: float) -> dict:
         keep = [i for i in range(len(items))  # dynamic sampling: groups whose rewards differ
                 if not args.dynamic_sampling or len(set(rewards[i * args.group : (i + 1) * args.group])) > 1]
         samples = [Sample(prompt_ids=comps[j].prompt_ids, response_ids=comps[j].response_ids, advantage=adv[j],
-                          sampler_logprobs=comps[j].logprobs, task=tasks[j])
+                          sampler_logprobs=comps[j].logprobs, reward_type=tasks[j])
                    for i in keep for j in range(i * args.group, (i + 1) * args.group)]
         t_train = time.perf_counter()
         metrics = learner.train_step(samples) if samples else {}

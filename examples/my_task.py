@@ -18,8 +18,7 @@ from tasks.base import ANSWER_LINES
 class MeetingAttendance(Task):
     name = "meeting_attendance"
     capability = "exhaustive retrieval"
-    reward_type = "F1"  # the reward the route below selects (checked when the task is loaded)
-    data_source = "longbench_pro"
+    data_source = "longbench_pro"  # the route: it selects the reward (here F1; `reward_type` says so)
     reward_mode = "T6.2 Targeted Subset Cluster Identification"
     instruction = ANSWER_LINES.format(what="the meeting IDs")
     knobs = {"needles": 4}  # difficulty knobs and their defaults: generate(..., needles=8)

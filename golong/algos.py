@@ -1,8 +1,9 @@
 """Advantage estimators and policy losses: small pure tensor functions, registered by name.
 
 Estimators map one scalar reward per response to one scalar advantage per response. Every response
-carries the id of its prompt group (`group_ids`, the G samples of one prompt) and of its task
-(`task_ids`, the *mapped* reward type, so sub-tasks sharing a reward scale pool together).
+carries the id of its prompt group (`group_ids`, the G samples of one prompt) and its reward type
+(`reward_types`, the *mapped* reward type: EM, F1, ...; sub-tasks sharing a reward scale pool together).
+The papers' "task k" of TMN is this reward type.
 
 Conventions shared by all group estimators (the verl / GoLongRL ones):
 - a group of size 1 has mean mu_q = 0 and variance s_q^2 = 1 (its advantage is its raw reward);
@@ -25,7 +26,7 @@ ESTIMATORS: dict[str, Estimator] = {}
 
 
 def register_estimator(name: str) -> Callable[[Estimator], Estimator]:
-    """Register an advantage estimator `fn(rewards, group_ids, task_ids, **params) -> advantages`."""
+    """Register an advantage estimator `fn(rewards, group_ids, reward_types, **params) -> advantages`."""
 
     def decorator(fn: Estimator) -> Estimator:
         if name in ESTIMATORS and ESTIMATORS[name] is not fn:
@@ -40,7 +41,7 @@ def compute_advantages(
     name: str,
     rewards: torch.Tensor | Sequence[float],
     group_ids: Sequence[Hashable],
-    task_ids: Sequence[Hashable] | None = None,
+    reward_types: Sequence[Hashable] | None = None,
     **params: Any,
 ) -> torch.Tensor:
     """Advantages [N] of N responses by the registered estimator `name`."""
@@ -51,15 +52,15 @@ def compute_advantages(
         r = r.float()
     if r.ndim != 1 or len(group_ids) != r.numel():
         raise ValueError(f"rewards must be 1-D with one group id each (got {tuple(r.shape)} and {len(group_ids)})")
-    tasks = list(task_ids) if task_ids is not None else [""] * r.numel()
-    if len(tasks) != r.numel():
-        raise ValueError(f"need one task id per reward (got {len(tasks)} for {r.numel()})")
-    _groups_and_tasks(group_ids, tasks)  # a group spanning two tasks is an error
+    kinds = list(reward_types) if reward_types is not None else [""] * r.numel()
+    if len(kinds) != r.numel():
+        raise ValueError(f"need one reward type per reward (got {len(kinds)} for {r.numel()})")
+    _reward_type_of_groups(group_ids, kinds)  # a group spanning two reward types is an error
     accepted = list(inspect.signature(ESTIMATORS[name]).parameters)[3:]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"estimator {name!r} takes no parameter {unknown[0]!r} (it takes: {', '.join(accepted) or 'none'})")
-    return ESTIMATORS[name](r, list(group_ids), tasks, **params).to(r.dtype)
+    return ESTIMATORS[name](r, list(group_ids), kinds, **params).to(r.dtype)
 
 
 # ---------------------------------------------------------------- group statistics
@@ -72,13 +73,13 @@ def _index(ids: Sequence[Hashable]) -> tuple[torch.Tensor, int]:
     return torch.tensor(idx, dtype=torch.long), len(seen)
 
 
-def _groups_and_tasks(group_ids: Sequence[Hashable], task_ids: Sequence[Hashable]) -> tuple[list, list]:
-    """(group index of each response, task of each group); a group must not span two tasks."""
-    task_of: dict[Hashable, Hashable] = {}
-    for g, t in zip(group_ids, task_ids, strict=True):
-        if task_of.setdefault(g, t) != t:
-            raise ValueError(f"group {g!r} has responses of two tasks ({task_of[g]!r}, {t!r})")
-    return list(task_of), list(task_of.values())
+def _reward_type_of_groups(group_ids: Sequence[Hashable], reward_types: Sequence[Hashable]) -> tuple[list, list]:
+    """(the groups, the reward type of each group); a group must not span two reward types."""
+    kind_of: dict[Hashable, Hashable] = {}
+    for g, t in zip(group_ids, reward_types, strict=True):
+        if kind_of.setdefault(g, t) != t:
+            raise ValueError(f"group {g!r} has responses of two reward types ({kind_of[g]!r}, {t!r})")
+    return list(kind_of), list(kind_of.values())
 
 
 def group_stats(r: torch.Tensor, group_ids: Sequence[Hashable]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,7 +107,7 @@ def _out(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 @register_estimator("grpo")
-def grpo(r: torch.Tensor, group_ids: Sequence[Hashable], task_ids: Sequence[Hashable], eps: float = 1e-6) -> torch.Tensor:
+def grpo(r: torch.Tensor, group_ids: Sequence[Hashable], reward_types: Sequence[Hashable], eps: float = 1e-6) -> torch.Tensor:
     """GRPO: A_qi = (r_qi - mu_q) / (s_q + eps), s_q the unbiased std of prompt q's group (G=1: A = r / (1 + eps))."""
     idx, _, mean, var = group_stats(r, group_ids)
     a = (r.detach().double().cpu() - mean[idx]) / (var.sqrt()[idx] + eps)
@@ -114,14 +115,14 @@ def grpo(r: torch.Tensor, group_ids: Sequence[Hashable], task_ids: Sequence[Hash
 
 
 @register_estimator("dr_grpo")
-def dr_grpo(r: torch.Tensor, group_ids: Sequence[Hashable], task_ids: Sequence[Hashable]) -> torch.Tensor:
+def dr_grpo(r: torch.Tensor, group_ids: Sequence[Hashable], reward_types: Sequence[Hashable]) -> torch.Tensor:
     """Dr.GRPO: A_qi = r_qi - mu_q (no std division; G=1: A = r)."""
     idx, _, mean, _ = group_stats(r, group_ids)
     return _out(r.detach().double().cpu() - mean[idx], r)
 
 
 @register_estimator("rloo")
-def rloo(r: torch.Tensor, group_ids: Sequence[Hashable], task_ids: Sequence[Hashable]) -> torch.Tensor:
+def rloo(r: torch.Tensor, group_ids: Sequence[Hashable], reward_types: Sequence[Hashable]) -> torch.Tensor:
     """RLOO: A_qi = r_qi - mean_{j != i} r_qj = G/(G-1) (r_qi - mu_q)  (G=1: A = r, no baseline)."""
     idx, count, mean, _ = group_stats(r, group_ids)
     g = count[idx]
@@ -133,20 +134,20 @@ def rloo(r: torch.Tensor, group_ids: Sequence[Hashable], task_ids: Sequence[Hash
 def task_std(
     r: torch.Tensor,
     group_ids: Sequence[Hashable],
-    task_ids: Sequence[Hashable],
+    reward_types: Sequence[Hashable],
     eps: float = 1e-6,
     center: str = "group",
 ) -> torch.Tensor:
-    """QwenLong-L1.5 task-level std: A_qi = (r_qi - mu_q) / (sigma_task + eps).
+    """QwenLong-L1.5 task-level std: A_qi = (r_qi - mu_q) / (sigma_k + eps), k the reward type of q.
 
-    sigma_task = unbiased std of *all* rewards of the task in the batch; 1 if the task has a single
+    sigma_k = unbiased std of *all* rewards of reward type k in the batch; 1 if k has a single
     response or no spread at all (then every group of size > 1 is 0 anyway, and a G=1 group keeps
     A = r as in `grpo`, instead of r / eps). center="group" subtracts the prompt's group mean mu_q (G=1: mu_q = 0), as the paper
-    describes; center="task" subtracts the task's batch mean instead, as GoLongRL's
-    `qwenlong_grpo` code does.
+    describes; center="task" subtracts the batch mean of reward type k instead, as GoLongRL's
+    `qwenlong_grpo` code does (the estimator's and the option's names are the paper's).
     """
     x = r.detach().double().cpu()
-    tidx, tcount, tmean, tvar = group_stats(r, task_ids)
+    tidx, tcount, tmean, tvar = group_stats(r, reward_types)
     if center == "group":
         gidx, _, gmean, _ = group_stats(r, group_ids)
         centered = x - gmean[gidx]
@@ -159,25 +160,25 @@ def task_std(
     return _out(centered / (tvar.sqrt()[tidx] + eps), r)
 
 
-def _tmn_parts(r: torch.Tensor, group_ids: Sequence[Hashable], task_ids: Sequence[Hashable]):
-    """Shared TMN pieces: per-response group index, per-group count/mean/var, per-group task index."""
+def _tmn_parts(r: torch.Tensor, group_ids: Sequence[Hashable], reward_types: Sequence[Hashable]):
+    """Shared TMN pieces: per-response group index, per-group count/mean/var, per-group reward-type index."""
     gidx, count, mean, var = group_stats(r, group_ids)
-    _, group_tasks = _groups_and_tasks(group_ids, task_ids)
-    tidx, nt = _index(group_tasks)  # task index of each group
-    groups_per_task = torch.zeros(nt, dtype=torch.float64).index_add_(0, tidx, torch.ones_like(mean))
-    sigma = (torch.zeros(nt, dtype=torch.float64).index_add_(0, tidx, var) / groups_per_task).sqrt()
-    mu_bar = torch.zeros(nt, dtype=torch.float64).index_add_(0, tidx, mean) / groups_per_task
+    _, group_kinds = _reward_type_of_groups(group_ids, reward_types)
+    tidx, nt = _index(group_kinds)  # reward-type index of each group
+    groups_per_kind = torch.zeros(nt, dtype=torch.float64).index_add_(0, tidx, torch.ones_like(mean))
+    sigma = (torch.zeros(nt, dtype=torch.float64).index_add_(0, tidx, var) / groups_per_kind).sqrt()
+    mu_bar = torch.zeros(nt, dtype=torch.float64).index_add_(0, tidx, mean) / groups_per_kind
     return gidx, count, mean, tidx, sigma, mu_bar
 
 
 @register_estimator("tmn")
-def tmn(r: torch.Tensor, group_ids: Sequence[Hashable], task_ids: Sequence[Hashable], eps: float = 1e-6) -> torch.Tensor:
-    """Task-level multi-task normalisation (GoLongRL TMN).
+def tmn(r: torch.Tensor, group_ids: Sequence[Hashable], reward_types: Sequence[Hashable], eps: float = 1e-6) -> torch.Tensor:
+    """Task-level multi-task normalisation (GoLongRL TMN; its "task" k is the reward type).
 
     A_qi = (r_qi - mu_q) / (sigma_k + eps),  sigma_k = sqrt(mean_{q in Q_k} s_q^2),
-    Q_k the prompts of task k in the batch; G=1 groups count with mu_q = 0, s_q^2 = 1.
+    Q_k the prompts of reward type k in the batch; G=1 groups count with mu_q = 0, s_q^2 = 1.
     """
-    gidx, _, mean, tidx, sigma, _ = _tmn_parts(r, group_ids, task_ids)
+    gidx, _, mean, tidx, sigma, _ = _tmn_parts(r, group_ids, reward_types)
     x = r.detach().double().cpu()
     return _out((x - mean[gidx]) / (sigma[tidx][gidx] + eps), r)
 
@@ -185,7 +186,7 @@ def tmn(r: torch.Tensor, group_ids: Sequence[Hashable], task_ids: Sequence[Hasha
 def tmn_difficulty_weights(
     r: torch.Tensor,
     group_ids: Sequence[Hashable],
-    task_ids: Sequence[Hashable],
+    reward_types: Sequence[Hashable],
     alpha: float = 0.8,
     gamma: float = 1.0,
 ) -> torch.Tensor:
@@ -195,7 +196,7 @@ def tmn_difficulty_weights(
     p_q = fraction of q's responses with r > m_q (strict);
     w_qi = exp(gamma (0.5 - p_q)) if r_qi > mu_q else exp(gamma (p_q - 0.5)).
     """
-    gidx, count, mean, tidx, _, mu_bar = _tmn_parts(r, group_ids, task_ids)
+    gidx, count, mean, tidx, _, mu_bar = _tmn_parts(r, group_ids, reward_types)
     x = r.detach().double().cpu()
     smoothed = torch.where(count <= 1, mu_bar[tidx], alpha * mean + (1 - alpha) * mu_bar[tidx])
     above = (x > smoothed[gidx]).double()
@@ -209,14 +210,14 @@ def tmn_difficulty_weights(
 def tmn_reweight(
     r: torch.Tensor,
     group_ids: Sequence[Hashable],
-    task_ids: Sequence[Hashable],
+    reward_types: Sequence[Hashable],
     alpha: float = 0.8,
     gamma: float = 1.0,
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """TMN-Reweight: A_qi = tmn(r)_qi * w_qi (see `tmn` and `tmn_difficulty_weights`; no clipping)."""
-    a = tmn(r, group_ids, task_ids, eps=eps).double()
-    w = tmn_difficulty_weights(r, group_ids, task_ids, alpha=alpha, gamma=gamma).double()
+    a = tmn(r, group_ids, reward_types, eps=eps).double()
+    w = tmn_difficulty_weights(r, group_ids, reward_types, alpha=alpha, gamma=gamma).double()
     return _out(a * w, r)
 
 

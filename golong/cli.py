@@ -436,13 +436,13 @@ def eval_cmd(
     resume: bool = typer.Option(False, "--resume/--no-resume", metavar="", help="Continue OUT/responses.jsonl, skipping work already done."),
     overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", metavar="", help="Start over even if OUT/responses.jsonl exists."),
     plots: bool = typer.Option(True, "--plots/--no-plots", metavar="", help="Write the PNG plots."),
+    reward_workers: int = typer.Option(2, "--reward-workers", help="Reward worker processes (each response scored under a 30 s limit)."),
 ) -> None:
     """Evaluate models on held-out problems: tables per task and length, results.json, report.md, plots."""
     import tasks
-    from golong.evaluate import EvalError, EvalSettings, eval_set, evaluate, tokenizer_for_lengths
+    from golong.evaluate import EvalError, eval_set, evaluate, tokenizer_for_lengths
     from golong.models import resolve_model_path
-    from golong.report import print_tables
-    from tasks.length import load_tokenizer, parse_length
+    from tasks.length import load_tokenizer
 
     console = _console()
     errors = (EvalError, *_train_errors())
@@ -457,29 +457,56 @@ def eval_cmd(
             raise EvalError(f"{len(name)} --name for {len(model)} --model: give one name per model or none")
         for spec in task_file or []:
             tasks.load_task_spec(spec)
-        names = None if task_names.strip() == "all" else [t.strip() for t in task_names.split(",") if t.strip()]
-        sizes = [parse_length(x.strip()) for x in lengths.split(",") if x.strip()] if synth else None
+        settings = _eval_settings(
+            data=list(data or []), split=split, synth=synth, tasks=task_names, lengths=lengths, n=n, seed=seed,
+            train_data=train_data, keep_overlap=keep_overlap, k=k, max_new_tokens=max_new_tokens, top_p=top_p,
+            temperature=0.0 if greedy else (temperature if temperature is not None else (0.0 if k == 1 else 1.0)),
+            batch_prompts=batch_prompts, max_prompt_tokens=max_prompt_tokens, pass_threshold=pass_threshold)
         tok = (load_tokenizer(resolve_model_path(tokenizer)) if tokenizer else tokenizer_for_lengths(model[0])) if synth else None
-        items, meta = eval_set(data=data, split=split, synth=synth, task_names=names, lengths=sizes, n=n, seed=seed,
-                               tokenizer=tok, train_data=train_data, keep_overlap=keep_overlap)
+        items, meta = eval_set(settings, tokenizer=tok)
         if synth and tok is None:
             meta["data"] += " (lengths approximate: no tokenizer)"
-        temp = 0.0 if greedy else (temperature if temperature is not None else (0.0 if k == 1 else 1.0))
-        settings = EvalSettings(k=k, max_new_tokens=max_new_tokens, temperature=temp, top_p=top_p, seed=seed,
-                                batch_prompts=batch_prompts, max_prompt_tokens=max_prompt_tokens,
-                                pass_threshold=pass_threshold)
-        overlap = meta.get("overlap")
-        if overlap and overlap["count"]:
-            verb = "kept" if keep_overlap else "excluded"
-            console.print(f"[yellow]{overlap['count']} evaluation rows overlap {train_data} ({verb}); "
-                          f"rows {overlap['indices'][:10]}{' ...' if overlap['count'] > 10 else ''}[/yellow]")
+        _print_overlap(console, meta.get("overlap"), train_data, keep_overlap)
         console.print(f"evaluating {len(model)} model(s) on {len(items)} problems x {k} sample(s): {meta['data']}",
                       highlight=False)
         results = evaluate(list(model), items, engine=engine, settings=settings, out_dir=out, resume=resume,
                            overwrite=overwrite, names=list(name) if name else None, meta=meta, device=device,
-                           dtype=dtype, console=console, plots=plots, batch_size=batch_size)
+                           dtype=dtype, console=console, plots=plots, batch_size=batch_size,
+                           reward_workers=reward_workers)
     except errors as e:
         _fail(str(e))
+    _print_eval_results(console, results, out, plots)
+
+
+def _eval_settings(*, tasks: str, lengths: str, synth: bool, **options):
+    """The EvalSettings of `golong eval` from its options; a bad value is an EvalError naming the option."""
+    from pydantic import ValidationError
+
+    from golong.config import EvalSettings
+    from golong.evaluate import EvalError
+    from tasks.length import parse_length
+
+    names = "all" if tasks.strip() == "all" else [t.strip() for t in tasks.split(",") if t.strip()]
+    sizes = [parse_length(x.strip()) for x in lengths.split(",") if x.strip()] if synth else []
+    try:
+        return EvalSettings(tasks=names, lengths=sizes, synth=synth, **options)
+    except ValidationError as e:
+        first = e.errors()[0]
+        option = "-k" if first["loc"][0] == "k" else "--" + str(first["loc"][0]).replace("_", "-")
+        raise EvalError(f"{option}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+def _print_overlap(console, overlap: dict | None, train_data: str | None, kept: bool) -> None:
+    if overlap and overlap["count"]:
+        verb = "kept" if kept else "excluded"
+        console.print(f"[yellow]{overlap['count']} evaluation rows overlap {train_data} ({verb}); "
+                      f"rows {overlap['indices'][:10]}{' ...' if overlap['count'] > 10 else ''}[/yellow]")
+
+
+def _print_eval_results(console, results: dict, out: str, plots: bool) -> None:
+    """The tables, think-gate and reward-failure warnings, and where the files are."""
+    from golong.report import print_tables
+
     print_tables(results, console)
     for m in results["models"]:
         st = results["summary"][m]["all"]

@@ -5,6 +5,7 @@ Both cluster kinds give the trainer the same calls:
   train_step(samples)           learner role
   sync_weights()                learner -> rollout engine (Ray: through the object store, never the driver)
   save_learner(path) / load_learner(path)
+  engine_stats()                the engine's stats of its last generate call (e.g. concurrency, kv_bytes)
   rewards                       a RewardPool (process pool inline, Ray tasks in Ray mode)
   tokenizer                     for the driver's data mixture
 
@@ -107,6 +108,9 @@ class InlineCluster:
             elif self.recipe.cluster.colocate and hasattr(self.engine, "free_cache"):
                 self.engine.free_cache()  # the shared model stays; its K/V storage goes while the learner trains
 
+    def engine_stats(self) -> dict[str, float]:
+        return _stats_of(self.engine)
+
     def train_step(self, samples: list) -> dict[str, float]:
         return self.learner.train_step(samples)
 
@@ -142,6 +146,9 @@ class RolloutActor:
 
     def load_weights(self, state_dict: dict[str, Any]) -> None:
         self.engine.load_weights(state_dict)
+
+    def stats(self) -> dict[str, float]:
+        return _stats_of(self.engine)
 
     def pid(self) -> int:
         return os.getpid()
@@ -225,6 +232,9 @@ class RayCluster:
             self.sync_weights()
             return self.ray.get(self.engine.generate.remote(prompts, n, params))
 
+    def engine_stats(self) -> dict[str, float]:
+        return self.ray.get(self.engine.stats.remote())
+
     def train_step(self, samples: list) -> dict[str, float]:
         return self.learner.train_step(samples)
 
@@ -248,6 +258,11 @@ class RayCluster:
         self.ray.kill(self.engine, no_restart=True)
         self.learner.kill()
         remove_placement_group(self.pg)
+
+
+def _stats_of(engine: Any) -> dict[str, float]:
+    """An engine's stats of its last generate call; {} for an engine that keeps none (vLLM)."""
+    return dict(getattr(engine, "stats", None) or {})
 
 
 def _load_tokenizer(recipe: Recipe):

@@ -12,7 +12,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# A response passes when its reward is above this: training's pass_rate and evaluation's pass@1.
+PASS_THRESHOLD = 0.5
 
 
 class RecipeError(ValueError):
@@ -150,16 +161,54 @@ class TrainerConfig(_Section):
     warm_start_prompts: int = Field(8, ge=1, description="Prompts per warm-start step.")
 
 
-class EvalConfig(_Section):
-    every: int = Field(0, ge=0, description="Evaluate the policy on held-out problems every N steps and at the end (0 = off).")
-    path: str | None = Field(None, description="Evaluate on this dataset (file, folder or hub id) instead of generated problems.")
-    tasks: str | list[str] = Field("all", description="Tasks of the generated held-out problems ('all' = every registered task).")
+class EvalSettings(_Section):
+    """One evaluation: which problems, how responses are drawn, how they are scored.
+
+    The one eval settings type: the recipe's `eval:` section is it (`every` > 0 evaluates the policy
+    during training), `golong eval` builds it from its options, `golong.evaluate` runs on it. The
+    drawing and scoring fields (RESUME_FIELDS) are saved with an evaluation (OUT/eval_settings.json),
+    and a resumed evaluation must use the same. A None "in training" takes the recipe's own value.
+    """
+
+    every: int = Field(0, ge=0, description="Training: evaluate the policy on held-out problems every N steps and at the end (0 = off).")
+    # the problems
+    data: list[str] = Field(default_factory=list, validation_alias=AliasChoices("data", "path"), description="Evaluate on these datasets (files, folders or hub ids; 'path' is accepted too).")
+    split: str = Field("train", description="Split to load when a dataset is a hub id.")
+    synth: bool | None = Field(None, description="Also generate held-out problems (split 'heldout', disjoint from training); None = only when no data is given.")
+    tasks: str | list[str] = Field("all", description="Tasks to evaluate ('all' = every registered task); filters data and generated problems.")
     lengths: list[int | str] = Field(default_factory=lambda: ["1k"], description="Prompt lengths of the generated problems.")
-    n: int = Field(8, ge=1, description="Generated problems per task and length (split 'heldout', disjoint from training).")
-    k: int = Field(1, ge=1, description="Samples per problem.")
+    n: int = Field(8, ge=1, description="Generated problems per task and length.")
+    train_data: str | None = Field(None, description="Training data: evaluation rows whose prompt is in it are reported and excluded.")
+    keep_overlap: bool = Field(False, description="Keep the rows that overlap train_data (still reported).")
+    # drawing and scoring responses (RESUME_FIELDS)
+    k: int = Field(1, ge=1, description="Samples per problem (pass@1 is averaged over them; pass@k also reported).")
+    max_new_tokens: int | None = Field(None, ge=1, description="Response limit (None = rollout.max_new_tokens in training, 512 otherwise).")
     temperature: float = Field(0.0, ge=0.0, description="Sampling temperature (0 = greedy; k > 1 needs > 0).")
-    max_new_tokens: int | None = Field(None, ge=1, description="Response limit (None = rollout.max_new_tokens).")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling threshold (None = rollout.top_p in training, 1.0 otherwise).")
     seed: int = Field(0, description="Seed of the generated problems and of sampling.")
+    batch_prompts: int = Field(8, ge=1, description="Problems per generation call (and per flush of responses.jsonl).")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="Left-truncate longer prompts (None = data.max_prompt_tokens in training, never otherwise).")
+    pass_threshold: float = Field(PASS_THRESHOLD, description="A sample passes when reward > this (binary rewards: == 1).")
+    variant: dict[str, Any] = Field(default_factory=dict, description="Opt-in reward variants for scoring (faithful GoLongRL scoring by default).")
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_path(cls, v: Any) -> Any:
+        return [] if v is None else [v] if isinstance(v, str) else v
+
+    def task_names(self) -> list[str] | None:
+        """The tasks asked for; None = every task."""
+        names = [self.tasks] if isinstance(self.tasks, str) else list(self.tasks)
+        return None if names == ["all"] else names
+
+    def resume_key(self) -> dict[str, Any]:
+        """The fields a resumed evaluation must share with the one it continues."""
+        return {name: self.model_dump()[name] for name in RESUME_FIELDS}
+
+
+# What must not change between an evaluation and its resumption (and what results.json records).
+RESUME_FIELDS = ("k", "max_new_tokens", "temperature", "top_p", "seed", "batch_prompts", "max_prompt_tokens",
+                 "pass_threshold", "variant")
 
 
 class Recipe(_Section):
@@ -171,7 +220,7 @@ class Recipe(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
 
     @model_validator(mode="after")
     def _resolve_algo(self) -> Recipe:

@@ -398,7 +398,7 @@ def synthetic_batch(seed: int, n: int, vocab: int, max_len: int = 24, group: int
             p = torch.randint(5, vocab, (int(torch.randint(2, max_len, (1,), generator=g)),), generator=g).tolist()
         r = torch.randint(5, vocab, (int(torch.randint(1, max_len, (1,), generator=g)),), generator=g).tolist()
         adv = float(torch.randn(1, generator=g))
-        out.append(Sample(p, r, advantage=adv, sampler_logprobs=[-1.0] * len(r), task=f"t{i % 2}"))
+        out.append(Sample(p, r, advantage=adv, sampler_logprobs=[-1.0] * len(r), reward_type=f"t{i % 2}"))
     return out
 
 

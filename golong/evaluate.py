@@ -1,12 +1,13 @@
 """Evaluate policies on held-out problems: did training help, on which task, at which length?
 
-    rows    = heldout_rows(["all"], lengths=["4k", "16k"], n=50)       # or golong.data.load_rows(src)
-    rows, overlap = drop_overlap(rows, train_rows)                     # real data vs the training file
-    results = evaluate(["base-model", "runs/demo"], rows, k=4, sampling=SamplingParams(temperature=1.0),
-                       out_dir="eval/")
+    settings = EvalSettings(synth=True, lengths=["4k", "16k"], n=50, k=4, temperature=1.0)  # golong.config
+    items, meta = eval_set(settings)                   # the problems (data files and/or generated ones)
+    results = evaluate(["base-model", "runs/demo"], items, settings=settings, meta=meta, out_dir="eval/")
 
-For every model, every problem gets `k` responses; each is scored by the row's GoLongRL reward and
-appended to OUT/responses.jsonl (model, row id, task, length, sample index, reward, error, response)
+`EvalSettings` is the one settings type of an evaluation: `golong eval` builds it from its options and
+the recipe's `eval:` section is it. For every model, every problem gets `k` responses; each is scored
+by the row's GoLongRL reward in a `RewardPool` (worker processes with a time limit, the trainer's pool
+during training) and appended to OUT/responses.jsonl (model, row id, task, length, sample index, reward, error, response)
 as soon as its batch is scored, so a user can read the failures and an interrupted evaluation
 resumes where it stopped (`resume=True` skips the (model, row_id, sample) triples already there).
 The summary (`golong.report.summarize`) is always recomputed from that file, so results.json and
@@ -25,15 +26,17 @@ import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from golong.metrics import PASS_THRESHOLD
-from golong.rollout.base import RolloutEngine, SamplingParams, encode_chat
+from golong.config import EvalSettings
+from golong.rewarding import DEFAULT_SCORE_FN, RewardPool, RewardResult, ScoreFn
+from golong.rollout.base import Completion, RolloutEngine, SamplingParams
 
 RESPONSES = "responses.jsonl"
 SETTINGS = "eval_settings.json"
+DEFAULT_MAX_NEW_TOKENS = 512  # EvalSettings.max_new_tokens None outside training
 # An engine factory: model path -> (engine, tokenizer). "auto" / "static" / "loop" / "vllm" name the built-in ones.
 EngineFactory = Callable[[str], tuple[RolloutEngine, Any]]
 
@@ -155,50 +158,43 @@ def drop_overlap(rows: list[dict], train_rows: Iterable[dict], keep: bool = Fals
     return [r for i, r in enumerate(rows) if i not in bad], overlap
 
 
-def eval_set(
-    *,
-    data: list[str] | None = None,
-    split: str = "train",
-    synth: bool = False,
-    task_names: list[str] | None = None,
-    lengths: list[str] | None = None,
-    n: int = 50,
-    seed: int = 0,
-    tokenizer: Any = None,
-    train_data: str | None = None,
-    keep_overlap: bool = False,
-) -> tuple[list[EvalItem], dict[str, Any]]:
-    """The problems of one evaluation (what `golong eval` assembles) and a description of them.
+def eval_set(settings: EvalSettings, tokenizer: Any = None) -> tuple[list[EvalItem], dict[str, Any]]:
+    """The problems of one evaluation (`settings.data` rows and/or generated held-out ones) and a
+    description of them.
 
-    data: files / folders / hub ids read by `golong.data.load_rows`; synth: also generate `n` held-out
-    problems per task and length. Rows whose prompt is in `train_data` are reported and dropped (kept
-    with `keep_overlap`); their indices count data rows first, then generated ones. `task_names` filters both.
+    data: files / folders / hub ids read by `golong.data.load_rows`; synth (None: when no data is given):
+    also generate `n` held-out problems per task and length. Rows whose prompt is in `train_data` are
+    reported and dropped (kept with `keep_overlap`); their indices count data rows first, then generated
+    ones. `tasks` filters both.
     """
     from golong.data import load_rows
 
-    if not data and not synth:
+    synth = settings.synth if settings.synth is not None else not settings.data
+    if not settings.data and not synth:
         raise EvalError("nothing to evaluate on: give --data FILE|HUB_ID and/or --synth --lengths 4k,8k")
     rows: list[dict] = []
     described = []
-    for src in data or []:
-        got = load_rows(src, split)
+    for src in settings.data:
+        got = load_rows(src, settings.split)
         described.append(f"{src} ({len(got)} rows)")
         rows += got
     if synth:
-        if not lengths:
+        if not settings.lengths:
             raise EvalError("--synth needs --lengths, e.g. --lengths 4k,8k,16k")
-        gen = heldout_rows(task_names or ["all"], lengths, n, seed=seed, tokenizer=tokenizer)
-        described.append(f"{len(gen)} generated held-out problems (seed {seed}, lengths {', '.join(map(str, lengths))})")
+        gen = heldout_rows(settings.task_names() or ["all"], settings.lengths, settings.n, seed=settings.seed,
+                           tokenizer=tokenizer)
+        described.append(f"{len(gen)} generated held-out problems (seed {settings.seed}, "
+                         f"lengths {', '.join(map(str, settings.lengths))})")
         rows += gen
     overlap = None
-    if train_data:  # generated held-out rows are disjoint by construction; checked all the same
-        rows, overlap = drop_overlap(rows, load_rows(train_data, split), keep=keep_overlap)
-    items = make_items(rows, task_names)
+    if settings.train_data:  # generated held-out rows are disjoint by construction; checked all the same
+        rows, overlap = drop_overlap(rows, load_rows(settings.train_data, settings.split), keep=settings.keep_overlap)
+    items = make_items(rows, settings.task_names())
     if not items:
         raise EvalError("no evaluation rows left: check --data / --synth and --tasks")
     meta: dict[str, Any] = {"data": "; ".join(described)}
     if overlap is not None:
-        meta["overlap"] = {**overlap.as_dict(), "train_data": train_data}
+        meta["overlap"] = {**overlap.as_dict(), "train_data": settings.train_data}
     return items, meta
 
 
@@ -259,40 +255,21 @@ class ResponseLog:
 
 
 # -- generating and scoring --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class EvalSettings:
-    """What must not change between an evaluation and its resumption."""
-
-    k: int = 1
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    batch_prompts: int = 8
-    max_prompt_tokens: int | None = None
-    pass_threshold: float = PASS_THRESHOLD
-    variant: tuple[tuple[str, Any], ...] = ()
-
-    def sampling(self, batch_index: int) -> SamplingParams:
-        """The batch's sampling parameters; its seed depends only on (seed, batch index)."""
-        return SamplingParams(self.max_new_tokens, self.temperature, self.top_p, 0,
-                              seed=self.seed * 1_000_003 + batch_index)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["variant"] = dict(self.variant)
-        return d
-
-
-def with_sampling(settings: EvalSettings, k: int | None, sampling: SamplingParams | None) -> EvalSettings:
-    """`settings` with k and the sampling fields of `sampling` (top_k is not used in evaluation)."""
-    from dataclasses import replace
-
-    if k is not None:
-        settings = replace(settings, k=k)
+def prepare_settings(settings: EvalSettings | None, k: int | None = None,
+                     sampling: SamplingParams | None = None) -> EvalSettings:
+    """`settings` (default `EvalSettings()`) with k and the sampling fields of `sampling` (top_k is not
+    used in evaluation), its limits left to the recipe in training given their stand-alone values,
+    checked."""
+    update: dict[str, Any] = {} if k is None else {"k": k}
     if sampling is not None:
-        settings = replace(settings, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                           top_p=sampling.top_p, seed=sampling.seed)
+        update.update(max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                      top_p=sampling.top_p, seed=sampling.seed)
+    settings = (settings or EvalSettings()).model_copy(update=update)
+    if settings.max_new_tokens is None:
+        settings = settings.model_copy(update={"max_new_tokens": DEFAULT_MAX_NEW_TOKENS})
+    if settings.top_p is None:
+        settings = settings.model_copy(update={"top_p": 1.0})
+    check_settings(settings)
     return settings
 
 
@@ -306,10 +283,24 @@ def check_settings(settings: EvalSettings) -> None:
         raise EvalError("--max-new-tokens and --batch-prompts must be >= 1")
 
 
+def batch_sampling(settings: EvalSettings, batch_index: int) -> SamplingParams:
+    """A batch's sampling parameters; its seed depends only on (seed, batch index)."""
+    return SamplingParams(settings.max_new_tokens, settings.temperature, settings.top_p, 0,
+                          seed=settings.seed * 1_000_003 + batch_index)
+
+
 def batches(items: list[EvalItem], size: int) -> list[list[EvalItem]]:
     """Fixed batches (same for every model and every resumption): items ordered by length, task, id."""
     ordered = sorted(items, key=lambda it: (it.length, it.task, it.id))
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def reward_pool(score_fn: ScoreFn | None = None, timeout_s: float = 30.0, workers: int = 2) -> RewardPool:
+    """The pool an evaluation scores in when it is given none: worker processes for the built-in reward
+    or a 'module:function' name; the caller's thread (still under the time limit) for a function object,
+    which need not survive the trip to a worker."""
+    fn = score_fn or DEFAULT_SCORE_FN
+    return RewardPool(workers, timeout_s, mode="thread" if callable(fn) else "process", score_fn=fn)
 
 
 def _reward_type(row: dict) -> str:
@@ -321,59 +312,54 @@ def _reward_type(row: dict) -> str:
         return "<unroutable>"
 
 
-def run_model(
-    engine: Any,
-    tokenizer: Any,
-    items: list[EvalItem],
-    model: str,
-    settings: EvalSettings,
-    *,
-    done: dict[tuple[str, str], set[int]] | None = None,
-    sink: Callable[[list[dict]], None] | None = None,
-    score_fn: Callable[..., float] | None = None,
-    reward_timeout_s: float = 30.0,
-    progress: Callable[[int], None] | None = None,
-) -> list[dict]:
+def _record(model: str, it: EvalItem, sample: int, comp: Completion, prompt: tuple[list[int], bool],
+            res: RewardResult, settings: EvalSettings) -> dict:
+    """One line of responses.jsonl."""
+    from rewards.parsing import passes_think_gate
+
+    error = None if res.status == "ok" else f"{res.status}: {res.message}"
+    return {
+        "model": model, "row_id": it.id, "task": it.task, "reward_type": _reward_type(it.row),
+        "length": it.length, "sample": sample, "reward": res.score,
+        "passed": res.score > settings.pass_threshold, "error": error,
+        "think_ok": passes_think_gate(comp.text),
+        "finish_reason": comp.finish_reason, "prompt_tokens": len(prompt[0]), "prompt_truncated": prompt[1],
+        "response_tokens": len(comp.response_ids), "response": comp.text,
+    }
+
+
+def run_batch(engine: Any, tokenizer: Any, todo: list[EvalItem], model: str, settings: EvalSettings,
+              batch_index: int, rewards: RewardPool, done: dict[tuple[str, str], set[int]]) -> list[dict]:
+    """Generate the batch's responses and score the samples not yet in `done` in the reward pool."""
+    from golong.mixture import encode_prompt
+
+    prompts = [encode_prompt(tokenizer, it.row, settings.max_prompt_tokens) for it in todo]
+    groups = engine.generate([ids for ids, _ in prompts], settings.k, batch_sampling(settings, batch_index))
+    todo_samples = [(it, prompt, s, comp) for it, prompt, group in zip(todo, prompts, groups, strict=True)
+                    for s, comp in enumerate(group) if s not in done.get((model, it.id), set())]
+    results = rewards.score([it.row for it, *_ in todo_samples], [comp.text for *_, comp in todo_samples],
+                            variant=settings.variant)
+    return [_record(model, it, s, comp, prompt, res, settings)
+            for (it, prompt, s, comp), res in zip(todo_samples, results, strict=True)]
+
+
+def run_model(engine: Any, tokenizer: Any, items: list[EvalItem], model: str, settings: EvalSettings,
+              rewards: RewardPool, *, done: dict[tuple[str, str], set[int]] | None = None,
+              sink: Callable[[list[dict]], None] | None = None,
+              progress: Callable[[int], None] | None = None) -> list[dict]:
     """Generate and score every (item, sample) of `model` not in `done`; return the new records.
 
     `engine` is anything with `generate(prompts_ids, n, SamplingParams)` (a RolloutEngine, or the
-    trainer's cluster). Each batch's records go to `sink` (the response log) as soon as scored.
+    trainer's cluster); `rewards` scores them (its time limit; a failure scores 0 and is recorded). Each
+    batch's records go to `sink` (the response log) as soon as scored.
     """
-    import rewards
-    from golong.rewarding import score_one
-    from rewards.parsing import passes_think_gate
-
     done = done or {}
-    fn = score_fn or rewards.score_row
-    variant = dict(settings.variant)
     out: list[dict] = []
     for b, batch in enumerate(batches(items, settings.batch_prompts)):
         todo = [it for it in batch if len(done.get((model, it.id), ())) < settings.k]
         if not todo:
             continue
-        prompts, cut = [], []
-        for it in todo:
-            ids = encode_chat(tokenizer, list(it.row["prompt"]))
-            limit = settings.max_prompt_tokens
-            cut.append(bool(limit and len(ids) > limit))
-            prompts.append(ids[-limit:] if limit and len(ids) > limit else ids)
-        groups = engine.generate(prompts, settings.k, settings.sampling(b))
-        records = []
-        for it, ids, was_cut, group in zip(todo, prompts, cut, groups, strict=True):
-            have = done.get((model, it.id), set())
-            for s, comp in enumerate(group):
-                if s in have:
-                    continue
-                res = score_one(fn, it.row, comp.text, variant, reward_timeout_s)  # raises never: 0 + status
-                reward, error = res.score, (None if res.status == "ok" else f"{res.status}: {res.message}")
-                records.append({
-                    "model": model, "row_id": it.id, "task": it.task, "reward_type": _reward_type(it.row),
-                    "length": it.length, "sample": s, "reward": reward,
-                    "passed": reward > settings.pass_threshold, "error": error,
-                    "think_ok": passes_think_gate(comp.text),
-                    "finish_reason": comp.finish_reason, "prompt_tokens": len(ids), "prompt_truncated": was_cut,
-                    "response_tokens": len(comp.response_ids), "response": comp.text,
-                })
+        records = run_batch(engine, tokenizer, todo, model, settings, b, rewards, done)
         if sink is not None:
             sink(records)
         out.extend(records)
@@ -382,35 +368,32 @@ def run_model(
     return out
 
 
-def evaluate_engine(
-    engine: Any,
-    tokenizer: Any,
-    rows: list[dict] | list[EvalItem],
-    *,
-    model: str = "policy",
-    k: int | None = None,
-    sampling: SamplingParams | None = None,
-    settings: EvalSettings | None = None,
-    out_dir: str | Path | None = None,
-    score_fn: Callable[..., float] | None = None,
-    reward_timeout_s: float = 30.0,
-) -> dict[str, Any]:
+def evaluate_engine(engine: Any, tokenizer: Any, rows: list[dict] | list[EvalItem], *, model: str = "policy",
+                    k: int | None = None, sampling: SamplingParams | None = None,
+                    settings: EvalSettings | None = None, out_dir: str | Path | None = None,
+                    rewards: RewardPool | None = None, score_fn: ScoreFn | None = None,
+                    reward_timeout_s: float = 30.0) -> dict[str, Any]:
     """Evaluate one live engine (e.g. the trainer's, mid-run) on `rows`; the results dict.
 
-    With `out_dir`, responses are written to OUT/responses.jsonl (a previous file there is replaced)
-    and results.json is written; no plots, so it stays cheap enough to call every N training steps.
+    Responses are scored in `rewards` (the trainer's pool), or in a pool of `reward_pool(score_fn,
+    reward_timeout_s)` made for the call. With `out_dir`, responses are written to OUT/responses.jsonl
+    (a previous file there is replaced) and results.json is written; no plots, so it stays cheap
+    enough to call every N training steps.
     """
     from golong.report import summarize, write_results
 
-    settings = with_sampling(settings or EvalSettings(), k, sampling)
-    check_settings(settings)
+    settings = prepare_settings(settings, k, sampling)
     items = rows if rows and isinstance(rows[0], EvalItem) else make_items(rows)  # type: ignore[arg-type]
     log = ResponseLog(Path(out_dir) / RESPONSES) if out_dir else None
     if log is not None and log.path.is_file():
         log.path.unlink()  # a re-run of the same step (a resumed training run) starts this folder over
-    records = run_model(engine, tokenizer, items, model, settings, sink=log.append if log else None,
-                        score_fn=score_fn, reward_timeout_s=reward_timeout_s)
-    results = summarize(records, [model], settings.as_dict())
+    pool = rewards or reward_pool(score_fn, reward_timeout_s)
+    try:
+        records = run_model(engine, tokenizer, items, model, settings, pool, sink=log.append if log else None)
+    finally:
+        if rewards is None:
+            pool.close()
+    results = summarize(records, [model], settings.resume_key())
     if out_dir:
         write_results(results, Path(out_dir))
     return results
@@ -500,7 +483,7 @@ def open_output(out_dir: Path, settings: EvalSettings, resume: bool, overwrite: 
     saved = out_dir / SETTINGS
     if resume and saved.is_file():
         old = json.loads(saved.read_text())
-        new = json.loads(json.dumps(settings.as_dict()))
+        new = json.loads(json.dumps(settings.resume_key()))
         changed = sorted(k for k in set(old["settings"]) | set(new) if old["settings"].get(k) != new.get(k))
         if changed:
             key = changed[0]
@@ -513,45 +496,32 @@ def open_output(out_dir: Path, settings: EvalSettings, resume: bool, overwrite: 
                             "or choose another -o folder")
         log.path.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps({"settings": settings.as_dict(), **meta}, indent=2, default=str))
+    saved.write_text(json.dumps({"settings": settings.resume_key(), **meta}, indent=2, default=str))
     return log
 
 
-def evaluate(
-    models: list[str],
-    rows: list[dict] | list[EvalItem],
-    *,
-    engine: str | EngineFactory = "auto",
-    k: int | None = None,
-    sampling: SamplingParams | None = None,
-    settings: EvalSettings | None = None,
-    out_dir: str | Path = "eval",
-    resume: bool = False,
-    overwrite: bool = False,
-    names: list[str] | None = None,
-    meta: dict[str, Any] | None = None,
-    score_fn: Callable[..., float] | None = None,
-    reward_timeout_s: float = 30.0,
-    device: str | None = None,
-    dtype: str = "float32",
-    batch_size: int = 32,
-    console: Any = None,
-    plots: bool = True,
-) -> dict[str, Any]:
+def evaluate(models: list[str], rows: list[dict] | list[EvalItem], *, engine: str | EngineFactory = "auto",
+             k: int | None = None, sampling: SamplingParams | None = None, settings: EvalSettings | None = None,
+             out_dir: str | Path = "eval", resume: bool = False, overwrite: bool = False,
+             names: list[str] | None = None, meta: dict[str, Any] | None = None,
+             rewards: RewardPool | None = None, score_fn: ScoreFn | None = None, reward_timeout_s: float = 30.0,
+             reward_workers: int = 2, device: str | None = None, dtype: str = "float32", batch_size: int = 32,
+             console: Any = None, plots: bool = True) -> dict[str, Any]:
     """Evaluate every model on `rows`; write responses.jsonl, results.json, report.md and plots.
 
     engine: 'auto' | 'static' | 'loop' | 'vllm' (golong/rollout/__init__.py), or a factory `model path -> (engine, tokenizer)`.
     k, sampling: samples per problem and how to draw them (max_new_tokens, temperature, top_p, seed);
         shorthands that override the matching fields of `settings` (batching, truncation, pass threshold).
     names: display names of the models (default: the paths as given).
+    rewards: the pool to score in; default `reward_pool(score_fn, reward_timeout_s, reward_workers)`,
+        started before the first model loads and closed at the end.
     Returns the results dict (`golong.report.summarize`), also written to OUT/results.json.
     """
     from golong.report import summarize, write_report
 
     if not models:
         raise EvalError("give at least one --model")
-    settings = with_sampling(settings or EvalSettings(), k, sampling)
-    check_settings(settings)
+    settings = prepare_settings(settings, k, sampling)
     names = names or list(models)
     if len(set(names)) != len(names):
         raise EvalError(f"model names must differ, got {names}")
@@ -562,12 +532,29 @@ def evaluate(
     meta = {"model_paths": dict(zip(names, models, strict=True)), **(meta or {})}
     log = open_output(out, settings, resume, overwrite, meta)
     factory = default_engine_factory(engine, device=device, dtype=dtype, batch_size=batch_size) if isinstance(engine, str) else engine
+    pool = rewards or reward_pool(score_fn, reward_timeout_s, reward_workers)
+    try:
+        pool.start()  # fork the reward workers before any model is loaded
+        _run_models(dict(zip(names, models, strict=True)), factory, items, settings, pool, log, console)
+    finally:
+        if rewards is None:
+            pool.close()
+    wanted = {it.id for it in items}
+    records = [r for r in log.read() if r["model"] in names and r["row_id"] in wanted and r["sample"] < settings.k]
+    results = summarize(records, names, settings.resume_key(), extra=meta)
+    write_report(results, out, plots=plots)
+    return results
+
+
+def _run_models(models: dict[str, str], factory: EngineFactory, items: list[EvalItem], settings: EvalSettings,
+                rewards: RewardPool, log: ResponseLog, console: Any) -> None:
+    """Load each model {name: path} in turn and run what the log does not hold yet."""
     wanted = {it.id for it in items}
     done: dict[tuple[str, str], set[int]] = {}
     for rec in log.read():
         if rec["row_id"] in wanted and 0 <= int(rec["sample"]) < settings.k:
             done.setdefault((rec["model"], rec["row_id"]), set()).add(int(rec["sample"]))
-    for name, path in zip(names, models, strict=True):
+    for name, path in models.items():
         pending = sum(len(done.get((name, it.id), ())) < settings.k for it in items)
         if pending == 0:
             _say(console, f"{name}: all {len(items)} problems already done")
@@ -575,14 +562,9 @@ def evaluate(
         _say(console, f"{name}: loading {path}")
         eng, tokenizer = factory(path)
         with _progress(console, name, pending) as advance:
-            run_model(eng, tokenizer, items, name, settings, done=done, sink=log.append, score_fn=score_fn,
-                      reward_timeout_s=reward_timeout_s, progress=advance)
+            run_model(eng, tokenizer, items, name, settings, rewards, done=done, sink=log.append, progress=advance)
         del eng, tokenizer
         _release_memory()
-    records = [r for r in log.read() if r["model"] in names and r["row_id"] in wanted and r["sample"] < settings.k]
-    results = summarize(records, names, settings.as_dict(), extra=meta)
-    write_report(results, out, plots=plots)
-    return results
 
 
 def _say(console: Any, text: str) -> None:

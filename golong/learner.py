@@ -58,7 +58,7 @@ class Sample:
     response_ids: list[int]
     advantage: float
     sampler_logprobs: list[float] | None = None  # from the rollout engine: drift metrics, rollout IS
-    task: str = ""
+    reward_type: str = ""  # the prompt's reward type (EM, F1, ...): the key advantages pool by
     sampled: bool = True  # drawn from the rollout engine (False: a reference answer; no rollout IS)
 
 

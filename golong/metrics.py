@@ -1,18 +1,21 @@
-"""Per-step metrics: per-task aggregates, JSONL / TensorBoard / W&B sinks, and a console line.
+"""Per-step metrics: per-reward-type aggregates, JSONL / TensorBoard / W&B sinks, and a console line.
 
-Metric names are flat, `<metric>/<task>` for per-task values (task = reward type, e.g. EM, F1) and
-plain names for global ones. Per task, over every response generated in the step (all dynamic-
-sampling rounds, so it measures the current policy on freshly drawn prompts):
+Metric names are flat, `<metric>/<reward type>` for per-reward-type values (EM, F1, ...; the key the
+advantages pool by) and plain names for global ones. The key strings are those of every run so far,
+so old runs still plot and summarize. Per reward type, over every response generated in the step
+(all dynamic-sampling rounds, so it measures the current policy on freshly drawn prompts):
 
-- `responses/<task>`  responses scored;
-- `reward/<task>`     mean reward;
-- `pass_rate/<task>`  fraction of responses with reward > 0.5 (= reward == 1 for the binary rewards
+- `responses/<rt>`    responses scored;
+- `reward/<rt>`       mean reward;
+- `pass_rate/<rt>`    fraction of responses with reward > 0.5 (= reward == 1 for the binary rewards
                       EM / Accuracy / math; for graded rewards (F1, IoU, NDCG, ROUGE-L) "mostly right");
-- `response_len/<task>` mean response tokens;
-- `adv_scale/<task>`  mean |advantage| of the responses trained on;
-- `dropped/<task>`    groups dropped by dynamic sampling (all rewards equal);
-- `reward_errors/<task>`, `reward_timeouts/<task>`  responses whose reward failed (scored 0);
-- `truncated/<task>`  prompts left-truncated to data.max_prompt_tokens.
+- `response_len/<rt>` mean response tokens;
+- `adv_scale/<rt>`    mean |advantage| of the responses trained on;
+- `dropped/<rt>`      groups dropped by dynamic sampling (all rewards equal);
+- `reward_errors/<rt>`, `reward_timeouts/<rt>`  responses whose reward failed (scored 0);
+- `truncated/<rt>`    prompts left-truncated to data.max_prompt_tokens.
+
+Which tasks stand behind each reward type is recorded in the run's run.json (`golong.runs.note_tasks`).
 
 With `data.skip_invalid`, `skipped_invalid_rows` is the number of invalid data rows skipped at load.
 """
@@ -25,41 +28,42 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from golong.config import RecipeError
-
-PASS_THRESHOLD = 0.5
+from golong.config import PASS_THRESHOLD, RecipeError
 
 
-def per_task(records: Iterable[dict[str, Any]]) -> dict[str, float]:
-    """Aggregate response records {task, reward, length, status} into per-task and overall metrics."""
+def per_reward_type(records: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Aggregate response records {reward_type, reward, length, status} into per-reward-type and overall
+    metrics. The keys are `<metric>/<reward type>` (e.g. `reward/EM`) as in every earlier run."""
     by: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        by[r["task"]].append(r)
+        by[r["reward_type"]].append(r)
         by["all"].append(r)
     out: dict[str, float] = {}
-    for task, rs in sorted(by.items()):
+    # Key strings stay `<metric>/<reward type>` as every run so far logged them (reward/EM, pass_rate/F1):
+    # old runs' metrics.jsonl still plot and summarize. Renaming the code's word did not rename the keys.
+    for kind, rs in sorted(by.items()):
         n = len(rs)
-        out[f"responses/{task}"] = float(n)
-        out[f"reward/{task}"] = sum(r["reward"] for r in rs) / n
-        out[f"pass_rate/{task}"] = sum(r["reward"] > PASS_THRESHOLD for r in rs) / n
-        out[f"response_len/{task}"] = sum(r["length"] for r in rs) / n
-        out[f"reward_errors/{task}"] = float(sum(r["status"] == "error" for r in rs))
-        out[f"reward_timeouts/{task}"] = float(sum(r["status"] == "timeout" for r in rs))
+        out[f"responses/{kind}"] = float(n)
+        out[f"reward/{kind}"] = sum(r["reward"] for r in rs) / n
+        out[f"pass_rate/{kind}"] = sum(r["reward"] > PASS_THRESHOLD for r in rs) / n
+        out[f"response_len/{kind}"] = sum(r["length"] for r in rs) / n
+        out[f"reward_errors/{kind}"] = float(sum(r["status"] == "error" for r in rs))
+        out[f"reward_timeouts/{kind}"] = float(sum(r["status"] == "timeout" for r in rs))
     return out
 
 
-def mean_abs_by_task(tasks: list[str], values: list[float]) -> dict[str, float]:
-    """`adv_scale/<task>` = mean |A| over the task's trained responses."""
+def mean_abs_by_reward_type(reward_types: list[str], values: list[float]) -> dict[str, float]:
+    """`adv_scale/<reward type>` = mean |A| over that reward type's trained responses."""
     acc: dict[str, list[float]] = defaultdict(list)
-    for t, v in zip(tasks, values, strict=True):
+    for t, v in zip(reward_types, values, strict=True):
         acc[t].append(abs(v))
         acc["all"].append(abs(v))
     return {f"adv_scale/{t}": sum(v) / len(v) for t, v in sorted(acc.items())}
 
 
-def counts(prefix: str, counter: dict[str, int], tasks: Iterable[str]) -> dict[str, float]:
-    """`<prefix>/<task>` for every task seen this step (0 when none), plus the total."""
-    names = set(tasks) | set(counter)
+def counts(prefix: str, counter: dict[str, int], reward_types: Iterable[str]) -> dict[str, float]:
+    """`<prefix>/<reward type>` for every reward type seen this step (0 when none), plus the total."""
+    names = set(reward_types) | set(counter)
     out = {f"{prefix}/{t}": float(counter.get(t, 0)) for t in sorted(names)}
     out[f"{prefix}/all"] = float(sum(counter.values()))
     return out
@@ -115,9 +119,9 @@ class MetricsLog:
 
 
 def summary_line(step: int, total: int, m: dict[str, float]) -> str:
-    """One console line: step, time, global reward, and per-task reward."""
-    tasks = sorted(k.split("/", 1)[1] for k in m if k.startswith("reward/") and not k.endswith("/all"))
-    per = " ".join(f"{t}={m[f'reward/{t}']:.2f}" for t in tasks)
+    """One console line: step, time, global reward, and reward per reward type."""
+    kinds = sorted(k.split("/", 1)[1] for k in m if k.startswith("reward/") and not k.endswith("/all"))
+    per = " ".join(f"{t}={m[f'reward/{t}']:.2f}" for t in kinds)
     return (
         f"step {step}/{total}  {m.get('step_time', 0):.1f}s  reward={m.get('reward/all', 0):.3f} "
         f"pass={m.get('pass_rate/all', 0):.2f} loss={m.get('loss', 0):+.4f} "

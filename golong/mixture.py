@@ -7,14 +7,14 @@ weight / sum(weights) from a generator seeded by (seed, j); each source walks th
 permutation of its rows per epoch, seeded by (seed, source, epoch). The position is therefore just
 counters (draws, per-source epoch and cursor), which a checkpoint saves and a resume restores.
 
-Prompts are tokenized with the policy's chat template; a prompt longer than `max_prompt_tokens` keeps
-its last `max_prompt_tokens` tokens (left truncation, as GoLongRL trains) and is counted.
+Prompts are tokenized with the policy's chat template (`encode_prompt`, shared with evaluation); a
+prompt longer than `max_prompt_tokens` keeps its last `max_prompt_tokens` tokens (left truncation, as
+GoLongRL trains) and is marked, so the step's `truncated/<reward type>` metric counts it.
 """
 
 from __future__ import annotations
 
 import random
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,16 +28,18 @@ class Prompt:
 
     row: dict[str, Any]
     ids: list[int]
-    task: str  # reward type (the TMN task key), e.g. "EM", "F1"
+    reward_type: str  # the row's reward type (rewards.row_reward_type), the key TMN pools by: "EM", "F1", ...
     truncated: bool
     source: int
 
 
-def task_key(row: dict[str, Any]) -> str:
-    """The TMN task of a row: the reward type its route selects (EM, Accuracy, F1, ...)."""
-    import rewards
-
-    return str(rewards.reward_type(row.get("data_source", ""), row.get("extra_info") or {}))
+def encode_prompt(tokenizer: Any, row: dict[str, Any], max_tokens: int | None) -> tuple[list[int], bool]:
+    """A row's prompt as chat-template token ids, left-truncated to its last `max_tokens` (None or 0: never
+    cut), and whether it was cut. Training and evaluation encode prompts through this one function."""
+    ids = encode_chat(tokenizer, list(row["prompt"]))
+    if max_tokens and len(ids) > max_tokens:
+        return ids[-max_tokens:], True
+    return ids, False
 
 
 def load_source(src: DataSourceConfig, index: int, seed: int, tokenizer: Any,
@@ -83,8 +85,6 @@ class Mixture:
         self.epoch = [0] * len(self.sources)
         self.cursor = [0] * len(self.sources)
         self._perm: dict[int, list[int]] = {}
-        self._task_cache: dict[tuple[int, int], str] = {}
-        self.truncated = Counter[str]()
 
     def _order(self, s: int) -> list[int]:
         perm = self._perm.get(s)
@@ -107,30 +107,25 @@ class Mixture:
         return s, i
 
     def sample(self, n: int) -> list[Prompt]:
+        import rewards
+
         out = []
         for _ in range(n):
             s, i = self.next_row()
             row = self.sources[s][i]
             ids, cut = self.encode(row)
-            task = task_key(row)
-            if cut:
-                self.truncated[task] += 1
-            out.append(Prompt(row=row, ids=ids, task=task, truncated=cut, source=s))
+            out.append(Prompt(row=row, ids=ids, reward_type=rewards.row_reward_type(row), truncated=cut, source=s))
         return out
 
     def encode(self, row: dict[str, Any]) -> tuple[list[int], bool]:
-        """Chat-template token ids, left-truncated to `max_prompt_tokens`."""
-        ids = encode_chat(self.tokenizer, list(row["prompt"]))
-        limit = self.cfg.max_prompt_tokens
-        return (ids[-limit:], True) if len(ids) > limit else (ids, False)
+        """Chat-template token ids, left-truncated to `data.max_prompt_tokens`."""
+        return encode_prompt(self.tokenizer, row, self.cfg.max_prompt_tokens)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"draws": self.draws, "epoch": list(self.epoch), "cursor": list(self.cursor),
-                "truncated": dict(self.truncated)}
+        return {"draws": self.draws, "epoch": list(self.epoch), "cursor": list(self.cursor)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["epoch"]) != len(self.sources):
             raise RecipeError("cannot resume: the checkpoint has a different number of data.sources than the recipe")
         self.draws, self.epoch, self.cursor = state["draws"], list(state["epoch"]), list(state["cursor"])
-        self.truncated = Counter(state.get("truncated", {}))
         self._perm.clear()

@@ -1,4 +1,4 @@
-"""Plots of a run: per-task reward and pass-rate curves from `metrics.jsonl`, written as PNG."""
+"""Plots of a run: reward and pass-rate curves per reward type (named by its tasks) from `metrics.jsonl`, as PNG."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from golong.metrics import read_jsonl
 
 
 def series(history: list[dict], prefix: str) -> dict[str, tuple[list[int], list[float]]]:
-    """{task: (steps, values)} for every `<prefix>/<task>` metric in the history."""
+    """{reward type: (steps, values)} for every `<prefix>/<reward type>` metric in the history."""
     out: dict[str, tuple[list[int], list[float]]] = {}
     for rec in history:
         for key, value in rec.items():
@@ -35,7 +35,7 @@ def legend_names(run_dir: str | Path, keys: set[str]) -> dict[str, str]:
 
 
 def plot_run(run_dir: str | Path, window: int = 5) -> list[Path]:
-    """Write `reward_curves.png` (reward and pass rate per task) into the run folder."""
+    """Write `reward_curves.png` (reward and pass rate per reward type) into the run folder."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,9 +48,9 @@ def plot_run(run_dir: str | Path, window: int = 5) -> list[Path]:
     names = legend_names(run, {k.split("/", 1)[1] for rec in history for k in rec if k.startswith("reward/")})
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for ax, prefix, title in ((axes[0], "reward", "mean reward"), (axes[1], "pass_rate", "pass rate (reward > 0.5)")):
-        for task, (steps, values) in sorted(series(history, prefix).items(), key=lambda kv: names.get(kv[0], kv[0])):
-            style = {"color": "black", "linewidth": 2.5} if task == "all" else {"linewidth": 1.3}
-            ax.plot(steps, smooth(values, window), label=names.get(task, task), **style)
+        for kind, (steps, values) in sorted(series(history, prefix).items(), key=lambda kv: names.get(kv[0], kv[0])):
+            style = {"color": "black", "linewidth": 2.5} if kind == "all" else {"linewidth": 1.3}
+            ax.plot(steps, smooth(values, window), label=names.get(kind, kind), **style)
         ax.set_xlabel("step")
         ax.set_title(f"{title}, {window}-step moving average")
         ax.grid(alpha=0.3)

@@ -5,7 +5,7 @@ worker: a process pool in inline mode, Ray tasks in Ray mode (`thread` runs in t
 debugging). Inside a worker every call runs under a SIGALRM timer of `timeout_s`; as a backstop for
 code that ignores signals, the caller gives the whole batch a deadline and, past it, kills the
 workers. A response whose reward raises or times out scores 0 and comes back with its status, so the
-trainer counts failures per task.
+trainer counts failures per reward type and evaluation records them per response.
 """
 
 from __future__ import annotations
@@ -113,31 +113,35 @@ class RewardPool:
         self._pool: Any = None
         self._warm = False
 
-    def score(self, rows: list[dict], responses: list[str]) -> list[RewardResult]:
-        """One result per response, in order; oversized responses score 0 without reaching a worker."""
+    def score(self, rows: list[dict], responses: list[str], variant: dict[str, Any] | None = None) -> list[RewardResult]:
+        """One result per response, in order; oversized responses score 0 without reaching a worker.
+
+        `variant`: reward options for this call instead of the pool's (evaluation scores with its own)."""
+        variant = self.variant if variant is None else dict(variant)
         if len(rows) != len(responses):
             raise ValueError(f"{len(rows)} rows but {len(responses)} responses")
         limit = self.max_response_chars
         fits = [i for i, r in enumerate(responses) if len(r) <= limit]
         out = [RewardResult(0.0, "error", f"response of {len(r):,} characters is over the {limit:,}-character limit")
                for r in responses]
-        for i, res in zip(fits, self._score([rows[i] for i in fits], [responses[i] for i in fits]), strict=True):
+        scored = self._score([rows[i] for i in fits], [responses[i] for i in fits], variant)
+        for i, res in zip(fits, scored, strict=True):
             out[i] = res
         return out
 
-    def _score(self, rows: list[dict], responses: list[str]) -> list[RewardResult]:
+    def _score(self, rows: list[dict], responses: list[str], variant: dict[str, Any]) -> list[RewardResult]:
         items = list(zip(rows, responses, strict=True))
         if not items:
             return []
         if self.mode == "thread":
-            return score_chunk(self.score_fn, items, self.variant, self.timeout_s)
+            return score_chunk(self.score_fn, items, variant, self.timeout_s)
         size = max(1, math.ceil(len(items) / (self.workers * 4)))
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
         # Backstop deadline: every worker busy with per-item limits, plus start-up on first use.
         deadline = self.timeout_s * math.ceil(len(items) / self.workers) + 5.0
         deadline += 0.0 if self._warm else _STARTUP_GRACE_S
         runner = self._score_ray if self.mode == "ray" else self._score_processes
-        done = runner(chunks, deadline)
+        done = runner(chunks, deadline, variant)
         self._warm = True
         out: list[RewardResult] = []
         for chunk, res in zip(chunks, done, strict=True):
@@ -168,7 +172,7 @@ class RewardPool:
                 proc.kill()
         pool.shutdown(wait=False, cancel_futures=True)
 
-    def _run_chunks(self, chunks: list, deadline: float) -> tuple[list[list[RewardResult] | None], bool]:
+    def _run_chunks(self, chunks: list, deadline: float, variant: dict) -> tuple[list[list[RewardResult] | None], bool]:
         """Results (None = lost) and whether a worker died, for chunks submitted at once."""
         import time
         from concurrent.futures import wait
@@ -176,7 +180,7 @@ class RewardPool:
 
         self.start()
         end = time.monotonic() + deadline
-        futures = [self._pool.submit(score_chunk, self.score_fn, c, self.variant, self.timeout_s) for c in chunks]
+        futures = [self._pool.submit(score_chunk, self.score_fn, c, variant, self.timeout_s) for c in chunks]
         wait(futures, timeout=max(0.0, end - time.monotonic()))
         results: list[list[RewardResult] | None] = []
         broken = False
@@ -193,23 +197,23 @@ class RewardPool:
             self._discard_pool()
         return results, broken
 
-    def _score_processes(self, chunks: list, deadline: float) -> list[list[RewardResult] | None]:
-        results, broken = self._run_chunks(chunks, deadline)
+    def _score_processes(self, chunks: list, deadline: float, variant: dict) -> list[list[RewardResult] | None]:
+        results, broken = self._run_chunks(chunks, deadline, variant)
         if broken:  # a worker died: retry each lost chunk alone, so only the one that kills its worker is lost
             lost = [i for i, r in enumerate(results) if r is None]
             log.warning("a reward worker died; retrying %d chunk(s) one at a time", len(lost))
             for i in lost:
-                results[i] = self._run_chunks([chunks[i]], deadline + _STARTUP_GRACE_S)[0][0]
+                results[i] = self._run_chunks([chunks[i]], deadline + _STARTUP_GRACE_S, variant)[0][0]
         if any(r is None for r in results):  # died twice, or stuck in code that ignored the alarm
             log.warning("%d reward chunk(s) got no result (worker died or hung past %.0f s); they score 0",
                         sum(r is None for r in results), deadline)
         return results
 
-    def _score_ray(self, chunks: list, deadline: float) -> list[list[RewardResult] | None]:
+    def _score_ray(self, chunks: list, deadline: float, variant: dict) -> list[list[RewardResult] | None]:
         import ray
 
         task = ray.remote(score_chunk).options(num_cpus=self.ray_num_cpus, max_retries=0)
-        refs = [task.remote(self.score_fn, c, self.variant, self.timeout_s) for c in chunks]
+        refs = [task.remote(self.score_fn, c, variant, self.timeout_s) for c in chunks]
         ready, not_ready = ray.wait(refs, num_returns=len(refs), timeout=deadline)
         for ref in not_ready:
             ray.cancel(ref, force=True)

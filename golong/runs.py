@@ -154,14 +154,14 @@ def resume_recipe(run: str | Path, overrides: list[str] | None = None,
 def note_tasks(folder: str | Path, sources: list[list[dict[str, Any]]]) -> dict[str, str]:
     """Record in run.json which tasks stand behind each reward type the run's metrics are keyed by
     (metrics say `reward/EM`; eval, plots and summaries name the task: `precise_retrieval`)."""
-    from golong.mixture import task_key
+    import rewards
     from tasks import task_for_row
 
     names: dict[str, set[str]] = {}
     for rows in sources:
         for row in rows:
             try:
-                names.setdefault(task_key(row), set()).add(task_for_row(row).name)
+                names.setdefault(rewards.row_reward_type(row), set()).add(task_for_row(row).name)
             except Exception:  # rows that route nowhere were refused or skipped at load time
                 continue
     labels = {kind: ", ".join(sorted(found)) for kind, found in sorted(names.items())}

@@ -1,9 +1,9 @@
-"""The end-of-run summary: per task, reward at the start vs the end, pass rate, responses scored,
-errors; where the checkpoint is; what to run next. Printed by `golong train` when a run ends and by
-`golong plot`.
+"""The end-of-run summary: per reward type (named by the tasks behind it), reward at the start vs the
+end, pass rate, responses scored, errors; where the checkpoint is; what to run next. Printed by
+`golong train` when a run ends and by `golong plot`.
 
-"Start" and "end" are a task's first and last 10% of the steps it was drawn in (at least one step
-each): a task drawn in few steps would otherwise often have no value in the run's first 10% of steps.
+"Start" and "end" are a reward type's first and last 10% of the steps it was drawn in (at least one
+step each): one drawn in few steps would otherwise often have no value in the run's first 10% of steps.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ SHARE = 0.1
 
 
 @dataclass
-class TaskSummary:
-    task: str  # the reward type the metrics are keyed by ("all" for every task)
+class RewardTypeSummary:
+    reward_type: str  # the reward type the metrics are keyed by ("all" for every response)
     label: str  # the task name(s) behind it
     steps: int
     reward_first: float
     reward_last: float
     pass_rate_last: float
-    responses: int | None  # None for runs logged before responses/<task> existed
+    responses: int | None  # None for runs logged before responses/<reward type> existed
     errors: int
 
 
@@ -32,29 +32,30 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def summarize(history: list[dict[str, Any]], labels: dict[str, str] | None = None) -> list[TaskSummary]:
-    """One row per task in `history` (a run's metrics.jsonl records), "all" last."""
+def summarize(history: list[dict[str, Any]], labels: dict[str, str] | None = None) -> list[RewardTypeSummary]:
+    """One row per reward type in `history` (a run's metrics.jsonl records), "all" last; `labels` names
+    the tasks behind each reward type (`golong.runs.task_labels`)."""
     labels = labels or {}
     names = sorted({k.split("/", 1)[1] for rec in history for k in rec if k.startswith("reward/")} - {"all"})
     out = []
-    for task in [*names, "all"]:
-        recs = [rec for rec in history if f"reward/{task}" in rec]
+    for kind in [*names, "all"]:
+        recs = [rec for rec in history if f"reward/{kind}" in rec]
         if not recs:
             continue
         k = max(1, round(SHARE * len(recs)))
-        counts = [rec.get(f"responses/{task}") for rec in recs]
-        out.append(TaskSummary(
-            task=task, label="all tasks" if task == "all" else labels.get(task, task), steps=len(recs),
-            reward_first=_mean([rec[f"reward/{task}"] for rec in recs[:k]]),
-            reward_last=_mean([rec[f"reward/{task}"] for rec in recs[-k:]]),
-            pass_rate_last=_mean([rec.get(f"pass_rate/{task}", 0.0) for rec in recs[-k:]]),
+        counts = [rec.get(f"responses/{kind}") for rec in recs]
+        out.append(RewardTypeSummary(
+            reward_type=kind, label="all tasks" if kind == "all" else labels.get(kind, kind), steps=len(recs),
+            reward_first=_mean([rec[f"reward/{kind}"] for rec in recs[:k]]),
+            reward_last=_mean([rec[f"reward/{kind}"] for rec in recs[-k:]]),
+            pass_rate_last=_mean([rec.get(f"pass_rate/{kind}", 0.0) for rec in recs[-k:]]),
             responses=None if None in counts else int(sum(counts)),
-            errors=int(sum(rec.get(f"reward_errors/{task}", 0) + rec.get(f"reward_timeouts/{task}", 0) for rec in recs)),
+            errors=int(sum(rec.get(f"reward_errors/{kind}", 0) + rec.get(f"reward_timeouts/{kind}", 0) for rec in recs)),
         ))
     return out
 
 
-def summary_table(rows: list[TaskSummary], title: str):
+def summary_table(rows: list[RewardTypeSummary], title: str):
     """The table, narrow enough for an 80-column terminal (no vertical rules; cells wrap, never cut)."""
     from rich import box
     from rich.table import Table
@@ -69,10 +70,11 @@ def summary_table(rows: list[TaskSummary], title: str):
         delta = r.reward_last - r.reward_first
         colour = "green" if delta > 0 else "red" if delta < 0 else "default"
         table.add_row(
-            f"[bold]{r.label}[/bold]" if r.task == "all" else r.label, "" if r.task == "all" else r.task, str(r.steps),
+            f"[bold]{r.label}[/bold]" if r.reward_type == "all" else r.label, "" if r.reward_type == "all" else r.reward_type,
+            str(r.steps),
             f"{r.reward_first:.3f} → [{colour}]{r.reward_last:.3f}[/{colour}]", f"{r.pass_rate_last:.0%}",
             "—" if r.responses is None else str(r.responses), str(r.errors),
-            end_section=r.task != "all" and rows[-1].task == "all" and r is rows[-2],
+            end_section=r.reward_type != "all" and rows[-1].reward_type == "all" and r is rows[-2],
         )
     return table
 

@@ -2,10 +2,10 @@
 
     prompts   = mixture.sample(P)                        # task mixture, left-truncated prompts
     groups    = rollout G responses per prompt            # + the sampler's log-probs
-    rewards   = reward pool (time limit; failures score 0, counted per task)
+    rewards   = reward pool (time limit; failures score 0, counted per reward type)
     dynamic sampling: drop groups whose rewards all equal; generate rounds of algo.prompts_per_round
                       prompts until P groups are kept (at most algo.max_generation_rounds rounds)
-    A         = compute_advantages(algo.estimator, rewards, groups, tasks)   # tmn_reweight default
+    A         = compute_advantages(algo.estimator, rewards, groups, reward_types)   # tmn_reweight default
     learner.train_step(samples); sync weights to the engine; log; checkpoint
 
 What it keeps from GRPO / DAPO / GoLongRL: group-relative advantages (any registered estimator),
@@ -191,24 +191,22 @@ class Trainer:
     def _eval_items(self):
         from golong.evaluate import eval_set
 
-        e = self.recipe.eval
-        tasks = [e.tasks] if isinstance(e.tasks, str) else list(e.tasks)
-        items, _ = eval_set(data=[e.path] if e.path else None, synth=e.path is None,
-                            task_names=None if tasks == ["all"] else tasks, lengths=list(e.lengths), n=e.n,
-                            seed=e.seed, tokenizer=self.cluster.tokenizer)
+        items, _ = eval_set(self.recipe.eval, tokenizer=self.cluster.tokenizer)
         return items
 
     def evaluate(self) -> dict[str, float]:
-        """The current policy on the held-out problems; eval/* metrics, files in OUT/eval/step_N."""
-        from golong.evaluate import EvalSettings, evaluate_engine
+        """The current policy on the held-out problems, scored in the run's reward pool; eval/* metrics,
+        files in OUT/eval/step_N. Limits the `eval:` section leaves open are the run's own."""
+        from golong.evaluate import evaluate_engine
         from golong.report import flat_metrics
 
         e, r = self.recipe.eval, self.recipe.rollout
-        settings = EvalSettings(k=e.k, max_new_tokens=e.max_new_tokens or r.max_new_tokens, temperature=e.temperature,
-                                top_p=r.top_p, seed=e.seed, max_prompt_tokens=self.recipe.data.max_prompt_tokens)
+        settings = e.model_copy(update={"max_new_tokens": e.max_new_tokens or r.max_new_tokens,
+                                        "top_p": r.top_p if e.top_p is None else e.top_p,
+                                        "max_prompt_tokens": e.max_prompt_tokens or self.recipe.data.max_prompt_tokens})
         name = f"step_{self.step:06d}"
         results = evaluate_engine(self.cluster, self.cluster.tokenizer, self.eval_items, model=name, settings=settings,
-                                  out_dir=self.out / "eval" / name, reward_timeout_s=self.recipe.reward.timeout_s)
+                                  out_dir=self.out / "eval" / name, rewards=self.cluster.rewards)
         return flat_metrics(results, name)
 
     # --- optional supervised warm start ------------------------------------------------------
@@ -236,7 +234,8 @@ class Trainer:
                 # A "sampler" that put probability 1 on every reference token: the learner's drift
                 # against it, mean |0 - log p|, is the token-mean NLL before this step's update.
                 samples.append(Sample(prompt_ids=p.ids, response_ids=response, advantage=1.0,
-                                      sampler_logprobs=[0.0] * len(response), task=p.task, sampled=False))
+                                      sampler_logprobs=[0.0] * len(response), reward_type=p.reward_type,
+                                      sampled=False))
             log = self.cluster.train_step(samples)
             log["nll"] = log.get("drift", float("nan"))
             self.warm_logs.append({k: float(v) for k, v in log.items()})
@@ -267,7 +266,7 @@ class Trainer:
                 if k:
                     batch.kept.append(g)
                 else:
-                    batch.dropped[g.prompt.task] += 1
+                    batch.dropped[g.prompt.reward_type] += 1
             if len(batch.kept) >= r.prompts_per_step:
                 break
         batch.surplus = max(0, len(batch.kept) - r.prompts_per_step)
@@ -316,13 +315,13 @@ class Trainer:
         a = self.recipe.algo
         rewards = torch.tensor([x for g in groups for x in g.rewards], dtype=torch.float64)
         group_ids = [gi for gi, g in enumerate(groups) for _ in g.completions]
-        task_ids = [g.prompt.task for g in groups for _ in g.completions]
-        adv = compute_advantages(a.estimator, rewards, group_ids, task_ids, **a.estimator_params).tolist()
+        reward_types = [g.prompt.reward_type for g in groups for _ in g.completions]
+        adv = compute_advantages(a.estimator, rewards, group_ids, reward_types, **a.estimator_params).tolist()
         comps = [c for g in groups for c in g.completions]
         samples = [
             Sample(prompt_ids=c.prompt_ids, response_ids=c.response_ids, advantage=float(x),
-                   sampler_logprobs=c.logprobs, task=t)
-            for c, x, t in zip(comps, adv, task_ids, strict=True)
+                   sampler_logprobs=c.logprobs, reward_type=t)
+            for c, x, t in zip(comps, adv, reward_types, strict=True)
         ]
         return samples, adv
 
@@ -330,21 +329,21 @@ class Trainer:
     def step_metrics(self, batch: Batch, samples: list[Sample], adv: list[float], train: dict[str, float],
                      times: dict[str, float]) -> dict[str, float]:
         records = [
-            {"task": g.prompt.task, "reward": res.score, "length": len(c.response_ids), "status": res.status}
+            {"reward_type": g.prompt.reward_type, "reward": res.score, "length": len(c.response_ids), "status": res.status}
             for g in batch.generated for c, res in zip(g.completions, g.results, strict=True)
         ]
-        tasks = {g.prompt.task for g in batch.generated}
-        truncated = Counter(g.prompt.task for g in batch.generated if g.prompt.truncated)
+        kinds = {g.prompt.reward_type for g in batch.generated}
+        truncated = Counter(g.prompt.reward_type for g in batch.generated if g.prompt.truncated)
         tokens = sum(len(c.prompt_ids) + len(c.response_ids) for g in batch.generated for c in g.completions)
         out: dict[str, float] = {}
-        out.update(metrics.per_task(records))
-        out.update(metrics.mean_abs_by_task([s.task for s in samples], adv))
-        out.update(metrics.counts("dropped", batch.dropped, tasks))
-        out.update(metrics.counts("truncated", truncated, tasks))
+        out.update(metrics.per_reward_type(records))
+        out.update(metrics.mean_abs_by_reward_type([s.reward_type for s in samples], adv))
+        out.update(metrics.counts("dropped", batch.dropped, kinds))
+        out.update(metrics.counts("truncated", truncated, kinds))
         out.update({k: float(v) for k, v in train.items()})
         out.update(times)
-        # the in-process engine's admission (its last generate call): rows decoded at once, their K/V bytes
-        stats = getattr(getattr(self.cluster, "engine", None), "stats", None) or {}
+        # the engine's admission in its last generate call (rows decoded at once, their K/V bytes), in either mode
+        stats = self.cluster.engine_stats()
         out.update({f"rollout/{k}": float(stats[k]) for k in ("concurrency", "kv_bytes") if k in stats})
         out.update({"groups_kept": float(len(batch.kept)), "groups_generated": float(len(batch.generated)),
                     "groups_surplus": float(batch.surplus), "rounds": float(batch.rounds), "tokens": float(tokens),

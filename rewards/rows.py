@@ -25,6 +25,11 @@ def row_fields(row: Mapping[str, Any]) -> tuple[str, Any, Mapping[str, Any] | No
 
 
 def row_reward_type(row: Mapping[str, Any]) -> str:
+    """The reward type (one of REWARD_TYPES) that scores a row, from its data_source / extra_info.reward_mode.
+
+    The one row -> reward type mapping: the trainer keys its mixture, advantages (TMN pools by it) and
+    metrics by it, tasks resolve rows through it, evaluation records it.
+    """
     data_source, _, extra_info = row_fields(row)
     return reward_type(data_source, extra_info)
 

@@ -1,7 +1,7 @@
 """The `Task` base class: a capability, its GoLongRL reward route, and an offline row generator.
 
-A task subclass names its reward route (`data_source`, `reward_mode`, `reward_type`), its answer
-format (`instruction`) and implements `build(rng, split, **knobs) -> Problem`: the facts the
+A task subclass names its reward route (`data_source`, `reward_mode`; its `reward_type` follows from
+the route), its answer format (`instruction`) and implements `build(rng, split, **knobs) -> Problem`: the facts the
 document must contain (`essentials`), a generator of distractor lines (`filler`), the question and
 the gold answer. `generate` then pads the document with filler lines until the prompt reaches the
 target token length, and writes rows in the GoLongRL (verl RL) schema:
@@ -69,8 +69,7 @@ class Task:
 
     name: ClassVar[str] = ""
     capability: ClassVar[str] = ""  # the GoLongRL `ability` string
-    reward_type: ClassVar[str] = ""  # one of rewards.REWARD_TYPES
-    data_source: ClassVar[str] = ""
+    data_source: ClassVar[str] = ""  # with reward_mode, the route: it selects the reward
     reward_mode: ClassVar[str] = ""
     instruction: ClassVar[str] = ""  # how the answer must be written so the reward can parse it
     source: ClassVar[str] = "built-in"
@@ -81,6 +80,15 @@ class Task:
         raise TaskError(f"task {self.name!r} cannot generate rows (it has no build method)")
 
     # -- public API ----------------------------------------------------------------------------
+    @property
+    def reward_type(self) -> str:
+        """The reward type (one of rewards.REWARD_TYPES) the task's route selects: derived from the route
+        by the same mapping every row goes through, so a task says which reward it uses once. A plug-in
+        may still spell it out as a class attribute; loading checks that it agrees with the route."""
+        import rewards
+
+        return rewards.reward_type(self.data_source, {"reward_mode": self.reward_mode})
+
     def generate(
         self,
         n: int,

@@ -21,7 +21,6 @@ LETTERS = "ABCD"
 class Comprehension(Task):
     name = "comprehension"
     capability = "comprehension"
-    reward_type = "Accuracy"
     data_source = "selection"
     reward_mode = "selection"
     instruction = THINK + ' After it, write "The correct answer is (X)", where X is the letter of the correct option.'

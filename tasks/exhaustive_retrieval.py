@@ -17,7 +17,6 @@ from tasks.base import ANSWER_LINES, Problem, Task
 class ExhaustiveRetrieval(Task):
     name = "exhaustive_retrieval"
     capability = "exhaustive retrieval"
-    reward_type = "F1"
     data_source = "longbench_pro"
     reward_mode = "T7.2 Targeted Rule or Condition Violation Detection"
     instruction = ANSWER_LINES.format(what="the shipment IDs")

@@ -18,7 +18,6 @@ from tasks.base import ANSWER_LINES, Problem, Task, TaskError
 class GradedRanking(Task):
     name = "graded_ranking"
     capability = "graded ranking"
-    reward_type = "NDCG"
     data_source = "longbench_pro"
     reward_mode = "T1.2 Key-Snippet Retrieval"
     instruction = ANSWER_LINES.format(what="the station names from the most to the least rain")

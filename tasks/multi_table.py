@@ -25,7 +25,6 @@ def _table(title: str, header: list[str], rows: list[list[object]]) -> str:
 class MultiTable(Task):
     name = "multi_table"
     capability = "structured extraction"
-    reward_type = "IoU"
     data_source = "multitableqa_pretraining"
     reward_mode = "multitableqa_pretraining"
     instruction = (

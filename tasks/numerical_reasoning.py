@@ -20,7 +20,6 @@ CATEGORIES = "freight catering repairs consulting printing cleaning security lic
 class NumericalReasoning(Task):
     name = "numerical_reasoning"
     capability = "numerical reasoning"
-    reward_type = "Math"
     data_source = "math_longcot_math_verify"
     reward_mode = "math_longcot_math_verify"
     instruction = THINK + " After it, give the final number inside \\boxed{}, for example \\boxed{42}."

@@ -17,7 +17,6 @@ from tasks.base import THINK, Problem, Task
 class PreciseRetrieval(Task):
     name = "precise_retrieval"
     capability = "precise retrieval"
-    reward_type = "EM"
     data_source = "EM"
     reward_mode = "EM"
     instruction = THINK + " After it, write only the requested value exactly as it appears in the document, with no other words."

@@ -44,25 +44,27 @@ def _norm(s: str) -> str:
 
 
 def check_task(task: Task) -> Task:
-    """Check a task's class attributes, including that its route reaches its reward type."""
+    """Check a task's class attributes, including that its route reaches a reward (and, where a plug-in
+    spells out its reward_type, that the route reaches that one)."""
     import rewards
 
-    for attr in ("name", "capability", "reward_type", "data_source", "reward_mode"):
+    for attr in ("name", "capability", "data_source", "reward_mode"):
         value = getattr(task, attr, None)
         if not isinstance(value, str) or not value:
             raise TaskError(f"task {type(task).__name__} must set the class attribute {attr!r} to a non-empty string")
-    if task.reward_type not in rewards.REWARD_TYPES:
-        raise TaskError(
-            f"task {task.name!r}: reward_type {task.reward_type!r} is not one of {', '.join(rewards.REWARD_TYPES)}"
-        )
     try:
         routed = rewards.reward_type(task.data_source, {"reward_mode": task.reward_mode})
     except rewards.UnknownRouteError as e:
         raise TaskError(f"task {task.name!r}: data_source/reward_mode do not route to a reward ({e})") from None
-    if routed != task.reward_type:
+    declared = task.reward_type
+    if declared not in rewards.REWARD_TYPES:
+        raise TaskError(
+            f"task {task.name!r}: reward_type {declared!r} is not one of {', '.join(rewards.REWARD_TYPES)}"
+        )
+    if routed != declared:
         raise TaskError(
             f"task {task.name!r}: data_source={task.data_source!r}, reward_mode={task.reward_mode!r} "
-            f"route to {routed}, not to its reward_type {task.reward_type}"
+            f"route to {routed}, not to its reward_type {declared}"
         )
     _warn_if_answer_marker_is_not_read(task)
     return task
@@ -181,6 +183,7 @@ class GenericTask(Task):
     """
 
     source = "generic"
+    reward_type = ""  # type: ignore[assignment]  # no route of its own: set per instance
 
     def __init__(self, reward_type: str) -> None:
         self.name = f"golongrl-{reward_type}"  # type: ignore[misc]
@@ -195,7 +198,8 @@ def task_for_row(row: dict) -> Task:
     2. else a registered task whose capability equals the row's `ability` and whose reward type is
        the row's routed reward type;
     3. else a `GenericTask` for the row's reward type.
-    A row whose data_source / reward_mode routes nowhere raises rewards.UnknownRouteError.
+    A row whose data_source / reward_mode routes nowhere raises rewards.UnknownRouteError (a row that is
+    not in the schema at all, another `ValueError` of `rewards`).
     """
     import rewards
 
@@ -204,7 +208,7 @@ def task_for_row(row: dict) -> Task:
     name = info.get("task") if isinstance(info, dict) else None
     if isinstance(name, str) and name in _registry:
         return _registry[name]
-    rtype = rewards.reward_type(row.get("data_source"), info if isinstance(info, dict) else None)
+    rtype = rewards.row_reward_type(row)
     ability = _norm(row.get("ability") or "")
     for task in _registry.values():
         if task.reward_type == rtype and _norm(task.capability) == ability:

@@ -22,7 +22,6 @@ STEPS = (
 class SequenceOrdering(Task):
     name = "sequence_ordering"
     capability = "sequence ordering"
-    reward_type = "Pairwise"
     data_source = "longbench_pro"
     reward_mode = "T2.1 Global Timeline Reconstruction"
     instruction = ANSWER_LINES.format(what="the milestone IDs from the earliest to the latest")

@@ -36,7 +36,6 @@ def _operation(r: random.Random, accounts: list[str], balance: dict[str, int]) -
 class StructuredMatching(Task):
     name = "structured_matching"
     capability = "structured matching"
-    reward_type = "SubEM"
     data_source = "longbench_pro"
     reward_mode = "T8.3 Long-Context Procedural State Tracking"
     instruction = ANSWER_LINES.format(what="the accounts in the form `name: balance` (for example `Tomar: 120`)")

@@ -24,7 +24,6 @@ CAUSES = (
 class Summarization(Task):
     name = "summarization"
     capability = "summarization"
-    reward_type = "ROUGE-L"
     data_source = "longbench_pro"
     reward_mode = "T4.2 Query-Focused Summary"
     instruction = THINK + " After it, write only the summary."

@@ -168,8 +168,8 @@ def test_all_equal_groups_give_zero_and_two_pass_variance_is_exact():
         assert torch.count_nonzero(compute_advantages(name, r, g, ["k"] * 8)) == 0, name
 
 
-def test_group_spanning_two_tasks_is_an_error():
-    with pytest.raises(ValueError, match="two tasks"):
+def test_group_spanning_two_reward_types_is_an_error():
+    with pytest.raises(ValueError, match="two reward types"):
         compute_advantages("tmn", [1.0, 0.0], ["a", "a"], ["x", "y"])
     with pytest.raises(ValueError, match="unknown advantage estimator"):
         compute_advantages("nope", [1.0], ["a"], ["x"])

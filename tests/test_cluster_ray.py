@@ -19,6 +19,7 @@ def test_ray_run_trains_and_syncs_weights(ray_session, tiny_model_dir, tmp_path)
     assert [h["step"] for h in hist] == [1, 2]
     assert all(h["samples_trained"] == 6 and "loss" in h for h in hist)
     assert all(h["reward_errors/all"] == 0 for h in hist)  # real rewards ran as Ray tasks
+    assert all(h["rollout/concurrency"] > 0 for h in hist)  # the engine's stats reach the driver from its actor
     # Step 2 samples come from the engine after the sync: sampler and learner log-probs agree up
     # to numerics even though step 1 changed the weights with a large learning rate.
     assert hist[1]["drift"] < 1e-3

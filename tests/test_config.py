@@ -61,3 +61,24 @@ def test_bad_files_and_overrides(tmp_path):
         load_recipe(write(tmp_path, "model: [unclosed"))
     with pytest.raises(RecipeError, match="section.key=value"):
         load_recipe(write(tmp_path, "model: {path: m}\ndata: {sources: [{generate: all}]}\n"), ["rollout"])
+
+
+def test_the_recipe_eval_section_is_the_eval_settings_golong_eval_uses(tmp_path):
+    from golong.config import RESUME_FIELDS, EvalSettings
+
+    p = write(tmp_path, "model: {path: m}\ndata: {sources: [{generate: all}]}\neval: {every: 5, path: held.parquet, k: 2}\n")
+    e = load_recipe(p).eval
+    assert isinstance(e, EvalSettings) and e.data == ["held.parquet"] and e.every == 5 and e.k == 2
+    assert e.task_names() is None and EvalSettings(tasks="precise_retrieval").task_names() == ["precise_retrieval"]
+    assert list(e.resume_key()) == list(RESUME_FIELDS)
+    with pytest.raises(RecipeError, match="eval.k"):
+        load_recipe(p, ["eval.k=0"])
+
+
+def test_golong_eval_option_errors_name_the_option(tmp_path):
+    from typer.testing import CliRunner
+
+    from golong.cli import app
+
+    res = CliRunner().invoke(app, ["eval", "--model", "m", "--synth", "--lengths", "200", "-k", "0", "-o", str(tmp_path)])
+    assert res.exit_code == 1 and "error: -k:" in res.output and "Traceback" not in res.output

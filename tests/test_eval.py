@@ -14,17 +14,20 @@ from pathlib import Path
 import pytest
 
 import rewards
+from golong.config import EvalSettings
 from golong.evaluate import (
     EvalError,
-    EvalSettings,
     ResponseLog,
     drop_overlap,
     evaluate,
     evaluate_engine,
     heldout_rows,
     make_items,
+    prepare_settings,
     prompt_hash,
     resolve_checkpoint,
+    reward_pool,
+    run_model,
 )
 from golong.report import paired_delta, stats
 from golong.rollout.base import Completion, RolloutEngine, encode_chat
@@ -280,3 +283,44 @@ def test_terminal_tables_fit_80_columns_and_cut_nothing(rows, tiny_tokenizer, tm
     assert f"{delta['delta_reward']:+.3f}" in text and f"against {base}" in " ".join(text.split())
     for m in (base, trained):
         assert f"{res['summary'][m]['all']['pass@1']:.3f}" in text
+
+
+def hang_on_multi_table(row, response, **variant):
+    """A reward that never returns for multi_table rows (scored in a worker, by name)."""
+    if row["extra_info"]["task"] == "multi_table":
+        import time
+
+        time.sleep(60)
+    return rewards.score_row(row, response, **variant)
+
+
+def test_scores_in_the_reward_pool_equal_the_serial_scores(rows, tiny_tokenizer):
+    """Worker processes (the default pool) and the caller's thread give the released scorer's numbers."""
+    engine = ScriptedEngine(rows, tiny_tokenizer, _half_wrong)
+    settings = prepare_settings(EvalSettings(batch_prompts=7))
+    pools = [reward_pool(), reward_pool(rewards.score_row)]
+    assert [p.mode for p in pools] == ["process", "thread"]
+    try:
+        pooled, threaded = (run_model(engine, tiny_tokenizer, make_items(rows), "m", settings, p) for p in pools)
+    finally:
+        for p in pools:
+            p.close()
+    by_id = {make_items([r])[0].id: r for r in rows}
+    serial = [rewards.score_row(by_id[r["row_id"]], r["response"]) for r in pooled]
+    assert [r["reward"] for r in pooled] == serial == [r["reward"] for r in threaded]
+    assert all(r["error"] is None for r in pooled) and len(pooled) == len(rows)
+
+
+def test_a_hanging_reward_is_cut_by_the_time_limit_in_eval(rows, tiny_tokenizer, tmp_path):
+    import time
+
+    engine = ScriptedEngine(rows, tiny_tokenizer)
+    t0 = time.perf_counter()
+    res = evaluate_engine(engine, tiny_tokenizer, rows, model="m", out_dir=tmp_path, reward_timeout_s=0.5,
+                          score_fn="tests.test_eval:hang_on_multi_table")
+    assert time.perf_counter() - t0 < 30
+    s = res["summary"]["m"]
+    assert s["by_task"]["multi_table"]["errors"] == 4 and s["by_task"]["multi_table"]["mean_reward"] == 0.0
+    assert s["by_task"]["precise_retrieval"]["mean_reward"] == 1.0 and s["all"]["errors"] == 4
+    lines = [json.loads(x) for x in (tmp_path / "responses.jsonl").read_text().splitlines()]
+    assert all(r["error"].startswith("timeout:") for r in lines if r["task"] == "multi_table")

@@ -67,7 +67,8 @@ def test_eval_cli_user_errors_are_one_line(tiny_model_dir, tmp_path):
 def test_ksa_checkpoint_loads_and_evaluates(tiny_tokenizer, tmp_path):
     """A model saved by ksa/ loads by path (golong.models imports ksa for it) and generates in eval."""
     import ksa
-    from golong.evaluate import EvalSettings, evaluate, load_model
+    from golong.config import EvalSettings
+    from golong.evaluate import evaluate, load_model
     from tests.tiny import build_model
 
     folder = tmp_path / "ksa-tiny"

@@ -15,7 +15,7 @@ def _samples(seed: int = 0, n: int = 5, vocab: int = 500) -> list[Sample]:
     for i in range(n):
         p = torch.randint(5, vocab, (int(torch.randint(2, 12, (1,), generator=g)),), generator=g).tolist()
         r = torch.randint(5, vocab, (int(torch.randint(1, 10, (1,), generator=g)),), generator=g).tolist()
-        out.append(Sample(p, r, advantage=float(torch.randn(1, generator=g)), task=f"t{i % 2}"))
+        out.append(Sample(p, r, advantage=float(torch.randn(1, generator=g)), reward_type=f"t{i % 2}"))
     return out
 
 

@@ -1,4 +1,4 @@
-"""Worker faults: a hanging reward scores 0 in time and is counted per task; a reward worker killed
+"""Worker faults: a hanging reward scores 0 in time and is counted per reward type; a reward worker killed
 mid-batch (process pool or Ray task) costs only its own responses, scored 0, and the run goes on."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def test_a_hanging_reward_in_thread_mode_scores_zero_in_time(rows):
     assert [(g.score, g.status) for g in got] == [(0.0, "timeout"), (0.0, "timeout")]
 
 
-def test_hanging_rewards_are_counted_per_task_by_the_trainer(tiny_model_dir, tmp_path):
+def test_hanging_rewards_are_counted_per_reward_type_by_the_trainer(tiny_model_dir, tmp_path):
     r = recipe(tiny_model_dir, tmp_path / "hang", trainer__steps=1)
     pool = RewardPool(mode="thread", timeout_s=0.1, score_fn=hang_on_em)
     t = Trainer(r, rewards=pool, quiet=True)

@@ -383,6 +383,16 @@ def test_bad_plugin_specs(spec, message):
         tasks.load_task_spec(spec.format(ex=EXAMPLE))
 
 
+def test_a_task_reward_type_follows_from_its_route(tmp_path):
+    plain = tmp_path / "plain.py"
+    plain.write_text(PLUGIN.replace('    reward_type = "EM"\n', ""))
+    assert "reward_type" not in plain.read_text()
+    task = tasks.load_task_spec(f"{plain}:ColourCode")
+    assert task.reward_type == "EM" == rewards.row_reward_type(task.generate(1, 200)[0])
+    for t in tasks.all_tasks():  # the built-ins declare only the route
+        assert "reward_type" not in type(t).__dict__ and t.reward_type in rewards.REWARD_TYPES
+
+
 def test_plugin_with_wrong_route_or_builtin_name_is_rejected(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text(PLUGIN.replace('reward_type = "EM"', 'reward_type = "F1"'))

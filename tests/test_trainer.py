@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -48,15 +49,15 @@ def strip_times(history):
             for h in history]
 
 
-def test_inline_run_logs_per_task_metrics_and_checkpoints(tiny_model_dir, tmp_path):
+def test_inline_run_logs_per_reward_type_metrics_and_checkpoints(tiny_model_dir, tmp_path):
     hist = train(recipe(tiny_model_dir, tmp_path / "run"), rewards=pool(), quiet=True)
     assert [h["step"] for h in hist] == [1, 2]
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lines == hist
     for h in hist:
         assert h["groups_kept"] == 2 and h["samples_trained"] == 6
-        tasks = {k.split("/", 1)[1] for k in h if k.startswith("reward/")} - {"all"}
-        assert tasks <= {"EM", "Accuracy"} and tasks
+        kinds = {k.split("/", 1)[1] for k in h if k.startswith("reward/")} - {"all"}
+        assert kinds <= {"EM", "Accuracy"} and kinds
         assert 0 <= h["reward/all"] <= 1 and "loss" in h and h["response_len/all"] <= 8
         assert h["reward_errors/all"] == 0 and h["dropped/all"] == 0
     assert (tmp_path / "run" / "checkpoints" / "step_000002" / "learner").is_dir()
@@ -228,7 +229,7 @@ def test_cli_resume_without_a_checkpoint_is_a_clear_error(tiny_model_dir, tmp_pa
     assert res.exit_code == 1 and "no recipe.yaml in it (not a golong run folder?)" in res.output
 
 
-def test_plot_writes_per_task_curves(tmp_path):
+def test_plot_writes_per_reward_type_curves(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     hist = [{"step": s, "reward/EM": s / 10, "reward/all": s / 20, "pass_rate/EM": 0.1 * s} for s in range(1, 6)]
@@ -252,6 +253,24 @@ def test_eval_every_logs_heldout_metrics(tiny_model_dir, tmp_path):
     for h in hist:
         assert 0.0 <= h["eval/reward/all"] <= 1.0 and "eval/pass@1/all" in h
     assert (tmp_path / "ev" / "eval" / "step_000002" / "results.json").is_file()
+
+
+def hang_on_heldout(row, response, **variant):
+    """Hangs for held-out rows (the evaluation's), scores training rows 0.5."""
+    if row["extra_info"].get("split") == "heldout":
+        time.sleep(60)
+    return 0.5
+
+
+def test_eval_scores_in_the_runs_reward_pool_under_its_time_limit(tiny_model_dir, tmp_path):
+    r = recipe(tiny_model_dir, tmp_path / "evh", trainer__steps=1, eval__every=1, eval__tasks=["precise_retrieval"],
+               eval__lengths=[100], eval__n=2, eval__max_new_tokens=4)
+    t0 = time.perf_counter()
+    (h,) = train(r, rewards=RewardPool(mode="thread", timeout_s=0.2, score_fn=hang_on_heldout), quiet=True)
+    assert time.perf_counter() - t0 < 50 and h["eval/reward/all"] == 0.0 and h["reward/all"] == 0.5
+    res = json.loads((tmp_path / "evh" / "eval" / "step_000001" / "results.json").read_text())
+    assert res["summary"]["step_000001"]["all"]["errors"] == 2
+    assert "rollout/concurrency" in h  # the inline engine's stats of its last generate call
 
 
 def test_fast_engine_trains_inline(tiny_model_dir, tmp_path):
