@@ -8,8 +8,9 @@ Both cluster kinds give the trainer the same calls:
   rewards                       a RewardPool (process pool inline, Ray tasks in Ray mode)
   tokenizer                     for the driver's data mixture
 
-Ray mode puts the learner and the rollout engine into one placement group (one bundle each, or one
-shared bundle when colocated on a GPU). A rollout actor that dies is re-created, given the learner's
+The roles themselves (their builders and Ray actors) are golong.roles. Ray mode puts the learner and
+the rollout engine into one placement group (one bundle each, or one shared bundle when colocated on
+a GPU). A rollout actor that dies is re-created, given the learner's
 current weights, and the generation retried, with a log line saying so.
 """
 
@@ -18,57 +19,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from golong.config import Recipe, RecipeError
 from golong.rewarding import RewardPool
+from golong.roles import LearnerGroup, RolloutActor, build_engine, build_learner, learner_ranks, set_threads
 from golong.rollout.base import Completion, SamplingParams
 
 log = logging.getLogger("golong.cluster")
-
-
-def _set_threads(n: int | None) -> None:
-    import torch
-
-    torch.set_num_threads(n or os.cpu_count() or 1)
-
-
-def _engine_model_cfg(recipe: Recipe):
-    # The engine needs plain full weights: LoRA arrives merged through state_dict_for_sync, and
-    # gradient checkpointing would switch its KV cache off.
-    return recipe.model.model_copy(update={"lora": None, "gradient_checkpointing": False})
-
-
-def build_learner(recipe: Recipe, device: str | None = None):
-    from golong.learner import Learner
-
-    return Learner(
-        recipe.model, recipe.optim, recipe.algo, total_steps=recipe.trainer.steps,
-        seed=recipe.trainer.seed, device=device, temperature=recipe.rollout.temperature or 1.0,
-    )
-
-
-def build_engine(recipe: Recipe, model: Any = None, tokenizer: Any = None, device: str | None = None):
-    from golong.rollout.base import make_engine
-    from golong.rollout.vllm import resolve_engine_name
-
-    if resolve_engine_name(recipe.rollout.engine) == "vllm":  # vLLM loads the weights itself
-        from golong.models import resolve_model_path
-        from golong.rollout.vllm import derive_max_model_len
-
-        m = recipe.model
-        return make_engine(
-            "vllm", resolve_model_path(m.path), tokenizer,
-            max_model_len=derive_max_model_len(recipe.data.max_prompt_tokens, recipe.rollout.max_new_tokens),
-            dtype=m.dtype, seed=recipe.trainer.seed, trust_remote_code=m.trust_remote_code,
-        )
-    if model is None:
-        from golong.models import load_policy
-
-        model, tokenizer = load_policy(_engine_model_cfg(recipe), device=device)
-    limit = recipe.data.max_prompt_tokens + recipe.rollout.max_new_tokens if recipe.data.max_prompt_tokens else None
-    return make_engine(recipe.rollout.engine, model, tokenizer, batch_size=recipe.rollout.batch_size, device=device,
-                       kv_budget_gb=recipe.rollout.kv_budget_gb, **({"max_len": limit} if limit else {}))
 
 
 class InlineCluster:
@@ -80,7 +37,7 @@ class InlineCluster:
             recipe.reward.workers, recipe.reward.timeout_s, recipe.reward.variant, mode="process"
         )
         self.rewards.start()  # fork the reward workers before the model and its threads exist
-        _set_threads(recipe.cluster.torch_threads)
+        set_threads(recipe.cluster.torch_threads)
         self.recipe = recipe
         self.learner = build_learner(recipe)
         self.tokenizer = self.learner.tokenizer
@@ -132,29 +89,6 @@ class InlineCluster:
         self.rewards.close()
 
 
-class RolloutActor:
-    """A rollout engine inside a Ray actor."""
-
-    def __init__(self, recipe: Recipe):
-        _set_threads(recipe.cluster.torch_threads)
-        self.colocate = recipe.cluster.colocate
-        self.engine = build_engine(recipe, device="cuda" if recipe.cluster.learner_gpus or recipe.cluster.rollout_gpus else None)
-
-    def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> list[list[Completion]]:
-        self.engine.wake()
-        try:
-            return self.engine.generate(prompts, n, params)
-        finally:
-            if self.colocate:
-                self.engine.sleep()
-
-    def load_weights(self, state_dict: dict[str, Any]) -> None:
-        self.engine.load_weights(state_dict)
-
-    def pid(self) -> int:
-        return os.getpid()
-
-
 class RayCluster:
     """Learner and rollout as Ray actors in a placement group; rewards as Ray tasks."""
 
@@ -173,14 +107,10 @@ class RayCluster:
                 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
                 # Ray starts workers at nice 15; here they *are* the job, so they keep normal priority.
                 os.environ.setdefault("RAY_worker_niceness", "0")
-                from golong.distributed import learner_ranks as _ranks
-
-                cpus = c.num_cpus or (c.learner_cpus * _ranks(c) + c.rollout_cpus + recipe.reward.workers)
+                cpus = c.num_cpus or (c.learner_cpus * learner_ranks(c) + c.rollout_cpus + recipe.reward.workers)
                 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
             else:
                 ray.init(address=c.address, include_dashboard=False)
-        from golong.distributed import learner_ranks
-
         self._colocated_gpu = c.colocate and c.learner_gpus > 0
         ranks = learner_ranks(c)  # one bundle per learner rank (1 GPU each); the rollout bundle last
         per_rank = {"CPU": c.learner_cpus, "GPU": 1 if c.learner_gpus else 0}
@@ -195,8 +125,6 @@ class RayCluster:
         if not ready:
             raise RecipeError(f"Ray cannot place the roles {bundles} on this cluster (not enough CPUs/GPUs); "
                               "lower cluster.learner_cpus / rollout_cpus or add nodes")
-        from golong.distributed import LearnerGroup
-
         # rank r on bundle r; with one rank it is a plain Learner (no process group)
         rank_gpus = (0.5 if self._colocated_gpu else 1) if c.learner_gpus else 0
         self.learner = LearnerGroup(recipe, self.pg, list(range(ranks)), cpus=c.learner_cpus, gpus=rank_gpus)

@@ -125,7 +125,7 @@ def test_ksa_policy_with_compile_trains_like_eager(tiny_model_dir):
     runs = []
     for compile_ in (False, True):
         cfg = ModelConfig(path=str(tiny_model_dir), compile=compile_, ksa={"chunk": 4, "windows": [1, 1]})
-        learner = Learner(cfg, OptimConfig(lr=1e-3), AlgoConfig(), total_steps=10, device="cpu")
+        learner = Learner(cfg, OptimConfig(lr=1e-3), AlgoConfig(), device="cpu")
         assert (learner.model.model.layers[0]._compiled_call_impl is not None) == compile_
         metrics = learner.train_step(samples)
         runs.append((metrics, torch.cat([p.detach().flatten() for p in learner.model.parameters()])))
