@@ -219,7 +219,7 @@ class Run:
 
         cluster.train_step = observed
         model = cluster.learner.model
-        from golong.learner import compiled_graphs
+        from golong.models import compiled_graphs
 
         graphs_before = compiled_graphs()  # the metric counts the whole process: keep this configuration's
         weight_bytes = sum(p.numel() for p in model.parameters()) * 2

@@ -38,7 +38,7 @@ import torch
 from golong import distributed as gdist
 from golong.algos import aggregate, check_policy_loss, compute_policy_loss, kl_penalty, rollout_is_weights
 from golong.config import AlgoConfig, ModelConfig, OptimConfig
-from golong.models import ModelLoadError, load_policy, prepare_policy
+from golong.models import compile_layers, compiled_graphs, load_policy, prepare_policy
 from golong.packing import (
     PackedRow,
     bucket_length,
@@ -587,34 +587,6 @@ def sampler_drift(samples: list[Sample], learner_lps: list[torch.Tensor | None],
     # divided in float32: on one rank exactly the float32 mean of the tokens
     drift, drift_kl = (torch.tensor([s_abs, s_kl], dtype=torch.float32) / n).tolist()
     return {"drift": drift, "drift_kl": drift_kl}
-
-
-def compiled_graphs() -> float:
-    """Graphs torch.compile has built in this process so far (each recompile counts one more): the
-    compiled decoder layers and the compiled FlexAttention of shared-prompt rows. A long run should
-    settle, not grow with every step."""
-    from torch._dynamo.utils import counters
-
-    return float(counters["stats"]["unique_graphs"])
-
-
-def compile_layers(model: Any, device: torch.device) -> None:
-    """torch.compile each decoder layer in place (one graph shared by the identical layers; after FSDP
-    sharding, as FSDP2 expects). Checkpointing and LoRA stay as they are: the layer's forward is what
-    is compiled and recomputed. KSA layers compile too: their masks are built before the layers run,
-    the Triton kernels are opaque custom ops (ksa/triton_attention.py), and layers of one window share
-    a graph."""
-    if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
-        raise ModelLoadError("model.compile on the CPU needs a C++ compiler (install g++), or set model.compile: false")
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    # compile in this process: inductor's pool of forked compile workers once held a benchmark's exit
-    # for its 300 s shutdown timeout on an H200 machine (set TORCHINDUCTOR_COMPILE_THREADS to override)
-    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
-        from torch._inductor import config as inductor_config
-
-        inductor_config.compile_threads = 1
-    for layer in gdist.decoder_layers(model):
-        layer.compile()
 
 
 __all__ = ["Learner", "Sample", "sampler_drift"]
