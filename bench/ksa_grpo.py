@@ -108,7 +108,7 @@ def run_policy(name: str, args, budget_s: float) -> dict:
     ocfg = OptimConfig(lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95), grad_clip=1.0,
                        micro_batch_tokens=args.micro_batch_tokens, master_weights="optimizer")
     acfg = AlgoConfig(estimator="tmn_reweight", estimator_params={"alpha": 0.8, "gamma": 1.0})
-    learner = Learner(mcfg, ocfg, acfg, total_steps=args.steps, seed=args.seed, device=args.device,
+    learner = Learner(mcfg, ocfg, acfg, seed=args.seed, device=args.device,
                       temperature=1.0, policy=(model, tok))
     policy = learner.model
     rows = args.prompts_per_task * len(rep.TASKS) * args.group

@@ -207,7 +207,7 @@ def golong_step_fn(shape: str, tokens: int, response: int, device: str, v: dict,
     # the learner casts to the dtype it trains in; building in bf16 keeps the transient small
     fp32_model = v["master"] is True and not v.get("lora")
     base = build_model(shape, device, torch.float32 if fp32_model else torch.bfloat16)
-    learner = Learner(mcfg, ocfg, AlgoConfig(), total_steps=1000, device=device, policy=(base, None))
+    learner = Learner(mcfg, ocfg, AlgoConfig(), device=device, policy=(base, None))
     if not v.get("fused", True):  # the optimizer as the learner built it before (foreach, not fused)
         params = [p for p in learner.model.parameters() if p.requires_grad]
         learner.optimizer = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.999), weight_decay=0.1,

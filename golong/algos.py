@@ -1,9 +1,18 @@
-"""Advantage estimators and policy losses: small pure tensor functions, registered by name.
+"""Advantage estimators and policy losses: small pure tensor functions, each registered by name.
 
-Estimators map one scalar reward per response to one scalar advantage per response. Every response
-carries the id of its prompt group (`group_ids`, the G samples of one prompt) and its reward type
-(`reward_types`, the *mapped* reward type: EM, F1, ...; sub-tasks sharing a reward scale pool together).
-The papers' "task k" of TMN is this reward type.
+Estimators (`register_estimator`, run by `compute_advantages`) map one scalar reward per response to
+one scalar advantage per response. Policy losses (`register_policy_loss`, run by `compute_policy_loss`;
+the learner calls the recipe's `algo.policy_loss`) share one signature, so the learner is loss-blind:
+
+    loss(logp, old_logp, advantages, mask, *, agg, total, norm_len, is_weights, config) -> (loss, metrics)
+
+logp / old_logp / mask [B, T], advantages [B] or [B, T]; agg, total and norm_len are `aggregate`'s;
+is_weights [B, T] or None are rollout IS weights (`rollout_is_weights`, applied per token before
+aggregation); config is the recipe's algo section, from which a loss reads its own parameters.
+
+For estimators, every response carries the id of its prompt group (`group_ids`, the G samples of one
+prompt) and its reward type (`reward_types`, the *mapped* reward type: EM, F1, ...; sub-tasks sharing a
+reward scale pool together). The papers' "task k" of TMN is this reward type.
 
 Conventions shared by all group estimators (the verl / GoLongRL ones):
 - a group of size 1 has mean mu_q = 0 and variance s_q^2 = 1 (its advantage is its raw reward);
@@ -248,7 +257,6 @@ def aggregate(
 
     token-mean:              sum_{b,t} m l / sum_{b,t} m
     seq-mean-token-mean:     (1/B) sum_b (sum_t m l / sum_t m)
-    seq-mean-token-sum:      (1/B) sum_b sum_t m l
     seq-mean-token-sum-norm: (1/B) sum_b sum_t m l / L   (Dr.GRPO: L = `norm_len`, a constant such as the
                              response limit, so a token's weight does not depend on its response's length)
     B counts sequences with at least one token. `total` replaces the denominator (all tokens, or all
@@ -259,7 +267,7 @@ def aggregate(
     if mode == "token-mean":
         denom = m.sum() if total is None else torch.as_tensor(total, dtype=loss_mat.dtype)
         return (loss_mat * m).sum() / denom.clamp_min(1)
-    if mode in ("seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"):
+    if mode in ("seq-mean-token-mean", "seq-mean-token-sum-norm"):
         per_seq = (loss_mat * m).sum(-1)
         if mode == "seq-mean-token-mean":
             per_seq = per_seq / m.sum(-1).clamp_min(1)
@@ -270,8 +278,7 @@ def aggregate(
         has_tokens = (m.sum(-1) > 0).to(loss_mat.dtype)
         denom = has_tokens.sum() if total is None else torch.as_tensor(total, dtype=loss_mat.dtype)
         return (per_seq * has_tokens).sum() / denom.clamp_min(1)
-    raise ValueError(f"unknown loss aggregation {mode!r}; use token-mean, seq-mean-token-mean, seq-mean-token-sum "
-                     "or seq-mean-token-sum-norm")
+    raise ValueError(f"unknown loss aggregation {mode!r}; use token-mean, seq-mean-token-mean or seq-mean-token-sum-norm")
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
@@ -323,6 +330,77 @@ def policy_loss(
     if is_weights is not None:
         clipped = clipped * is_weights.detach()
     return aggregate(clipped, mask, agg, total=total, norm_len=norm_len), metrics
+
+
+PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
+POLICY_LOSSES: dict[str, PolicyLoss] = {}
+_LOSS_ARGS = ["logp", "old_logp", "advantages", "mask"]
+_LOSS_KEYWORDS = ["agg", "total", "norm_len", "is_weights", "config"]
+
+
+def register_policy_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
+    """Register a policy loss `fn(logp, old_logp, advantages, mask, *, agg, total, norm_len, is_weights,
+    config) -> (loss, metrics)`; a function of any other signature is refused here, at import."""
+
+    def decorator(fn: PolicyLoss) -> PolicyLoss:
+        if name in POLICY_LOSSES and POLICY_LOSSES[name] is not fn:
+            raise ValueError(f"policy loss {name!r} is already registered")
+        params = inspect.signature(fn).parameters.values()
+        args = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        keywords = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        if args != _LOSS_ARGS or keywords != _LOSS_KEYWORDS:
+            raise TypeError(f"policy loss {name!r} must take ({', '.join(_LOSS_ARGS)}, *, {', '.join(_LOSS_KEYWORDS)}); "
+                            f"{fn.__name__} takes ({', '.join(args)}, *, {', '.join(keywords)})")
+        POLICY_LOSSES[name] = fn
+        return fn
+
+    return decorator
+
+
+def check_policy_loss(name: str) -> None:
+    """Raise a one-line ValueError unless `name` is a registered policy loss."""
+    if name not in POLICY_LOSSES:
+        raise ValueError(f"unknown policy loss {name!r}; choose one of {sorted(POLICY_LOSSES)} (algo.policy_loss)")
+
+
+def compute_policy_loss(
+    name: str,
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    agg: str,
+    total: float | None,
+    norm_len: int | None,
+    is_weights: torch.Tensor | None,
+    config: Any,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(aggregated loss, metrics) of the registered policy loss `name`."""
+    check_policy_loss(name)
+    if logp.shape != old_logp.shape or logp.shape != mask.shape:
+        raise ValueError(f"logp, old_logp and mask must have one shape (got {tuple(logp.shape)}, "
+                         f"{tuple(old_logp.shape)}, {tuple(mask.shape)})")
+    return POLICY_LOSSES[name](logp, old_logp, advantages, mask, agg=agg, total=total, norm_len=norm_len,
+                               is_weights=is_weights, config=config)
+
+
+@register_policy_loss("ppo_clip")
+def ppo_clip(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    agg: str,
+    total: float | None,
+    norm_len: int | None,
+    is_weights: torch.Tensor | None,
+    config: Any,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """`policy_loss` (PPO clip-higher, optional dual clip) with config.clip_low, .clip_high and .dual_clip."""
+    return policy_loss(logp, old_logp, advantages, mask, clip_low=config.clip_low, clip_high=config.clip_high,
+                       dual_clip=config.dual_clip, agg=agg, total=total, norm_len=norm_len, is_weights=is_weights)
 
 
 def rollout_is_weights(

@@ -9,8 +9,9 @@ Both cluster kinds give the trainer the same calls:
   rewards                       a RewardPool (process pool inline, Ray tasks in Ray mode)
   tokenizer                     for the driver's data mixture
 
-Ray mode puts the learner and the rollout engine into one placement group (one bundle each, or one
-shared bundle when colocated on a GPU). A rollout actor that dies is re-created, given the learner's
+The roles themselves (their builders and Ray actors) are golong.roles. Ray mode puts the learner and
+the rollout engine into one placement group (one bundle each, or one shared bundle when colocated on
+a GPU). A rollout actor that dies is re-created, given the learner's
 current weights, and the generation retried, with a log line saying so.
 """
 
@@ -19,49 +20,21 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from golong.config import Recipe, RecipeError
 from golong.rewarding import RewardPool
+from golong.roles import (
+    LearnerGroup,
+    RolloutActor,
+    build_engine,
+    build_learner,
+    engine_stats,
+    learner_ranks,
+    set_threads,
+)
 from golong.rollout.base import Completion, SamplingParams
 
 log = logging.getLogger("golong.cluster")
-
-
-def _set_threads(n: int | None) -> None:
-    import torch
-
-    torch.set_num_threads(n or os.cpu_count() or 1)
-
-
-def _engine_model_cfg(recipe: Recipe):
-    # The engine needs plain full weights: LoRA arrives merged through state_dict_for_sync, and
-    # gradient checkpointing would switch its KV cache off.
-    return recipe.model.model_copy(update={"lora": None, "gradient_checkpointing": False})
-
-
-def build_learner(recipe: Recipe, device: str | None = None):
-    from golong.learner import Learner
-
-    return Learner(
-        recipe.model, recipe.optim, recipe.algo, total_steps=recipe.trainer.steps,
-        seed=recipe.trainer.seed, device=device, temperature=recipe.rollout.temperature or 1.0,
-    )
-
-
-def build_engine(recipe: Recipe, model: Any = None, tokenizer: Any = None, device: str | None = None):
-    from golong.rollout import engine_config, make_engine
-
-    config = engine_config(recipe, device)
-    if config.resolved == "vllm":  # vLLM loads the weights itself
-        from golong.models import resolve_model_path
-
-        return make_engine(config, resolve_model_path(recipe.model.path), tokenizer)
-    if model is None:
-        from golong.models import load_policy
-
-        model, tokenizer = load_policy(_engine_model_cfg(recipe), device=device)
-    return make_engine(config, model, tokenizer)
 
 
 class InlineCluster:
@@ -73,7 +46,7 @@ class InlineCluster:
             recipe.reward.workers, recipe.reward.timeout_s, recipe.reward.variant, mode="process"
         )
         self.rewards.start()  # fork the reward workers before the model and its threads exist
-        _set_threads(recipe.cluster.torch_threads)
+        set_threads(recipe.cluster.torch_threads)
         self.recipe = recipe
         self.learner = build_learner(recipe)
         self.tokenizer = self.learner.tokenizer
@@ -109,7 +82,7 @@ class InlineCluster:
                 self.engine.free_cache()  # the shared model stays; its K/V storage goes while the learner trains
 
     def engine_stats(self) -> dict[str, float]:
-        return _stats_of(self.engine)
+        return engine_stats(self.engine)
 
     def train_step(self, samples: list) -> dict[str, float]:
         return self.learner.train_step(samples)
@@ -126,32 +99,6 @@ class InlineCluster:
 
     def shutdown(self) -> None:
         self.rewards.close()
-
-
-class RolloutActor:
-    """A rollout engine inside a Ray actor."""
-
-    def __init__(self, recipe: Recipe):
-        _set_threads(recipe.cluster.torch_threads)
-        self.colocate = recipe.cluster.colocate
-        self.engine = build_engine(recipe, device="cuda" if recipe.cluster.learner_gpus or recipe.cluster.rollout_gpus else None)
-
-    def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> list[list[Completion]]:
-        self.engine.wake()
-        try:
-            return self.engine.generate(prompts, n, params)
-        finally:
-            if self.colocate:
-                self.engine.sleep()
-
-    def load_weights(self, state_dict: dict[str, Any]) -> None:
-        self.engine.load_weights(state_dict)
-
-    def stats(self) -> dict[str, float]:
-        return _stats_of(self.engine)
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 class RayCluster:
@@ -172,14 +119,10 @@ class RayCluster:
                 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
                 # Ray starts workers at nice 15; here they *are* the job, so they keep normal priority.
                 os.environ.setdefault("RAY_worker_niceness", "0")
-                from golong.distributed import learner_ranks as _ranks
-
-                cpus = c.num_cpus or (c.learner_cpus * _ranks(c) + c.rollout_cpus + recipe.reward.workers)
+                cpus = c.num_cpus or (c.learner_cpus * learner_ranks(c) + c.rollout_cpus + recipe.reward.workers)
                 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
             else:
                 ray.init(address=c.address, include_dashboard=False)
-        from golong.distributed import learner_ranks
-
         self._colocated_gpu = c.colocate and c.learner_gpus > 0
         ranks = learner_ranks(c)  # one bundle per learner rank (1 GPU each); the rollout bundle last
         per_rank = {"CPU": c.learner_cpus, "GPU": 1 if c.learner_gpus else 0}
@@ -194,8 +137,6 @@ class RayCluster:
         if not ready:
             raise RecipeError(f"Ray cannot place the roles {bundles} on this cluster (not enough CPUs/GPUs); "
                               "lower cluster.learner_cpus / rollout_cpus or add nodes")
-        from golong.distributed import LearnerGroup
-
         # rank r on bundle r; with one rank it is a plain Learner (no process group)
         rank_gpus = (0.5 if self._colocated_gpu else 1) if c.learner_gpus else 0
         self.learner = LearnerGroup(recipe, self.pg, list(range(ranks)), cpus=c.learner_cpus, gpus=rank_gpus)
@@ -258,11 +199,6 @@ class RayCluster:
         self.ray.kill(self.engine, no_restart=True)
         self.learner.kill()
         remove_placement_group(self.pg)
-
-
-def _stats_of(engine: Any) -> dict[str, float]:
-    """An engine's stats of its last generate call; {} for an engine that keeps none (vLLM)."""
-    return dict(getattr(engine, "stats", None) or {})
 
 
 def _load_tokenizer(recipe: Recipe):

@@ -96,6 +96,7 @@ class AlgoConfig(_Section):
     clip_low: float = Field(0.2, ge=0, description="PPO clip range below 1 (ratio >= 1 - clip_low).")
     clip_high: float = Field(0.28, ge=0, description="PPO clip range above 1 (clip-higher: ratio <= 1 + clip_high).")
     dual_clip: float | None = Field(3.0, description="Dual-clip constant c > 1 bounding the loss of negative advantages; None = off.")
+    policy_loss: str = Field("ppo_clip", description="Policy loss, by its registered name (golong.algos.register_policy_loss): ppo_clip = PPO clip-higher with token-level clip_low / clip_high and the optional dual_clip.")
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field("token-mean", description="How token losses are averaged: over all tokens; per sequence then over sequences; or (Dr.GRPO) each sequence's sum divided by the constant loss_norm_tokens, then over sequences. Default for estimator dr_grpo: seq-mean-token-sum-norm.")
     loss_norm_tokens: int | None = Field(None, ge=1, description="The constant length of loss_agg seq-mean-token-sum-norm; None = rollout.max_new_tokens.")
     kl_coef: float = Field(0.0, ge=0, description="Weight of the KL penalty to the reference policy in the loss (0 = no reference model).")

@@ -1,21 +1,24 @@
 """The learner: one policy (+ optional reference) that turns scored samples into an optimizer step.
 
 train_step(samples):
-  1. pack prompt+response sequences into token-budget micro-batches (golong.packing);
+  1. pack prompt+response sequences into token-budget micro-batches (golong.packing), the samples of
+     one GRPO group (Sample.group_id) behind one copy of their prompt;
   2. old log-probs: with one optimizer step per batch they come from the same forward (ratio = 1,
      the on-policy case); with several (updates_per_batch passes x mini_batches), from one no-grad
      pass before the first step. Dropout is off in both (the sampler has none, and the first
      step's ratio must be exactly 1);
   3. reference log-probs (only if algo.kl_coef > 0): a frozen copy of the initial weights, or for
      LoRA the same model with the adapter disabled;
-  4. PPO-clip loss (golong.algos.policy_loss, optionally weighted by rollout IS) with gradient
-     accumulation in float32, each micro-batch's loss normalised by the *whole mini-batch's* token
-     (or sequence) count, so the accumulated gradient is that of the mini-batch aggregate;
+  4. the recipe's policy loss (golong.algos, by name: algo.policy_loss, PPO clip-higher + dual clip by
+     default; optionally weighted by rollout IS) with gradient accumulation in float32, each
+     micro-batch's loss normalised by the *whole mini-batch's* token (or sequence) count, so the
+     accumulated gradient is that of the mini-batch aggregate;
   5. grad-norm clip, AdamW step, linear warm-up then constant learning rate.
 
 With several learner ranks (torch.distributed initialised, see golong.distributed) the model and the
 reference are sharded with FSDP2, every rank gets the same batch and trains on its token-balanced
-share, and the counts of step 4 are summed over ranks, so the update equals one process's.
+share, and the counts of step 4 are summed over ranks, so the update equals one process's. One
+process holds a LocalContext whose collectives are identities, so the step reads the same for both.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,22 +36,23 @@ from typing import Any
 import torch
 
 from golong import distributed as gdist
-from golong.algos import aggregate, kl_penalty, policy_loss, rollout_is_weights
+from golong.algos import aggregate, check_policy_loss, compute_policy_loss, kl_penalty, rollout_is_weights
 from golong.config import AlgoConfig, ModelConfig, OptimConfig
-from golong.models import ModelLoadError, load_policy, prepare_policy  # noqa: F401  (re-exported)
+from golong.models import compile_layers, compiled_graphs, load_policy, prepare_policy
 from golong.packing import (
     PackedRow,
     bucket_length,
     pack,
     pack_shared,
-    packed_logprobs,
     pad_stack,
     plan_micro_batches,
     plan_shared_micro_batches,
+    row_logprobs,
     shared_attention,
     supports_prompt_sharing,
     uses_ksa_layout,
 )
+from golong.precision import precision
 
 
 @dataclass
@@ -60,6 +65,7 @@ class Sample:
     sampler_logprobs: list[float] | None = None  # from the rollout engine: drift metrics, rollout IS
     reward_type: str = ""  # the prompt's reward type (EM, F1, ...): the key advantages pool by
     sampled: bool = True  # drawn from the rollout engine (False: a reference answer; no rollout IS)
+    group_id: Hashable | None = None  # its GRPO group (the samples of one prompt); None: a group of its own
 
 
 def _default_device() -> torch.device:
@@ -73,7 +79,6 @@ class Learner:
         optim: OptimConfig,
         algo: AlgoConfig,
         *,
-        total_steps: int,
         seed: int = 0,
         device: str | None = None,
         temperature: float = 1.0,
@@ -86,59 +91,59 @@ class Learner:
         """
         if algo.loss_agg == "seq-mean-token-sum-norm" and not algo.loss_norm_tokens:
             raise ValueError("loss_agg seq-mean-token-sum-norm needs algo.loss_norm_tokens (a recipe sets it to rollout.max_new_tokens)")
+        check_policy_loss(algo.policy_loss)
         torch.manual_seed(seed)
         random.seed(seed)
         self.model_cfg, self.optim_cfg, self.algo_cfg = model, optim, algo
-        self.total_steps = total_steps
         self.temperature = temperature
         self.device = torch.device(device) if device else _default_device()
         # several learner ranks (torch.distributed initialised, see golong.distributed): FSDP2 over them
-        self.dist = gdist.current_context()
-        if self.dist is not None and model.lora is not None:
+        dist = gdist.current_context()
+        self.sharded = dist is not None
+        if self.sharded and model.lora is not None:
             raise ValueError("LoRA with several learner ranks is not supported yet; use one learner rank (cluster.learner_gpus=1)")
-        if self.dist is not None and device is None:
-            self.device = self.dist.device
-        # bf16 compute over fp32 master weights: an lr-1e-6 update is far below bf16's resolution.
-        # With LoRA only the adapters are trained (peft keeps them float32): the frozen base stays bf16.
-        # master_weights="optimizer" instead runs a bf16 model and keeps the float32 copies beside it.
-        self.autocast = model.dtype == "bfloat16" and optim.fp32_master_weights
+        if self.sharded and device is None:
+            self.device = dist.device
+        self.dist: gdist.RankContext = dist or gdist.LocalContext(self.device)
         self.is_lora = model.lora is not None
-        optimizer_master = self.autocast and not self.is_lora and optim.master_weights == "optimizer"
-        self.autocast = self.autocast and not optimizer_master
-        # sharded: FSDP gathers float32 shards as bf16 for compute, the same split without a second copy
-        fsdp_bf16 = optimizer_master and self.dist is not None
-        optimizer_master = optimizer_master and not fsdp_bf16
-        master = (self.autocast or fsdp_bf16) and not self.is_lora
-        load_cfg = model.model_copy(update={"dtype": "float32"}) if master else model
-        if policy is None:
-            self._model, self._tokenizer = load_policy(load_cfg, device=self.device)
-        else:
-            built, self._tokenizer = policy
-            built.to(torch.float32 if load_cfg.dtype == "float32" else torch.bfloat16)
-            self._model = prepare_policy(built, load_cfg, device=self.device)
+        self.precision = precision(model, optim, sharded=self.sharded)
+        self._model, self._tokenizer = self._load(model.model_copy(update={"dtype": self.precision.load_dtype}), policy)
         self._ref = None
         if algo.kl_coef > 0 and not self.is_lora:
             # the reference computes exactly as the policy's forward does (under autocast: float32
             # weights, bf16 matmuls), so the step-0 KL is exactly 0
             self._ref = copy.deepcopy(self._model).eval().requires_grad_(False)
-            if fsdp_bf16:
+            if self.precision.fsdp_bf16:
                 self._ref.to(torch.bfloat16)
         # model -> its FSDP root (whose forward gives the packed log-probs); empty for one rank
         self._roots: dict[int, Any] = {}
-        if self.dist is not None:
-            self._roots[id(self._model)] = gdist.shard(self._model, self.dist, bf16_compute=fsdp_bf16)
+        if self.sharded:
+            self._roots[id(self._model)] = gdist.shard(self._model, self.dist, bf16_compute=self.precision.fsdp_bf16)
             if self._ref is not None:
                 self._roots[id(self._ref)] = gdist.shard(self._ref, self.dist)
         if model.compile:
             compile_layers(self._model, self.device)
+        self._build_optimizer(optim)
+        self.step = 0
+
+    def _load(self, cfg: ModelConfig, policy: tuple[Any, Any] | None) -> tuple[Any, Any]:
+        """(model, tokenizer): model.path loaded, or the given `policy` prepared, in `cfg.dtype`."""
+        if policy is None:
+            return load_policy(cfg, device=self.device)
+        built, tokenizer = policy
+        built.to(torch.float32 if cfg.dtype == "float32" else torch.bfloat16)
+        return prepare_policy(built, cfg, device=self.device), tokenizer
+
+    def _build_optimizer(self, optim: OptimConfig) -> None:
+        """AdamW over the trainable parameters (or their float32 copies) and the warm-up schedule."""
         params = [p for p in self._model.parameters() if p.requires_grad]
         # (bf16 parameter, its float32 master copy): the optimizer steps the copies
-        self._masters = [(p, p.detach().float().clone()) for p in params] if optimizer_master else []
+        self._masters = [(p, p.detach().float().clone()) for p in params] if self.precision.optimizer_master else []
         if self._masters:
             params = [m for _, m in self._masters]
         # low-precision parameters whose micro-batch gradients are summed in float32 (`_accumulate_grads`)
         self._lowp = [p for p, _ in self._masters] if self._masters else (
-            [p for p in params if p.dtype != torch.float32] if self.dist is None else [])
+            [p for p in params if p.dtype != torch.float32] if not self.sharded else [])
         self._grad32: list[torch.Tensor | None] = [None] * len(self._lowp)
         # fused: one kernel for the whole update on CUDA (the multi-tensor foreach path elsewhere)
         on_cuda = self.device.type == "cuda"
@@ -150,7 +155,6 @@ class Learner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / warm) if warm > 0 else 1.0
         )
-        self.step = 0
         self._graphs_before = compiled_graphs()  # the metric counts this learner's graphs, not the process's
 
     @property
@@ -161,38 +165,49 @@ class Learner:
     def tokenizer(self):
         return self._tokenizer
 
+    @property
+    def autocast(self) -> bool:
+        return self.precision.autocast
+
     # ------------------------------------------------------------ forward helpers
 
     def _rows(self, samples: list[Sample]) -> list[tuple[list[int], PackedRow]]:
-        """Micro-batches as (sample indices, packed row): with share_prompts, the samples of one prompt
-        behind a single copy of it; otherwise each (prompt, response) packed on its own."""
+        """Micro-batches as (sample indices, packed row): with share_prompts, the samples of one GRPO
+        group behind a single copy of their prompt; otherwise each (prompt, response) packed on its own."""
         budget = self.optim_cfg.micro_batch_tokens
-        groups: dict[tuple[int, ...], list[int]] = {}
         if self.optim_cfg.share_prompts and supports_prompt_sharing(self._model):
-            for i, s in enumerate(samples):
-                groups.setdefault(tuple(s.prompt_ids), []).append(i)
-        if 0 < len(groups) < len(samples):
-            prompts = list(groups)
-            members = [[(i, len(samples[i].response_ids)) for i in groups[p]] for p in prompts]
-            rows, ksa_layout = [], uses_ksa_layout(self._model)
-            for units in plan_shared_micro_batches([len(p) for p in prompts], members, budget):
-                size = sum(len(samples[u[0]].prompt_ids) + sum(len(samples[i].response_ids) for i in u) for u in units)
-                # padded to a bucket length: compiled attention and layers see a few shapes, not one per row
-                # (not KSA rows: the KSA model lays its row out with summary slots of its own)
-                row = pack_shared([(samples[u[0]].prompt_ids, [samples[i].response_ids for i in u]) for u in units],
-                                  pad_to=None if ksa_layout else bucket_length(size))
-                rows.append(([i for u in units for i in u], row))
-            return rows
+            groups = _groups(samples)
+            if len(groups) < len(samples):
+                return self._shared_rows(samples, groups, budget)
         lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
         bins = plan_micro_batches(lengths, budget)
         return [(b, pack([samples[i].prompt_ids for i in b], [samples[i].response_ids for i in b])) for b in bins]
 
-    def _logprobs(self, model, row: PackedRow) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+    def _shared_rows(self, samples: list[Sample], groups: list[list[int]], budget: int) -> list[tuple[list[int], PackedRow]]:
+        prompts = [samples[g[0]].prompt_ids for g in groups]
+        members = [[(i, len(samples[i].response_ids)) for i in g] for g in groups]
+        rows, ksa_layout = [], uses_ksa_layout(self._model)
+        for units in plan_shared_micro_batches([len(p) for p in prompts], members, budget):
+            size = sum(len(samples[u[0]].prompt_ids) + sum(len(samples[i].response_ids) for i in u) for u in units)
+            # padded to a bucket length: compiled attention and layers see a few shapes, not one per row
+            # (not KSA rows: the KSA model lays its row out with summary slots of its own)
+            row = pack_shared([(samples[u[0]].prompt_ids, [samples[i].response_ids for i in u]) for u in units],
+                              pad_to=None if ksa_layout else bucket_length(size))
+            rows.append(([i for u in units for i in u], row))
+        return rows
+
+    def _forward(self, model, row: PackedRow) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-sequence log-probs and entropies of one row; the caller holds `shared_attention(model, row)`."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision.autocast):
             root = self._roots.get(id(model))
             if root is not None:
                 return root.logprobs(row, self.optim_cfg.logprob_chunk, self.temperature)
-            return packed_logprobs(model, row, chunk=self.optim_cfg.logprob_chunk, temperature=self.temperature)
+            return row_logprobs(model, row, chunk=self.optim_cfg.logprob_chunk, temperature=self.temperature)
+
+    def _logprobs(self, model, row: PackedRow) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """`_forward` under the row's attention (for a forward with no backward to follow)."""
+        with shared_attention(model, row):
+            return self._forward(model, row)
 
     @torch.no_grad()
     def compute_logprobs(self, samples: list[Sample]) -> list[torch.Tensor]:
@@ -244,16 +259,14 @@ class Learner:
                         row, [plan.samples[i] for i in idx], old[k][r] if old else None, ref[k][r] if ref else None,
                         plan.total, weight=row.response_tokens / max(plan.tokens, 1),
                     )
-                    for name, v in part.items():
-                        sums[name] = sums.get(name, 0.0) + v
+                    _add(sums, part)
                     if update == 0:
                         # tokens through the model (shared prompts once), counted over the first pass
-                        sums["packed_tokens"] = sums.get("packed_tokens", 0.0) + float(row.input_ids.shape[1] - row.padding)
-                        sums["pad_tokens"] = sums.get("pad_tokens", 0.0) + float(row.padding)
+                        _add(sums, {"packed_tokens": float(row.input_ids.shape[1] - row.padding),
+                                    "pad_tokens": float(row.padding)})
                         for i, lp in zip(idx, old[k][r] if old else logps, strict=True):
                             learner_lps[id(plan.samples[i])] = lp
-                steps.append({**(self.dist.sum_dicts(sums) if self.dist is not None else sums),
-                              "grad_norm": self._optimizer_step()})
+                steps.append({**self.dist.sum_dicts(sums), "grad_norm": self._optimizer_step()})
         metrics = {name: sum(st.get(name, 0.0) for st in steps) / len(steps) for name in steps[0]}
         for name in ("packed_tokens", "pad_tokens"):
             metrics[name] = sum(st.get(name, 0.0) for st in steps)
@@ -261,7 +274,7 @@ class Learner:
         self.scheduler.step()
         self.step += 1
         mine = [s for p in plans for s in p.samples]
-        metrics.update(self._drift_metrics(mine, [learner_lps.get(id(s)) for s in mine]))
+        metrics.update(sampler_drift(mine, [learner_lps.get(id(s)) for s in mine], self.dist))
         elapsed = time.perf_counter() - t0
         metrics.update(tokens=float(sum(len(s.prompt_ids) + len(s.response_ids) for s in samples)),
                        response_tokens=float(sum(len(s.response_ids) for s in samples)), learner_time_s=elapsed)
@@ -271,22 +284,13 @@ class Learner:
 
     def _plan(self, mini_batch: list[Sample]) -> _MiniBatch:
         """This rank's packed rows of one mini-batch and the mini-batch's (all ranks') loss denominators."""
-        mine = mini_batch
-        if self.dist is not None:  # this rank's share; the denominators stay the whole mini-batch's
-            mine = [mini_batch[i] for i in self.dist.my_share([len(s.prompt_ids) + len(s.response_ids) for s in mini_batch])]
-        rows = self._rows(mine)
-        if self.dist is not None:
-            rows = gdist.pad_rows(rows, self.dist)
+        # this rank's share, padded with idle rows to the busiest rank's count; the denominators stay
+        # the whole mini-batch's
+        mine = [mini_batch[i] for i in self.dist.my_share([len(s.prompt_ids) + len(s.response_ids) for s in mini_batch])]
+        rows = gdist.pad_rows(self._rows(mine), self.dist)
         tokens = sum(len(s.response_ids) for s in mini_batch)
         total = tokens if self.algo_cfg.loss_agg == "token-mean" else sum(1 for s in mini_batch if s.response_ids)
         return _MiniBatch(mine, rows, total, tokens)
-
-    def _drift_metrics(self, samples: list[Sample], learner_lps: list[torch.Tensor | None]) -> dict[str, float]:
-        if self.dist is not None:
-            return gdist.global_drift(self.dist, [
-                (s.sampler_logprobs, lp) for s, lp in zip(samples, learner_lps, strict=True)
-                if s.sampler_logprobs is not None and lp is not None and len(s.sampler_logprobs)])
-        return self._drift(samples, learner_lps)
 
     def _policy_mode(self) -> None:
         """Train mode (gradient checkpointing, KSA training paths) with every dropout off: the rollout
@@ -313,16 +317,14 @@ class Learner:
         """Forward + backward of one packed row; returns its share of the metrics and its detached log-probs."""
         with shared_attention(self._model, row):  # checkpointed layers recompute in backward under it too
             algo = self.algo_cfg
-            logps, ents = self._logprobs(self._model, row)
+            logps, ents = self._forward(self._model, row)
             detached = [lp.detach() for lp in logps]
             lp, mask = pad_stack(logps)
             olp, _ = pad_stack(old if old is not None else detached)  # one step: old = current, ratio 1
             adv = torch.tensor([s.advantage for s in samples], dtype=torch.float32, device=lp.device)
             weights, is_metrics = self._is_weights(samples, old if old is not None else detached, olp, mask)
-            pg, pm = policy_loss(
-                lp, olp, adv, mask, clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
-                agg=algo.loss_agg, total=total, norm_len=algo.loss_norm_tokens, is_weights=weights,
-            )
+            pg, pm = compute_policy_loss(algo.policy_loss, lp, olp, adv, mask, agg=algo.loss_agg, total=total,
+                                         norm_len=algo.loss_norm_tokens, is_weights=weights, config=algo)
             loss, kl = pg, torch.zeros((), device=lp.device)
             if ref is not None:
                 kl = aggregate(kl_penalty(lp, pad_stack(ref)[0], algo.kl_type), mask, algo.loss_agg, total=total,
@@ -355,7 +357,7 @@ class Learner:
 
     def _idle_micro_batch(self, row: PackedRow) -> None:
         """Forward + backward with a zero loss: keeps this rank in step with the others' FSDP collectives."""
-        logps, _ = self._logprobs(self._model, row)
+        logps, _ = self._forward(self._model, row)  # an idle row is never a shared-prompt row
         (torch.cat(logps).sum() * 0.0).backward()
         self._accumulate_grads()
 
@@ -387,23 +389,6 @@ class Learner:
                     p.copy_(m)
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor when sharded
 
-    @staticmethod
-    def _drift(samples: list[Sample], learner_lps: list[torch.Tensor | None]) -> dict[str, float]:
-        """Sampler-vs-learner log-prob drift over response tokens: mean |diff| and k3 KL(sampler || learner)."""
-        diffs, kls = [], []
-        for s, lp in zip(samples, learner_lps, strict=True):
-            if s.sampler_logprobs is None or lp is None or not len(s.sampler_logprobs):
-                continue
-            if len(s.sampler_logprobs) != lp.numel():
-                raise ValueError(f"sample has {len(s.sampler_logprobs)} sampler logprobs for {lp.numel()} response tokens")
-            sp = torch.tensor(s.sampler_logprobs, dtype=torch.float32)
-            lp = lp.float().cpu()
-            diffs.append((sp - lp).abs())
-            kls.append(kl_penalty(sp, lp, "k3"))
-        if not diffs:
-            return {}
-        return {"drift": float(torch.cat(diffs).mean()), "drift_kl": float(torch.cat(kls).mean())}
-
     # ------------------------------------------------------------ weights for the rollout engine
 
     @torch.no_grad()
@@ -414,7 +399,7 @@ class Learner:
         def cast(v: torch.Tensor) -> torch.Tensor:
             return v.detach().to(dtype) if v.is_floating_point() else v.detach()
 
-        if self.dist is not None:  # collective: every rank calls; rank 0 gets the weights (CPU), others {}
+        if self.sharded:  # collective: every rank calls; rank 0 gets the weights (CPU), others {}
             full: dict[str, torch.Tensor] = {}
             for bucket in gdist.iter_full_state(self._model, self.dist, dtype):
                 full.update(bucket)
@@ -437,22 +422,17 @@ class Learner:
             merged[name] = cast(value)
         return merged
 
-    def adapter_state_for_sync(self) -> dict[str, torch.Tensor]:
-        """Only the LoRA adapter tensors (peft naming), for engines that load adapters."""
-        if not self.is_lora:
-            raise ValueError("adapter_state_for_sync needs model.lora to be set")
-        from peft import get_peft_model_state_dict
-
-        return {k: v.detach() for k, v in get_peft_model_state_dict(self._model).items()}
-
     # ------------------------------------------------------------ checkpoints
 
     def save(self, path: str | Path) -> Path:
-        """Atomically write model (or adapter) + tokenizer + optimizer/scheduler/RNG state to `path`."""
+        """Atomically write model (or adapter) + tokenizer + optimizer/scheduler state to `path`.
+
+        No RNG state: the learner draws no random numbers after it is built (dropout is off); a run's
+        RNG state is saved once, by golong.checkpoint."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        if self.dist is not None:  # collective: the full state gathered to rank 0, which writes
+        if self.sharded:  # collective: the full state gathered to rank 0, which writes
             return self._save_sharded(path, tmp)
         tmp.mkdir(parents=True)
         self._model.save_pretrained(tmp / "model")
@@ -462,8 +442,6 @@ class Learner:
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "master_weights": [m for _, m in self._masters],
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
         torch.save(state, tmp / "trainer_state.pt")
         self._publish(tmp, path)
@@ -479,13 +457,23 @@ class Learner:
         shutil.rmtree(old, ignore_errors=True)
 
     def _save_sharded(self, path: Path, tmp: Path) -> Path:
-        """`save` over several ranks: weights and optimizer state gathered to rank 0 (CPU), written there."""
+        """`save` over several ranks: model (HF layout), tokenizer and the full optimizer state gathered to
+        rank 0 (CPU) and written there."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(self._model, options=opts)
+        optim = get_optimizer_state_dict(self._model, self.optimizer, options=opts)
         if self.dist.rank == 0:
             tmp.mkdir(parents=True)
-        gdist.save_checkpoint(self, tmp)
-        if self.dist.rank == 0:
-            torch.save({"scheduler": self.scheduler.state_dict(), "step": self.step, "master_weights": [],
-                        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "cuda": None}},
+            self._model.save_pretrained(tmp / "model", state_dict=weights)
+            self._tokenizer.save_pretrained(tmp / "model")
+            torch.save({"optimizer": optim, "sharded": True}, tmp / "optimizer.pt")
+            torch.save({"scheduler": self.scheduler.state_dict(), "step": self.step, "master_weights": []},
                        tmp / "trainer_state.pt")
             self._publish(tmp, path)
         torch.distributed.barrier()
@@ -498,16 +486,15 @@ class Learner:
             raise FileNotFoundError(f"{path} is not a golong learner checkpoint (no trainer_state.pt)")
         from safetensors.torch import load_file
 
-        files = sorted((path / "model").glob("*.safetensors"))
         weights: dict[str, torch.Tensor] = {}
-        for f in files:
+        for f in sorted((path / "model").glob("*.safetensors")):
             weights.update(load_file(str(f)))
         if self.is_lora:
             from peft import set_peft_model_state_dict
 
             set_peft_model_state_dict(self._model, weights)
-        elif self.dist is not None:  # every rank reads the full files and keeps its shards
-            gdist.load_checkpoint(self, path, weights)
+        elif self.sharded:
+            self._load_sharded(path, weights)
         else:
             missing, unexpected = self._model.load_state_dict(weights, strict=False)
             tied = {k for k in missing if self._is_tied(k)}
@@ -518,14 +505,23 @@ class Learner:
         with torch.no_grad():  # the float32 copies, or (older checkpoints) the bf16 weights upcast
             for i, (p, m) in enumerate(self._masters):
                 m.copy_(saved[i] if i < len(saved) else p.float())
-        if self.dist is None:
+        if not self.sharded:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def _load_sharded(self, path: Path, weights: dict[str, torch.Tensor]) -> None:
+        """`load` over several ranks: every rank reads the full weights and optimizer state and keeps its shards."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(self._model, weights, options=opts)
+        optim = torch.load(path / "optimizer.pt", weights_only=True)["optimizer"]  # plain data only
+        set_optimizer_state_dict(self._model, self.optimizer, optim, options=opts)
 
     def _is_tied(self, key: str) -> bool:
         out = self._model.get_output_embeddings()
@@ -547,33 +543,51 @@ def _mini_batches(samples: list[Sample], n: int) -> list[list[Sample]]:
     return [samples[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
-def compiled_graphs() -> float:
-    """Graphs torch.compile has built in this process so far (each recompile counts one more): the
-    compiled decoder layers and the compiled FlexAttention of shared-prompt rows. The learner's metric
-    `compiled_graphs` counts those built since it was created: a long run should settle, not grow
-    with every step."""
-    from torch._dynamo.utils import counters
-
-    return float(counters["stats"]["unique_graphs"])
-
-
-def compile_layers(model: Any, device: torch.device) -> None:
-    """torch.compile each decoder layer in place (one graph shared by the identical layers; after FSDP
-    sharding, as FSDP2 expects). Checkpointing and LoRA stay as they are: the layer's forward is what
-    is compiled and recomputed. KSA layers compile too: their masks are built before the layers run,
-    the Triton kernels are opaque custom ops (ksa/triton_attention.py), and layers of one window share
-    a graph."""
-    if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
-        raise ModelLoadError("model.compile on the CPU needs a C++ compiler (install g++), or set model.compile: false")
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    # compile in this process: inductor's pool of forked compile workers once held a benchmark's exit
-    # for its 300 s shutdown timeout on an H200 machine (set TORCHINDUCTOR_COMPILE_THREADS to override)
-    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
-        from torch._inductor import config as inductor_config
-
-        inductor_config.compile_threads = 1
-    for layer in gdist.decoder_layers(model):
-        layer.compile()
+def _groups(samples: list[Sample]) -> list[list[int]]:
+    """Sample indices of each GRPO group, in order of first appearance; a sample without a group id is a
+    group of its own. A group's samples share one prompt (it is packed once for all of them)."""
+    out: list[list[int]] = []
+    where: dict[Hashable, int] = {}
+    for i, s in enumerate(samples):
+        if s.group_id is None:
+            out.append([i])
+            continue
+        if s.group_id not in where:
+            where[s.group_id] = len(out)
+            out.append([])
+        members = out[where[s.group_id]]
+        first = samples[members[0]].prompt_ids if members else s.prompt_ids
+        if first is not s.prompt_ids and first != s.prompt_ids:
+            raise ValueError(f"group {s.group_id!r} holds samples of different prompts")
+        members.append(i)
+    return out
 
 
-__all__ = ["Learner", "Sample", "load_policy", "ModelLoadError"]
+def _add(sums: dict[str, float], part: dict[str, float]) -> None:
+    for name, v in part.items():
+        sums[name] = sums.get(name, 0.0) + v
+
+
+def sampler_drift(samples: list[Sample], learner_lps: list[torch.Tensor | None], ctx: gdist.RankContext) -> dict[str, float]:
+    """Sampler-vs-learner log-prob drift over the response tokens of every rank: mean |diff| and mean
+    k3 KL(sampler || learner). Samples without sampler log-probs (or learner ones) are left out; no
+    such token anywhere gives {}."""
+    diffs, kls = [torch.zeros(0)], [torch.zeros(0)]
+    for s, lp in zip(samples, learner_lps, strict=True):
+        if s.sampler_logprobs is None or lp is None or not len(s.sampler_logprobs):
+            continue
+        if len(s.sampler_logprobs) != lp.numel():
+            raise ValueError(f"sample has {len(s.sampler_logprobs)} sampler logprobs for {lp.numel()} response tokens")
+        sp, lp = torch.tensor(s.sampler_logprobs, dtype=torch.float32), lp.float().cpu()
+        diffs.append((sp - lp).abs())
+        kls.append(kl_penalty(sp, lp, "k3"))
+    d, k = torch.cat(diffs), torch.cat(kls)
+    s_abs, s_kl, n = ctx.all_sum([float(d.sum()), float(k.sum()), d.numel()])
+    if not n:
+        return {}
+    # divided in float32: on one rank exactly the float32 mean of the tokens
+    drift, drift_kl = (torch.tensor([s_abs, s_kl], dtype=torch.float32) / n).tolist()
+    return {"drift": drift, "drift_kl": drift_kl}
+
+
+__all__ = ["Learner", "Sample", "sampler_drift"]

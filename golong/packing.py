@@ -418,18 +418,31 @@ def packed_logprobs(
     """Per-sequence response log-probs and entropies (lists of [R_i] float32 tensors) of one packed row.
 
     Gradients flow into the log-probs when grad is enabled; entropies are always detached.
-    `temperature` divides the logits (match the sampler's temperature for exact ratios).
+    `temperature` divides the logits (match the sampler's temperature for exact ratios). A backward
+    through a shared-prompt row's checkpointed layers needs `shared_attention` held until it is done:
+    such callers hold it themselves and call `row_logprobs`.
     """
+    with shared_attention(model, row):
+        return row_logprobs(model, row, chunk=chunk, temperature=temperature)
+
+
+def row_logprobs(
+    model,
+    row: PackedRow,
+    *,
+    chunk: int = 1024,
+    temperature: float = 1.0,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """`packed_logprobs` for a caller that holds `shared_attention(model, row)` (a no-op for other rows)."""
     decoder, head, config = _base_and_head(model)
     device = next(model.parameters()).device
     if row.members is not None and uses_ksa_layout(model):
         hidden = _ksa_shared_hidden(model, row)
-    elif row.members is not None:  # (the caller holds shared_attention over backward too)
-        with shared_attention(model, row):
-            out = decoder(
-                input_ids=row.input_ids.to(device), position_ids=row.position_ids.to(device), use_cache=False,
-                golong_mask=shared_mask(row, device),
-            )
+    elif row.members is not None:
+        out = decoder(
+            input_ids=row.input_ids.to(device), position_ids=row.position_ids.to(device), use_cache=False,
+            golong_mask=shared_mask(row, device),
+        )
         hidden = out.last_hidden_state[0]
     elif supports_packing(model):
         out = decoder(

@@ -318,10 +318,10 @@ class Trainer:
         reward_types = [g.prompt.reward_type for g in groups for _ in g.completions]
         adv = compute_advantages(a.estimator, rewards, group_ids, reward_types, **a.estimator_params).tolist()
         comps = [c for g in groups for c in g.completions]
-        samples = [
+        samples = [  # each carries its group id, so the learner packs a group behind one copy of its prompt
             Sample(prompt_ids=c.prompt_ids, response_ids=c.response_ids, advantage=float(x),
-                   sampler_logprobs=c.logprobs, reward_type=t)
-            for c, x, t in zip(comps, adv, reward_types, strict=True)
+                   sampler_logprobs=c.logprobs, reward_type=t, group_id=gi)
+            for c, x, t, gi in zip(comps, adv, reward_types, group_ids, strict=True)
         ]
         return samples, adv
 

@@ -121,7 +121,7 @@ def test_run_folder_of_a_real_checkpoint_loads(tiny_model_dir, tmp_path):
     from golong.evaluate import load_model
     from golong.learner import Learner
 
-    learner = Learner(ModelConfig(path=str(tiny_model_dir)), OptimConfig(), AlgoConfig(), total_steps=1, device="cpu")
+    learner = Learner(ModelConfig(path=str(tiny_model_dir)), OptimConfig(), AlgoConfig(), device="cpu")
     with torch.no_grad():
         learner.model.model.norm.weight.fill_(0.5)  # "trained": differs from the base
     for step in (1, 2):

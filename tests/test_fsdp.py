@@ -1,6 +1,6 @@
 """Several learner ranks (FSDP2 over gloo, on CPU) train exactly like one process on the same batch.
 
-Each case launches `python -m golong.distributed` twice on the tiny model: once as one plain process
+Each case launches `python -m tests.fsdp_check` twice on the tiny model: once as one plain process
 (no torch.distributed: the ordinary Learner) and once as 2 ranks under torchrun; both run train steps
 on the same synthetic batch (lengths 6-46 tokens, advantages of both signs) and write loss, grad-norm
 and the gathered full weights. The batches are chosen so the ranks get different numbers of
@@ -18,17 +18,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from golong.distributed import split_by_tokens, synthetic_batch
+from golong.distributed import split_by_tokens
 from golong.packing import plan_micro_batches
+from tests.fsdp_check import synthetic_batch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 KEYS = ("loss", "pg_loss", "kl", "entropy", "clip_frac", "approx_kl", "grad_norm", "drift", "drift_kl")
 
 
 def _launch(model_dir: Path, out: Path, nproc: int, *extra: str, device: str = "cpu") -> tuple[dict, dict[str, torch.Tensor]]:
-    cmd = [sys.executable, "-m", "golong.distributed", "--nproc", str(nproc), "--model", str(model_dir),
+    cmd = [sys.executable, "-m", "tests.fsdp_check", "--nproc", str(nproc), "--model", str(model_dir),
            "--out", str(out), "--device", device, "--save-weights", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHELASTIC_ERROR_FILE": ""}
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    run = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return json.loads(out.read_text()), torch.load(out.with_suffix(".pt"))
 

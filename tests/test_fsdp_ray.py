@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from golong.distributed import synthetic_batch
+from tests.fsdp_check import synthetic_batch
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -14,8 +14,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def test_learner_group_matches_one_learner(ray_session, tiny_model_dir, tmp_path):
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    from golong.cluster import build_learner
-    from golong.distributed import LearnerGroup
+    from golong.roles import LearnerGroup, build_learner
     from tests.test_trainer import recipe
 
     r = recipe(tiny_model_dir, tmp_path / "run", optim__micro_batch_tokens=40, optim__lr=1e-3,

@@ -91,7 +91,7 @@ def _logprobs_and_grads(model, row):
 def test_compiled_ksa_model_equals_eager(tiny_tokenizer, impl, extra):
     """golong's compile_layers on a KSA policy: log-probs and parameter gradients of packed pairs and of
     a shared-prompt row (on the CPU through its dense mask) equal the eager model's."""
-    from golong.learner import compile_layers
+    from golong.models import compile_layers
 
     _, model = ksa_tiny(tiny_tokenizer, windows=(1, 3, 1), chunk=4, impl=impl, **extra)
     model.train()
@@ -125,7 +125,7 @@ def test_ksa_policy_with_compile_trains_like_eager(tiny_model_dir):
     runs = []
     for compile_ in (False, True):
         cfg = ModelConfig(path=str(tiny_model_dir), compile=compile_, ksa={"chunk": 4, "windows": [1, 1]})
-        learner = Learner(cfg, OptimConfig(lr=1e-3), AlgoConfig(), total_steps=10, device="cpu")
+        learner = Learner(cfg, OptimConfig(lr=1e-3), AlgoConfig(), device="cpu")
         assert (learner.model.model.layers[0]._compiled_call_impl is not None) == compile_
         metrics = learner.train_step(samples)
         runs.append((metrics, torch.cat([p.detach().flatten() for p in learner.model.parameters()])))
@@ -169,7 +169,7 @@ def test_layers_of_one_window_share_a_graph(tiny_tokenizer):
     windows (and summary q/k/v hooks) make two graphs, not four (compile time on a 28-layer model)."""
     from torch._dynamo.utils import counters
 
-    from golong.learner import compile_layers
+    from golong.models import compile_layers
 
     _, model = ksa_tiny(tiny_tokenizer, windows=(1, 1, 3, 1), chunk=4, summary_qkv=True, mix_coeff=0.5)
     torch._dynamo.reset()

@@ -21,7 +21,7 @@ def ksa_learner(model_dir, kl_coef=0.0, ksa=KSA):
 
     cfg = ModelConfig(path=str(model_dir), ksa=ksa)
     return Learner(cfg, OptimConfig(lr=1e-3, micro_batch_tokens=4096), AlgoConfig(kl_coef=kl_coef),
-                   total_steps=2, device="cpu")
+                   device="cpu")
 
 
 def forward_logprobs(model, prompt: list[int], response: list[int], temperature: float = 1.0) -> torch.Tensor:

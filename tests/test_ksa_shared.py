@@ -190,14 +190,15 @@ def test_learner_shares_prompts_of_a_ksa_policy(tiny_model_dir, checkpointing):
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(5, 200, (n,), generator=g).tolist() for n in (30, 13)]
     samples = [
-        Sample(prompt_ids=prompts[k], response_ids=torch.randint(5, 200, (r,), generator=g).tolist(), advantage=a)
+        Sample(prompt_ids=prompts[k], response_ids=torch.randint(5, 200, (r,), generator=g).tolist(), advantage=a,
+               group_id=k)
         for k, r, a in [(0, 6, 1.0), (0, 11, -1.0), (0, 3, 0.5), (1, 7, 1.0), (1, 5, -0.5)]
     ]
     runs = []
     for share in (True, False):
         model = ModelConfig(path=str(tiny_model_dir), ksa={"chunk": 4, "windows": [1, 3]}, gradient_checkpointing=checkpointing)
         learner = Learner(model, OptimConfig(lr=1e-3, share_prompts=share, micro_batch_tokens=64), AlgoConfig(),
-                          total_steps=10, device="cpu")
+                          device="cpu")
         rows = learner._rows(samples)
         assert all((row.members is not None) == share for _, row in rows)
         metrics = learner.train_step(samples)

@@ -45,7 +45,7 @@ def test_ksa_policy_trains_and_checkpoints(tiny_model_dir, tmp_path):
     from golong.learner import Learner, Sample
 
     cfg = ModelConfig(path=str(tiny_model_dir), ksa={"chunk": 4, "windows": [1, 3]})
-    learner = Learner(cfg, OptimConfig(lr=3e-3, micro_batch_tokens=24), AlgoConfig(), total_steps=3, device="cpu")
+    learner = Learner(cfg, OptimConfig(lr=3e-3, micro_batch_tokens=24), AlgoConfig(), device="cpu")
     assert learner.model.config.model_type == "ksa_qwen3"
     s = Sample(prompt_ids=list(range(10, 23)), response_ids=[30, 31, 32, 33, 34, 35], advantage=1.0)
     before = learner.compute_logprobs([s])[0].sum().item()

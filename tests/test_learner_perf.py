@@ -85,9 +85,9 @@ def test_built_policy_trains_like_the_loaded_one(tiny_model_dir, tiny_tokenizer)
 
     cfg = ModelConfig(path=str(tiny_model_dir), gradient_checkpointing=True)
     optim, algo = OptimConfig(lr=1e-3, logprob_chunk=2), AlgoConfig()
-    loaded = Learner(cfg, optim, algo, total_steps=2, device="cpu")
+    loaded = Learner(cfg, optim, algo, device="cpu")
     built = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
-    given = Learner(cfg, optim, algo, total_steps=2, device="cpu", policy=(built, tiny_tokenizer))
+    given = Learner(cfg, optim, algo, device="cpu", policy=(built, tiny_tokenizer))
     a, b = loaded.train_step(_samples()), given.train_step(_samples())
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
     assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
@@ -97,7 +97,7 @@ def test_built_policy_trains_like_the_loaded_one(tiny_model_dir, tiny_tokenizer)
 
 def test_bf16_lora_keeps_the_frozen_base_in_bf16_and_adapters_in_fp32(tiny_model_dir):
     cfg = ModelConfig(path=str(tiny_model_dir), dtype="bfloat16", lora=LoraConfig(r=4, alpha=8))
-    learner = Learner(cfg, OptimConfig(lr=1e-2), AlgoConfig(), total_steps=2, device="cpu")
+    learner = Learner(cfg, OptimConfig(lr=1e-2), AlgoConfig(), device="cpu")
     frozen = {p.dtype for p in learner.model.parameters() if not p.requires_grad}
     trained = {n: p for n, p in learner.model.named_parameters() if p.requires_grad}
     assert frozen == {torch.bfloat16}
@@ -114,7 +114,7 @@ def _flat(tensors) -> torch.Tensor:
 
 def test_optimizer_held_master_weights_keep_small_updates(tiny_model_dir):
     cfg = ModelConfig(path=str(tiny_model_dir), dtype="bfloat16")
-    learner = Learner(cfg, OptimConfig(lr=1e-6, master_weights="optimizer"), AlgoConfig(), total_steps=2, device="cpu")
+    learner = Learner(cfg, OptimConfig(lr=1e-6, master_weights="optimizer"), AlgoConfig(), device="cpu")
     params = list(learner.model.parameters())
     assert {p.dtype for p in params} == {torch.bfloat16}
     masters = [m for _, m in learner._masters]
@@ -133,8 +133,8 @@ def test_optimizer_held_master_weights_follow_the_fp32_model_update(tiny_model_d
     land, up to bf16 activation rounding (Adam's first step is lr * g / |g| per weight)."""
     cfg = ModelConfig(path=str(tiny_model_dir), dtype="bfloat16")
     optim = dict(lr=1e-3, weight_decay=0.0)
-    held = Learner(cfg, OptimConfig(**optim, master_weights="optimizer"), AlgoConfig(), total_steps=2, device="cpu")
-    model = Learner(cfg, OptimConfig(**optim), AlgoConfig(), total_steps=2, device="cpu")
+    held = Learner(cfg, OptimConfig(**optim, master_weights="optimizer"), AlgoConfig(), device="cpu")
+    model = Learner(cfg, OptimConfig(**optim), AlgoConfig(), device="cpu")
     start = _flat(model.model.parameters()).clone()
     held.train_step(_samples())
     model.train_step(_samples())
@@ -148,10 +148,10 @@ def test_optimizer_held_master_weights_follow_the_fp32_model_update(tiny_model_d
 def test_optimizer_held_master_weights_survive_save_and_load(tiny_model_dir, tmp_path):
     cfg = ModelConfig(path=str(tiny_model_dir), dtype="bfloat16")
     optim = OptimConfig(lr=1e-5, master_weights="optimizer")
-    a = Learner(cfg, optim, AlgoConfig(), total_steps=4, device="cpu")
+    a = Learner(cfg, optim, AlgoConfig(), device="cpu")
     a.train_step(_samples())
     a.save(tmp_path / "ckpt")
-    b = Learner(cfg, optim, AlgoConfig(), total_steps=4, device="cpu")
+    b = Learner(cfg, optim, AlgoConfig(), device="cpu")
     b.load(tmp_path / "ckpt")
     torch.testing.assert_close(_flat(m for _, m in b._masters), _flat(m for _, m in a._masters), rtol=0, atol=0)
     a.train_step(_samples())
@@ -174,7 +174,7 @@ def test_compiled_layers_train_like_eager_ones(tiny_model_dir, checkpointing):
     runs = []
     for compile_ in (False, True):
         cfg = ModelConfig(path=str(tiny_model_dir), compile=compile_, gradient_checkpointing=checkpointing)
-        learner = Learner(cfg, OptimConfig(lr=1e-3), AlgoConfig(), total_steps=10, device="cpu")
+        learner = Learner(cfg, OptimConfig(lr=1e-3), AlgoConfig(), device="cpu")
         metrics = learner.train_step(samples)
         runs.append((metrics, torch.cat([p.detach().flatten() for p in learner.model.parameters()])))
     (eager, w_eager), (compiled, w_compiled) = runs
@@ -202,14 +202,15 @@ def test_shared_prompts_train_like_separate_sequences(tiny_model_dir, policy):
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(5, 200, (n,), generator=g).tolist() for n in (30, 12)]
     samples = [
-        Sample(prompt_ids=prompts[k], response_ids=torch.randint(5, 200, (r,), generator=g).tolist(), advantage=a)
+        Sample(prompt_ids=prompts[k], response_ids=torch.randint(5, 200, (r,), generator=g).tolist(), advantage=a,
+               group_id=k)
         for k, r, a in [(0, 6, 1.0), (0, 9, -1.0), (0, 3, 0.5), (1, 7, 1.0), (1, 5, -0.5)]
     ]
     runs = []
     for share in (True, False):
         model = ModelConfig(path=str(tiny_model_dir), gradient_checkpointing=policy is not None, checkpoint_policy=policy or "full")
         learner = Learner(model, OptimConfig(lr=1e-3, share_prompts=share, micro_batch_tokens=48),
-                          AlgoConfig(), total_steps=10, device="cpu")
+                          AlgoConfig(), device="cpu")
         metrics = learner.train_step(samples)
         weights = torch.cat([p.detach().flatten() for p in learner.model.parameters()])
         runs.append((metrics["packed_tokens"], metrics, weights))
@@ -227,4 +228,4 @@ def test_compile_without_a_cpu_compiler_is_a_one_line_error(tiny_model_dir, monk
 
     monkeypatch.setattr(learner_mod.shutil, "which", lambda name: None)
     with pytest.raises(ModelLoadError, match="needs a C\\+\\+ compiler"):
-        Learner(ModelConfig(path=str(tiny_model_dir), compile=True), OptimConfig(), AlgoConfig(), total_steps=1, device="cpu")
+        Learner(ModelConfig(path=str(tiny_model_dir), compile=True), OptimConfig(), AlgoConfig(), device="cpu")
