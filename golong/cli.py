@@ -350,32 +350,31 @@ def train(
 
     out = resume or cfg.trainer.output_dir
     again = f"golong train --resume {shlex.quote(str(out))}"
-    try:
-        trainer = Trainer(cfg, resume=resume, overwrite=overwrite, overrides=extra)
-    except KeyboardInterrupt:
-        typer.echo(f"\nstopped during start-up, before any training; start it with: {again}", err=True)
-        raise typer.Exit(130) from None
-    except Exception as e:
-        line = _user_error_line(e)
-        if line is None:
-            raise
-        _fail(line)
-    try:
-        trainer.run()
-    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, the newest checkpoint stays
-        typer.echo(f"\nstopped at once at {trainer.progress_text()}; resume from the newest checkpoint with: {again}", err=True)
-        raise typer.Exit(130) from None
-    except Exception as e:
-        line = _user_error_line(e)
-        if line is None:
-            raise
-        _fail(line)
+    trainer = _user_run(lambda: Trainer(cfg, resume=resume, overwrite=overwrite, overrides=extra),
+                        lambda: f"stopped during start-up, before any training; start it with: {again}")
+    # a second Ctrl-C stops at once; the newest checkpoint stays
+    _user_run(trainer.run, lambda: f"stopped at once at {trainer.progress_text()}; resume from the newest "
+                                   f"checkpoint with: {again}")
     console = _console()
     _print_summary(trainer, console)
     if trainer.stop_signal is not None:  # SIGINT/SIGTERM: checkpoint saved; exit 128+signal (130 / 143)
         typer.echo(f"stopped at {trainer.progress_text()}; resume with: {again}")
         raise typer.Exit(128 + trainer.stop_signal)
     typer.echo(f"done: {trainer.step} steps; metrics in {trainer.out / 'metrics.jsonl'}")
+
+
+def _user_run(work, interrupted):
+    """work(); Ctrl-C prints interrupted() and exits 130; an error the user can fix is one line."""
+    try:
+        return work()
+    except KeyboardInterrupt:
+        typer.echo(f"\n{interrupted()}", err=True)
+        raise typer.Exit(130) from None
+    except Exception as e:
+        line = _user_error_line(e)
+        if line is None:
+            raise
+        _fail(line)
 
 
 def _print_summary(trainer, console) -> None:

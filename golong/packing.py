@@ -40,8 +40,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ksa import is_ksa
+from ksa.flex_attention import TILE  # FlexAttention's tile (BLOCK_SIZE); bucket lengths are multiples of it
 
-TILE = 128  # FlexAttention's default tile (BLOCK_SIZE); bucket lengths are multiples of it
 SLAB_COUNTS = 1 << 24  # shared_block_mask: key counts held at once (one slab of query tiles)
 
 
@@ -318,7 +318,7 @@ def shared_block_mask(row: PackedRow, device):
     row of the q tile sees all TILE keys, partial when some sees some; computed one slab of q tiles
     at a time (O(L^2 / TILE) integers in all, on `device`). Equal to create_block_mask's
     (tests/test_packing_buckets.py)."""
-    from torch.nn.attention.flex_attention import BlockMask
+    from ksa.flex_attention import tiles_block_mask
 
     docs, members = row.docs.to(device), row.members.to(device)
     length = docs.numel()
@@ -339,19 +339,9 @@ def shared_block_mask(row: PackedRow, device):
         all_tile[r0:r1] = (seen == TILE).all(1)
     if length % TILE:  # a ragged last key tile is never full (its tail keys do not exist)
         all_tile[:, -1] = False
-    partial = any_tile & ~all_tile
-    lists = [x for t in (partial, all_tile) for x in _tile_lists(t)]
     pad_docs = torch.cat([docs, docs.new_full((n_tiles * TILE - length,), -1)])
     pad_members = torch.cat([members, members.new_full((n_tiles * TILE - length,), -1)])
-    return BlockMask.from_kv_blocks(*lists, BLOCK_SIZE=TILE, mask_mod=_shared_rule(pad_docs, pad_members),
-                                    seq_lengths=(length, length))
-
-
-def _tile_lists(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bool [nq, nk] -> (count [1, 1, nq], key tile indices [1, 1, nq, nk], the set ones first, ascending)."""
-    num = tiles.sum(-1, dtype=torch.int32)
-    idx = torch.argsort(tiles.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
-    return num[None, None], idx[None, None]
+    return tiles_block_mask(any_tile, all_tile, _shared_rule(pad_docs, pad_members), length)
 
 
 def _varlen_kwargs(row: PackedRow, config, device) -> dict:

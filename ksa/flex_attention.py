@@ -39,12 +39,19 @@ def flex_prefix_attention(
     """softmax(q k^T * scale + KSA mask) v with q, k, v ([B, H, L, D]) already in prefix layout."""
     if block_mask is None:
         block_mask = prefix_block_mask(seq_lens, chunk, summaries, window, summaries_visible, q.device)
+    return run_flex(q, k, v, block_mask, scale)
+
+
+def run_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float) -> torch.Tensor:
+    """FlexAttention of q [B, Hq, L, D] and k, v [B, Hkv, L, D] under `block_mask`, by where it runs:
+    inside a compiled layer as a plain call (inductor fuses it there), on CUDA through the compiled
+    kernel, on the CPU unfused (forward only: small tests)."""
     gqa = q.shape[1] != k.shape[1]
-    if torch.compiler.is_compiling():  # inside a compiled layer: inductor fuses FlexAttention there
+    if torch.compiler.is_compiling():
         return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
     if q.is_cuda:
         return compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
-    with warnings.catch_warnings():  # on CPU the unfused path is expected (forward only, small tests)
+    with warnings.catch_warnings():  # the unfused path is expected on the CPU
         warnings.simplefilter("ignore", UserWarning)
         return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
 
@@ -120,18 +127,16 @@ def rule_block_mask(tables: tuple[torch.Tensor, ...], rule) -> BlockMask:
         any_tile[r0:r1] = tiles.any(3).any(1)
         all_tile[r0:r1] = tiles.all(3).all(1)
     # a tile that holds padding query rows has all_tile False there already through `valid`
-    partial_tiles = any_tile & ~all_tile
-    kv_num, kv_idx = _tile_lists(partial_tiles)
+    return tiles_block_mask(any_tile, all_tile, rule_mask_mod(tables, rule), length)
+
+
+def tiles_block_mask(any_tile: torch.Tensor, all_tile: torch.Tensor, mask_mod, length: int) -> BlockMask:
+    """A BlockMask from bool [nq, nk] tile tables: tiles where some (query, key) pair is visible, and
+    tiles where every pair is (the kernel skips `mask_mod` there); TILE-sized tiles, L = `length`."""
+    kv_num, kv_idx = _tile_lists(any_tile & ~all_tile)
     full_num, full_idx = _tile_lists(all_tile)
-    return BlockMask.from_kv_blocks(
-        kv_num,
-        kv_idx,
-        full_num,
-        full_idx,
-        BLOCK_SIZE=TILE,
-        mask_mod=rule_mask_mod(tables, rule),
-        seq_lengths=(length, length),
-    )
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=TILE, mask_mod=mask_mod,
+                                    seq_lengths=(length, length))
 
 
 def _pad(t: torch.Tensor, length: int) -> torch.Tensor:

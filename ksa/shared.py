@@ -28,16 +28,14 @@ prefix, as the prefix layout of ksa/attention.py does, so a block-sparse kernel 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import flex_attention
 
-from ksa.flex_attention import compiled_flex_attention, prefix_rule, rule_block_mask
+from ksa.flex_attention import prefix_rule, rule_block_mask, run_flex
 
 
 @dataclass(eq=False)
@@ -156,11 +154,4 @@ def shared_ksa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    gqa = q.shape[1] != k.shape[1]
-    if torch.compiler.is_compiling():  # inside a compiled layer: inductor fuses FlexAttention there
-        return flex_attention(q, k, v, block_mask=mask, scale=scale, enable_gqa=gqa)
-    if q.is_cuda:
-        return compiled_flex_attention()(q, k, v, block_mask=mask, scale=scale, enable_gqa=gqa)
-    with warnings.catch_warnings():  # on CPU the unfused path is expected (forward only, small tests)
-        warnings.simplefilter("ignore", UserWarning)
-        return flex_attention(q, k, v, block_mask=mask, scale=scale, enable_gqa=gqa)
+    return run_flex(q, k, v, mask, scale)
