@@ -14,12 +14,8 @@ from tests.test_rollout_static import TEXT, hf_greedy, make_model
 LENGTHS = (3, 9, 5, 12, 7)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny matmuls on 2 shared cores run ~1000x slower with 2 threads fighting other processes
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _engines(model, tok):

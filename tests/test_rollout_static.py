@@ -19,13 +19,8 @@ TEXT = "the key of record 12 is 777 and the city"
 LENGTHS = (3, 9, 5, 12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matmuls on 2 shared cores run ~1000x slower with 2 threads fighting other processes.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny matmuls on 2 shared cores run ~1000x slower with 2 threads fighting other processes
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_model(tok, arch: str, seed: int = 1):

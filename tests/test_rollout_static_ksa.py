@@ -18,12 +18,8 @@ LENGTHS = (5, 13, 9, 20, 16)  # crossing chunk boundaries (chunk 4) at different
 NEW = 14
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny matmuls on 2 shared cores run ~1000x slower with 2 threads fighting other processes
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
