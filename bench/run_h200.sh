@@ -15,6 +15,9 @@
 #              GPU recipe) within 120 s, eager + shared within 90 s, compiled + unshared within 100 s
 #   train32k   bench/train_gpu.py, 1.7B, 32K prompts, G=8 x 2, 2K new tokens, compiled + shared, within 190 s
 #   trl        bench/trainer_vs_trl.py: golong vs TRL's GRPOTrainer, 0.6B shape, 8K prompts, G=8 x 4, 256 new
+#   trainksa   bench/train_gpu.py, issue 16's KSA rows (each policy compiled + shared): 0.6B 8K G=8 x 4 256 new
+#              KSA (full: the train stage), 0.6B 32K G=8 x 2 2K new full and KSA  (~9 min)
+#   trainksa2  1.7B 32K G=8 x 2 2K new KSA (full: train32k), 0.6B 64K G=8 x 1 2K new full and KSA  (~9 min)
 #
 # Issue 15 in two device calls (a call runs 600 s at most; each of these ends within ~550 s), each
 # with carry [".whl"] after scripts/fetch_gpu_wheels.sh here, timeout_s 600:
@@ -66,6 +69,14 @@ for s in "$@"; do
                 --out "$OUT/train_gpu_1.7b.json" ;;
     trl) stage trl 320 python3 bench/trainer_vs_trl.py --model qwen3-0.6b --length 8192 --group 8 --prompts 4 \
            --max-new 256 --steps 3 --repeats 1 --out "$OUT/trainer_vs_trl_h200.json" ;;
+    trainksa|trainksa2)
+      if [ "$s" = trainksa ]; then runs=("0.6b:8k:8x4:256:ksa 120" "0.6b:32k:8x2:2048 190" "0.6b:32k:8x2:2048:ksa 190")
+      else runs=("1.7b:32k:8x2:2048:ksa 190" "0.6b:64k:8x1:2048 160" "0.6b:64k:8x1:2048:ksa 160"); fi
+      for run in "${runs[@]}"; do
+        read -r cfg secs <<<"$run"
+        stage "$s" $((secs + 10)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 8 --append \
+          --out "$OUT/train_gpu_ksa.json"
+      done ;;
     *) echo "unknown stage $s" ;;
   esac
 done

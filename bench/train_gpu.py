@@ -10,8 +10,8 @@ until --steps or the time budget, whichever comes first.
 
 Configurations, as SHAPE:PROMPT:GxP:NEW[:flag...], PROMPT one length (8k) or several (2k,6k: one
 data source each, so prompts of different lengths meet in a step), flags compile|eager,
-share|noshare, ksa (the 3:1 KSA hybrid of recipes/ksa*.yaml; KSA policies run eagerly); defaults:
-compiled, shared:
+share|noshare, ksa (the 3:1 KSA hybrid of recipes/ksa*.yaml: chunk 8, one summary, windows of 128
+chunks in three layers of four, the fourth full); defaults for both policies: compiled, shared:
 
     python bench/train_gpu.py 0.6b:8k:8x4:256 0.6b:8k:8x4:256:eager 0.6b:8k:8x4:256:noshare --budget-s 240
     python bench/train_gpu.py 0.6b:8k:8x4:256:eager --budget-s 100 --append --out r.json   # a process each
@@ -23,11 +23,15 @@ time, rollout (engine prefill and decode apart), learner, weight sync, tokens/s 
 tokens of all P*G sequences per second of step), learner MFU, peak GPU memory, and the graphs
 torch.compile has built for this configuration so far (a run that settles stops adding them).
 
-  learner FLOPs = 6 * (N_layers * packed + V*H * response) + 12 * layers * (Hq*D) * pairs
+  learner FLOPs = 6 * (N_layers * packed + V*H * response) + 12 * (Hq*D) * sum over layers of pairs
       packed = tokens through the model (a shared prompt once, padding not counted), response =
       response tokens (golong's LM head runs on them only), pairs = attended (query, key) pairs:
       shared, per group p(p+1)/2 + sum_i (r_i p + r_i(r_i+1)/2); unshared sum_i (p+r_i)(p+r_i+1)/2
       (a group split over micro-batches repeats its prompt: counted once here). No recompute.
+      KSA policies: packed also counts the summary slots (one per 8 text tokens, through every layer);
+      pairs are the KSA mask's: a text query of a windowed layer (128 chunks) attends ~1K text keys +
+      one summary per older chunk, of a full layer all earlier text; a summary query its chunk's 8
+      tokens + itself (ksa_pairs, equal to ksa.mask's dense mask summed).
       MFU = FLOPs / learner time / 990e12 (H200 dense bf16 datasheet, as bench/learner.py).
   decode floor  = (decode steps * weight bytes + K/V entries read * bytes per entry) / 4.8e12
       (K/V entries read: each decode step, every live row's length; KSA: bytes at the mean length).
@@ -60,6 +64,7 @@ GPU_RECIPE = ROOT / "recipes" / "golongrl_qwen3_4b_tmn.yaml"
 HBM_BYTES_PER_S = 4.8e12  # H200 datasheet
 GEMM_FLOPS = 790e12  # bf16 matmul measured on the project's H200 (shared/ENVIRONMENT.md)
 SMOKE = "tiny:96:2x2:8:eager"
+KSA_CHUNK, KSA_WINDOW = 8, 128  # the KSA hybrid's chunk (text tokens) and window (chunks) in its windowed layers
 
 
 def parse_config(spec: str) -> dict:
@@ -73,7 +78,7 @@ def parse_config(spec: str) -> dict:
     lengths = [int(x[:-1]) * 1024 if x.lower().endswith("k") else int(x) for x in prompt.split(",")]
     ksa = "ksa" in flags
     return {"name": spec, "shape": shape, "prompt_lens": lengths, "group": g, "prompts": p, "new": int(new),
-            "ksa": ksa, "compile": "eager" not in flags and not ksa, "share": "noshare" not in flags}
+            "ksa": ksa, "compile": "eager" not in flags, "share": "noshare" not in flags}
 
 
 def policy_folder(shape: str, root: Path, device: str) -> Path:
@@ -106,7 +111,7 @@ def make_recipe(c: dict, path: Path, out: Path, args):
     layers = SHAPES[c["shape"]]["num_hidden_layers"]
     sets = {
         "model.path": str(path), "model.compile": c["compile"],
-        "model.ksa": {"chunk": 8, "summaries": 1, "windows": f"([128]*3+[16768])*{layers // 4}",
+        "model.ksa": {"chunk": KSA_CHUNK, "summaries": 1, "windows": f"([{KSA_WINDOW}]*3+[16768])*{layers // 4}",
                       "impl": "reference" if cpu else "triton"} if c["ksa"] else None,
         "data.sources": [{"generate": "all", "length": n, "n": 18} for n in c["prompt_lens"]],  # 2 a task
 
@@ -132,24 +137,47 @@ def model_params(shape: str) -> int:
     return s["num_hidden_layers"] * (2 * h * qd + 2 * h * kvd + 3 * h * s["intermediate_size"])
 
 
-def learner_flops(shape: str, samples: list[tuple[tuple, int]], share: bool) -> float:
+def ksa_pairs(lo: int, hi: int, window: int | None, chunk: int = KSA_CHUNK) -> int:
+    """(query, key) pairs attended by the text queries at positions lo..hi-1 of one sequence on the KSA
+    layout, in a layer whose window is `window` chunks (None: a full layer), plus the summary queries of
+    the chunks those positions complete (each sees its chunk and itself; ksa/mask.py). A text query at i,
+    in chunk c = i // chunk, sees i % chunk + 1 + chunk * min(c, window) text keys and max(0, c - window)
+    summaries."""
+    i = torch.arange(lo, hi, dtype=torch.int64)
+    if window is None:
+        text = int((i + 1).sum())
+    else:
+        c = i // chunk
+        text = int((i % chunk + 1 + chunk * c.clamp(max=window) + (c - window).clamp(min=0)).sum())
+    return text + (hi // chunk - lo // chunk) * (chunk + 1)
+
+
+def learner_flops(shape: str, samples: list[tuple[tuple, int]], share: bool, ksa: bool = False) -> float:
     """Model FLOPs of the learner's work on one step's samples [(prompt key, response length)] (docstring)."""
     s = SHAPES[shape]
     h, layers, qd = s["hidden_size"], s["num_hidden_layers"], s["num_attention_heads"] * s["head_dim"]
-    n_layers = model_params(shape)
+    windows = [None if (k + 1) % 4 == 0 else KSA_WINDOW for k in range(layers)]  # ([W]*3+[full])*
     groups: dict[tuple, list[int]] = {}
     for (key, p), r in samples:
         groups.setdefault((key, p), []).append(r)
-    packed = pairs = 0
+
+    def pairs(lo: int, hi: int) -> int:  # all layers; causal full attention when not KSA
+        if not ksa:
+            return layers * ((hi * (hi + 1) - lo * (lo + 1)) // 2)
+        return sum(ksa_pairs(lo, hi, w) for w in windows)
+
+    packed = attended = 0
     for (_, p), rs in groups.items():
-        if share:
+        if share:  # the prompt once, each response continuing it
             packed += p + sum(rs)
-            pairs += p * (p + 1) // 2 + sum(r * p + r * (r + 1) // 2 for r in rs)
+            attended += pairs(0, p) + sum(pairs(p, p + r) for r in rs)
         else:
             packed += sum(p + r for r in rs)
-            pairs += sum((p + r) * (p + r + 1) // 2 for r in rs)
+            attended += sum(pairs(0, p + r) for r in rs)
+    if ksa:
+        packed += packed // KSA_CHUNK  # summary slots pass through every layer
     response = sum(r for _, r in samples)
-    return 6 * (n_layers * packed + VOCAB.get(shape, 151936) * h * response) + 12 * layers * qd * pairs
+    return 6 * (model_params(shape) * packed + VOCAB.get(shape, 151936) * h * response) + 12 * qd * attended
 
 
 def rollout_floors(model_cfg, shape: str, prompt_lens: list[int], stats: dict, weight_bytes: int) -> dict:
@@ -229,7 +257,7 @@ class Run:
             last = m["step_time"]
             stats = dict(getattr(cluster.engine, "stats", {}) or {})
             prompt_lens = [p for _, p in {key for key, _ in seen}]  # one prefill per prompt
-            flops = learner_flops(c["shape"], seen, c["share"] and not c["ksa"])
+            flops = learner_flops(c["shape"], seen, c["share"], c["ksa"])
             rec = {k: float(m.get(k, 0.0)) for k in (
                 "step_time", "rollout_time", "train_time", "sync_time", "learner_time_s", "tokens", "tokens_per_s",
                 "packed_tokens", "pad_tokens", "response_tokens", "compiled_graphs")}

@@ -19,8 +19,9 @@ rm -f "$DEST"/*.whl
 PURE=(  # pure-Python wheels (py3-none-any)
   pydantic==2.14.4 annotated-types==0.8.0 typing-inspection==0.4.5
   math-verify==0.9.0 latex2sympy2-extended==1.11.0 antlr4-python3-runtime==4.13.2
-  rouge==1.0.1
+  rouge==1.0.1 six==1.17.0  # rouge imports six; python-dateutil >= 4 no longer brings it
   trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+  pytest-timeout==2.4.0  # bench/run_h200.sh's test stages pass --timeout; the GPU machine has pytest only
 )
 BINARY=(pydantic-core==2.50.5 xxhash==4.1.0)  # compiled: cp312 manylinux builds
 PLATFORMS=()
@@ -45,7 +46,7 @@ from packaging.requirements import Requirement
 # on the GPU machine already (shared/ENVIRONMENT.md, with the dependencies those pull in)
 present = {"torch", "transformers", "triton", "peft", "accelerate", "numpy", "pandas", "pyarrow", "pytest", "matplotlib",
            "rich", "typer", "pyyaml", "tokenizers", "einops", "huggingface-hub", "filelock", "fsspec", "packaging",
-           "tqdm", "requests", "sympy", "jinja2", "psutil", "typing-extensions", "six", "safetensors", "regex",
+           "tqdm", "requests", "sympy", "jinja2", "psutil", "typing-extensions", "safetensors", "regex",
            "networkx", "python-dateutil", "httpx", "click"}
 norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
 wheels = sorted(Path(sys.argv[1]).glob("*.whl"))

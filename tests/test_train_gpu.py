@@ -62,7 +62,8 @@ def test_configuration_specs(train_gpu):
     c = train_gpu.parse_config("1.7b:2k,32k:8x2:2048:noshare")
     assert (c["prompt_lens"], c["group"], c["prompts"], c["new"]) == ([2048, 32768], 8, 2, 2048)
     assert c["compile"] and not c["share"] and not c["ksa"]
-    assert not train_gpu.parse_config("0.6b:8k:8x4:256:ksa")["compile"]  # KSA policies run eagerly
+    ksa = train_gpu.parse_config("0.6b:8k:8x4:256:ksa")
+    assert ksa["ksa"] and ksa["compile"] and ksa["share"]  # KSA policies at the same best settings
     with pytest.raises(SystemExit, match="unknown flags"):
         train_gpu.parse_config("0.6b:8k:8x4:256:fast")
 
@@ -78,6 +79,21 @@ def test_learner_flops_count_shared_prompts_once(train_gpu):
     pairs_plain = 13 * 14 // 2 + 15 * 16 // 2
     per_token = (plain - shared - 12 * layers * qd * (pairs_plain - pairs_shared)) / 10
     assert per_token > 0 and per_token == pytest.approx(6 * train_gpu.model_params("tiny"))
+
+
+def test_ksa_flops_follow_the_mask(train_gpu):
+    """ksa_pairs against the KSA mask itself (ksa.mask.dense_mask summed), a full layer and a windowed one,
+    whole and split where a response would continue its prompt."""
+    from ksa.mask import dense_mask
+
+    n = 75  # 9 full chunks and 3 tokens
+    for window, arg in ((3, 3), (10**4, None)):
+        want = int(dense_mask(n, chunk=8, summaries=1, window=window).sum())
+        assert train_gpu.ksa_pairs(0, n, arg) == want
+        assert train_gpu.ksa_pairs(0, 37, arg) + train_gpu.ksa_pairs(37, n, arg) == want
+    samples = [(("a", 4000), 100)] * 4
+    full, ksa = (train_gpu.learner_flops("tiny", samples, True, ksa=k) for k in (False, True))
+    assert ksa < full  # at 4K the windowed layers attend far fewer pairs than they add summary slots
 
 
 @pytest.mark.slow
