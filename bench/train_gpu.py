@@ -262,6 +262,8 @@ class Run:
                 "step_time", "rollout_time", "train_time", "sync_time", "learner_time_s", "tokens", "tokens_per_s",
                 "packed_tokens", "pad_tokens", "response_tokens", "compiled_graphs")}
             rec.update({k: float(stats.get(k, 0.0)) for k in ("prefill_s", "decode_s", "decode_steps", "prefills")})
+            # a reward that cannot run (a package missing on the GPU machine) would only be counted, not raised
+            rec["reward_errors"] = float(m.get("reward_errors/all", 0.0) + m.get("reward_timeouts/all", 0.0))
             rec.update(rollout_floors(model.config, c["shape"], prompt_lens, stats, weight_bytes))
             rec["learner_tflop"] = flops / 1e12
             rec["mfu"] = flops / max(rec["train_time"], 1e-9) / PEAK_FLOPS
@@ -291,6 +293,7 @@ def summarize(steps: list[dict]) -> dict:
     floor = out["decode_floor_s"] + out["prefill_floor_s"]
     out["rollout_over_floor"] = sig(out["rollout_time"] / floor) if floor else None
     out["compiled_graphs"] = steps[-1]["compiled_graphs"]
+    out["reward_errors"] = sum(r.get("reward_errors", 0.0) for r in steps)
     return out
 
 

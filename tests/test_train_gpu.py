@@ -34,6 +34,7 @@ def check_run(record: dict, *, first_s: float, step_s: float, graphs: int, growt
     counts = [s["compiled_graphs"] for s in steps]
     assert 1 <= counts[-1] <= graphs, counts  # compiled at all (a graph break can leave layers eager), not per length
     assert counts[-1] - counts[0] <= growth, counts
+    assert sum(s.get("reward_errors", 0) for s in steps) == 0, "a reward function failed (missing package?)"
 
 
 def test_smoke_runs_the_trainer_and_reports_every_phase(train_gpu, tmp_path):
@@ -56,6 +57,7 @@ def test_smoke_runs_the_trainer_and_reports_every_phase(train_gpu, tmp_path):
     summary = record["summary"]
     assert summary["steps"] == 3 and summary["first_step_s"] == record["steps"][0]["step_time"]
     assert summary["decode_over_floor"] > 1 and summary["compiled_graphs"] == 0  # eager: nothing compiled
+    assert summary["reward_errors"] == 0  # every reward function ran (9 tasks; a missing package shows here)
 
 
 def test_configuration_specs(train_gpu):
