@@ -24,7 +24,7 @@ filled by writing only the slots its sequence holds; what an earlier sequence le
 never read.
 
 Prompts are prefilled several per forward (`PackedPrefill`: the columns and attention of such a
-forward) and stored with `load_prompts`; `load_row` copies a row of a prefilled ksa.cache.KSACache.
+forward) and stored with `load_prompts`.
 """
 
 from __future__ import annotations
@@ -111,18 +111,6 @@ class StaticKSALayer:
         return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.sk, self.sv) if t is not None)
 
     # --- filling and moving rows -----------------------------------------------------------------
-    def load_row(self, row: int, layer) -> None:
-        """Copy row 0 of a prefilled `ksa.cache.KSACacheLayer` (built with the same max_len) into `row`."""
-        if layer.full != self.full:
-            raise ValueError("the prefill cache was built for another max_len (full/ring layers differ)")
-        n = layer.keys.shape[1]
-        self.k[row, :, :n] = layer.keys[0].transpose(0, 1)
-        self.v[row, :, :n] = layer.values[0].transpose(0, 1)
-        if self.sk is not None and layer.sum_keys is not None:
-            m = layer.sum_keys.shape[1]
-            self.sk[row, :, :m] = layer.sum_keys[0].transpose(0, 1)
-            self.sv[row, :, :m] = layer.sum_values[0].transpose(0, 1)
-
     def load_prompts(self, rows: list[int], lengths: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
         """Store the K/V of several prompts prefilled in one forward, prompt i into row rows[i].
 
