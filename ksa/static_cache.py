@@ -19,14 +19,72 @@ Which ring slots a query may read follows from arithmetic alone: slot s holds th
 p' = pos - ((pos - s) mod R) <= pos, valid for a text query when p' >= max(0, (pos//C - W) * C) and
 for a summary query when p' >= (pos//C) * C (its own chunk). The masks (ksa/mask.py, on text
 positions): text query -> text of chunks within W, summaries of chunks more than W behind (when
-visible); summary j -> text of its own chunk and summaries j' <= j of its own chunk.
+visible); summary j -> text of its own chunk and summaries j' <= j of its own chunk. So a row is
+filled by writing only the slots its sequence holds; what an earlier sequence left elsewhere is
+never read.
+
+Prompts are prefilled several per forward (`PackedPrefill`: the columns and attention of such a
+forward) and stored with `load_prompts`.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ksa.attention import inverse_order, ksa_attention
+from ksa.layout import expand_positions, expanded_length
+
 NEG_INF = float("-inf")
+
+
+class PackedPrefill:
+    """Several prompts prefilled in one forward: their columns, and attention per prompt.
+
+    Columns (N = sum of P + all summary slots): every prompt's text end to end (position p of prompt
+    i at column sum(P[:i]) + p), then every prompt's summary slots end to end (summary j of chunk c
+    at the prompt's offset + c*S + j), so a layer loop that treats its last `n_sum` columns as
+    summary slots (summary norm, q/k/v projections) runs all of them as in a decode step.
+    `positions` [N]: RoPE position of each column (text p at p, summaries as in ksa/layout.py).
+
+    `attend` gathers q/k/v into the prompts' interleaved layouts laid end to end (`layout` [L]: the
+    column of each slot), runs each prompt's slice through `ksa_attention` with the layer's window
+    and the model's kernel (the call a forward over that prompt alone makes, within-window fast path
+    included), and gathers the outputs back: each prompt gets exactly what prefilling it alone gives.
+    Why not one call over the pack (ksa/shared.py's rows with no responses, or ksa_attention's
+    seq_lens packing): the reference kernel's mask and scores would span the pack, (sum P)^2 rather
+    than sum P^2, and a full layer would lose the causal SDPA path, which holds for one sequence only.
+    Why not a right-padded batch: every row pays for padding up to the longest prompt."""
+
+    def __init__(self, lengths: list[int], chunk: int, summaries: int, device=None):
+        self.lengths, self.chunk, self.summaries = list(lengths), chunk, summaries
+        n_text = sum(lengths)
+        text_pos, sum_pos, layout = [], [], []
+        text_col, sum_col = 0, n_text
+        for length in lengths:
+            pos, is_sum = expand_positions(length, chunk, summaries)
+            n_sum = int(is_sum.sum())
+            cols = torch.empty(pos.numel(), dtype=torch.long)
+            cols[~is_sum] = torch.arange(text_col, text_col + length)
+            cols[is_sum] = torch.arange(sum_col, sum_col + n_sum)
+            text_pos.append(pos[~is_sum])
+            sum_pos.append(pos[is_sum])
+            layout.append(cols)
+            text_col, sum_col = text_col + length, sum_col + n_sum
+        self.n_sum = sum_col - n_text
+        self.positions = torch.cat(text_pos + sum_pos).to(device)
+        self.layout = torch.cat(layout).to(device)
+        self.back = inverse_order(self.layout)
+        self.spans = [expanded_length(t, chunk, summaries) for t in lengths]
+        self.last_text = torch.tensor(lengths, device=device).cumsum(0) - 1  # column of each prompt's last token
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int, impl: str, scale: float,
+               summaries_visible: bool = True) -> torch.Tensor:
+        """q [1, Hq, N, D], k/v [1, Hkv, N, D] in column order, after RoPE -> [1, Hq, N, D]."""
+        parts = (x.index_select(2, self.layout).split(self.spans, 2) for x in (q, k, v))
+        out = [ksa_attention(qp, kp, vp, chunk=self.chunk, summaries=self.summaries, window=window, impl=impl,
+                             scale=scale, summaries_visible=summaries_visible)
+               for qp, kp, vp in zip(*parts, strict=True)]
+        return torch.cat(out, 2).index_select(2, self.back)
 
 
 class StaticKSALayer:
@@ -53,17 +111,42 @@ class StaticKSALayer:
         return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.sk, self.sv) if t is not None)
 
     # --- filling and moving rows -----------------------------------------------------------------
-    def load_row(self, row: int, layer) -> None:
-        """Copy row 0 of a prefilled `ksa.cache.KSACacheLayer` (built with the same max_len) into `row`."""
-        if layer.full != self.full:
-            raise ValueError("the prefill cache was built for another max_len (full/ring layers differ)")
-        n = layer.keys.shape[1]
-        self.k[row, :, :n] = layer.keys[0].transpose(0, 1)
-        self.v[row, :, :n] = layer.values[0].transpose(0, 1)
-        if self.sk is not None and layer.sum_keys is not None:
-            m = layer.sum_keys.shape[1]
-            self.sk[row, :, :m] = layer.sum_keys[0].transpose(0, 1)
-            self.sv[row, :, :m] = layer.sum_values[0].transpose(0, 1)
+    def load_prompts(self, rows: list[int], lengths: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the K/V of several prompts prefilled in one forward, prompt i into row rows[i].
+
+        k, v [Hkv, N, D] after RoPE, in `PackedPrefill`'s column order: the prompts' text end to end
+        (position p of prompt i at column sum(lengths[:i]) + p), then their summaries end to end (summary
+        j of chunk c of prompt i at column sum(lengths) + sum(S * (lengths[:i] // C)) + c*S + j). Kept is
+        what `ksa.cache.KSACacheLayer.prefill` keeps: a full layer every position p (slot p); a ring layer
+        the positions of chunks >= P//C - W (slot p mod R), the only text a later query can reach, and
+        every summary of the P//C full chunks (slot c*S + j). Other slots of the row are left as they
+        are: the decode masks never read them (see the module docstring)."""
+        C, S, W = self.chunk, self.summaries, self.window
+        dev = self.k.device
+        t_rows, t_slots, t_cols, s_rows, s_slots, s_cols = [], [], [], [], [], []
+        text_col, sum_col = 0, sum(lengths)
+        for row, P in zip(rows, lengths, strict=True):
+            first = 0 if self.full else max(0, (P // C - W) * C)
+            p = torch.arange(first, P, device=dev)
+            t_rows.append(torch.full_like(p, row))
+            t_slots.append(p if self.full else p % self.text_slots)
+            t_cols.append(text_col + p)
+            n_sum = (P // C) * S
+            if self.sk is not None and n_sum:
+                m = torch.arange(n_sum, device=dev)
+                s_rows.append(torch.full_like(m, row))
+                s_slots.append(m)
+                s_cols.append(sum_col + m)
+            text_col, sum_col = text_col + P, sum_col + n_sum
+        if sum_col != k.shape[1]:
+            raise ValueError(f"packed prefill K/V has {k.shape[1]} columns, lengths {lengths} need {sum_col}")
+        r, s, c = (torch.cat(x) for x in (t_rows, t_slots, t_cols))
+        self.k[r, :, s] = k[:, c].transpose(0, 1).to(self.k.dtype)
+        self.v[r, :, s] = v[:, c].transpose(0, 1).to(self.v.dtype)
+        if s_rows:
+            r, s, c = (torch.cat(x) for x in (s_rows, s_slots, s_cols))
+            self.sk[r, :, s] = k[:, c].transpose(0, 1).to(self.sk.dtype)
+            self.sv[r, :, s] = v[:, c].transpose(0, 1).to(self.sv.dtype)
 
     def copy_row(self, src: int, dst: int, length: int) -> None:
         """Row `dst` := row `src` for a sequence holding `length` text tokens."""

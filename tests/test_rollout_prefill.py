@@ -35,6 +35,8 @@ def test_batched_prefill_equals_one_at_a_time_and_generate(tiny_tokenizer, arch)
     out_b, out_s = batched.generate(prompts, 2, greedy), single.generate(prompts, 2, greedy)
     assert batched.stats["prefills"] == single.stats["prefills"] == len(prompts)
     assert batched.stats["prefill_batches"] == 1 and single.stats["prefill_batches"] == len(prompts)
+    assert (batched.stats["prefill_max_prompts"], single.stats["prefill_max_prompts"]) == (len(prompts), 1)
+    assert batched.stats["prefill_tokens"] == single.stats["prefill_tokens"] == sum(LENGTHS)
     for p, gb, gs in zip(prompts, out_b, out_s, strict=True):
         ref = hf_greedy(model, tiny_tokenizer, p, 10)
         for cb, cs in zip(gb, gs, strict=True):

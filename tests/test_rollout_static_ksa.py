@@ -11,7 +11,8 @@ import ksa
 from golong.rollout.base import SamplingParams
 from golong.rollout.loop import LoopEngine
 from golong.rollout.static import StaticEngine
-from tests.test_rollout_static import make_model
+from ksa.modeling import CACHE_KEY
+from tests.test_rollout_static import hf_greedy, make_model
 
 TEXT = "the key of record 12 is 777 and the city of the needle in the haystack is the answer to find first"
 LENGTHS = (5, 13, 9, 20, 16)  # crossing chunk boundaries (chunk 4) at different offsets
@@ -31,7 +32,8 @@ def prompts(tiny_tokenizer):
 
 def ksa_model(tok, arch="qwen3", **settings):
     base = make_model(tok, arch)
-    cfg = ksa.KSAConfig(chunk=4, summaries=settings.pop("summaries", 1), windows=[1, 1000], impl="reference", **settings)
+    cfg = ksa.KSAConfig(chunk=4, summaries=settings.pop("summaries", 1), windows=[1, 1000],
+                        impl=settings.pop("impl", "reference"), **settings)
     model = ksa.convert_model(base, cfg)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():  # summary parameters away from their converted start, so summaries matter
@@ -119,6 +121,89 @@ def test_ksa_storage_is_bounded_and_budget_admits_more_ksa_rows(tiny_tokenizer, 
         assert e.stats["concurrency"] == e.rows
     assert engines[0].rows <= budget_rows < engines[1].rows
     assert engines[1].cache_bytes() <= budget_gb * 1024**3
+
+
+# chunk 4, ring window 1 chunk: prompts inside the window and past it, whole chunks and not
+PACK_LENGTHS = (3, 22, 9, 16, 6, 13)
+PACK_CASES = {
+    "summary_qkv_norm_mix": {"summary_qkv": True, "summary_norm": True, "mix_coeff": 0.5},
+    "two_summaries": {"summaries": 2},
+    "flex_kernel": {"impl": "flex"},
+    "triton_kernel": {"impl": "triton"},  # Triton's interpreter on the CPU
+}
+
+
+def prefilled_engines(model, tok, prompts) -> dict[str, StaticEngine]:
+    """Engines that prefilled `prompts` (one sample each, one token drawn, no decode step) with all
+    prompts in one forward, in packs of at most 25 tokens, and one prompt per forward."""
+    engines = {}
+    for name, budget in (("one_forward", 8192), ("packs_of_25", 25), ("per_prompt", 1)):
+        engine = StaticEngine(model, tok, max_batch=16, max_len=64, prefill_chunk=budget)
+        engine.generate(prompts, 1, SamplingParams(max_new_tokens=1, temperature=0))
+        engines[name] = engine
+    return engines
+
+
+@pytest.mark.parametrize("case", list(PACK_CASES))
+def test_ksa_batched_prefill_storage_equals_per_prompt_and_model_forward(tiny_tokenizer, case):
+    """The ring, summary store and full-layer K/V that a packed prefill writes equal one prompt per
+    forward, and the model's own forward into a `ksa.KSACache`, at the slot of each stored position."""
+    model = ksa_model(tiny_tokenizer, **PACK_CASES[case])
+    ids = tiny_tokenizer.encode(TEXT)
+    prompts = [ids[:k] for k in PACK_LENGTHS]
+    engines = prefilled_engines(model, tiny_tokenizer, prompts)
+    for name, forwards in (("one_forward", 1), ("packs_of_25", 3), ("per_prompt", len(prompts))):
+        st = engines[name].stats
+        assert (st["prefill_batches"], st["prefills"], st["prefill_tokens"]) == (forwards, len(prompts), sum(PACK_LENGTHS))
+        assert st["prefill_max_prompts"] == -(-len(prompts) // forwards)
+    single, packed = engines["per_prompt"], engines["one_forward"]
+    for name in ("one_forward", "packs_of_25"):
+        for a, b in zip(engines[name].ksa_layers, single.ksa_layers, strict=True):
+            for x, y in ((a.k, b.k), (a.v, b.v), (a.sk, b.sk), (a.sv, b.sv)):
+                if x is not None:
+                    torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    C, S = model.config.ksa_chunk, model.config.ksa_summaries
+    kinds = [(layer.full, layer.text_slots) for layer in packed.ksa_layers]
+    assert kinds == [(False, 2 * C), (True, packed.cap_len)]  # one ring layer, one full layer
+    for row, prompt in enumerate(prompts):  # slot i holds prompt i (admitted in order)
+        cache = ksa.KSACache(model.config, max_length=packed.cap_len)
+        with torch.no_grad():
+            model(input_ids=torch.tensor([prompt]), use_cache=True, **{CACHE_KEY: cache})
+        for static, ref in zip(packed.ksa_layers, cache.layers, strict=True):
+            held = ref.text_pos[0]
+            stored = held[held >= 0]  # the positions the model's cache keeps, in its slots
+            assert sorted(stored.tolist()) == list(range(0 if ref.full else max(0, (len(prompt) // C - 1) * C), len(prompt)))
+            slots = stored if static.full else stored % static.text_slots
+            for mine, theirs in ((static.k, ref.keys), (static.v, ref.values)):
+                torch.testing.assert_close(mine[row, :, slots].transpose(0, 1), theirs[0, held >= 0], atol=1e-5, rtol=1e-5)
+            m = (len(prompt) // C) * S
+            if not static.full and m:
+                assert int(ref.sum_valid[0].sum()) == m
+                for mine, theirs in ((static.sk, ref.sum_keys), (static.sv, ref.sum_values)):
+                    torch.testing.assert_close(mine[row, :, :m].transpose(0, 1), theirs[0, :m], atol=1e-5, rtol=1e-5)
+
+
+def test_ksa_batched_prefill_greedy_equals_per_prompt_and_generate(tiny_tokenizer):
+    """Greedy tokens and sampler log-probs after packed prefills equal one prompt per forward and
+    `model.generate` (the KSA model's own cache), G = 2 samples per prompt, continuous batching."""
+    model = ksa_model(tiny_tokenizer, summary_qkv=True, mix_coeff=0.5)
+    ids = tiny_tokenizer.encode(TEXT)
+    prompts = [ids[:k] for k in PACK_LENGTHS]
+    greedy = SamplingParams(max_new_tokens=NEW, temperature=0)
+    refs = [hf_greedy(model, tiny_tokenizer, p, NEW) for p in prompts]
+    runs = {}
+    for budget, max_batch in ((8192, 16), (25, 16), (1, 16), (8192, 5)):
+        engine = StaticEngine(model, tiny_tokenizer, max_batch=max_batch, max_len=64, prefill_chunk=budget)
+        runs[budget, max_batch] = engine.generate(prompts, 2, greedy)
+        if max_batch == 16:  # with 5 slots a prompt whose live samples all finished is prefilled again
+            assert engine.stats["prefills"] == len(prompts)
+            assert engine.stats["prefill_batches"] == {8192: 1, 25: 3, 1: len(prompts)}[budget]
+    single = runs[1, 16]
+    for out in runs.values():
+        for g, ref, gs in zip(out, refs, single, strict=True):
+            assert [c.response_ids for c in g] == [ref, ref]
+            for c, cs in zip(g, gs, strict=True):
+                torch.testing.assert_close(torch.tensor(c.logprobs), torch.tensor(cs.logprobs), atol=1e-5, rtol=0)
 
 
 @pytest.mark.gpu

@@ -13,7 +13,8 @@ prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engin
   full attention's and the same budget admits more rows; a decode step feeds the chunk's summary
   slots as extra query columns whenever any row completes a chunk (a second graph per bucket; the
   step's inputs and the summary q/k/v blend come from ksa/decode.py, as in the model's own cached
-  decode); prompts are prefilled through the model's own KSA forward (its Triton / flex kernels);
+  decode); prompts are prefilled by the same layer loop, several per forward (below), each attended
+  on its own KSA layout by the model's kernel (ksa/static_cache.py, PackedPrefill);
 - runs its own layer loop over the model's HF modules (embed -> per layer: norm, q/k/v proj,
   q/k head norms (Qwen3), RoPE from the model's rotary_emb, cache write, attention, o_proj, residual,
   post-norm, MLP -> final norm -> lm_head), so one decode step is a fixed sequence of kernels that
@@ -21,10 +22,11 @@ prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engin
   captured on first use; weight updates copy into the same tensors, so graphs stay valid;
 - serves a fixed pool of slots: a sequence that finishes (EOS or max_new_tokens) frees its slot for
   the next waiting one; the G samples of one prompt share one prefill (the prompt's K/V are copied
-  from a live sibling's slot), the prompts admitted together are prefilled in one packed forward
-  (full attention, up to prefill_chunk tokens; attention per prompt; KSA prompts still one at a
-  time), and live rows are moved down to the lowest slots when that lets a
-  smaller batch bucket run;
+  from a live sibling's slot), the prompts admitted together are prefilled in packed forwards (up
+  to prefill_chunk text tokens each; attention per prompt, the rest as GEMMs over the whole pack;
+  full-attention and KSA policies alike; stats: prefill_batches, prefill_max_prompts,
+  prefill_tokens), and live rows are moved down to the lowest slots when that lets a smaller batch
+  bucket run;
 - samples on the device with a counter-based random stream keyed by (seed, prompt index, sample
   index, step) (golong/rollout/sampling.py): a sample's tokens do not depend on which other rows
   share its batch.
@@ -53,6 +55,7 @@ import torch.nn.functional as F
 from golong.rollout.base import Completion, RolloutEngine, SamplingParams, copy_weights_into
 from golong.rollout.sampling import eos_ids, row_key, sample_rows
 from ksa import completes_chunk, is_ksa, mix_summary, step_inputs
+from ksa.static_cache import PackedPrefill, StaticKSALayer
 
 SUPPORTED = ("qwen3", "qwen2", "llama")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -199,8 +202,6 @@ class StaticEngine(RolloutEngine):
         self.rows, self.cap_len = rows, length
         cfg = self.model.config
         if self.ksa:
-            from ksa.static_cache import StaticKSALayer
-
             self.ksa_layers = [
                 StaticKSALayer(rows, self.kv_heads, self.head_dim, length, window=w, chunk=cfg.ksa_chunk,
                                summaries=cfg.ksa_summaries, visible=cfg.ksa_summaries_visible,
@@ -288,24 +289,30 @@ class StaticEngine(RolloutEngine):
         return self.model.lm_head(h).float()
 
     def _prefill_many(self, prompts: list[list[int]], slots: list[int], stats: dict) -> list[torch.Tensor]:
-        """Prefill prompts into their slots; next-token logits [V] of each. Full-attention prompts go
-        through the layers packed together, up to `prefill_chunk` tokens per forward (_prefill_packed);
-        a longer prompt goes alone, in chunks (_prefill). KSA prompts still run one at a time through
-        the model's own KSA forward."""
+        """Prefill prompts into their slots; next-token logits [V] of each. Prompts go through the layers
+        packed together, up to `prefill_chunk` text tokens per forward (_prefill_packed, or
+        _prefill_ksa for a KSA policy). A longer prompt goes alone: in chunks under full attention
+        (_prefill), in one forward of its own under KSA (as the model's own forward runs it)."""
         out: dict[int, torch.Tensor] = {}
         pack: list[int] = []
 
         def flush() -> None:
-            if pack:
-                out.update(zip(pack, self._prefill_packed([prompts[i] for i in pack], [slots[i] for i in pack]), strict=True))
-                stats["prefill_batches"] += 1
-                pack.clear()
+            if not pack:
+                return
+            group, where = [prompts[i] for i in pack], [slots[i] for i in pack]
+            if self.ksa:
+                logits = self._prefill_ksa(group, where)
+            elif len(group[0]) > self.prefill_chunk:  # alone (see the loop below), in chunks
+                logits = [self._prefill(group[0], where[0])]
+            else:
+                logits = self._prefill_packed(group, where)
+            out.update(zip(pack, logits, strict=True))
+            stats["prefill_batches"] += 1
+            stats["prefill_max_prompts"] = max(stats["prefill_max_prompts"], len(pack))
+            pack.clear()
 
         for i, prompt in enumerate(prompts):
-            if self.ksa or len(prompt) > self.prefill_chunk:
-                out[i] = self._prefill(prompt, slots[i])
-                stats["prefill_batches"] += 1
-                continue
+            stats["prefill_tokens"] += len(prompt)
             if sum(len(prompts[k]) for k in pack) + len(prompt) > self.prefill_chunk:
                 flush()
             pack.append(i)
@@ -338,8 +345,6 @@ class StaticEngine(RolloutEngine):
 
     def _prefill(self, prompt: list[int], slot: int) -> torch.Tensor:
         """Write the prompt's K/V into `slot`, `prefill_chunk` tokens at a time; next-token logits [V]."""
-        if self.ksa:
-            return self._prefill_ksa(prompt, slot)
         ids = torch.tensor(prompt, device=self.device)[None]
         h = None
         for c0 in range(0, len(prompt), self.prefill_chunk):
@@ -361,18 +366,26 @@ class StaticEngine(RolloutEngine):
             h = self._layers(self._embed(ids[:, c0:c1]), pos, attend)
         return self._logits(h[:, -1])[0]
 
-    def _prefill_ksa(self, prompt: list[int], slot: int) -> torch.Tensor:
-        """A KSA prompt runs through the model's own forward (its attention kernels) into a
-        `ksa.KSACache` with the same full / ring split, which is copied into `slot`."""
-        from ksa.cache import KSACache
-        from ksa.modeling import CACHE_KEY
+    def _prefill_ksa(self, prompts: list[list[int]], slots: list[int]) -> list[torch.Tensor]:
+        """KSA prompts prefilled in one forward through the engine's layer loop (columns and attention:
+        `ksa.static_cache.PackedPrefill`, every prompt's summary slots as trailing columns, so the
+        summary norm / q/k/v projections run on them as in a decode step); each prompt's K/V go into
+        its slot (`StaticKSALayer.load_prompts`); logits of each prompt's last token."""
+        cfg = self.model.config
+        lengths = [len(p) for p in prompts]
+        pack = PackedPrefill(lengths, cfg.ksa_chunk, cfg.ksa_summaries, self.device)
+        h = self._embed(torch.tensor([t for p in prompts for t in p], device=self.device))[None]
+        if pack.n_sum:
+            summary = self.model.summary_embed.weight.repeat(pack.n_sum // cfg.ksa_summaries, 1).to(h.dtype)
+            h = torch.cat([h, summary[None]], 1)
 
-        cache = KSACache(self.model.config, max_length=self.cap_len)
-        ids = torch.tensor([prompt], device=self.device)
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{CACHE_KEY: cache})
-        for static, layer in zip(self.ksa_layers, cache.layers, strict=True):
-            static.load_row(slot, layer)
-        return out.logits[0, -1].float()
+        def attend(i, q, k, v, scale):
+            self.ksa_layers[i].load_prompts(slots, lengths, k[0], v[0])
+            return pack.attend(q, k, v, window=cfg.ksa_windows[i], impl=cfg.ksa_impl, scale=scale,
+                               summaries_visible=cfg.ksa_summaries_visible)
+
+        h = self._layers(h, pack.positions[None], attend, n_sum=pack.n_sum)
+        return list(self._logits(h[0, pack.last_text]))
 
     def _decode(self, tok: torch.Tensor, pos: torch.Tensor, span: int) -> torch.Tensor:
         """One token for rows 0..B-1 of the cache; tok/pos [B]; attends cache positions < span.
@@ -482,8 +495,9 @@ class StaticEngine(RolloutEngine):
         if any(len(p) == 0 for p in prompts):
             raise ValueError("an empty prompt cannot be generated from; give at least one token")
         self._ensure_cache(len(prompts) * n, longest + params.max_new_tokens)
+        # `prefills` prompts (`prefill_tokens` text tokens) in `prefill_batches` forwards of <= `prefill_max_prompts`
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "rows_x_steps": 0, "prefills": 0,
-                 "prefill_batches": 0, "moves": 0,
+                 "prefill_batches": 0, "prefill_tokens": 0, "prefill_max_prompts": 0, "moves": 0,
                  "concurrency": 0, "kv_bytes": self.cache_bytes(), "kv_tokens_read": 0}
         waiting = deque((p, j) for p in range(len(prompts)) for j in range(n))
         first_logits: dict[int, torch.Tensor] = {}  # prompt -> logits after its prefill, until all n start
