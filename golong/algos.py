@@ -410,19 +410,23 @@ def rollout_is_weights(
     *,
     level: str = "token",
     clip: tuple[float, float] = (0.5, 5.0),
+    mode: str = "clip",
     veto: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Truncated importance weights [B, T] correcting the sampler/learner mismatch (rollout IS).
+    """Importance weights [B, T] correcting the sampler/learner mismatch (rollout IS).
 
     The responses were sampled by the rollout engine (pi_s, e.g. a bf16 vLLM) but the gradient is
-    taken for the learner's pi_old; each token's policy-gradient term is weighted by
+    taken for the learner's pi_old; each token's policy-gradient term is weighted by w_t, from
         token:    rho_t = exp(logp_old_t - logp_s_t)
         sequence: rho_t = exp(sum_u m_u (logp_old_u - logp_s_u))   (the same for every t of a response)
-        w_t = min(max(rho_t, low), high)                            (log-ratios clamped to [-20, 20])
+    (log-ratios clamped to [-20, 20]) and the band [low, high] = `clip`:
+        mode clip:     w_t = rho_t if low <= rho_t <= high else 0   (a token outside the band is dropped
+                       from the gradient but stays in the loss's denominator; GoLongRL's setting)
+        mode truncate: w_t = min(rho_t, high)                         (TIS; low unused)
     and, with a veto v, w_t = 0 for every token of a response holding a token with
     exp(logp_old_u - logp_s_u) < v (a token the learner all but rules out).
     Metrics, over response tokens: is_weight_mean = mean w; is_clipped_frac = share with rho outside
-    [low, high]; is_vetoed_frac = share of tokens in vetoed responses.
+    [low, high] (clip) or above high (truncate); is_vetoed_frac = share of tokens in vetoed responses.
     """
     low, high = clip
     m = mask.to(old_logprobs.dtype)
@@ -434,14 +438,21 @@ def rollout_is_weights(
     else:
         raise ValueError(f"unknown rollout IS level {level!r}; use token or sequence")
     rho = torch.exp(log_rho.clamp(-20.0, 20.0))
-    weights = rho.clamp(low, high)
+    if mode == "clip":
+        outside = (rho < low) | (rho > high)
+        weights = torch.where(outside, torch.zeros_like(rho), rho)
+    elif mode == "truncate":
+        outside = rho > high
+        weights = rho.clamp(max=high)
+    else:
+        raise ValueError(f"unknown rollout IS mode {mode!r}; use clip or truncate")
     vetoed = torch.zeros_like(m, dtype=torch.bool)
     if veto is not None:
         vetoed = ((log_ratio < math.log(veto)) & mask.bool()).any(-1, keepdim=True).expand_as(vetoed)
         weights = torch.where(vetoed, torch.zeros_like(weights), weights)
     metrics = {
         "is_weight_mean": _masked_mean(weights, mask),
-        "is_clipped_frac": _masked_mean(((rho < low) | (rho > high)).to(m.dtype), mask),
+        "is_clipped_frac": _masked_mean(outside.to(m.dtype), mask),
         "is_vetoed_frac": _masked_mean(vetoed.to(m.dtype), mask),
     }
     return weights * m, metrics

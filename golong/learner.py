@@ -353,7 +353,7 @@ class Learner:
             for s, o in zip(samples, old, strict=True)
         ]
         return rollout_is_weights(olp, pad_stack(sampler)[0], mask, level=algo.rollout_is,
-                                  clip=tuple(algo.rollout_is_clip), veto=algo.rollout_is_veto)
+                                  clip=tuple(algo.rollout_is_clip), mode=algo.rollout_is_mode, veto=algo.rollout_is_veto)
 
     def _idle_micro_batch(self, row: PackedRow) -> None:
         """Forward + backward with a zero loss: keeps this rank in step with the others' FSDP collectives."""

@@ -262,25 +262,31 @@ def test_rollout_is_token_weights_hand_values():
     old = torch.log(torch.tensor([[0.5, 0.2, 0.9], [0.4, 0.3, 0.1]]))
     sampler = torch.log(torch.tensor([[0.5, 0.01, 0.3], [0.8, 0.9, 0.1]]))
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
-    w, m = rollout_is_weights(old, sampler, mask, level="token", clip=(0.5, 5.0))
-    # ratios 1, 20, 3 | 0.5, 1/3, (padding): truncated to [0.5, 5]
-    want = torch.tensor([[1.0, 5.0, 3.0], [0.5, 0.5, 0.0]])
-    torch.testing.assert_close(w, want, rtol=1e-6, atol=1e-6)
-    assert m["is_weight_mean"] == pytest.approx((1 + 5 + 3 + 0.5 + 0.5) / 5, rel=1e-6)
+    # ratios 1, 20, 3 | 0.5, 1/3, (padding)
+    w, m = rollout_is_weights(old, sampler, mask, level="token", clip=(0.5, 5.0))  # mode clip (GoLongRL)
+    torch.testing.assert_close(w, torch.tensor([[1.0, 0.0, 3.0], [0.5, 0.0, 0.0]]), rtol=1e-6, atol=1e-6)
+    assert m["is_weight_mean"] == pytest.approx((1 + 0 + 3 + 0.5 + 0) / 5, rel=1e-6)
     assert m["is_clipped_frac"] == pytest.approx(2 / 5)  # 20 and 1/3 (0.5 itself is inside)
     assert m["is_vetoed_frac"] == 0.0
+    w, m = rollout_is_weights(old, sampler, mask, level="token", clip=(0.5, 5.0), mode="truncate")
+    torch.testing.assert_close(w, torch.tensor([[1.0, 5.0, 3.0], [0.5, 1 / 3, 0.0]]), rtol=1e-6, atol=1e-6)
+    assert m["is_clipped_frac"] == pytest.approx(1 / 5)  # only 20 is capped; no lower bound
+    with pytest.raises(ValueError, match="mode"):
+        rollout_is_weights(old, sampler, mask, mode="mask")
 
 
 def test_rollout_is_veto_zeroes_the_whole_response():
     old = torch.log(torch.tensor([[0.5, 1e-6, 0.9], [0.4, 0.3, 0.2]]))
     sampler = torch.log(torch.tensor([[0.5, 0.5, 0.3], [0.4, 0.3, 0.2]]))
     mask = torch.ones(2, 3, dtype=torch.bool)
-    w, m = rollout_is_weights(old, sampler, mask, level="token", clip=(0.5, 5.0), veto=1e-4)
-    # response 0 holds a token with ratio 2e-6 < 1e-4: all its weights are 0; response 1 untouched
-    torch.testing.assert_close(w, torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), rtol=1e-6, atol=1e-6)
-    assert m["is_vetoed_frac"] == pytest.approx(0.5) and m["is_weight_mean"] == pytest.approx(0.5)
+    for mode in ("clip", "truncate"):
+        w, m = rollout_is_weights(old, sampler, mask, level="token", clip=(0.5, 5.0), mode=mode, veto=1e-4)
+        # response 0 holds a token with ratio 2e-6 < 1e-4: all its weights are 0; response 1 untouched
+        torch.testing.assert_close(w, torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), rtol=1e-6, atol=1e-6)
+        assert m["is_vetoed_frac"] == pytest.approx(0.5) and m["is_weight_mean"] == pytest.approx(0.5)
     w2, _ = rollout_is_weights(old, sampler, mask, level="token", clip=(0.5, 5.0), veto=1e-7)
-    assert w2[0, 0].item() == pytest.approx(1.0) and w2[0, 1].item() == 0.5  # no veto: truncated only
+    assert w2[0, 0].item() == pytest.approx(1.0) and w2[0, 1].item() == 0.0  # no veto: only that token dropped
+    assert w2[0, 2].item() == pytest.approx(3.0)
 
 
 def test_rollout_is_sequence_weights_hand_values():
@@ -288,9 +294,11 @@ def test_rollout_is_sequence_weights_hand_values():
     sampler = torch.log(torch.tensor([[0.25, 0.3, 0.9], [0.8, 0.6, 0.1]]))
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
     w, m = rollout_is_weights(old, sampler, mask, level="sequence", clip=(0.5, 5.0))
-    # products: 2 * 2 * 1 = 4 | 0.5 * 0.5 = 0.25 (padding ignored) -> truncated to 0.5
-    torch.testing.assert_close(w, torch.tensor([[4.0, 4.0, 4.0], [0.5, 0.5, 0.0]]), rtol=1e-5, atol=1e-6)
+    # products: 2 * 2 * 1 = 4 (inside) | 0.5 * 0.5 = 0.25 (padding ignored; outside: the response is dropped)
+    torch.testing.assert_close(w, torch.tensor([[4.0, 4.0, 4.0], [0.0, 0.0, 0.0]]), rtol=1e-5, atol=1e-6)
     assert m["is_clipped_frac"] == pytest.approx(2 / 5)
+    w, _ = rollout_is_weights(old, sampler, mask, level="sequence", clip=(0.5, 3.0), mode="truncate")
+    torch.testing.assert_close(w, torch.tensor([[3.0, 3.0, 3.0], [0.25, 0.25, 0.0]]), rtol=1e-5, atol=1e-6)
 
 
 def test_policy_loss_multiplies_each_token_term_by_its_weight():

@@ -307,11 +307,13 @@ def test_rollout_is_weights_scale_the_gradient_and_veto_drops_a_response(tiny_mo
     samples = _samples(seed=8)
     plain = _learner(tiny_model_dir).train_step(_with_sampler(_learner(tiny_model_dir), samples, 0.0))
     kw = {"rollout_is": "token", "rollout_is_clip": (0.5, 5.0)}
-    # every ratio 2 (inside the bounds): the whole gradient doubles; ratio 10: truncated to 5
-    for shift, scale, clipped in ((math.log(2.0), 2.0, 0.0), (math.log(10.0), 5.0, 1.0)):
-        learner = _learner(tiny_model_dir, **kw)
+    # every ratio 2 (inside the band): the whole gradient doubles; ratio 10: truncated to 5, or (clip,
+    # GoLongRL's mode) every token dropped: no gradient at all
+    for mode, shift, scale, clipped in (("clip", math.log(2.0), 2.0, 0.0), ("truncate", math.log(10.0), 5.0, 1.0),
+                                        ("clip", math.log(10.0), 0.0, 1.0)):
+        learner = _learner(tiny_model_dir, rollout_is_mode=mode, **kw)
         m = learner.train_step(_with_sampler(learner, samples, shift))
-        assert m["grad_norm"] == pytest.approx(scale * plain["grad_norm"], rel=1e-4)
+        assert m["grad_norm"] == pytest.approx(scale * plain["grad_norm"], rel=1e-4, abs=1e-9)
         assert m["is_weight_mean"] == pytest.approx(scale, rel=1e-5) and m["is_clipped_frac"] == pytest.approx(clipped)
     # a token the learner all but rules out vetoes its whole response: the gradient is the rest's
     learner = _learner(tiny_model_dir, rollout_is_veto=1e-4, **kw)

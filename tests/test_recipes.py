@@ -40,7 +40,7 @@ def test_golongrl_4b_settings(name, estimator):
     # dynamic sampling: rounds of 512 prompts, at most 32, until 128 groups are kept, else stop
     assert (a.dynamic_sampling, a.prompts_per_round, a.max_generation_rounds, a.underfilled) == (True, 512, 32, "error")
     # token-level rollout importance sampling, weights truncated to [0.5, 5], veto 1e-4 (the 4B script)
-    assert (a.rollout_is, tuple(a.rollout_is_clip), a.rollout_is_veto) == ("token", (0.5, 5.0), 1e-4)
+    assert (a.rollout_is, tuple(a.rollout_is_clip), a.rollout_is_mode, a.rollout_is_veto) == ("token", (0.5, 5.0), "clip", 1e-4)
 
 
 def test_vllm_engine_is_a_one_line_error_until_it_exists(tmp_path):
