@@ -83,18 +83,19 @@ def test_greedy_equals_hf_generate(stopping_model, tiny_tokenizer, prompts, max_
         assert engine.stats["moves"] > 0  # early stops let the survivors move down to a smaller bucket
 
 
-def test_graph_warm_up_leaves_live_rows_intact(stopping_model, tiny_tokenizer, prompts):
+@pytest.mark.parametrize("share", [True, False])
+def test_graph_warm_up_leaves_live_rows_intact(stopping_model, tiny_tokenizer, prompts, share):
     """Capturing a CUDA graph first runs the decode eagerly on dummy inputs; replayed here on the CPU
-    before every new (batch, span) bucket, it must not change any output."""
+    before every new step shape (batch, spans), it must not change any output."""
     model, refs = stopping_model
-    engine = StaticEngine(model, tiny_tokenizer, max_batch=3, max_len=40)
+    engine = StaticEngine(model, tiny_tokenizer, max_batch=4 if share else 3, max_len=40, share_prefix=share)
     seen = set()
 
-    def decode_after_warm_up(tok, pos, span, n=1):
-        if (tok.shape[0], span, n) not in seen:
-            seen.add((tok.shape[0], span, n))
-            engine._warm_up(tok.shape[0], span, n)
-        return engine._run_decode(tok, pos, span, n)
+    def decode_after_warm_up(shape, inputs):
+        if shape not in seen:
+            seen.add(shape)
+            engine._warm_up(shape)
+        return engine._run_decode(shape, *inputs)
 
     engine._decode_step = decode_after_warm_up
     out = engine.generate(prompts, 2, SamplingParams(max_new_tokens=16, temperature=0))

@@ -114,7 +114,8 @@ def test_ksa_storage_is_bounded_and_budget_admits_more_ksa_rows(tiny_tokenizer, 
     budget_rows = 10
     length = 1024
     budget_gb = budget_rows * StaticEngine(full, tiny_tokenizer).row_bytes(length) / 1024**3
-    engines = [StaticEngine(m, tiny_tokenizer, max_batch=64, max_len=length, kv_budget_gb=budget_gb) for m in (full, model)]
+    engines = [StaticEngine(m, tiny_tokenizer, max_batch=64, max_len=length, kv_budget_gb=budget_gb, share_prefix=False)
+               for m in (full, model)]  # full attention with a copy of the prompt per row, as KSA rows have
     long_prompt = [prompts[-1] * 50]  # 800 tokens: storage for 1024
     for e in engines:  # 16 rows wanted
         e.generate(long_prompt * 2, 8, SamplingParams(max_new_tokens=2, temperature=0))

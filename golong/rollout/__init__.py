@@ -2,8 +2,9 @@
 where a recipe's `rollout.engine` becomes an engine.
 
   static  golong's own engine over the transformers model (rollout/static.py): static K/V storage
-          (the KSA text ring + summary store for KSA policies), CUDA-graph decode, continuous
-          batching, batched prefill. Qwen3 / Qwen2 / Llama and their KSA forms.
+          (the KSA text ring + summary store for KSA policies; under full attention each group's
+          prompt K/V once, `share_prefix`), CUDA-graph decode, continuous batching, batched
+          prefill. Qwen3 / Qwen2 / Llama and their KSA forms.
   loop    a decode loop over the model's own forward and cache (rollout/loop.py): any causal LM.
   vllm    vLLM's offline engine (rollout/vllm.py): needs the vllm package; not for KSA policies.
   auto    vllm where it is installed, a CUDA GPU is present and the policy is not KSA; else static.
@@ -78,6 +79,7 @@ class EngineConfig:
     batch_size: int = 32  # static: rows decoded at once at most; loop: rows per batch; vllm: its own
     max_len: int | None = None  # prompt + response tokens; None: static -> the model's limit, vllm -> its own
     kv_budget_gb: float | None = None  # static / loop: decode K/V budget (None = off)
+    share_prefix: bool = True  # static, full attention: a group's prompt K/V stored and read once (rollout/prefix.py)
     device: str | None = None  # static / loop; None = where the model's weights are
     dtype: str = "auto"  # vllm: weight dtype
     seed: int = 0  # vllm: engine seed
@@ -95,8 +97,8 @@ def engine_config(recipe: Any, device: str | None = None) -> EngineConfig:
     limit = recipe.data.max_prompt_tokens + r.max_new_tokens if recipe.data.max_prompt_tokens else None
     return EngineConfig(
         name=r.engine, ksa=m.ksa is not None or _ksa_folder(m.path), batch_size=r.batch_size, max_len=limit,
-        kv_budget_gb=r.kv_budget_gb, device=device, dtype=m.dtype, seed=recipe.trainer.seed,
-        trust_remote_code=m.trust_remote_code,
+        kv_budget_gb=r.kv_budget_gb, share_prefix=r.share_prefix, device=device, dtype=m.dtype,
+        seed=recipe.trainer.seed, trust_remote_code=m.trust_remote_code,
     )
 
 
@@ -131,7 +133,8 @@ def make_engine(config: EngineConfig, model: Any, tokenizer: Any) -> RolloutEngi
         problem = unsupported_reason(model)
         if problem is None:
             return StaticEngine(model, tokenizer, max_batch=config.batch_size, max_len=config.max_len,
-                                device=config.device, kv_budget_gb=config.kv_budget_gb)
+                                device=config.device, kv_budget_gb=config.kv_budget_gb,
+                                share_prefix=config.share_prefix)
         log.info("the static engine cannot run this model (%s); the loop engine generates instead", problem)
     from golong.rollout.loop import LoopEngine
 

@@ -18,15 +18,27 @@ prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engin
 - runs its own layer loop over the model's HF modules (embed -> per layer: norm, q/k/v proj,
   q/k head norms (Qwen3), RoPE from the model's rotary_emb, cache write, attention, o_proj, residual,
   post-norm, MLP -> final norm -> lm_head), so one decode step is a fixed sequence of kernels that
-  a CUDA graph can capture, one graph per (batch bucket, cache-length bucket, query columns),
+  a CUDA graph can capture, one graph per (batch bucket, cache-length bucket, query columns) or,
+  sharing prompts, (batch bucket, block width, prompt-length bucket, response-length bucket),
   captured on first use; weight updates copy into the same tensors, so graphs stay valid;
-- serves a fixed pool of slots: a sequence that finishes (EOS or max_new_tokens) frees its slot for
-  the next waiting one; the G samples of one prompt share one prefill (the prompt's K/V are copied
-  from a live sibling's slot), the prompts admitted together are prefilled in packed forwards (up
-  to prefill_chunk text tokens each; attention per prompt, the rest as GEMMs over the whole pack;
-  full-attention and KSA policies alike; stats: prefill_batches, prefill_max_prompts,
-  prefill_tokens), and live rows are moved down to the lowest slots when that lets a smaller batch
-  bucket run;
+- full attention, `share_prefix` (the default): the G samples of a prompt run in a block of G
+  consecutive slots; per layer the prompt's K/V is stored once per block (a prefix row) and each
+  slot keeps only its response's K/V, and a decode step attends the block's prefix with the G rows'
+  queries stacked against it (read once, not G times) and merges that with each row's own part by
+  log-sum-exp (golong/rollout/prefix.py). By byte count, at 8K prompts, G=8 and 256 new tokens a
+  step reads ~6x less K/V and ~G x less is stored, so a kv_budget_gb admits more rows. A block is
+  admitted whole and freed whole: a finished row's slot idles until its group is done (another
+  prompt's row could not use it without its own prefix, and the group's read is one prefix
+  however many rows are live); a group wider than max_batch (or the budget) runs as several
+  blocks, each with its prompt. `kv_tokens_read` counts each live block's prompt once plus each
+  row's own entries. share_prefix=False (and KSA policies): each slot holds prompt + response;
+- serves a fixed pool of slots (in blocks, above): a sequence that finishes (EOS or max_new_tokens)
+  frees its slot (its block) for the next waiting one; the G samples of one prompt share one
+  prefill (without share_prefix the prompt's K/V are copied from a live sibling's slot), the
+  prompts admitted together are prefilled in packed forwards (up to prefill_chunk text tokens
+  each; attention per prompt, the rest as GEMMs over the whole pack; full-attention and KSA
+  policies alike; stats: prefill_batches, prefill_max_prompts, prefill_tokens), and live rows
+  (blocks) are moved down to the lowest slots when that lets a smaller batch bucket run;
 - samples on the device with a counter-based random stream keyed by (seed, prompt index, sample
   index, step) (golong/rollout/sampling.py): a sample's tokens do not depend on which other rows
   share its batch.
@@ -34,7 +46,9 @@ prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engin
 Measured on one H200 (2026-11-28, Qwen3-0.6B shape, bf16, full attention, bench/engine_decode.py):
 7.1 ms per decode step after a 32K prompt at batch 1 (transformers `generate`: 68.5 ms; HBM floor
 1.0 ms), 5.6 ms after 8K. What is left is mostly launch-bound: ~60 small kernels per layer even
-inside one graph. The KSA path has not run on a GPU yet.
+inside one graph. The KSA path has not run on a GPU yet. share_prefix has run on CPUs only
+(bench/prefix_decode.py: hidden 256, 4 layers, 2 prompts of 2K, G=8, 64 new tokens, float32, one
+thread: 18.5 -> 13.6 ms per step, K/V read per step 130 -> 18 MiB, stored 132 -> 32 MiB).
 
 Supported: Qwen3 / Qwen2 / Llama architectures and their KSA forms (`unsupported_reason` says why
 another model is not). For any other model (and LoRA-wrapped peft models) the engine registry
@@ -53,6 +67,7 @@ import torch
 import torch.nn.functional as F
 
 from golong.rollout.base import Completion, RolloutEngine, SamplingParams, copy_weights_into
+from golong.rollout.prefix import cascade_attention, fit_budget, length_bias
 from golong.rollout.sampling import eos_ids, row_key, sample_rows
 from ksa import completes_chunk, is_ksa, mix_summary, step_inputs
 from ksa.static_cache import PackedPrefill, StaticKSALayer
@@ -112,6 +127,7 @@ class _Seq:
     slot: int
     length: int  # tokens in the cache (prompt + fed responses)
     key: int
+    prefix: int = 0  # of those, tokens in its block's prefix storage (share_prefix: the prompt), not its own
     tokens: list[int] = field(default_factory=list)
     logps: list[float] = field(default_factory=list)
     finish: str = "length"
@@ -120,8 +136,7 @@ class _Seq:
 @dataclass
 class _Graph:
     graph: Any
-    tok: torch.Tensor
-    pos: torch.Tensor
+    inputs: tuple[torch.Tensor, ...]  # (tok, pos) or, sharing prompts, (tok, pos, prefix length)
     logits: torch.Tensor
 
 
@@ -139,12 +154,16 @@ class StaticEngine(RolloutEngine):
         cuda_graphs: bool = True,
         prefill_chunk: int = 8192,
         kv_budget_gb: float | None = None,
+        share_prefix: bool = True,
     ):
         """`max_batch` sequences decode at once at most; `max_len` (default: the model's
         max_position_embeddings) bounds prompt + response tokens.
         K/V storage is allocated for what a `generate` call needs (rows, longest prompt + new tokens)
         and kept for later calls; with `kv_budget_gb` the rows are also capped so that storage fits
         the budget (a KSA policy's ring layers need less per row, so more of its sequences run).
+        `share_prefix` (full-attention policies; KSA policies always keep per-row storage): each
+        group's prompt K/V is stored once and read once per step for its G rows (golong/rollout/
+        prefix.py); False = every row holds its own copy of the prompt.
         A model it cannot run (`unsupported_reason`) is a ValueError naming the reason."""
         problem = unsupported_reason(model)
         if problem is not None:
@@ -166,9 +185,13 @@ class StaticEngine(RolloutEngine):
         self.dtype = next(model.parameters()).dtype
         self.ksa = is_ksa(cfg)
         self.mix = float(getattr(cfg, "ksa_mix_coeff", 1.0))
-        self.rows = self.cap_len = 0  # allocated storage: rows x text tokens
+        self.share = share_prefix and not self.ksa
+        self.rows = self.cap_len = 0  # allocated storage: rows x text tokens (sharing: response tokens)
         self.k_cache: list[torch.Tensor] = []  # full attention: [rows, kv_heads, cap_len, head_dim] per layer
         self.v_cache: list[torch.Tensor] = []
+        self.blocks = self.prefix_cap = 0  # sharing: prompt storage, one row per block of slots
+        self.k_prefix: list[torch.Tensor] = []  # [blocks, kv_heads, prefix_cap, head_dim] per layer
+        self.v_prefix: list[torch.Tensor] = []
         self.ksa_layers: list[Any] = []  # KSA: ksa.static_cache.StaticKSALayer per layer
         self._graphs: dict[tuple[int, int, int], _Graph] = {}
         self._pool = None
@@ -195,10 +218,7 @@ class StaticEngine(RolloutEngine):
             rows = min(rows, fit)
         if rows <= self.rows and length <= self.cap_len:
             return
-        self._graphs.clear()
-        self.k_cache, self.v_cache, self.ksa_layers = [], [], []
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        self._drop_storage()
         self.rows, self.cap_len = rows, length
         cfg = self.model.config
         if self.ksa:
@@ -209,13 +229,57 @@ class StaticEngine(RolloutEngine):
                 for w in cfg.ksa_windows
             ]
             return
+        self.k_cache, self.v_cache = self._kv_rows(rows, length)
+
+    def _ensure_shared(self, prompts: int, n: int, prompt_len: int, new: int) -> int:
+        """share_prefix storage for `prompts` groups of `n` rows: per layer a prefix row per block of
+        slots (length_bucket(prompt_len) tokens) and an own row per slot (length_bucket(new) response
+        tokens), grown in buckets and kept, like _ensure_cache. Returns the block width: n, or fewer
+        where max_batch or kv_budget_gb cannot hold n rows (a group then runs as several blocks, each
+        with its own copy of the prompt). With a budget, blocks * prefix row + rows * own row fits it."""
+        width = min(n, self.max_batch)
+        plen = min(self.max_len, max(length_bucket(prompt_len, self.max_len), self.prefix_cap))
+        olen = min(self.max_len, max(length_bucket(new, self.max_len), self.cap_len))
+        most = self.max_batch // width
+        blocks = max(batch_bucket(min(prompts * -(-n // width), most), most), self.blocks)
+        rows = min(self.max_batch, max(blocks * width, self.rows))
+        if self.kv_budget is not None:
+            width, blocks, rows = fit_budget(self.kv_budget, width, blocks, rows, self.row_bytes(plen), self.row_bytes(olen))
+        if blocks > self.blocks or rows > self.rows or plen > self.prefix_cap or olen > self.cap_len:
+            self._drop_storage()
+            self.rows, self.cap_len, self.blocks, self.prefix_cap = rows, olen, blocks, plen
+            self.k_cache, self.v_cache = self._kv_rows(rows, olen)
+            self.k_prefix, self.v_prefix = self._kv_rows(blocks, plen)
+        return min(width, self.rows)
+
+    def _kv_rows(self, rows: int, length: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Zeroed K and V storage [rows, kv_heads, length, head_dim], one tensor per layer each."""
         shape = (rows, self.kv_heads, length, self.head_dim)
-        self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.num_hidden_layers)]
-        self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.num_hidden_layers)]
+        layers = range(self.model.config.num_hidden_layers)
+        return ([torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in layers],
+                [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in layers])
+
+    def _drop_storage(self) -> None:
+        """Forget graphs and all K/V storage (graphs point at the storage tensors)."""
+        self._graphs.clear()
+        self.k_cache, self.v_cache, self.ksa_layers, self.k_prefix, self.v_prefix = [], [], [], [], []
+        self.rows = self.cap_len = self.blocks = self.prefix_cap = 0
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @property
+    def prompt_k(self) -> list[torch.Tensor]:
+        """Where prefills write prompt K per layer: row = a block's prefix row when sharing, else a slot."""
+        return self.k_prefix if self.share else self.k_cache
+
+    @property
+    def prompt_v(self) -> list[torch.Tensor]:
+        return self.v_prefix if self.share else self.v_cache
 
     def cache_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k_cache + self.v_cache) + sum(
-            layer.nbytes() for layer in self.ksa_layers)
+        """Bytes of all K/V storage: rows (and, sharing prompts, prefix rows; or KSA layers)."""
+        tensors = self.k_cache + self.v_cache + self.k_prefix + self.v_prefix
+        return sum(t.numel() * t.element_size() for t in tensors) + sum(layer.nbytes() for layer in self.ksa_layers)
 
     def load_weights(self, state_dict: dict[str, Any]) -> None:
         """Copy into the existing parameter tensors (captured graphs keep pointing at them)."""
@@ -226,11 +290,8 @@ class StaticEngine(RolloutEngine):
         weights: for an engine sharing its model with a colocated learner."""
         if self.device.type == "cpu":
             return
-        self._graphs.clear()
+        self._drop_storage()
         self._pool = None
-        self.k_cache, self.v_cache, self.ksa_layers = [], [], []
-        self.rows = self.cap_len = 0
-        torch.cuda.empty_cache()
 
     def sleep(self) -> None:
         """Drop graphs and the KV cache, park the weights on the CPU (graphs are re-captured on wake)."""
@@ -334,8 +395,8 @@ class StaticEngine(RolloutEngine):
         def attend(i, q, k, v, scale):
             outs = []
             for a, b, slot in zip(ends[:-1], ends[1:], slots, strict=True):
-                self.k_cache[i][slot, :, : b - a] = k[0, :, a:b]
-                self.v_cache[i][slot, :, : b - a] = v[0, :, a:b]
+                self.prompt_k[i][slot, :, : b - a] = k[0, :, a:b]
+                self.prompt_v[i][slot, :, : b - a] = v[0, :, a:b]
                 keys, vals = (x[:, :, a:b].repeat_interleave(groups, 1) for x in (k, v))  # as _prefill does
                 outs.append(F.scaled_dot_product_attention(q[:, :, a:b], keys, vals, is_causal=True, scale=scale))
             return torch.cat(outs, 2)
@@ -351,12 +412,12 @@ class StaticEngine(RolloutEngine):
             c1 = min(c0 + self.prefill_chunk, len(prompt))
 
             def attend(i, q, k, v, scale, c0=c0, c1=c1):
-                self.k_cache[i][slot, :, c0:c1] = k[0]
-                self.v_cache[i][slot, :, c0:c1] = v[0]
+                self.prompt_k[i][slot, :, c0:c1] = k[0]
+                self.prompt_v[i][slot, :, c0:c1] = v[0]
                 # K/V repeated per query head (one chunk, transient): every SDPA backend takes it.
                 groups = self.heads // self.kv_heads
-                keys = self.k_cache[i][slot : slot + 1, :, :c1].repeat_interleave(groups, 1)
-                vals = self.v_cache[i][slot : slot + 1, :, :c1].repeat_interleave(groups, 1)
+                keys = self.prompt_k[i][slot : slot + 1, :, :c1].repeat_interleave(groups, 1)
+                vals = self.prompt_v[i][slot : slot + 1, :, :c1].repeat_interleave(groups, 1)
                 if c0 == 0:
                     return F.scaled_dot_product_attention(q, keys, vals, is_causal=True, scale=scale)
                 allowed = torch.arange(c1, device=q.device)[None, :] <= torch.arange(c0, c1, device=q.device)[:, None]
@@ -394,12 +455,10 @@ class StaticEngine(RolloutEngine):
         length (q [B, kv_heads, groups, D] against K [B, kv_heads, span, D]) so no K/V is repeated.
         """
         b = tok.shape[0]
-        rows = torch.arange(b, device=tok.device)
         groups = self.heads // self.kv_heads
         visible = torch.arange(span, device=tok.device)[None, :] <= pos[:, None]  # [B, span]
         bias = torch.zeros(visible.shape, dtype=torch.float32, device=tok.device).masked_fill(~visible, float("-inf"))
-        flat = (rows[:, None] * self.kv_heads + torch.arange(self.kv_heads, device=tok.device)) * self.cap_len
-        flat = (flat + pos[:, None]).reshape(-1)  # index of (row, head, pos) in the [-1, D] view
+        flat = self._write_index(pos)
 
         def attend(i, q, k, v, scale):
             kc, vc = self.k_cache[i], self.v_cache[i]
@@ -409,6 +468,36 @@ class StaticEngine(RolloutEngine):
             scores = torch.matmul(qg, kc[:b, :, :span].transpose(-1, -2)).float() * scale + bias[:, None, None]
             probs = torch.softmax(scores, -1).to(vc.dtype)
             return torch.matmul(probs, vc[:b, :, :span]).reshape(b, self.heads, 1, self.head_dim)
+
+        return self._logits(self._layers(self._embed(tok[:, None]), pos[:, None], attend)[:, -1])
+
+    def _write_index(self, at: torch.Tensor) -> torch.Tensor:
+        """Index of (row, kv head, at[row]) in a row storage viewed as [-1, head_dim], rows 0..B-1."""
+        rows = torch.arange(at.shape[0], device=at.device)
+        flat = (rows[:, None] * self.kv_heads + torch.arange(self.kv_heads, device=at.device)) * self.cap_len
+        return (flat + at[:, None]).reshape(-1)
+
+    def _decode_shared(self, tok: torch.Tensor, pos: torch.Tensor, prefix: torch.Tensor, width: int,
+                       prefix_span: int, own_span: int) -> torch.Tensor:
+        """share_prefix decode: one token for rows 0..B-1 (blocks of `width` rows); tok/pos/prefix [B],
+        prefix = prompt tokens in the row's block's prefix row (equal across a block). A row writes its
+        K/V at own index pos - prefix and attends prefix[: prefix] + own[: pos - prefix + 1]
+        (golong/rollout/prefix.py, cascade_attention); spans bound the keys read of each part."""
+        b = tok.shape[0]
+        own = pos - prefix
+        prefix_bias = length_bias(prefix.view(b // width, width).amax(1), prefix_span)  # [blocks, P]
+        own_bias = length_bias(own + 1, own_span)  # [B, R]
+        flat = self._write_index(own)
+
+        def attend(i, q, k, v, scale):
+            kc, vc = self.k_cache[i], self.v_cache[i]
+            kc.view(-1, self.head_dim).index_copy_(0, flat, k.reshape(-1, self.head_dim))
+            vc.view(-1, self.head_dim).index_copy_(0, flat, v.reshape(-1, self.head_dim))
+            qg = q.reshape(b, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+            blocks = b // width
+            out = cascade_attention(qg, self.k_prefix[i][:blocks, :, :prefix_span], self.v_prefix[i][:blocks, :, :prefix_span],
+                                    prefix_bias, kc[:b, :, :own_span], vc[:b, :, :own_span], own_bias, scale)
+            return out.reshape(b, self.heads, 1, self.head_dim)
 
         return self._logits(self._layers(self._embed(tok[:, None]), pos[:, None], attend)[:, -1])
 
@@ -433,46 +522,55 @@ class StaticEngine(RolloutEngine):
         C = self.model.config.ksa_chunk
         return 1 + self.model.config.ksa_summaries if any(completes_chunk(p, C) for p in pos) else 1
 
-    def _run_decode(self, tok: torch.Tensor, pos: torch.Tensor, span: int, n: int) -> torch.Tensor:
-        return self._decode_ksa(tok, pos, span, n) if self.ksa else self._decode(tok, pos, span)
+    # A step's shape, which names its CUDA graph: (B, span, query columns), or when sharing prompts
+    # (B, width, prefix span, own span); its inputs: (tok, pos), sharing (tok, pos, prefix length).
+    def _run_decode(self, shape: tuple[int, ...], *inputs: torch.Tensor) -> torch.Tensor:
+        if self.share:
+            return self._decode_shared(*inputs, *shape[1:])
+        _, span, n = shape
+        return self._decode_ksa(*inputs, span, n) if self.ksa else self._decode(*inputs, span)
 
-    def _decode_step(self, tok: torch.Tensor, pos: torch.Tensor, span: int, n: int = 1) -> torch.Tensor:
+    def _decode_step(self, shape: tuple[int, ...], inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Logits [B, V] of one decode step, replayed from the graph captured for `shape` on a GPU."""
         if not self.use_graphs:
-            return self._run_decode(tok, pos, span, n)
-        g = self._graphs.get((tok.shape[0], span, n)) or self._capture(tok.shape[0], span, n)
-        g.tok.copy_(tok)
-        g.pos.copy_(pos)
+            return self._run_decode(shape, *inputs)
+        g = self._graphs.get(shape) or self._capture(shape)
+        for slot, value in zip(g.inputs, inputs, strict=True):
+            slot.copy_(value)
         g.graph.replay()
         return g.logits
 
-    def _dummy_inputs(self, b: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs for a warm-up decode of rows 0..b-1: position span - 1, which no live row has filled
-        yet (span > every live row's length), so the K/V written there is overwritten or never seen.
-        (KSA ring layers wrap positions onto live slots: _capture saves and restores those.)"""
+    def _dummy_inputs(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        """Inputs for a warm-up decode of rows 0..B-1 that writes K/V where no live row has any yet:
+        position span - 1 (span > every live row's length), or when sharing prompts own index
+        own span - 1 (prefix length 0), so what it writes is overwritten or never seen.
+        (KSA ring layers wrap positions onto live slots: _warm_up saves and restores those.)"""
+        b, last = shape[0], (shape[3] if self.share else shape[1]) - 1
         tok = torch.zeros(b, dtype=torch.long, device=self.device)
-        return tok, torch.full((b,), span - 1, dtype=torch.long, device=self.device)
+        pos = torch.full((b,), last, dtype=torch.long, device=self.device)
+        return (tok, pos, torch.zeros_like(tok)) if self.share else (tok, pos)
 
-    def _warm_up(self, b: int, span: int, n: int) -> None:
+    def _warm_up(self, shape: tuple[int, ...]) -> None:
         """Run one decode on dummy inputs without changing any live row (see _dummy_inputs)."""
-        saved = [layer.save_rows(b, span - 1) for layer in self.ksa_layers]
-        self._run_decode(*self._dummy_inputs(b, span), span, n)
+        saved = [layer.save_rows(shape[0], shape[1] - 1) for layer in self.ksa_layers]
+        self._run_decode(shape, *self._dummy_inputs(shape))
         for layer, kept in zip(self.ksa_layers, saved, strict=True):
-            layer.restore_rows(kept, span - 1)
+            layer.restore_rows(kept, shape[1] - 1)
 
-    def _capture(self, b: int, span: int, n: int) -> _Graph:
+    def _capture(self, shape: tuple[int, ...]) -> _Graph:
         # A warm-up on a side stream, as CUDA graph capture requires (lazy inits, cuBLAS workspaces).
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            self._warm_up(b, span, n)
+            self._warm_up(shape)
         torch.cuda.current_stream(self.device).wait_stream(stream)
-        tok, pos = self._dummy_inputs(b, span)
+        inputs = self._dummy_inputs(shape)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            logits = self._run_decode(tok, pos, span, n)
-        self._graphs[(b, span, n)] = g = _Graph(graph, tok, pos, logits)
+            logits = self._run_decode(shape, *inputs)
+        self._graphs[shape] = g = _Graph(graph, inputs, logits)
         return g
 
     # --- scheduling ----------------------------------------------------------------------------
@@ -483,8 +581,19 @@ class StaticEngine(RolloutEngine):
             kc[dst, :, :length] = kc[src, :, :length]
             vc[dst, :, :length] = vc[src, :, :length]
 
+    def _copy_prompt(self, src: int, dst: int, length: int) -> None:
+        """A prompt's K/V from one home to another: prefix rows when sharing prompts, else slots."""
+        if not self.share:
+            return self._copy_slot(src, dst, length)
+        for kp, vp in zip(self.k_prefix, self.v_prefix, strict=True):
+            kp[dst, :, :length] = kp[src, :, :length]
+            vp[dst, :, :length] = vp[src, :, :length]
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> list[list[Completion]]:
+        """Slots come in blocks of `width`: a group's rows (share_prefix; a finished row's slot idles
+        until its block is done) or single rows. `waiting` holds units, the samples of one prompt
+        that one block runs."""
         self.model.eval()
         longest = max((len(p) for p in prompts), default=0)
         if longest + params.max_new_tokens - 1 > self.max_len:
@@ -494,15 +603,20 @@ class StaticEngine(RolloutEngine):
             )
         if any(len(p) == 0 for p in prompts):
             raise ValueError("an empty prompt cannot be generated from; give at least one token")
-        self._ensure_cache(len(prompts) * n, longest + params.max_new_tokens)
+        if self.share:
+            width = self._ensure_shared(len(prompts), n, longest, params.max_new_tokens)
+            slots: list[_Seq | None] = [None] * (min(self.blocks, self.rows // width) * width)
+        else:
+            width = 1
+            self._ensure_cache(len(prompts) * n, longest + params.max_new_tokens)
+            slots = [None] * self.rows
         # `prefills` prompts (`prefill_tokens` text tokens) in `prefill_batches` forwards of <= `prefill_max_prompts`
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "rows_x_steps": 0, "prefills": 0,
-                 "prefill_batches": 0, "prefill_tokens": 0, "prefill_max_prompts": 0, "moves": 0,
+                 "prefill_batches": 0, "prefill_tokens": 0, "prefill_max_prompts": 0, "moves": 0, "prompt_copies": 0,
                  "concurrency": 0, "kv_bytes": self.cache_bytes(), "kv_tokens_read": 0}
-        waiting = deque((p, j) for p in range(len(prompts)) for j in range(n))
+        waiting = deque((p, range(j, min(j + width, n))) for p in range(len(prompts)) for j in range(0, n, width))
         first_logits: dict[int, torch.Tensor] = {}  # prompt -> logits after its prefill, until all n start
         started: dict[int, int] = {}
-        slots: list[_Seq | None] = [None] * self.rows
         done: list[list[_Seq | None]] = [[None] * n for _ in prompts]
 
         def finish_if(seq: _Seq, token: int) -> bool:
@@ -516,30 +630,24 @@ class StaticEngine(RolloutEngine):
 
         while waiting or any(slots):
             t0 = time.perf_counter()
-            for seq in self._admit(prompts, n, params, waiting, slots, first_logits, started, stats):
+            for seq in self._admit(prompts, n, params, waiting, slots, width, first_logits, started, stats):
                 finish_if(seq, seq.tokens[-1])
             stats["prefill_s"] += time.perf_counter() - t0
             live = [s for s in slots if s is not None]
             if not live:
                 continue
-            stats["moves"] += self._compact(slots)
+            stats["moves"] += self._compact(slots, width)
             t0 = time.perf_counter()
             stats["concurrency"] = max(stats["concurrency"], len(live))
-            b = batch_bucket(max(s.slot for s in live) + 1, self.rows)
-            # Rows of free slots below b decode a dummy token at position 0 of their own (unused) slot.
-            host = [[0] * b for _ in range(4)]  # token, position, key, step per row
-            for s in live:
-                for field_, value in zip(host, (s.tokens[-1], s.length, s.key, len(s.tokens)), strict=True):
-                    field_[s.slot] = value
-            tok, pos, keys, steps = torch.tensor(host, dtype=torch.long).to(self.device, non_blocking=True).unbind(0)
-            span = length_bucket(max(s.length for s in live) + 1, self.cap_len)
-            logits = self._decode_step(tok, pos, span, self._step_columns([s.length for s in live]))
+            logits, keys, steps = self._step(live, width, len(slots) // width)
             new_tok, new_lp = sample_rows(logits, params, keys, steps)
             toks, lps = new_tok.tolist(), new_lp.tolist()
             stats["decode_s"] += time.perf_counter() - t0
             stats["decode_steps"] += 1
             stats["rows_x_steps"] += len(live)
-            stats["kv_tokens_read"] += sum(s.length for s in live)  # K/V entries a step must read: its floor
+            # K/V entries the step must read (its floor): each row's own, each live block's prefix once
+            stats["kv_tokens_read"] += sum(s.length - s.prefix for s in live) + sum(
+                {s.slot // width: s.prefix for s in live}.values())
             for s in live:
                 s.length += 1
                 s.tokens.append(toks[s.slot])
@@ -548,34 +656,59 @@ class StaticEngine(RolloutEngine):
         self.stats = stats
         return [[self._completion(prompts[p], s) for s in group if s is not None] for p, group in enumerate(done)]
 
+    def _step(self, live: list[_Seq], width: int, blocks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One decode step over the batch bucket of blocks holding every live row: logits [B, V] and
+        each row's sampler key and step. A row below B without a sequence decodes a dummy token: at
+        position 0 of its unused slot, or, beside live rows of its block, at own index 0 of its
+        finished row (never read again)."""
+        b = batch_bucket(max(s.slot for s in live) // width + 1, blocks) * width
+        host = [[0] * b for _ in range(5)]  # token, position, key, step, prefix length per row
+        for s in live:
+            first = s.slot - s.slot % width
+            host[1][first : first + width] = host[4][first : first + width] = [s.prefix] * width
+        for s in live:
+            for field_, value in zip(host, (s.tokens[-1], s.length, s.key, len(s.tokens), s.prefix), strict=True):
+                field_[s.slot] = value
+        tok, pos, keys, steps, prefix = torch.tensor(host, dtype=torch.long).to(self.device, non_blocking=True).unbind(0)
+        if self.share:
+            shape = (b, width, length_bucket(max(s.prefix for s in live), self.prefix_cap),
+                     length_bucket(max(s.length - s.prefix for s in live) + 1, self.cap_len))
+            return self._decode_step(shape, (tok, pos, prefix)), keys, steps
+        span = length_bucket(max(s.length for s in live) + 1, self.cap_len)
+        return self._decode_step((b, span, self._step_columns([s.length for s in live])), (tok, pos)), keys, steps
+
     def _admit(self, prompts: list[list[int]], n: int, params: SamplingParams, waiting: deque, slots: list,
-               first_logits: dict[int, torch.Tensor], started: dict[int, int], stats: dict) -> list[_Seq]:
-        """Fill the free slots from `waiting`. The prompts among them whose K/V no slot holds yet are
-        prefilled together (_prefill_many); every other sample copies its prompt's K/V from a slot that
-        holds it (a live sibling, or the slot just prefilled). Each admitted sample then draws its first
-        token, all in one sampling call. Returns the admitted sequences, placed in their slots."""
-        admitted = []
-        for slot in range(self.rows):
-            if not waiting:
-                break
-            if slots[slot] is None:
-                admitted.append((slot, *waiting.popleft()))
-        if not admitted:
+               width: int, first_logits: dict[int, torch.Tensor], started: dict[int, int], stats: dict) -> list[_Seq]:
+        """Give each free block of `width` slots the next unit from `waiting`. A prompt's K/V lives in
+        a home: the block's prefix row when sharing prompts, else the slot (home = slot // width). The
+        prompts whose K/V no live home holds are prefilled together (_prefill_many), one home each;
+        every other new home copies its prompt from a home that holds it (stats: prompt_copies). Each
+        admitted sample then draws its first token, all in one sampling call. Returns the admitted
+        sequences, placed in their slots."""
+        placed = []  # (slot, prompt, sample)
+        for home in range(len(slots) // width):
+            if waiting and not any(slots[home * width : (home + 1) * width]):
+                p, samples = waiting.popleft()
+                placed += [(home * width + t, p, j) for t, j in enumerate(samples)]
+        if not placed:
             return []
-        holder = {s.prompt: s.slot for s in slots if s is not None}  # a slot holding each prompt's K/V
+        holder = {s.prompt: s.slot // width for s in slots if s is not None}  # a live home of each prompt
         fresh: dict[int, int] = {}
-        for slot, p, _ in admitted:
+        for slot, p, _ in placed:
             if p not in holder and p not in fresh:
-                fresh[p] = slot
+                fresh[p] = slot // width
         if fresh:
             first_logits.update(zip(fresh, self._prefill_many([prompts[p] for p in fresh], list(fresh.values()), stats), strict=True))
             stats["prefills"] += len(fresh)
         holder.update(fresh)
+        filled = set(fresh.values())  # new homes that hold their prompt
         seqs, logits = [], []
-        for slot, p, j in admitted:
-            if slot != holder[p]:
-                self._copy_slot(holder[p], slot, len(prompts[p]))
-            seqs.append(_Seq(p, j, slot, len(prompts[p]), row_key(params.seed, p, j)))
+        for slot, p, j in placed:
+            if slot // width not in filled:
+                self._copy_prompt(holder[p], slot // width, len(prompts[p]))
+                filled.add(slot // width)
+                stats["prompt_copies"] += 1
+            seqs.append(_Seq(p, j, slot, len(prompts[p]), row_key(params.seed, p, j), len(prompts[p]) if self.share else 0))
             logits.append(first_logits[p])
             started[p] = started.get(p, 0) + 1
             if started[p] == n:
@@ -588,22 +721,28 @@ class StaticEngine(RolloutEngine):
             slots[seq.slot] = seq
         return seqs
 
-    def _compact(self, slots: list[_Seq | None]) -> int:
-        """Move the highest live rows into the lowest free slots while that shrinks the batch bucket
-        (copying a row's K/V once costs about what one decode step reads for it anyway); returns the
-        number of rows moved."""
-        live = [s for s in slots if s is not None]
+    def _compact(self, slots: list[_Seq | None], width: int) -> int:
+        """Move the highest live block (a group's rows when sharing prompts, else one row) into the
+        lowest free one while that shrinks the batch bucket (copying a block's K/V once costs about
+        what one decode step reads for it anyway); returns the number of blocks moved."""
+        count = len(slots) // width
+        live = sorted({s.slot // width for s in slots if s is not None})
         moves = 0
-        while True:
-            top = max(s.slot for s in live)
-            if batch_bucket(len(live), self.rows) >= batch_bucket(top + 1, self.rows):
-                return moves
+        while batch_bucket(len(live), count) < batch_bucket(live[-1] + 1, count):
+            src, dst = live.pop(), min(set(range(count)) - set(live))
+            prefix = 0
+            for t in range(width):
+                seq = slots[src * width + t]
+                if seq is not None:
+                    self._copy_slot(seq.slot, dst * width + t, seq.length - seq.prefix)
+                    slots[seq.slot] = None
+                    seq.slot, prefix = dst * width + t, seq.prefix
+                    slots[seq.slot] = seq
+            if prefix:
+                self._copy_prompt(src, dst, prefix)
+            live = sorted([*live, dst])
             moves += 1
-            free = slots.index(None)
-            seq = slots[top]
-            assert seq is not None
-            self._copy_slot(top, free, seq.length)
-            slots[free], slots[top], seq.slot = seq, None, free
+        return moves
 
     def _completion(self, prompt: list[int], s: _Seq) -> Completion:
         text_ids = s.tokens[:-1] if s.finish == "stop" else s.tokens  # the EOS token is not text
