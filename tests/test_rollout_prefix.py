@@ -7,6 +7,8 @@ and against transformers' generate; K/V read and stored against formulas from th
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -170,9 +172,26 @@ def test_budget_admits_more_rows_when_sharing(tiny_tokenizer, prompts):
     shared, plain = engines
     assert plain.stats["concurrency"] <= 10 < shared.stats["concurrency"] == 16
     assert shared.cache_bytes() <= budget_gb * 1024**3 and plain.cache_bytes() <= budget_gb * 1024**3
+    # a budget of one prompt + 2 responses: each group of 4 runs as 2 blocks of 2, one block at a time
+    two = shared.row_bytes(length_bucket(480, 4096)) + 2 * shared.row_bytes(length_bucket(8, 4096))
+    narrow = StaticEngine(model, tiny_tokenizer, max_batch=64, max_len=4096, kv_budget_gb=two / 1024**3)
+    assert tokens(narrow.generate(long_prompts, 4, greedy)) == [g[:4] for g in tokens(outs[1])]
+    assert (narrow.rows, narrow.blocks, narrow.stats["concurrency"], narrow.stats["prefills"]) == (2, 1, 2, 4)
     tiny = StaticEngine(model, tiny_tokenizer, max_len=4096, kv_budget_gb=plain_row / 4 / 1024**3)
     with pytest.raises(ValueError, match="kv_budget_gb"):
         tiny.generate(long_prompts, 2, greedy)
+
+
+def test_one_engine_across_group_sizes(stopping_model, tiny_tokenizer, prompts):
+    """Storage is kept across calls: evaluation (G=1), a GRPO batch (G=4), a mix of 2 prompts (G=3)
+    on one engine give the greedy references each time."""
+    model, refs = stopping_model
+    engine = StaticEngine(model, tiny_tokenizer, max_batch=8, max_len=40)
+    greedy = SamplingParams(max_new_tokens=NEW, temperature=0)
+    for batch, n in ((prompts, 1), (prompts, 4), (prompts[3:], 3), (prompts[:2], 1)):
+        want = [[refs[prompts.index(p)]] * n for p in batch]
+        assert tokens(engine.generate(batch, n, greedy)) == want
+    assert (engine.blocks, engine.rows) == (8, 8)  # grown by the first call, reused by the others
 
 
 def test_switch_from_engine_config_and_ksa_keeps_rows(tiny_tokenizer):
@@ -190,7 +209,7 @@ def test_switch_from_engine_config_and_ksa_keeps_rows(tiny_tokenizer):
 def test_cuda_graphs_shared_equals_unshared(stopping_model, tiny_tokenizer, prompts):
     """Both layouts captured as CUDA graphs (float32 on the GPU): greedy = generate, sampled equal."""
     model, refs = stopping_model
-    model = model.to("cuda")
+    model = copy.deepcopy(model).to("cuda")
     runs = {}
     for share in (True, False):
         engine = StaticEngine(model, tiny_tokenizer, max_batch=8, max_len=300, share_prefix=share)
@@ -200,4 +219,3 @@ def test_cuda_graphs_shared_equals_unshared(stopping_model, tiny_tokenizer, prom
         assert tokens(greedy) == [[r] * 3 for r in refs]
         runs[share] = sampled
     assert tokens(runs[True]) == tokens(runs[False])
-    model.to("cpu")

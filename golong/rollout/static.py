@@ -237,7 +237,7 @@ class StaticEngine(RolloutEngine):
         tokens), grown in buckets and kept, like _ensure_cache. Returns the block width: n, or fewer
         where max_batch or kv_budget_gb cannot hold n rows (a group then runs as several blocks, each
         with its own copy of the prompt). With a budget, blocks * prefix row + rows * own row fits it."""
-        width = min(n, self.max_batch)
+        width = max(1, min(n, self.max_batch))
         plen = min(self.max_len, max(length_bucket(prompt_len, self.max_len), self.prefix_cap))
         olen = min(self.max_len, max(length_bucket(new, self.max_len), self.cap_len))
         most = self.max_batch // width
