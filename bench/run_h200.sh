@@ -12,7 +12,9 @@
 #   group      bench/learner.py --group 8: one 32K prompt, 8 responses of 2K, prompt shared vs packed 8 times
 #   gputest    pytest -m gpu tests/test_train_gpu.py: three trainer steps at the GPU recipe's settings, bounded
 #   train      bench/train_gpu.py, 0.6B, 8K prompts, G=8 x 4, 256 new tokens: compiled + shared prompts (the
-#              GPU recipe) within 120 s, eager + shared within 90 s, compiled + unshared within 100 s
+#              GPU recipe) within 120 s, eager + shared within 90 s, compiled + unshared within 100 s (each
+#              process gets 40 s more for imports and shutdown: with 10 s, on 2026-12-05, timeout killed all
+#              three before they wrote their summaries; their per-step records were kept)
 #   train32k   bench/train_gpu.py, 1.7B, 32K prompts, G=8 x 2, 2K new tokens, compiled + shared, within 190 s
 #   prefix     pytest -m gpu on the shared-prefix (cascade) decode and the static engine, then bench/prefix_decode.py
 #              0.6B, 4 prompts of 8K, G=8, 256 new: decode per step and K/V read with and without share_prefix
@@ -68,7 +70,7 @@ for s in "$@"; do
     gputest) stage gputest 200 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_train_gpu.py ;;
     train) for run in "0.6b:8k:8x4:256 120" "0.6b:8k:8x4:256:eager 90" "0.6b:8k:8x4:256:noshare 100"; do
              read -r cfg secs <<<"$run"  # a process per configuration: one that overruns cannot stop the next
-             stage train $((secs + 10)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 20 --append \
+             stage train $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 20 --append \
                --out "$OUT/train_gpu_0.6b.json"
            done ;;
     train32k) stage train32k 210 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 190 --steps 8 \
@@ -80,7 +82,7 @@ for s in "$@"; do
       else runs=("1.7b:32k:8x2:2048:ksa 190" "0.6b:64k:8x1:2048 160" "0.6b:64k:8x1:2048:ksa 160"); fi
       for run in "${runs[@]}"; do
         read -r cfg secs <<<"$run"
-        stage "$s" $((secs + 10)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 8 --append \
+        stage "$s" $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 8 --append \
           --out "$OUT/train_gpu_ksa.json"
       done ;;
     *) echo "unknown stage $s" ;;
