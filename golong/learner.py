@@ -42,6 +42,7 @@ from golong.models import compile_layers, compiled_graphs, load_policy, prepare_
 from golong.packing import (
     PackedRow,
     bucket_length,
+    ksa_layout_padding,
     pack,
     pack_shared,
     pad_stack,
@@ -190,9 +191,11 @@ class Learner:
         for units in plan_shared_micro_batches([len(p) for p in prompts], members, budget):
             size = sum(len(samples[u[0]].prompt_ids) + sum(len(samples[i].response_ids) for i in u) for u in units)
             # padded to a bucket length: compiled attention and layers see a few shapes, not one per row
-            # (not KSA rows: the KSA model lays its row out with summary slots of its own)
+            # (a KSA row on its own layout: text and summary slots padded there, by the model)
             row = pack_shared([(samples[u[0]].prompt_ids, [samples[i].response_ids for i in u]) for u in units],
                               pad_to=None if ksa_layout else bucket_length(size))
+            if ksa_layout:
+                row.layout_padding = ksa_layout_padding(self._model, row)
             rows.append(([i for u in units for i in u], row))
         return rows
 
@@ -263,7 +266,7 @@ class Learner:
                     if update == 0:
                         # tokens through the model (shared prompts once), counted over the first pass
                         _add(sums, {"packed_tokens": float(row.input_ids.shape[1] - row.padding),
-                                    "pad_tokens": float(row.padding)})
+                                    "pad_tokens": float(row.padding + row.layout_padding)})
                         for i, lp in zip(idx, old[k][r] if old else logps, strict=True):
                             learner_lps[id(plan.samples[i])] = lp
                 steps.append({**self.dist.sum_dicts(sums), "grad_norm": self._optimizer_step()})
