@@ -43,6 +43,7 @@ from golong.packing import (
     PackedRow,
     bucket_length,
     ksa_layout_padding,
+    lays_out_every_row,
     pack,
     pack_shared,
     pad_stack,
@@ -182,7 +183,11 @@ class Learner:
                 return self._shared_rows(samples, groups, budget)
         lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
         bins = plan_micro_batches(lengths, budget)
-        return [(b, pack([samples[i].prompt_ids for i in b], [samples[i].response_ids for i in b])) for b in bins]
+        rows = [(b, pack([samples[i].prompt_ids for i in b], [samples[i].response_ids for i in b])) for b in bins]
+        if lays_out_every_row(self._model):  # a KSA model lays these out too: padded on its layout
+            for _, row in rows:
+                row.layout_padding = ksa_layout_padding(self._model, row)
+        return rows
 
     def _shared_rows(self, samples: list[Sample], groups: list[list[int]], budget: int) -> list[tuple[list[int], PackedRow]]:
         prompts = [samples[g[0]].prompt_ids for g in groups]

@@ -213,6 +213,16 @@ def uses_ksa_layout(model) -> bool:
     return is_ksa(base.config) and hasattr(base, "shared_prompt_hidden")
 
 
+def lays_out_every_row(model) -> bool:
+    """A KSA model whose kernel is FlexAttention (impl "flex"): its ordinary packed rows go on the shared
+    layout too (units of one response each: the same slots as each pair alone), one row of a bucket
+    length instead of a right-padded batch whose batch size and length change with every micro-batch.
+    FlexAttention then runs compiled static once per bucket; traced into a compiled layer with symbolic
+    shapes it fails on the CPU (an index out of bounds at the second length, a C++ build error when
+    dynamic from the first)."""
+    return uses_ksa_layout(model) and getattr(_base_and_head(model)[2], "ksa_impl", None) == "flex"
+
+
 SHARED_PROMPT_ATTENTION = "golong_shared_prompt"
 
 
@@ -344,7 +354,8 @@ def _padded_hidden(model, row: PackedRow, device) -> torch.Tensor:
 
 def _ksa_units(row: PackedRow) -> list[tuple[int, list[int]]]:
     """(prompt length, [response lengths]) per unit of a shared-prompt row (pack_shared: the spans of
-    one unit share its prompt's start); checked to cover the row (padding tokens are not supported)."""
+    one unit share its prompt's start; a `pack` row: one response per unit); checked to cover the row
+    (padding tokens are not supported)."""
     units: list[tuple[int, list[int]]] = []
     starts: list[int] = []
     for s, p, r in row.spans:
@@ -358,7 +369,7 @@ def _ksa_units(row: PackedRow) -> list[tuple[int, list[int]]]:
 
 
 def ksa_layout_padding(model, row: PackedRow) -> int:
-    """Padding slots that bring a shared-prompt row's KSA layout (text and summary slots,
+    """Padding slots that bring a row's KSA shared layout (text and summary slots,
     ksa.shared.shared_length) to its bucket length: compiled layers and the compiled FlexAttention
     kernel then meet the few lengths `bucket_length` gives, as the full-attention rows do."""
     config = _base_and_head(model)[2]
@@ -414,7 +425,7 @@ def row_logprobs(
     """`packed_logprobs` for a caller that holds `shared_attention(model, row)` (a no-op for other rows)."""
     decoder, head, config = _base_and_head(model)
     device = next(model.parameters()).device
-    if row.members is not None and uses_ksa_layout(model):
+    if (row.members is not None and uses_ksa_layout(model)) or lays_out_every_row(model):
         hidden = _ksa_shared_hidden(model, row)
     elif row.members is not None:
         out = decoder(

@@ -17,7 +17,16 @@ import torch
 from golong.config import AlgoConfig, ModelConfig, OptimConfig
 from golong.learner import Learner, Sample
 from golong.models import compiled_graphs
-from golong.packing import TILE, _ksa_units, bucket_length, pack_shared, packed_logprobs, shared_attention
+from golong.packing import (
+    TILE,
+    _ksa_units,
+    bucket_length,
+    lays_out_every_row,
+    pack,
+    pack_shared,
+    packed_logprobs,
+    shared_attention,
+)
 from ksa.shared import shared_length
 
 needs_compiler = pytest.mark.skipif(
@@ -40,7 +49,7 @@ def _batch(rng: random.Random, step: int, vocab: int, groups: int = 2, size: int
 def _slots(model, row) -> int:
     """The length the layers see: the packed row, or a KSA row's layout (text, summary and padding slots)."""
     config = model.config
-    if row.members is not None and config.model_type.startswith("ksa_"):
+    if (row.members is not None and config.model_type.startswith("ksa_")) or lays_out_every_row(model):
         return shared_length(_ksa_units(row), config.ksa_chunk, config.ksa_summaries) + row.layout_padding
     return row.input_ids.shape[1]
 
@@ -60,6 +69,21 @@ def test_ksa_shared_rows_are_bucketed_on_their_layout(tiny_model_dir):
     metrics = learner.train_step(_batch(random.Random(1), 0, 400))
     first = [row for _, row in learner._rows(_batch(random.Random(1), 0, 400))]
     assert metrics["pad_tokens"] == sum(row.layout_padding for row in first)
+
+
+def test_flex_ksa_policy_lays_out_its_ordinary_rows(tiny_model_dir):
+    """Without shared prompts, a FlexAttention KSA policy's packed rows go on its shared layout, padded
+    to a bucket length; their log-probs equal those of the reference kernel's right-padded batch."""
+    learner = Learner(ModelConfig(path=str(tiny_model_dir), ksa={**KSA_HYBRID, "impl": "flex"}),
+                      OptimConfig(share_prompts=False, micro_batch_tokens=700), AlgoConfig(), device="cpu")
+    samples = _batch(random.Random(2), 0, 400, groups=3)
+    rows = learner._rows(samples)
+    assert len(rows) > 1 and all(row.members is None and _slots(learner.model, row) % TILE == 0 for _, row in rows)
+    got = learner.compute_logprobs(samples)
+    learner.model.config.ksa_impl = "reference"  # the padded batch through the model's own forward
+    assert not lays_out_every_row(learner.model)
+    for a, b in zip(got, learner.compute_logprobs(samples), strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=0)
 
 
 @pytest.mark.slow
@@ -105,12 +129,16 @@ def _forward(model, row) -> torch.Tensor:
 
 
 @needs_compiler
-@pytest.mark.parametrize("ksa", [None, KSA_HYBRID], ids=["full", "ksa-hybrid"])
-def test_block_mask_path_compiles_once_per_bucket(tiny_model_dir, ksa, monkeypatch, _quiet):
+@pytest.mark.parametrize("ksa, shared", [
+    (None, True), (KSA_HYBRID, True), ({**KSA_HYBRID, "summary_qkv": True, "mix_coeff": 0.5}, True),
+    ({**KSA_HYBRID, "impl": "flex"}, False),
+], ids=["full", "ksa-hybrid", "ksa-summary-qkv", "ksa-flex-unshared"])
+def test_block_mask_path_compiles_once_per_bucket(tiny_model_dir, ksa, shared, monkeypatch, _quiet):
     """The GPU's path on the CPU, in forward: BlockMasks, FlexAttention between the compiled layers'
     graphs. Rows of eight lengths in a few buckets: the layers' graphs are built once, at the first
     row, and the compiled FlexAttention adds one graph per bucket (one for all layers: a KSA window is
-    a tensor in its mask_mod); outputs equal the model's run eagerly.
+    a tensor in its mask_mod); outputs equal the model's run eagerly. A FlexAttention KSA policy's
+    ordinary packed rows (no shared prompt) take the same path (golong.packing.lays_out_every_row).
     (Layers on aot_eager and FlexAttention on aot_eager: dynamo's graph decisions without inductor's
     compile time.)"""
     from torch.nn.attention.flex_attention import flex_attention
@@ -133,8 +161,11 @@ def test_block_mask_path_compiles_once_per_bucket(tiny_model_dir, ksa, monkeypat
     rows = []
     for n in (150, 171, 203, 260, 299, 333, 380, 420):
         ids = torch.randint(5, model.config.vocab_size, (n,), generator=g).tolist()
-        units = [(ids[: n // 2], [ids[n // 2 : 3 * n // 4], ids[3 * n // 4 :]])]
-        row = pack_shared(units, pad_to=None if ksa else bucket_length(n))
+        prompt, responses = ids[: n // 2], [ids[n // 2 : 3 * n // 4], ids[3 * n // 4 :]]
+        if shared:
+            row = pack_shared([(prompt, responses)], pad_to=None if ksa else bucket_length(n))
+        else:
+            row = pack([prompt, prompt], responses)
         if ksa:
             row.layout_padding = packing.ksa_layout_padding(model, row)
         rows.append(row)
