@@ -42,6 +42,8 @@ from golong.models import compile_layers, compiled_graphs, load_policy, prepare_
 from golong.packing import (
     PackedRow,
     bucket_length,
+    ksa_layout_padding,
+    lays_out_every_row,
     pack,
     pack_shared,
     pad_stack,
@@ -181,7 +183,11 @@ class Learner:
                 return self._shared_rows(samples, groups, budget)
         lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
         bins = plan_micro_batches(lengths, budget)
-        return [(b, pack([samples[i].prompt_ids for i in b], [samples[i].response_ids for i in b])) for b in bins]
+        rows = [(b, pack([samples[i].prompt_ids for i in b], [samples[i].response_ids for i in b])) for b in bins]
+        if lays_out_every_row(self._model):  # a KSA model lays these out too: padded on its layout
+            for _, row in rows:
+                row.layout_padding = ksa_layout_padding(self._model, row)
+        return rows
 
     def _shared_rows(self, samples: list[Sample], groups: list[list[int]], budget: int) -> list[tuple[list[int], PackedRow]]:
         prompts = [samples[g[0]].prompt_ids for g in groups]
@@ -190,9 +196,11 @@ class Learner:
         for units in plan_shared_micro_batches([len(p) for p in prompts], members, budget):
             size = sum(len(samples[u[0]].prompt_ids) + sum(len(samples[i].response_ids) for i in u) for u in units)
             # padded to a bucket length: compiled attention and layers see a few shapes, not one per row
-            # (not KSA rows: the KSA model lays its row out with summary slots of its own)
+            # (a KSA row on its own layout: text and summary slots padded there, by the model)
             row = pack_shared([(samples[u[0]].prompt_ids, [samples[i].response_ids for i in u]) for u in units],
                               pad_to=None if ksa_layout else bucket_length(size))
+            if ksa_layout:
+                row.layout_padding = ksa_layout_padding(self._model, row)
             rows.append(([i for u in units for i in u], row))
         return rows
 
@@ -263,7 +271,7 @@ class Learner:
                     if update == 0:
                         # tokens through the model (shared prompts once), counted over the first pass
                         _add(sums, {"packed_tokens": float(row.input_ids.shape[1] - row.padding),
-                                    "pad_tokens": float(row.padding)})
+                                    "pad_tokens": float(row.padding + row.layout_padding)})
                         for i, lp in zip(idx, old[k][r] if old else logps, strict=True):
                             learner_lps[id(plan.samples[i])] = lp
                 steps.append({**self.dist.sum_dicts(sums), "grad_norm": self._optimizer_step()})

@@ -18,11 +18,12 @@ chunking and owns the summary of the chunk it completes; tests/test_ksa_shared.p
 
 Shared-prompt rows are padded to a bucket length (`bucket_length`: at most 12.5% padding above 1K
 tokens, 8 lengths per octave) with one extra sequence nothing else attends to, and their FlexAttention
-BlockMask is built directly from the row's spans, without compilation (`shared_block_mask`). The
-compiled FlexAttention kernel is then compiled once per bucket, not once per packed length, and
-compiled decoder layers (model.compile) see a bounded set of shapes. Ordinary packed rows need no
-buckets: with compiled layers torch.compile's automatic dynamic shapes compile a layer twice (the
-first length static, then one dynamic graph for every later length; tests/test_packing.py counts).
+BlockMask is built directly from the row's spans, without compilation (`shared_block_mask`). A KSA
+model's shared row is padded on its own layout instead: text and summary slots together are brought
+to a bucket length by padding slots (`ksa_layout_padding`, ksa/shared.py). The compiled FlexAttention
+kernel runs between the compiled layers' graphs and is compiled once per bucket length, not once per
+packed length; compiled decoder layers (model.compile) are dynamic in the length from their first
+call (golong.models.compile_layers), so ordinary packed rows need no buckets.
 
 Log-probs are taken from the final hidden states of the response-predicting positions only, in
 chunks of `chunk` tokens: the LM head, log-softmax and gather run per chunk (and are recomputed in
@@ -40,9 +41,12 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ksa import is_ksa
-from ksa.flex_attention import TILE  # FlexAttention's tile (BLOCK_SIZE); bucket lengths are multiples of it
-
-SLAB_COUNTS = 1 << 24  # shared_block_mask: key counts held at once (one slab of query tiles)
+from ksa.flex_attention import (  # bucket lengths: multiples of TILE
+    TILE,
+    flex_between_graphs,
+    intervals_block_mask,
+)
+from ksa.shared import shared_length
 
 
 def plan_micro_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
@@ -106,6 +110,7 @@ class PackedRow:
     docs: torch.Tensor | None = None
     members: torch.Tensor | None = None
     padding: int = 0  # trailing tokens of a sequence of their own (bucketed rows); their outputs are dropped
+    layout_padding: int = 0  # a KSA model's shared row: padding slots its layout gets (not in input_ids; ksa_layout_padding)
 
     def __post_init__(self) -> None:
         if not self.response_at:
@@ -208,6 +213,16 @@ def uses_ksa_layout(model) -> bool:
     return is_ksa(base.config) and hasattr(base, "shared_prompt_hidden")
 
 
+def lays_out_every_row(model) -> bool:
+    """A KSA model whose kernel is FlexAttention (impl "flex"): its ordinary packed rows go on the shared
+    layout too (units of one response each: the same slots as each pair alone), one row of a bucket
+    length instead of a right-padded batch whose batch size and length change with every micro-batch.
+    FlexAttention then runs compiled static once per bucket; traced into a compiled layer with symbolic
+    shapes it fails on the CPU (an index out of bounds at the second length, a C++ build error when
+    dynamic from the first)."""
+    return uses_ksa_layout(model) and getattr(_base_and_head(model)[2], "ksa_impl", None) == "flex"
+
+
 SHARED_PROMPT_ATTENTION = "golong_shared_prompt"
 
 
@@ -219,21 +234,9 @@ def _shared_prompt_attention(module, query, key, value, attention_mask, dropout=
         raise RuntimeError("shared-prompt attention called without its mask (use packed_logprobs)")
     if isinstance(golong_mask, torch.Tensor):
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=golong_mask, scale=scaling, enable_gqa=gqa)
-    else:
-        out = _flex_between_graphs(query, key, value, golong_mask, scaling, gqa)
+    else:  # outside the compiled layer's graph, compiled static once per bucket length
+        out = flex_between_graphs(query, key, value, golong_mask, scaling, gqa)
     return out.transpose(1, 2).contiguous(), None
-
-
-@torch.compiler.disable
-def _flex_between_graphs(query, key, value, block_mask, scale, gqa):
-    """The compiled FlexAttention kernel, kept out of the compiled decoder layers' graphs (a graph
-    break around it): those graphs turn dynamic in the packed length after its second value, and
-    FlexAttention lowered with symbolic lengths is the least travelled path (on the CPU inductor's
-    flex template fails to build so). Called from here it is compiled with static shapes, once per
-    bucket length (bucket_length), the path the kernel is known to take."""
-    from ksa.flex_attention import compiled_flex_attention
-
-    return compiled_flex_attention()(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=gqa)
 
 
 @lru_cache(maxsize=1)
@@ -313,35 +316,14 @@ def _attended_intervals(docs: torch.Tensor, members: torch.Tensor) -> torch.Tens
 
 def shared_block_mask(row: PackedRow, device):
     """FlexAttention BlockMask of a shared-prompt row, built without compilation or an L x L mask:
-    each query attends at most two key intervals (_attended_intervals), so the number of keys it
-    sees in each TILE-wide key tile is two interval overlaps. A tile pair is full when every query
-    row of the q tile sees all TILE keys, partial when some sees some; computed one slab of q tiles
-    at a time (O(L^2 / TILE) integers in all, on `device`). Equal to create_block_mask's
-    (tests/test_packing_buckets.py)."""
-    from ksa.flex_attention import tiles_block_mask
-
+    each query attends at most two key intervals (_attended_intervals), counted tile by tile
+    (ksa.flex_attention.intervals_block_mask). Equal to create_block_mask's (tests/test_packing_buckets.py)."""
     docs, members = row.docs.to(device), row.members.to(device)
     length = docs.numel()
     n_tiles = -(-length // TILE)
-    iv = _attended_intervals(docs, members).int()
-    iv = torch.cat([iv, iv.new_tensor([[0, -1, 0, -1]]).expand(n_tiles * TILE - length, 4)])  # tail rows see nothing
-    k0 = torch.arange(n_tiles, device=docs.device, dtype=torch.int32) * TILE
-    any_tile = torch.zeros(n_tiles, n_tiles, dtype=torch.bool, device=docs.device)
-    all_tile = torch.zeros_like(any_tile)
-    rows = max(1, SLAB_COUNTS // (TILE * n_tiles))  # q tiles per slab
-    for r0 in range(0, n_tiles, rows):
-        r1 = min(n_tiles, r0 + rows)
-        lo1, hi1, lo2, hi2 = (c[:, None] for c in iv[r0 * TILE : r1 * TILE].unbind(1))
-        seen = (torch.minimum(hi1, k0 + TILE - 1) - torch.maximum(lo1, k0) + 1).clamp_(min=0)
-        seen += (torch.minimum(hi2, k0 + TILE - 1) - torch.maximum(lo2, k0) + 1).clamp_(min=0)
-        seen = seen.view(r1 - r0, TILE, n_tiles)
-        any_tile[r0:r1] = (seen > 0).any(1)
-        all_tile[r0:r1] = (seen == TILE).all(1)
-    if length % TILE:  # a ragged last key tile is never full (its tail keys do not exist)
-        all_tile[:, -1] = False
     pad_docs = torch.cat([docs, docs.new_full((n_tiles * TILE - length,), -1)])
     pad_members = torch.cat([members, members.new_full((n_tiles * TILE - length,), -1)])
-    return tiles_block_mask(any_tile, all_tile, _shared_rule(pad_docs, pad_members), length)
+    return intervals_block_mask(_attended_intervals(docs, members), _shared_rule(pad_docs, pad_members), length)
 
 
 def _varlen_kwargs(row: PackedRow, config, device) -> dict:
@@ -370,19 +352,36 @@ def _padded_hidden(model, row: PackedRow, device) -> torch.Tensor:
     return torch.cat([hidden[i, : x.numel()] for i, x in enumerate(seqs)])
 
 
-def _ksa_shared_hidden(model, row: PackedRow) -> torch.Tensor:
-    """Final hidden states [L, H] of a shared-prompt row through a KSA model (ksa/shared.py)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+def _ksa_units(row: PackedRow) -> list[tuple[int, list[int]]]:
+    """(prompt length, [response lengths]) per unit of a shared-prompt row (pack_shared: the spans of
+    one unit share its prompt's start; a `pack` row: one response per unit); checked to cover the row
+    (padding tokens are not supported)."""
     units: list[tuple[int, list[int]]] = []
     starts: list[int] = []
-    for s, p, r in row.spans:  # pack_shared: the spans of one unit share its prompt's start
+    for s, p, r in row.spans:
         if not starts or starts[-1] != s:
             starts.append(s)
             units.append((p, []))
         units[-1][1].append(r)
     if sum(p + sum(rs) for p, rs in units) != row.input_ids.shape[1]:
-        raise ValueError("a shared-prompt row for a KSA model needs at least one response per prompt")
-    return base.shared_prompt_hidden(row.input_ids[0].to(base.device), units)
+        raise ValueError("a shared-prompt row for a KSA model needs at least one response per prompt and no pad_to")
+    return units
+
+
+def ksa_layout_padding(model, row: PackedRow) -> int:
+    """Padding slots that bring a row's KSA shared layout (text and summary slots,
+    ksa.shared.shared_length) to its bucket length: compiled layers and the compiled FlexAttention
+    kernel then meet the few lengths `bucket_length` gives, as the full-attention rows do."""
+    config = _base_and_head(model)[2]
+    n = shared_length(_ksa_units(row), config.ksa_chunk, config.ksa_summaries)
+    return bucket_length(n) - n
+
+
+def _ksa_shared_hidden(model, row: PackedRow) -> torch.Tensor:
+    """Final hidden states [L, H] of a shared-prompt row through a KSA model (ksa/shared.py), its
+    layout padded by `row.layout_padding` slots."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.shared_prompt_hidden(row.input_ids[0].to(base.device), _ksa_units(row), pad=row.layout_padding)
 
 
 def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, scale: float, softcap: float | None):
@@ -426,7 +425,7 @@ def row_logprobs(
     """`packed_logprobs` for a caller that holds `shared_attention(model, row)` (a no-op for other rows)."""
     decoder, head, config = _base_and_head(model)
     device = next(model.parameters()).device
-    if row.members is not None and uses_ksa_layout(model):
+    if (row.members is not None and uses_ksa_layout(model)) or lays_out_every_row(model):
         hidden = _ksa_shared_hidden(model, row)
     elif row.members is not None:
         out = decoder(

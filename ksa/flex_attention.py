@@ -21,6 +21,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 TILE = 128
+SLAB_COUNTS = 1 << 24  # intervals_block_mask: key counts held at once (one slab of query tiles)
 
 
 def flex_prefix_attention(
@@ -42,18 +43,34 @@ def flex_prefix_attention(
     return run_flex(q, k, v, block_mask, scale)
 
 
-def run_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float) -> torch.Tensor:
+def run_flex(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask, scale: float | None, *, between_graphs: bool = False
+) -> torch.Tensor:
     """FlexAttention of q [B, Hq, L, D] and k, v [B, Hkv, L, D] under `block_mask`, by where it runs:
-    inside a compiled layer as a plain call (inductor fuses it there), on CUDA through the compiled
-    kernel, on the CPU unfused (forward only: small tests)."""
+    inside a compiled layer as a plain call traced into the layer's graph, or with `between_graphs`
+    (for rows padded to a few bucket lengths) outside it (`flex_between_graphs`); on CUDA otherwise
+    through the compiled kernel; on the CPU otherwise unfused (forward only: small tests)."""
     gqa = q.shape[1] != k.shape[1]
-    if torch.compiler.is_compiling():
+    compiling = torch.compiler.is_compiling()
+    if compiling and not between_graphs:
         return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
-    if q.is_cuda:
-        return compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
+    if q.is_cuda or compiling:
+        return flex_between_graphs(q, k, v, block_mask, scale, gqa)
     with warnings.catch_warnings():  # the unfused path is expected on the CPU
         warnings.simplefilter("ignore", UserWarning)
         return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
+
+
+@torch.compiler.disable
+def flex_between_graphs(q, k, v, block_mask: BlockMask, scale: float | None, gqa: bool) -> torch.Tensor:
+    """The compiled FlexAttention kernel, kept out of a compiled decoder layer's graph (a graph break
+    around it). A layer's graph is dynamic in the row length (golong.models.compile_layers), and
+    FlexAttention lowered with symbolic lengths is the least travelled path (on the CPU inductor's
+    flex template for a plain shared-prompt mask fails to build so). Called from here it is compiled
+    with static shapes, once per row length: callers pad rows to a few bucket lengths, and keep
+    Python numbers that differ between layers (a KSA window) out of the mask_mod, whose closure the
+    compiled kernel is specialised on (tensors there are inputs)."""
+    return compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
 
 
 @lru_cache(maxsize=1)
@@ -114,7 +131,7 @@ def rule_block_mask(tables: tuple[torch.Tensor, ...], rule) -> BlockMask:
     device = tables[0].device
     length = tables[0].numel()
     n_tiles = -(-length // TILE)
-    kv_info = tuple(_pad(t, n_tiles * TILE) for t in tables)
+    kv_info = tuple(pad_table(t, n_tiles * TILE) for t in tables)
     any_tile = torch.zeros(n_tiles, n_tiles, dtype=torch.bool, device=device)
     all_tile = torch.zeros_like(any_tile)
     rows_per_slab = max(1, (1 << 27) // (TILE * TILE * n_tiles))  # ~128M mask entries per slab
@@ -130,6 +147,35 @@ def rule_block_mask(tables: tuple[torch.Tensor, ...], rule) -> BlockMask:
     return tiles_block_mask(any_tile, all_tile, rule_mask_mod(tables, rule), length)
 
 
+def intervals_block_mask(intervals: torch.Tensor, mask_mod, length: int) -> BlockMask:
+    """BlockMask of a mask given, per query, as disjoint key intervals: `intervals` IntTensor [L, 2k]
+    holds (lo_1, hi_1, ..., lo_k, hi_k), inclusive, hi < lo for an empty one; `mask_mod` must say the
+    same pair by pair. The keys a query sees in a TILE-wide key tile are the sum of its intervals'
+    overlaps with the tile: a tile pair is partial when some query row of the q tile sees some key,
+    full when every row sees all TILE keys. Computed one slab of q tiles at a time: O(L * L / TILE)
+    integers in all and no compilation, where evaluating `mask_mod` on every pair costs O(L^2)."""
+    device = intervals.device
+    n_tiles = -(-length // TILE)
+    empty = intervals.new_tensor([0, -1]).repeat(intervals.shape[1] // 2)
+    iv = torch.cat([intervals.int(), empty.int().expand(n_tiles * TILE - length, -1)])  # tail rows see nothing
+    k0 = torch.arange(n_tiles, device=device, dtype=torch.int32)[None] * TILE
+    any_tile = torch.zeros(n_tiles, n_tiles, dtype=torch.bool, device=device)
+    all_tile = torch.zeros_like(any_tile)
+    rows = max(1, SLAB_COUNTS // (TILE * n_tiles))  # q tiles per slab
+    for r0 in range(0, n_tiles, rows):
+        r1 = min(n_tiles, r0 + rows)
+        part = iv[r0 * TILE : r1 * TILE]
+        seen = torch.zeros(part.shape[0], n_tiles, dtype=torch.int32, device=device)
+        for lo, hi in zip(part[:, 0::2].unbind(1), part[:, 1::2].unbind(1), strict=True):
+            seen += (torch.minimum(hi[:, None], k0 + TILE - 1) - torch.maximum(lo[:, None], k0) + 1).clamp_(min=0)
+        seen = seen.view(r1 - r0, TILE, n_tiles)
+        any_tile[r0:r1] = (seen > 0).any(1)
+        all_tile[r0:r1] = (seen == TILE).all(1)
+    if length % TILE:  # a ragged last key tile is never full (its tail keys do not exist)
+        all_tile[:, -1] = False
+    return tiles_block_mask(any_tile, all_tile, mask_mod, length)
+
+
 def tiles_block_mask(any_tile: torch.Tensor, all_tile: torch.Tensor, mask_mod, length: int) -> BlockMask:
     """A BlockMask from bool [nq, nk] tile tables: tiles where some (query, key) pair is visible, and
     tiles where every pair is (the kernel skips `mask_mod` there); TILE-sized tiles, L = `length`."""
@@ -139,7 +185,7 @@ def tiles_block_mask(any_tile: torch.Tensor, all_tile: torch.Tensor, mask_mod, l
                                     seq_lengths=(length, length))
 
 
-def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
+def pad_table(t: torch.Tensor, length: int) -> torch.Tensor:
     """Pad a slot table to `length` with -1 (a doc id no query has)."""
     return torch.cat([t, t.new_full((length - t.numel(),), -1)])
 

@@ -306,14 +306,16 @@ class KSAMixin:
             cache.columns_seen = T
         return hidden
 
-    def shared_prompt_hidden(self, input_ids: torch.Tensor, units) -> torch.Tensor:
+    def shared_prompt_hidden(self, input_ids: torch.Tensor, units, pad: int = 0) -> torch.Tensor:
         """Final hidden states [N, D] of a shared-prompt row (ksa/shared.py), no LM head.
 
         input_ids [N]: unit after unit, each its prompt's tokens then its responses' tokens;
         units: (prompt length, [response lengths]) per unit. Each response's states equal those of
-        its (prompt, response) run alone through `forward`."""
+        its (prompt, response) run alone through `forward`. `pad` padding slots (zero inputs, a unit
+        of their own, outputs dropped) lengthen the layout to a length the caller chooses: a compiled
+        attention kernel then meets a few lengths (buckets) instead of one per row."""
         C, S = self.config.ksa_chunk, self.config.ksa_summaries
-        layout = shared_layout(units, C, S, device=input_ids.device)
+        layout = shared_layout(units, C, S, device=input_ids.device, pad=pad)
         text_emb = self.model.embed_tokens(input_ids)
         hidden = text_emb.new_zeros(1, layout.length, text_emb.shape[-1])
         hidden[0, layout.text_slots] = text_emb

@@ -24,6 +24,11 @@ Slot order of a unit: its summary slots (the prompt's, then each response's), th
 caller's order (prompt, response 1, ..., response G). Attention does not depend on the order (the
 rule compares positions, not slot indices); this one keeps each unit's summaries in a contiguous
 prefix, as the prefix layout of ksa/attention.py does, so a block-sparse kernel skips whole tiles.
+It also makes every query's keys at most four intervals of slots, from which the BlockMask is counted
+tile by tile without evaluating the rule on every pair (`shared_block_mask`).
+
+A row may end in padding slots (`pad`: a length from a few buckets, so a compiled kernel meets few
+shapes): a unit of its own that no real slot sees, each padding slot seeing itself.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from ksa.flex_attention import prefix_rule, rule_block_mask, run_flex
+from ksa.flex_attention import TILE, intervals_block_mask, pad_table, prefix_rule, rule_mask_mod, run_flex
 
 
 @dataclass(eq=False)
@@ -52,6 +57,7 @@ class SharedLayout:
     member: torch.Tensor  # -1: the prompt's; m: response m's
     positions: torch.Tensor  # RoPE position of each slot
     text_slots: torch.Tensor  # LongTensor[N]: slot of each text token, in the caller's text order
+    pad: int = 0  # padding slots at the end (a unit of their own)
 
     @property
     def length(self) -> int:
@@ -64,15 +70,20 @@ class SharedLayout:
 
 
 def shared_layout(
-    units: Sequence[tuple[int, Sequence[int]]], chunk: int = 8, summaries: int = 1, device=None
+    units: Sequence[tuple[int, Sequence[int]]], chunk: int = 8, summaries: int = 1, device=None, pad: int = 0
 ) -> SharedLayout:
     """The layout of units (prompt length P >= 1, [response lengths]) packed one after another.
 
     The text of unit u is expected as P prompt tokens then each response's tokens, units in order
-    (N = sum of P + sum of R text tokens); `text_slots` says where each of them goes."""
+    (N = sum of P + sum of R text tokens); `text_slots` says where each of them goes. `pad` > 0 appends
+    that many padding slots (a bucketed row length): one more unit of text slots at positions
+    0 .. pad-1 with no summaries and no text of the caller's. The rule keeps units apart, so no real
+    slot sees them, and each sees at least itself (every softmax row stays finite)."""
     units = tuple((int(p), tuple(int(r) for r in rs)) for p, rs in units)
     if chunk < 1 or not 1 <= summaries <= chunk:
         raise ValueError(f"need chunk >= 1 and 1 <= summaries <= chunk, got {chunk}, {summaries}")
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0 slots, got {pad}")
     cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("doc", "sum", "chunk", "pos", "member", "rope", "text")}
     start = 0
     for d, (prompt, responses) in enumerate(units):
@@ -94,12 +105,21 @@ def shared_layout(
         n_text = sum(t.numel() for _, t in text_parts)
         cols["text"].append(torch.arange(start + n_sum, start + n_sum + n_text))
         start += n_sum + n_text
+    if pad:
+        t = torch.arange(pad)
+        _append(cols, len(units), False, t // chunk, t, -1, t)
     cat = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for k, v in cols.items()}
     i32 = partial(torch.Tensor.to, device=device, dtype=torch.int32)
     return SharedLayout(
         units, chunk, summaries, i32(cat["doc"]), i32(cat["sum"]), i32(cat["chunk"]), i32(cat["pos"]),
-        i32(cat["member"]), cat["rope"].to(device), cat["text"].to(device),
+        i32(cat["member"]), cat["rope"].to(device), cat["text"].to(device), pad,
     )
+
+
+def shared_length(units: Sequence[tuple[int, Sequence[int]]], chunk: int = 8, summaries: int = 1) -> int:
+    """Slots of `shared_layout(units, chunk, summaries)` without padding: every text token, plus S
+    summaries per chunk completed by the prompt (P // C) or by a response ((P + R) // C - P // C)."""
+    return sum(p + sum(rs) + summaries * (p // chunk + sum((p + r) // chunk - p // chunk for r in rs)) for p, rs in units)
 
 
 def _summary_chunks(first: int, end: int, chunk: int) -> torch.Tensor:
@@ -131,8 +151,76 @@ def shared_dense_mask(layout: SharedLayout, window: int, summaries_visible: bool
 
 
 def shared_block_mask(layout: SharedLayout, window: int, summaries_visible: bool = True):
-    """FlexAttention BlockMask of the shared rule (tiles evaluated slab by slab, never the L x L mask)."""
-    return rule_block_mask(layout.tables, partial(shared_rule, window=window, summaries_visible=summaries_visible))
+    """FlexAttention BlockMask of the shared rule, built from each slot's key intervals
+    (`_attended_intervals`, ksa.flex_attention.intervals_block_mask): no compilation, no L x L mask,
+    O(L^2 / TILE) work. Equal to create_block_mask's (tests/test_ksa_shared.py)."""
+    n_tiles = -(-layout.length // TILE)
+    tables = tuple(pad_table(t, n_tiles * TILE) for t in layout.tables)  # mask_mod may look past L in the last tile
+    # the window as a tensor: layers of different windows share one compiled kernel per length
+    w = torch.tensor(window, dtype=torch.int32, device=layout.doc.device)
+    mask_mod = rule_mask_mod(tables, partial(shared_rule, window=w, summaries_visible=summaries_visible))
+    return intervals_block_mask(_attended_intervals(layout, window, summaries_visible), mask_mod, layout.length)
+
+
+def _span_starts(layout: SharedLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each (unit, member) span of the layout lies: IntTensor [n_spans, 5] of (first text slot,
+    its text position, first summary slot, its chunk, summary chunks), spans in the order (unit 0's
+    prompt, its responses, unit 1's prompt, ...), the padding unit last; and each slot's span index."""
+    C, S = layout.chunk, layout.summaries
+    rows, first_span, start = [], [], 0
+    for p, rs in layout.units:
+        first_span.append(len(rows))
+        n_sum = S * (p // C + sum((p + r) // C - p // C for r in rs))
+        text, summ = start + n_sum, start
+        rows.append((text, 0, summ, 0, p // C))
+        summ, text = summ + S * (p // C), text + p
+        for r in rs:
+            rows.append((text, p, summ, p // C, (p + r) // C - p // C))
+            summ, text = summ + S * rows[-1][4], text + r
+        start = text
+    first_span.append(len(rows))
+    rows.append((start, 0, start, 0, 0))  # the padding unit: text only (an empty span when pad = 0)
+    spans = torch.tensor(rows, dtype=torch.int32, device=layout.doc.device)
+    first = torch.tensor(first_span, dtype=torch.int32, device=layout.doc.device)
+    return spans, first[layout.doc.long()] + layout.member + 1
+
+
+def _attended_intervals(layout: SharedLayout, window: int, summaries_visible: bool = True) -> torch.Tensor:
+    """IntTensor [L, 8]: the four key intervals (lo, hi, inclusive; hi < lo when empty) each slot
+    attends under the shared rule, read off the slot order (per unit: the prompt's summaries, each
+    response's, then the prompt's text and each response's) for query slot (chunk c, position t or
+    summary index j) of member m with prompt length P:
+      text query:    prompt text at positions [max(0, (c - W) C), min(t, P - 1)], its own response's
+                     text at [max((c - W) C, P), t], and (summaries visible) the prompt's and its own
+                     response's summaries of chunks <= c - W - 1;
+      summary query: the text of chunk c (the prompt's part and its own response's part) and its own
+                     span's summaries of chunk c up to itself (j_k <= j)."""
+    C, S = layout.chunk, layout.summaries
+    spans, span = _span_starts(layout)
+    own, prompt = spans[span.long()].unbind(1), spans[(span - layout.member - 1).long()].unbind(1)
+    text0, pos0, sum0, chunk0, n_chunks = own
+    p_text0, _, p_sum0, _, p_chunks = prompt
+    is_sum, c, t = layout.is_summary.bool(), layout.chunk_of, layout.pos
+    plen = torch.where(layout.member < 0, t.new_tensor(1 << 30), pos0)  # P, for response slots (prompt slots: unbounded)
+    is_resp = layout.member >= 0
+    # text queries
+    lo_pos = ((c - window) * C).clamp(min=0)
+    text_hi1 = torch.minimum(t, plen - 1)
+    text_lo2 = torch.where(is_resp, torch.maximum(lo_pos, pos0), t + 1)
+    cut = c - window - 1  # the last chunk whose summaries a text query sees
+    if not summaries_visible:
+        cut = torch.full_like(cut, -1)
+    p_last = torch.minimum(p_chunks - 1, cut)  # prompt summary chunks 0 .. p_last
+    r_last = torch.where(is_resp, torch.minimum(chunk0 + n_chunks - 1, cut), chunk0 - 1)
+    text_iv = [p_text0 + lo_pos, p_text0 + text_hi1, text0 + text_lo2 - pos0, text0 + t - pos0,
+               p_sum0, p_sum0 + (p_last + 1) * S - 1, sum0, sum0 + (r_last - chunk0 + 1) * S - 1]
+    # summary queries (t is j here)
+    s_hi1 = torch.minimum(c * C + C - 1, plen - 1)
+    s_lo2 = torch.where(is_resp, torch.maximum(c * C, pos0), c * C + C)
+    mine = sum0 + (c - chunk0) * S
+    sum_iv = [p_text0 + c * C, p_text0 + s_hi1, text0 + s_lo2 - pos0, text0 + c * C + C - 1 - pos0,
+              mine, mine + t, sum0, sum0 - 1]
+    return torch.stack([torch.where(is_sum, a, b) for a, b in zip(sum_iv, text_iv, strict=True)], 1).int()
 
 
 def shared_mask(layout: SharedLayout, window: int, impl: str, summaries_visible: bool = True, block: bool | None = None):
@@ -154,4 +242,4 @@ def shared_ksa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    return run_flex(q, k, v, mask, scale)
+    return run_flex(q, k, v, mask, scale, between_graphs=True)  # rows of bucket lengths (ksa_layout_padding)

@@ -120,7 +120,7 @@ def test_ksa_policy_with_compile_trains_like_eager(tiny_model_dir):
 
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(5, 200, (14,), generator=g).tolist()
-    samples = [Sample(prompt_ids=prompt, response_ids=torch.randint(5, 200, (r,), generator=g).tolist(), advantage=a)
+    samples = [Sample(prompt_ids=prompt, response_ids=torch.randint(5, 200, (r,), generator=g).tolist(), advantage=a, group_id=0)
                for r, a in [(9, 1.0), (5, -1.0)]]
     runs = []
     for compile_ in (False, True):
@@ -165,8 +165,10 @@ def test_save_attention_keeps_the_ksa_kernel_outputs(tiny_tokenizer):
 
 @needs_compiler
 def test_layers_of_one_window_share_a_graph(tiny_tokenizer):
-    """Compiled KSA layers specialise on their window, not on their index: four layers with two distinct
-    windows (and summary q/k/v hooks) make two graphs, not four (compile time on a 28-layer model)."""
+    """Compiled KSA layers specialise on their window at most, not on their index: four layers with two
+    distinct windows (and summary q/k/v hooks) make at most two graphs, not four (compile time on a
+    28-layer model; dynamic from the first call, compile_layers' layers take the window as a symbolic
+    int and share one)."""
     from torch._dynamo.utils import counters
 
     from golong.models import compile_layers
@@ -177,4 +179,4 @@ def test_layers_of_one_window_share_a_graph(tiny_tokenizer):
     compile_layers(model, torch.device("cpu"))
     with torch.no_grad():
         model(input_ids=torch.randint(5, 500, (1, 22), generator=torch.Generator().manual_seed(0)))
-    assert counters["stats"]["unique_graphs"] == 2
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2

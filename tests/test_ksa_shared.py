@@ -208,3 +208,98 @@ def test_learner_shares_prompts_of_a_ksa_policy(tiny_model_dir, checkpointing):
     for key in ("loss", "grad_norm", "entropy"):
         assert shared_m[key] == pytest.approx(plain_m[key], rel=1e-4, abs=1e-6), key
     torch.testing.assert_close(w_shared, w_plain, rtol=1e-4, atol=2e-5)
+
+
+def _random_layout(rng, pad: bool):
+    chunk = rng.choice([1, 3, 4, 8])
+    summaries = rng.randint(1, min(chunk, 2))
+    units = [(rng.randint(1, 60), [rng.randint(0, 50) for _ in range(rng.randint(0, 4))]) for _ in range(rng.randint(1, 3))]
+    return shared.shared_layout(units, chunk, summaries, pad=rng.randint(1, 40) if pad else 0)
+
+
+def _dense_from_intervals(iv: torch.Tensor, length: int) -> torch.Tensor:
+    keys = torch.arange(length)[None]
+    out = torch.zeros(length, length, dtype=torch.bool)
+    for a in range(0, iv.shape[1], 2):
+        out |= (keys >= iv[:, a : a + 1]) & (keys <= iv[:, a + 1 : a + 2])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_attended_intervals_are_the_rule(seed):
+    """The key intervals the BlockMask is counted from say, query by query, exactly what the rule says,
+    over random units (partial boundary chunks, empty responses, S = 1 and 2), padding, windows from 0
+    to beyond the row, and Sliding Chunk Attention; the intervals of the next window do not."""
+    import random
+
+    from ksa.config import FULL_WINDOW
+
+    rng = random.Random(seed)
+    sharp = 0
+    for trial in range(25):
+        lay = _random_layout(rng, pad=trial % 2 == 1)
+        assert lay.length == shared.shared_length(lay.units, lay.chunk, lay.summaries) + lay.pad
+        for window in (0, 1, 3, FULL_WINDOW):
+            for visible in (True, False):
+                rule = shared.shared_dense_mask(lay, window, visible)
+                got = _dense_from_intervals(shared._attended_intervals(lay, window, visible), lay.length)
+                assert torch.equal(got, rule), (lay.units, lay.chunk, lay.summaries, lay.pad, window, visible)
+            wider = _dense_from_intervals(shared._attended_intervals(lay, window + 1), lay.length)
+            sharp += not torch.equal(wider, shared.shared_dense_mask(lay, window))
+    assert sharp > 10
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_block_mask_equals_create_block_mask(seed):
+    """The BlockMask counted from intervals has create_block_mask's partial and full tiles (it evaluates
+    the rule pair by pair), on rows of several tiles, bucketed (a multiple of the tile) or not."""
+    import random
+
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from tests.test_packing_buckets import _tile_sets
+
+    rng = random.Random(100 + seed)
+    units = [(rng.randint(100, 300), [rng.randint(0, 150) for _ in range(rng.randint(1, 4))]) for _ in range(2)]
+    n = shared.shared_length(units, 8, 1)
+    lay = shared.shared_layout(units, 8, 1, pad=(-n % 128) + 128 * seed if seed else 0)
+    for window in (1, 4, 1 << 20):
+        got = shared.shared_block_mask(lay, window)
+        ref = create_block_mask(got.mask_mod, 1, 1, lay.length, lay.length, device="cpu", BLOCK_SIZE=128)
+        assert torch.equal(got.kv_num_blocks, ref.kv_num_blocks)
+        assert torch.equal(got.full_kv_num_blocks, ref.full_kv_num_blocks)
+        assert _tile_sets(got.kv_num_blocks, got.kv_indices) == _tile_sets(ref.kv_num_blocks, ref.kv_indices)
+        assert _tile_sets(got.full_kv_num_blocks, got.full_kv_indices) == _tile_sets(ref.full_kv_num_blocks, ref.full_kv_indices)
+
+
+def test_padding_slots_are_a_unit_of_their_own():
+    lay = shared.shared_layout([(10, [7, 2])], chunk=4, pad=9)
+    plain = shared.shared_layout([(10, [7, 2])], chunk=4)
+    n = plain.length
+    assert lay.length == n + 9 and torch.equal(lay.text_slots, plain.text_slots)
+    dense = shared.shared_dense_mask(lay, 1)
+    assert torch.equal(dense[:n, :n], shared.shared_dense_mask(plain, 1))
+    assert not dense[:n, n:].any() and not dense[n:, :n].any()
+    assert dense[n:, n:].diagonal().all() and not lay.is_summary[n:].any()  # every padding row sees itself
+
+
+@pytest.mark.parametrize("name", ["s2", "qkv"])
+def test_padded_layout_gives_the_same_states_and_gradients(models, name):
+    """Padding slots (a bucketed row length) change no text slot's hidden state nor any gradient."""
+    model = models[name]
+    groups = _groups([(13, [3, 11, 6]), (8, [5, 9])], model.config.vocab_size, seed=5)
+    ids = torch.tensor([t for p, rs in groups for t in p + [x for r in rs for x in r]])
+    units = [(len(p), [len(r) for r in rs]) for p, rs in groups]
+    results = []
+    for pad in (0, 37):
+        model.zero_grad()
+        hidden = model.shared_prompt_hidden(ids, units, pad=pad)
+        (hidden * torch.linspace(-1, 1, hidden.numel()).view_as(hidden)).sum().backward()
+        results.append((hidden.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    model.zero_grad()
+    (h0, g0), (h1, g1) = results
+    torch.testing.assert_close(h1, h0, atol=1e-5, rtol=1e-5)
+    assert g0.keys() == g1.keys()
+    for n in g0:
+        assert torch.isfinite(g1[n]).all(), n
+        torch.testing.assert_close(g1[n], g0[n], atol=1e-4, rtol=1e-4, msg=n)  # gradients of size 10-70

@@ -79,7 +79,7 @@ def test_direct_block_mask_equals_create_block_mask(seed, monkeypatch):
     from torch.nn.attention.flex_attention import create_block_mask
 
     if seed >= 4:  # slabs of one query tile, and of three (13 tiles): the slab loop, not just one pass
-        monkeypatch.setattr("golong.packing.SLAB_COUNTS", 1 if seed == 4 else TILE * 40)
+        monkeypatch.setattr("ksa.flex_attention.SLAB_COUNTS", 1 if seed == 4 else TILE * 40)
     rng = random.Random(seed)
     units = _random_units(rng)
     plain = pack_shared(units)
@@ -173,10 +173,10 @@ def _count_graphs_over_lengths(model, make_row, lengths, grad: bool, mask=None) 
 @pytest.mark.parametrize("path", [pytest.param("packed", marks=pytest.mark.slow),
                                   pytest.param("shared_dense", marks=pytest.mark.slow), "shared_block"])
 def test_compiled_layers_settle_over_many_lengths(tiny_model_dir, path):
-    """Twelve packed lengths through compiled decoder layers (the aot_eager backend: dynamo's graph
-    decisions without inductor's compile time). Once two lengths have been seen the layers' graphs are
-    dynamic in the length and never rebuilt: ordinary packed rows and shared rows with the dense CPU
-    mask add no graph after the warm-up; with the BlockMask (the GPU's path, forward here) only the
+    """Twelve packed lengths through compiled decoder layers, dynamic in the length as compile_layers
+    makes them (the aot_eager backend: dynamo's graph decisions without inductor's compile time). The
+    layers' graphs are never rebuilt: ordinary packed rows and shared rows with the dense CPU mask add
+    no graph after the warm-up; with the BlockMask (the GPU's path, forward here) only the
     FlexAttention kernel, compiled between the layers' graphs, adds one graph per new bucket length."""
     import torch._dynamo
     from transformers import AutoModelForCausalLM
@@ -184,7 +184,7 @@ def test_compiled_layers_settle_over_many_lengths(tiny_model_dir, path):
     torch._dynamo.reset()
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     for layer in model.model.layers:
-        layer.compile(backend="aot_eager")
+        layer.compile(backend="aot_eager", dynamic=True)
     warm, lengths = [150, 171, 260, 299], [203, 333, 380, 401, 455, 470, 512, 530]
 
     def shared(ids):
