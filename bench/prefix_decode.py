@@ -64,6 +64,12 @@ def run(model, prompts: list[list[int]], args, share: bool, compiled: bool = Fal
         [[c.response_ids for c in g] for g in out]
 
 
+def token_match(a: list, b: list) -> float:
+    """Fraction of responses (over all groups) whose tokens are identical in runs a and b."""
+    pairs = [(x, y) for ga, gb in zip(a, b, strict=True) for x, y in zip(ga, gb, strict=True)]
+    return sum(x == y for x, y in pairs) / len(pairs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -81,17 +87,19 @@ def main() -> None:
     prompts = [torch.randint(0, model.config.vocab_size - 2, (args.prompt_len,), generator=gen).tolist()
                for _ in range(args.prompts)]
     result = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "settings": vars(args)}
-    tokens = []
+    tokens = {}
     for compiled in (False, True) if args.compile_decode else (False,):
         for share in (False, True):
             name = ("shared" if share else "unshared") + ("+compile" if compiled else "")
-            result[name], out = run(model, prompts, args, share, compiled)
-            tokens.append(out)
+            result[name], tokens[name] = run(model, prompts, args, share, compiled)
             r = result[name]
             print(f"{name:17s} {r['ms_per_step']:8.2f} ms/step  {r['steps']} steps  K/V stored {r['kv_storage_mib']:8.1f} "
                   f"MiB  read {r['kv_read_mib_per_step']:8.1f} MiB/step  warm-up {r['warmup_s']:.1f} s")
-    result["same_tokens"] = all(t == tokens[0] for t in tokens)
-    print(f"same tokens: {result['same_tokens']}")
+    result["same_tokens"] = tokens["shared"] == tokens["unshared"]
+    for layout in ("unshared", "shared") if args.compile_decode else ():  # compiled vs not, same layout
+        result[f"token_match_{layout}+compile"] = token_match(tokens[layout], tokens[layout + "+compile"])
+    print(f"same tokens shared / unshared: {result['same_tokens']}",
+          *(f"{k} {v:.3f}" for k, v in result.items() if k.startswith("token_match")))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

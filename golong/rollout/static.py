@@ -46,7 +46,12 @@ prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engin
 Measured on one H200 (2026-11-28, Qwen3-0.6B shape, bf16, full attention, bench/engine_decode.py):
 7.1 ms per decode step after a 32K prompt at batch 1 (transformers `generate`: 68.5 ms; HBM floor
 1.0 ms), 5.6 ms after 8K. What is left is mostly launch-bound: ~60 small kernels per layer even
-inside one graph. The KSA path has not run on a GPU yet. share_prefix has run on CPUs only
+inside one graph. `compile_decode` (opt-in, full attention) runs each decode layer through one
+torch.compile'd function (make_decode_layer: inductor, dynamic=False, fullgraph, the layer's weights
+and K/V storage as inputs, K/V written in place by index_put_; one compile per step shape serves every
+layer) before the graph captures it; on the CPU inductor makes a layer 9 fused kernels + 8-11 matmuls
+(uncompiled: ~80-130 aten calls per layer incl. views). Not yet timed on a GPU. The KSA path has not
+run on a GPU yet; its decode stays uncompiled. share_prefix has run on CPUs only
 (bench/prefix_decode.py: hidden 256, 4 layers, 2 prompts of 2K, G=8, 64 new tokens, float32, one
 thread: 18.5 -> 13.6 ms per step, K/V read per step 130 -> 18 MiB, stored 132 -> 32 MiB).
 
