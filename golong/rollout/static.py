@@ -49,7 +49,7 @@ Measured on one H200 (2026-11-28, Qwen3-0.6B shape, bf16, full attention, bench/
 inside one graph. `compile_decode` (opt-in, full attention) runs each decode layer through one
 torch.compile'd function (make_decode_layer: inductor, dynamic=False, fullgraph, the layer's weights
 and K/V storage as inputs, K/V written in place by index_put_; one compile per step shape serves every
-layer) before the graph captures it; on the CPU inductor makes a layer 9 fused kernels + 8-11 matmuls
+layer) before the graph captures it; on the CPU inductor makes a layer 8-9 fused kernels + 9-11 matmuls
 (uncompiled: ~80-130 aten calls per layer incl. views). Not yet timed on a GPU. The KSA path has not
 run on a GPU yet; its decode stays uncompiled. share_prefix has run on CPUs only
 (bench/prefix_decode.py: hidden 256, 4 layers, 2 prompts of 2K, G=8, 64 new tokens, float32, one
