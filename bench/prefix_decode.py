@@ -4,13 +4,18 @@ P prompts of L random tokens, G greedy samples each, N new tokens; each layout r
 after a warm-up call (graph capture on a GPU) and reports the median decode time per step (the
 engine's own clock, synchronised every step), the K/V storage (`cache_bytes`) and the K/V entries a
 step must read (`kv_tokens_read` / steps: each group's prompt once when shared, each row's copy when
-not) in bytes. Both layouts must give the same tokens (checked).
+not) in bytes. Both layouts must give the same tokens (checked). With --compile-decode each layout
+also runs with StaticEngine(compile_decode=True) (decode layers through torch.compile, then the CUDA
+graph) and its ms/step is reported beside the uncompiled one; `warmup_s` is the first call (graph
+capture, and with compile_decode the compiles: one per step shape).
 
 Shapes: `tiny` = hidden 256, 4 layers, 4 q / 2 kv heads of 64, MLP 512, vocab 512, float32 on a CPU
 (bfloat16 on a GPU); `0.6b` = Qwen3-0.6B (benchutil.qwen3_06b_model), random weights.
 
 Run: python bench/prefix_decode.py --device cpu                                  (CPU, tiny)
      python bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 --new-tokens 256 --out $OUT/prefix.json
+     python bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 --new-tokens 256 --compile-decode \
+         --out $OUT/prefixfuse.json
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 
 import torch
 from benchutil import IdTokenizer, qwen3_06b_model
@@ -37,23 +43,31 @@ def tiny_model(device: str):
         return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32 if device == "cpu" else torch.bfloat16).eval()
 
 
-def run(model, prompts: list[list[int]], args, share: bool) -> tuple[dict, list]:
+def run(model, prompts: list[list[int]], args, share: bool, compiled: bool = False) -> tuple[dict, list]:
     tok = IdTokenizer(model.config.vocab_size)
     new = args.new_tokens
     engine = StaticEngine(model, tok, max_batch=len(prompts) * args.group, max_len=len(prompts[0]) + new,
-                          prefill_chunk=32768, share_prefix=share)
+                          prefill_chunk=32768, share_prefix=share, compile_decode=compiled)
     greedy = SamplingParams(max_new_tokens=new, temperature=0)
-    out = engine.generate(prompts, args.group, greedy)  # warm-up (graph capture)
+    t0 = time.perf_counter()
+    out = engine.generate(prompts, args.group, greedy)  # warm-up (graph capture, compiles)
+    warmup = time.perf_counter() - t0
     per_step = []
     for _ in range(args.reps):
         engine.generate(prompts, args.group, greedy)
         per_step.append(engine.stats["decode_s"] / engine.stats["decode_steps"])
     st = engine.stats
     entry = kv_bytes_per_sequence(model.config, 1, next(model.parameters()).element_size())
-    return {"ms_per_step": statistics.median(per_step) * 1e3, "steps": st["decode_steps"],
+    return {"ms_per_step": statistics.median(per_step) * 1e3, "steps": st["decode_steps"], "warmup_s": warmup,
             "kv_storage_mib": engine.cache_bytes() / 2**20,
             "kv_read_mib_per_step": st["kv_tokens_read"] * entry / st["decode_steps"] / 2**20}, \
         [[c.response_ids for c in g] for g in out]
+
+
+def token_match(a: list, b: list) -> float:
+    """Fraction of responses (over all groups) whose tokens are identical in runs a and b."""
+    pairs = [(x, y) for ga, gb in zip(a, b, strict=True) for x, y in zip(ga, gb, strict=True)]
+    return sum(x == y for x, y in pairs) / len(pairs)
 
 
 def main() -> None:
@@ -65,22 +79,27 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--compile-decode", action="store_true", help="also run each layout with compile_decode=True")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     model = tiny_model(args.device) if args.shape == "tiny" else qwen3_06b_model(False, args.device)[0]
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, model.config.vocab_size - 2, (args.prompt_len,), generator=gen).tolist()
                for _ in range(args.prompts)]
-    rows, tokens = {}, {}
-    for share in (False, True):
-        rows[share], tokens[share] = run(model, prompts, args, share)
-    result = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "settings": vars(args),
-              "unshared": rows[False], "shared": rows[True], "same_tokens": tokens[True] == tokens[False]}
-    for name in ("unshared", "shared"):
-        r = result[name]
-        print(f"{name:9s} {r['ms_per_step']:8.2f} ms/step  {r['steps']} steps  K/V stored {r['kv_storage_mib']:8.1f} MiB"
-              f"  read {r['kv_read_mib_per_step']:8.1f} MiB/step")
-    print(f"same tokens: {result['same_tokens']}")
+    result = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "settings": vars(args)}
+    tokens = {}
+    for compiled in (False, True) if args.compile_decode else (False,):
+        for share in (False, True):
+            name = ("shared" if share else "unshared") + ("+compile" if compiled else "")
+            result[name], tokens[name] = run(model, prompts, args, share, compiled)
+            r = result[name]
+            print(f"{name:17s} {r['ms_per_step']:8.2f} ms/step  {r['steps']} steps  K/V stored {r['kv_storage_mib']:8.1f} "
+                  f"MiB  read {r['kv_read_mib_per_step']:8.1f} MiB/step  warm-up {r['warmup_s']:.1f} s")
+    result["same_tokens"] = tokens["shared"] == tokens["unshared"]
+    for layout in ("unshared", "shared") if args.compile_decode else ():  # compiled vs not, same layout
+        result[f"token_match_{layout}+compile"] = token_match(tokens[layout], tokens[layout + "+compile"])
+    print(f"same tokens shared / unshared: {result['same_tokens']}",
+          *(f"{k} {v:.3f}" for k, v in result.items() if k.startswith("token_match")))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -46,7 +46,12 @@ prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engin
 Measured on one H200 (2026-11-28, Qwen3-0.6B shape, bf16, full attention, bench/engine_decode.py):
 7.1 ms per decode step after a 32K prompt at batch 1 (transformers `generate`: 68.5 ms; HBM floor
 1.0 ms), 5.6 ms after 8K. What is left is mostly launch-bound: ~60 small kernels per layer even
-inside one graph. The KSA path has not run on a GPU yet. share_prefix has run on CPUs only
+inside one graph. `compile_decode` (opt-in, full attention) runs each decode layer through one
+torch.compile'd function (make_decode_layer: inductor, dynamic=False, fullgraph, the layer's weights
+and K/V storage as inputs, K/V written in place by index_put_; one compile per step shape serves every
+layer) before the graph captures it; on the CPU inductor makes a layer 8-9 fused kernels + 9-11 matmuls
+(uncompiled: ~80-130 aten calls per layer incl. views). Not yet timed on a GPU. The KSA path has not
+run on a GPU yet; its decode stays uncompiled. share_prefix has run on CPUs only
 (bench/prefix_decode.py: hidden 256, 4 layers, 2 prompts of 2K, G=8, 64 new tokens, float32, one
 thread: 18.5 -> 13.6 ms per step, K/V read per step 130 -> 18 MiB, stored 132 -> 32 MiB).
 
@@ -99,8 +104,78 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 def rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
     """The model's RMSNorm, w * (x / sqrt(mean(x^2) + eps)) computed in fp32 and rounded to x's dtype
     before the weight (as Qwen / Llama do), with torch's rms_norm op: fewer kernels per decode step."""
-    normed = F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon)
-    return norm.weight * normed.to(x.dtype)
+    return rms(x, norm.weight, norm.variance_epsilon)
+
+
+def rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """rms_norm with the weight and eps given as such: w * (x / sqrt(mean(x^2) + eps)) (fp32 inside)."""
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+# --- compile_decode: one decode layer as one torch.compile'd function ---------------------------------
+RECOMPILES = 4096  # dynamo's per-function compile limit while decoding: one entry per step shape (bucket)
+
+
+def layer_weights(layer: Any) -> tuple[torch.Tensor | None, ...]:
+    """The tensors a decoder layer's decode step reads, in decode_layer's order: input norm w, (w, b)
+    of q / k / v, q / k head-norm w (Qwen3; else None), (w, b) of o_proj, post norm w, (w, b) of
+    gate / up / down. They are the model's own parameters, passed as inputs on every call (never baked
+    into the compiled code), so weight updates copied into them are seen."""
+    a, m = layer.self_attn, layer.mlp
+    pairs = [(mod.weight, mod.bias) for mod in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)]
+    head_norms = [getattr(getattr(a, name, None), "weight", None) for name in ("q_norm", "k_norm")]
+    return (layer.input_layernorm.weight, *pairs[0], *pairs[1], *pairs[2], *head_norms, *pairs[3],
+            layer.post_attention_layernorm.weight, *pairs[4], *pairs[5], *pairs[6])
+
+
+def decode_attention(qg: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, attn: tuple, scale: float) -> torch.Tensor:
+    """Decode attention of qg [B, Hkv, G, D] over rows 0..B-1 of kc / vc [rows, Hkv, cap, D]; [B, Hkv, G, D].
+    attn = (bias [B, span],): softmax(q k^T * scale + bias) v over cache positions < span (per-row
+    storage); or (k_prefix, v_prefix, prefix_bias [blocks, P], own_bias [B, R]): cascade_attention
+    over prefix rows 0..blocks-1 (first P positions) and own rows (first R) (share_prefix)."""
+    b = qg.shape[0]
+    if len(attn) == 1:
+        (bias,) = attn
+        span = bias.shape[-1]
+        scores = torch.matmul(qg, kc[:b, :, :span].transpose(-1, -2)).float() * scale + bias[:, None, None]
+        return torch.matmul(torch.softmax(scores, -1).to(vc.dtype), vc[:b, :, :span])
+    kp, vp, prefix_bias, own_bias = attn
+    (blocks, p), r = prefix_bias.shape, own_bias.shape[1]
+    return cascade_attention(qg, kp[:blocks, :, :p], vp[:blocks, :, :p], prefix_bias,
+                             kc[:b, :, :r], vc[:b, :, :r], own_bias, scale)
+
+
+def make_decode_layer(heads: int, kv_heads: int, head_dim: int, eps: float, head_eps: float, scale: float, act: Any):
+    """decode_layer(h, cos, sin, w, kc, vc, at, attn) -> h': one decoder layer for one token per row,
+    the static engine's layer loop body written over plain tensors so that torch.compile can fuse it:
+    h [B, 1, hidden], cos / sin [B, 1, D], w = layer_weights(layer), kc / vc the layer's row storage
+    (this row's K/V written in place at index at[row], at [B]), attn as in decode_attention.
+    h' = h + o_proj(attention(rope(norm_q(q)), rope(norm_k(k)), v)); h'' = h' + down(act(gate(x)) * up(x)),
+    x = rms(h') (every norm: w * x / sqrt(mean(x^2) + eps) in fp32). Shapes and constants are the same
+    for every layer, so one compiled function serves them all."""
+    groups = heads // kv_heads
+
+    def decode_layer(h, cos, sin, w, kc, vc, at, attn):
+        n_in, qw, qb, kw, kb, vw, vb, qn, kn, ow, ob, n_post, gw, gb, uw, ub, dw, db = w
+        b = h.shape[0]
+        x = rms(h, n_in, eps)
+
+        def project(weight, bias, norm):
+            y = F.linear(x, weight, bias).view(b, 1, -1, head_dim)
+            return y if norm is None else rms(y, norm, head_eps)
+
+        q = rope(project(qw, qb, qn).transpose(1, 2), cos, sin)  # [B, H, 1, D]
+        k = rope(project(kw, kb, kn).transpose(1, 2), cos, sin)  # [B, Hkv, 1, D]
+        v = project(vw, vb, None)  # [B, 1, Hkv, D]
+        where = (torch.arange(b, device=h.device)[:, None], torch.arange(kv_heads, device=h.device)[None], at[:, None])
+        kc.index_put_(where, k[:, :, 0])
+        vc.index_put_(where, v[:, 0])
+        o = decode_attention(q.reshape(b, kv_heads, groups, head_dim), kc, vc, attn, scale)
+        h = h + F.linear(o.reshape(b, 1, -1), ow, ob)
+        x = rms(h, n_post, eps)
+        return h + F.linear(act(F.linear(x, gw, gb)) * F.linear(x, uw, ub), dw, db)
+
+    return decode_layer
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -155,6 +230,7 @@ class StaticEngine(RolloutEngine):
         prefill_chunk: int = 8192,
         kv_budget_gb: float | None = None,
         share_prefix: bool = True,
+        compile_decode: bool = False,
     ):
         """`max_batch` sequences decode at once at most; `max_len` (default: the model's
         max_position_embeddings) bounds prompt + response tokens.
@@ -164,6 +240,9 @@ class StaticEngine(RolloutEngine):
         `share_prefix` (full-attention policies; KSA policies always keep per-row storage): each
         group's prompt K/V is stored once and read once per step for its G rows (golong/rollout/
         prefix.py); False = every row holds its own copy of the prompt.
+        `compile_decode` (full-attention policies; KSA decode stays uncompiled): each decode layer runs
+        through one torch.compile'd function (make_decode_layer; inductor, static shapes, no
+        freezing) so its elementwise ops fuse; the CUDA graph then captures the compiled kernels.
         A model it cannot run (`unsupported_reason`) is a ValueError naming the reason."""
         problem = unsupported_reason(model)
         if problem is not None:
@@ -186,6 +265,9 @@ class StaticEngine(RolloutEngine):
         self.ksa = is_ksa(cfg)
         self.mix = float(getattr(cfg, "ksa_mix_coeff", 1.0))
         self.share = share_prefix and not self.ksa
+        self.compile_decode = compile_decode and not self.ksa
+        if self.compile_decode:
+            self._fused_layer = self._compile_layer()
         self.rows = self.cap_len = 0  # allocated storage: rows x text tokens (sharing: response tokens)
         self.k_cache: list[torch.Tensor] = []  # full attention: [rows, kv_heads, cap_len, head_dim] per layer
         self.v_cache: list[torch.Tensor] = []
@@ -304,6 +386,32 @@ class StaticEngine(RolloutEngine):
     def wake(self) -> None:
         if self.device.type != "cpu":
             self.model.to(self.device)
+
+    def _compile_layer(self):
+        """make_decode_layer for this model, through torch.compile (inductor, default mode: the engine
+        captures its own CUDA graphs; dynamic=False: each step shape is a bucket; fullgraph)."""
+        import torch._inductor.config as inductor_config
+
+        if inductor_config.freezing:
+            raise ValueError("rollout.compile_decode needs inductor freezing off (it would bake the weights in); "
+                             "unset TORCHINDUCTOR_FREEZING")
+        layer = self.model.model.layers[0]
+        head_norm = getattr(layer.self_attn, "q_norm", None)
+        eps = layer.input_layernorm.variance_epsilon
+        fn = make_decode_layer(self.heads, self.kv_heads, self.head_dim, eps,
+                               getattr(head_norm, "variance_epsilon", eps), layer.self_attn.scaling, layer.mlp.act_fn)
+        return torch.compile(fn, dynamic=False, fullgraph=True)
+
+    def _fused_decode(self, tok: torch.Tensor, pos: torch.Tensor, at: torch.Tensor, attn) -> torch.Tensor:
+        """compile_decode's step: embed, RoPE tables, each layer through the compiled decode_layer (K/V
+        written at own index `at` [B]; attn(i) = its decode_attention inputs), final norm, lm_head."""
+        inner = self.model.model
+        h = self._embed(tok[:, None])
+        cos, sin = inner.rotary_emb(h, pos[:, None])
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILES, accumulated_recompile_limit=RECOMPILES):
+            for i, layer in enumerate(inner.layers):
+                h = self._fused_layer(h, cos, sin, layer_weights(layer), self.k_cache[i], self.v_cache[i], at, attn(i))
+        return self._logits(rms_norm(inner.norm, h)[:, -1])
 
     # --- the model, layer by layer -----------------------------------------------------------------
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -458,6 +566,8 @@ class StaticEngine(RolloutEngine):
         groups = self.heads // self.kv_heads
         visible = torch.arange(span, device=tok.device)[None, :] <= pos[:, None]  # [B, span]
         bias = torch.zeros(visible.shape, dtype=torch.float32, device=tok.device).masked_fill(~visible, float("-inf"))
+        if self.compile_decode:
+            return self._fused_decode(tok, pos, pos, lambda i: (bias,))
         flat = self._write_index(pos)
 
         def attend(i, q, k, v, scale):
@@ -487,6 +597,8 @@ class StaticEngine(RolloutEngine):
         own = pos - prefix
         prefix_bias = length_bias(prefix.view(b // width, width).amax(1), prefix_span)  # [blocks, P]
         own_bias = length_bias(own + 1, own_span)  # [B, R]
+        if self.compile_decode:
+            return self._fused_decode(tok, pos, own, lambda i: (self.k_prefix[i], self.v_prefix[i], prefix_bias, own_bias))
         flat = self._write_index(own)
 
         def attend(i, q, k, v, scale):
