@@ -18,6 +18,7 @@
 #   train32k   bench/train_gpu.py, 1.7B, 32K prompts, G=8 x 2, 2K new tokens, compiled + shared, within 190 s
 #   prefix     pytest -m gpu on the shared-prefix (cascade) decode and the static engine, then bench/prefix_decode.py
 #              0.6B, 4 prompts of 8K, G=8, 256 new: decode per step and K/V read with and without share_prefix
+#   prefixfuse the same with and without rollout.compile_decode (decode layers through torch.compile)
 #   trl        bench/trainer_vs_trl.py: golong vs TRL's GRPOTrainer, 0.6B shape, 8K prompts, G=8 x 4, 256 new
 #   trainksa   bench/train_gpu.py, issue 16's KSA rows (each policy compiled + shared): 0.6B 8K G=8 x 4 256 new
 #              KSA (full: the train stage), 0.6B 32K G=8 x 2 2K new full and KSA  (~9 min)
@@ -67,6 +68,8 @@ for s in "$@"; do
               tests/test_rollout_static.py
             stage prefixbench 150 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
               --new-tokens 256 --reps 2 --out "$OUT/prefix_decode.json" ;;
+    prefixfuse) stage prefixfuse 300 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
+                  --new-tokens 256 --reps 2 --compile-decode --out "$OUT/prefix_decode_fused.json" ;;
     gputest) stage gputest 200 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_train_gpu.py ;;
     train) for run in "0.6b:8k:8x4:256 120" "0.6b:8k:8x4:256:eager 90" "0.6b:8k:8x4:256:noshare 100"; do
              read -r cfg secs <<<"$run"  # a process per configuration: one that overruns cannot stop the next
