@@ -22,7 +22,7 @@ KSA config trains only the summary embedding (`hidden` numbers) in stage 1, whic
 retrieval done by a full-attention head in a layer that becomes a 128-token window; at 4B and 85B
 tokens the report's recipe has the time to do that in stage 2, here a few hundred steps must.
 
-Run (H200):  PYTHONPATH=. python bench/ksa_conversion.py --models /tmp/ksa_models --out $OUT/conv --budget-s 100
+Run (H200):  bench/run_h200.sh ksaconv   (--models /tmp/ksa_models --out $OUT/conv --budget-s 60)
 CPU pilot:   PYTHONPATH=. python bench/ksa_conversion.py --pilot --models DIR --out DIR/conv --budget-s 120
 """
 
@@ -71,14 +71,15 @@ def ksa_settings(teacher, args):
 
 
 def time_steps(teacher, settings, cfg, device: str, text_ids: torch.Tensor, n: int = 3) -> float:
-    """Seconds per distillation step (distill_loss forward + backward on a throwaway student, after one
-    untimed step that compiles the kernels); the optimizer step is not timed (it is small here)."""
+    """Seconds per distillation step (distill_loss forward + backward on a throwaway student with every
+    parameter trainable, i.e. the joint stage's cost, the dearer one; after one untimed step that
+    compiles the kernels); the optimizer step is not timed (it is small here)."""
     import copy
 
     from ksa.convert import distill_loss, sample_batch
     from ksa.modeling import convert_model
 
-    student = convert_model(copy.deepcopy(teacher), settings).to(device).train()
+    student = convert_model(copy.deepcopy(teacher), settings).to(device).train().requires_grad_(True)
     gen = torch.Generator().manual_seed(0)
     times = []
     for i in range(n + 1):

@@ -46,8 +46,8 @@ results.json is rewritten every --write-every-s seconds while training (loss and
 every 5th step, curriculum changes), after saving, and after each evaluated length, so a run cut short
 keeps what it had; `status` says how far it got. bench/ksa_report.py turns it into tables and plots.
 
-Run (H200):  bench/run_h200.sh ksa17   (this script with --budget-s 230 --save-models /tmp/ksa_models
-             --pack-models $OUT/models, then bench/ksa_conversion.py; sizing in run_h200.sh)
+Run (H200):  bench/run_h200.sh ksarep   (this script with --budget-s 420 --save-models /tmp/ksa_models
+             --pack-models $OUT/models; sizing in run_h200.sh)
 CPU pilot:   PYTHONPATH=. python bench/ksa_replication.py --pilot --variants full --budget-s 720 --out DIR
 CPU check:   PYTHONPATH=. python bench/ksa_replication.py --smoke --out /tmp/rep
 """
