@@ -23,16 +23,15 @@ One step, per policy (golong's inline trainer loop, written out):
 Logged per step: per-task mean reward, generation / train / step time, groups kept, learner metrics.
 Before and after training: greedy (teacher-forced) held-out accuracy per task at --length.
 
-Run (H200):  PYTHONPATH=. python bench/ksa_grpo.py --models /tmp/ksa_models --out $OUT/grpo   (~2.5 min;
-             estimated: this script has not run on a GPU)
+Run (H200):  bench/run_h200.sh ksagrpo   (--models /tmp/ksa_models --budget-s 240 --steps 80 --lr 1e-4;
+             not yet run on a GPU)
 CPU check:   PYTHONPATH=. python bench/ksa_grpo.py --smoke --out /tmp/grpo
-Writes results.json and ksa_grpo.png (when matplotlib imports) into --out.
+Writes results.json into --out, rewritten after every step; bench/ksa_report.py draws the plots.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -95,7 +94,7 @@ def heldout_accuracy(model, length: int, rows: int, device: str) -> dict[str, fl
     return acc
 
 
-def run_policy(name: str, args, budget_s: float) -> dict:
+def run_policy(name: str, args, budget_s: float, on_step=None) -> dict:
     from golong.algos import compute_advantages
     from golong.config import AlgoConfig, ModelConfig, OptimConfig
     from golong.learner import Learner, Sample
@@ -116,6 +115,8 @@ def run_policy(name: str, args, budget_s: float) -> dict:
                          policy, tok)
     row: dict = {"model_type": policy.config.model_type, "engine": type(engine).__name__, "steps": []}
     row["acc_before"] = heldout_accuracy(policy, args.length, args.eval_rows, args.device)
+    if on_step:
+        on_step(row)
     t_start = time.perf_counter()
     for step in range(args.steps):
         if time.perf_counter() - t_start > budget_s:
@@ -152,6 +153,8 @@ def run_policy(name: str, args, budget_s: float) -> dict:
                "reward_all": float(np.mean(rewards)),
                **{k: metrics[k] for k in ("loss", "grad_norm", "entropy", "drift", "clip_frac") if k in metrics}}
         row["steps"].append(rec)
+        if on_step:  # results.json after every step: a run cut short keeps its reward curve
+            on_step(row)
         print(f"  [{name}] step {step:3d} reward " + " ".join(f"{t} {v:.2f}" for t, v in rec["reward"].items())
               + f" | kept {len(keep)}/{len(items)} gen {gen_s:.2f}s train {train_s:.2f}s", flush=True)
     row["train_loop_s"] = time.perf_counter() - t_start
@@ -183,48 +186,13 @@ def print_table(result: dict) -> None:
               f"{row['mean_step_s'] or 0:>7.2f}")
 
 
-def plot(result: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (the numbers are in the JSON)")
-        return None
-    fig, axes = plt.subplots(1, len(rep.TASKS) + 1, figsize=(5 * (len(rep.TASKS) + 1), 4))
-    for ax, task in zip(axes, rep.TASKS, strict=False):
-        for name, row in result["policies"].items():
-            ax.plot([s["step"] for s in row["steps"]], [s["reward"][task] for s in row["steps"]], marker=".", label=name)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"mean reward: {task}")
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    ax = axes[-1]
-    for name, row in result["policies"].items():
-        steps = [s["step"] for s in row["steps"]]
-        line = ax.plot(steps, [s["step_s"] for s in row["steps"]], label=f"{name} step")[0]
-        ax.plot(steps, [s["gen_s"] for s in row["steps"]], linestyle="--", color=line.get_color(), label=f"{name} generate")
-        ax.plot(steps, [s["train_s"] for s in row["steps"]], linestyle=":", color=line.get_color(), label=f"{name} train")
-    ax.set_title("seconds per step")
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.suptitle(f"GRPO + TMN-Reweight, full vs hybrid KSA ({result['machine'].get('gpu') or 'cpu'}, "
-                 f"{result['config']['length']} tokens)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=None, help="folder written by ksa_replication.py --save-models (default: fresh random models)")
     ap.add_argument("--out", default="bench/results/ksa_grpo")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run (256 tokens, 3 steps)")
+    ap.add_argument("--pilot", action="store_true", help="the CPU pilot's scale (512 tokens, 2 prompts/task, G=4, 6 steps)")
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--steps", type=int, default=None, help="GRPO steps per policy (default 30; smoke 3)")
     ap.add_argument("--length", type=int, default=None, help="prompt length in tokens (default 4096; smoke 256)")
@@ -249,11 +217,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.budget_s = 100.0
     if args.dynamic_sampling is None:
         args.dynamic_sampling = not args.smoke
-    smoke = args.smoke
-    for key, full, tiny in (("steps", 30, 3), ("length", 4096, 256), ("prompts_per_task", 4, 2), ("group", 8, 4),
-                            ("eval_rows", 32, 4), ("micro_batch_tokens", 16384, 1024)):
+    preset = 2 if args.smoke else (1 if args.pilot else 0)
+    for key, *values in (("steps", 30, 6, 3), ("length", 4096, 512, 256), ("prompts_per_task", 4, 2, 2),
+                         ("group", 8, 4, 4), ("eval_rows", 32, 16, 4), ("micro_batch_tokens", 16384, 4096, 1024)):
         if getattr(args, key) is None:
-            setattr(args, key, tiny if smoke else full)
+            setattr(args, key, values[preset])
     return args
 
 
@@ -268,18 +236,24 @@ def _run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    result = {"bench": "ksa_grpo", "machine": rep.machine_info(args.device),
+    result = {"bench": "ksa_grpo", "scale": rep.scale(args),
+              "machine": rep.machine_info(args.device),
               "config": {k: v for k, v in vars(args).items() if k != "out"}, "policies": {}}
     budget = (args.budget_s or float("inf")) / len(policies)
+    path = out / "results.json"
     for name in policies:
         print(f"policy {name}", flush=True)
-        result["policies"][name] = run_policy(name, args, budget)
-        (out / "results.json").write_text(json.dumps(result, indent=1))
+
+        def on_step(row: dict, name=name) -> None:
+            result["policies"][name] = row
+            rep.write_json(path, result)
+
+        on_step(run_policy(name, args, budget, on_step))
     result["total_s"] = time.perf_counter() - t0
-    (out / "results.json").write_text(json.dumps(result, indent=1))
+    result["status"] = "done"
+    rep.write_json(path, result)
     print_table(result)
-    png = plot(result, out / "ksa_grpo.png")
-    print(f"wrote {out / 'results.json'}" + (f" and {png}" if png else "") + f" in {result['total_s']:.1f}s")
+    print(f"wrote {path} in {result['total_s']:.1f}s")
     return result
 
 

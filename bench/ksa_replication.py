@@ -9,35 +9,47 @@ is noise with items written into it at random places, the queries come at the en
          the intermediate key, then its value — two dependent lookups)
   count  4 marker types, each written 1..8 times; query `<q_cnt> m` -> `<cN>` (N = how many)  (1 token)
 Every answer is followed by `<eos>`. Item counts do not grow with length (only the distances do).
-A training sequence carries 1 needle + 8 kv + 4 hop2 + 4 count queries; the loss is the cross-entropy
-on the answer tokens and their `<eos>` only (noise is unpredictable; the queries are the whole signal).
+A training sequence of >= 256 tokens carries 1 needle + 8 kv + 4 hop2 + 4 count queries (shorter
+rows fewer: queries_for); the loss is the cross-entropy on the answer tokens and their `<eos>` only
+(noise is unpredictable; the queries are the whole signal).
 Held-out accuracy: teacher-forced, a query is right when the argmax at every answer position equals the
 target (the same as greedy decoding of the answer); eval draws come from a different seed, at full
-difficulty (32 kv pairs).
-Why a needle task and a pair curriculum: measured on CPU (4 layers, hidden 128, 256-token rows), the
-single needle is learned within ~200 steps, while keyed retrieval among 4-32 pairs sat on its
-chance-level plateau for 150-400 steps; with 2 pairs it climbed slowly (31% after 300 steps). Keyed
-lookup needs a two-layer (induction-style) circuit, which forms faster when few pairs compete, so
-the curriculum raises the number of pairs (2 -> 32) along with the length (128 -> 8K).
+difficulty (32 kv pairs, all queries).
+
+Why this curriculum (measured on the CPU, 4 layers, hidden 128; bench/results/ksa_replication_cpu_pilot/
+says more). Keyed lookup needs a two-layer, induction-style circuit (a previous-token head, then a head
+that matches the query's key against it). Before it forms, the model sits on a plateau where it copies
+some value-class token of the body (accuracy 1 / values in the body: 0.33 with 2 pairs and a hop2 chain).
+With 2 pairs in 64-token rows (kv queries only) it left that plateau after ~40K rows: ~300 steps of 128
+rows or ~1,150 of 32, so the number of rows decides, not the number of steps; with 8 pairs, in 128-token
+rows, or with Qwen3's init std 0.02 (sized for hidden 4096) it had not left it within 175-400 steps,
+and std 0.02 also delayed the plateau itself (K1 vs P2 in the notes). Hence: a first stage of 64-token
+rows with 2 pairs, init std 0.05, the learning rate held until 80% of the run (warm-up, stable, decay),
+and a gate that moves to the next stage once full's train-batch kv and hop2 accuracy is >= 0.9, the
+stages' shares being upper bounds. Pairs grow 2 -> 32 along with the length 64 -> 8K.
 
 Models (same base shape, same initial weights, same data order and steps): a Qwen3-style decoder
-(default 8 layers, hidden 256, 4 query / 2 kv heads of 64, MLP 768) as
+(default 8 layers, hidden 256, 4 query / 2 kv heads of 64, MLP 768; --pilot 4 layers, hidden 128) as
   full  plain causal attention (SDPA / flash on GPU);
   ksa   3:1 hybrid KSA: chunk 8, one summary per chunk, windows ([16]*3+[full])*2 (16 chunks = 128
-        tokens in the KSA layers), Triton kernel on GPU;
+        tokens in the KSA layers; --pilot [4]*3+[full]), Triton kernel on GPU;
   sca   the same hybrid with summaries_visible=False (sliding chunk only).
 The hybrids are ksa.convert_model of the full model's initial weights. Training: AdamW (0.9, 0.95),
-wd 0.01, clip 1.0, fp32 weights under bf16 autocast (GPU), warm-up then cosine; a length curriculum
-at a constant token budget per step (short sequences first: more queries per step while the
-retrieval circuit forms). The three models train in lockstep: step k draws one batch and every model
-takes its step on it, so a time budget (`--budget-s`, default) stops them all at the same step; the
-curriculum stage and learning rate follow the fraction of the budget spent (or of `--steps`).
+wd 0.01, clip 1.0, fp32 weights under bf16 autocast (GPU), warm-up / stable / decay; a length
+curriculum at a constant token budget per step (short sequences first: more queries per step while
+the retrieval circuit forms). The three models train in lockstep: step k draws one batch and every
+model takes its step on it, so a time budget (`--budget-s`, default) stops them all at the same step;
+the curriculum stage and learning rate follow the fraction of the budget spent (or of `--steps`).
 Evaluated at the curriculum's lengths and beyond (generalisation to 16K / 32K).
 
-Run (H200):  PYTHONPATH=. python bench/ksa_replication.py --out $OUT/rep --save-models /tmp/ksa_models
-             (~5 min: --budget-s 200 s of training + warm-up/compile + evaluation; estimated, not measured)
+results.json is rewritten every --write-every-s seconds while training (loss and train-batch accuracy
+every 5th step, curriculum changes), after saving, and after each evaluated length, so a run cut short
+keeps what it had; `status` says how far it got. bench/ksa_report.py turns it into tables and plots.
+
+Run (H200):  bench/run_h200.sh ksarep   (this script with --budget-s 420 --save-models /tmp/ksa_models
+             --pack-models $OUT/models; sizing in run_h200.sh)
+CPU pilot:   PYTHONPATH=. python bench/ksa_replication.py --pilot --variants full --budget-s 720 --out DIR
 CPU check:   PYTHONPATH=. python bench/ksa_replication.py --smoke --out /tmp/rep
-Writes results.json and ksa_replication.png (when matplotlib imports) into --out.
 """
 
 from __future__ import annotations
@@ -72,6 +84,13 @@ QUERY_TOKENS = {"needle": 3, "kv": 4, "hop2": 5, "count": 4}  # query marker (+ 
 TRAIN_QUERIES = {"needle": 1, "kv": 8, "hop2": 4, "count": 4}
 MAX_PAIRS = 32  # kv pairs per sequence at full difficulty (the curriculum starts with fewer)
 EVAL_SEED = 1_000_003  # eval draws: a stream no training step uses
+
+
+def queries_for(length: int) -> dict[str, int]:
+    """Training queries per sequence at `length` tokens: TRAIN_QUERIES from 256 tokens on, scaled down
+    below (at least one per task), so that short rows keep room for their items."""
+    scale = min(1.0, length / 256)
+    return {t: max(1, round(n * scale)) for t, n in TRAIN_QUERIES.items()}
 
 
 def token_names() -> list[str]:
@@ -201,21 +220,26 @@ def prompt_and_answer(rng: np.random.Generator, rows: int, length: int, task: st
     return b.ids[:, : where[0]], b.ids[:, where]
 
 
+
 # --- models --------------------------------------------------------------------------------------
 SHAPES = {
     "default": dict(hidden_size=256, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2,
                     head_dim=64, intermediate_size=768),
+    "pilot": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                  head_dim=32, intermediate_size=384),
     "smoke": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
                   head_dim=32, intermediate_size=128),
 }
 VARIANTS = ("full", "ksa", "sca")
+INIT_STD = 0.05  # weight init std (Qwen3's default 0.02 is sized for hidden 4096; see the module docstring)
 
 
-def base_config(shape: str):
+def base_config(shape: str, init_std: float = INIT_STD):
     from transformers import Qwen3Config
 
     return Qwen3Config(**SHAPES[shape], vocab_size=VOCAB, max_position_embeddings=65536, rope_theta=1e6,
-                       tie_word_embeddings=True, eos_token_id=EOS, pad_token_id=PAD, bos_token_id=BOS)
+                       tie_word_embeddings=True, eos_token_id=EOS, pad_token_id=PAD, bos_token_id=BOS,
+                       initializer_range=init_std)
 
 
 def hybrid_windows(layers: int, window: int) -> list[int]:
@@ -225,14 +249,15 @@ def hybrid_windows(layers: int, window: int) -> list[int]:
     return hw(layers, window=window, ratio=3)
 
 
-def build_models(shape: str, window: int, impl: str, seed: int) -> dict:
+def build_models(shape: str, window: int, impl: str, seed: int, init_std: float = INIT_STD) -> dict:
     """{variant: model} with identical initial weights (fp32, CPU)."""
     from transformers import AutoModelForCausalLM
 
     import ksa
 
     torch.manual_seed(seed)
-    full = AutoModelForCausalLM.from_config(base_config(shape), attn_implementation="sdpa", dtype=torch.float32)
+    full = AutoModelForCausalLM.from_config(base_config(shape, init_std), attn_implementation="sdpa",
+                                            dtype=torch.float32)
     windows = hybrid_windows(full.config.num_hidden_layers, window)
     out = {"full": full}
     for name, visible in (("ksa", True), ("sca", False)):
@@ -241,51 +266,82 @@ def build_models(shape: str, window: int, impl: str, seed: int) -> dict:
     return out
 
 
-# --- training and evaluation ---------------------------------------------------------------------
+# --- the plan: curriculum, schedule --------------------------------------------------------------
 @dataclass
 class Plan:
     """What to train and evaluate. Progress p in [0, 1) is step / steps, or elapsed / budget_s when a
-    time budget is set; the curriculum stage and the learning rate are functions of p."""
+    time budget is set; the learning rate is a function of p (warm-up, stable, decay: lr_at).
+
+    Curriculum: stage i (length, max kv pairs, share) ends at the latest when p reaches the sum of the
+    shares up to i (normalised), or earlier once mastered: the gate model's ("full") train-batch
+    accuracy on kv and hop2 was >= `mastery` at `gate_logs` logged steps in a row (every 5th step). A
+    mastered stage hands its remaining time to the later, longer ones; `mastery` 0 turns gating off."""
 
     shape: str
-    stages: list[tuple[int, int, float]]  # (length, max kv pairs, fraction of progress)
+    stages: list[tuple]  # (length, max kv pairs, largest share of progress[, tasks queried (default all)])
     steps: int | None  # None: train until budget_s is spent
     tokens_per_step: int
     eval_lengths: list[int]
     eval_rows: int
     eval_tokens: int  # tokens per eval forward
     budget_s: float | None = None
-    lr: float = 2e-3
+    lr: float = 3e-3
     warmup: int = 30  # steps
     window: int = 16
     seed: int = 0
+    init_std: float = INIT_STD
+    mastery: float = 0.9
+    gate_logs: int = 4
+    decay_from: float = 0.8  # progress at which the learning rate starts its cosine decay
+
+    def stage_index(self, p: float) -> int:
+        """The stage the time-based schedule is in at progress p (the latest stage allowed)."""
+        total, acc = sum(st[2] for st in self.stages), 0.0
+        for i, st in enumerate(self.stages):
+            acc += st[2] / total
+            if p < acc:
+                return i
+        return len(self.stages) - 1
 
     def stage_at(self, p: float) -> tuple[int, int]:
-        """(length, max kv pairs) of the curriculum stage at progress p."""
-        total, acc = sum(f for *_, f in self.stages), 0.0
-        for length, pairs, f in self.stages:
-            acc += f / total
-            if p < acc:
-                return length, pairs
-        return self.stages[-1][0], self.stages[-1][1]
+        """(length, max kv pairs) of the time-based schedule at progress p."""
+        return tuple(self.stages[self.stage_index(p)][:2])
 
     def lr_at(self, step: int, p: float) -> float:
-        """Linear warm-up over `warmup` steps times a cosine from lr to lr/10 over progress p."""
-        return self.lr * min(1.0, (step + 1) / self.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+        """Warm-up, stable, decay: linear warm-up over `warmup` steps, then lr until progress
+        `decay_from`, then a cosine down to lr/10 at p = 1. Kept high while the retrieval circuit has
+        not formed (a cosine over the whole run had lowered it by a third before the pilot left its
+        first stage)."""
+        q = max(0.0, (min(p, 1.0) - self.decay_from) / (1.0 - self.decay_from))
+        return self.lr * min(1.0, (step + 1) / self.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * q)))
+
+
+# Shares are upper bounds (a mastered stage ends early); the first stages get generous ones because a
+# run whose retrieval circuit never forms says nothing, while a short last stage only weakens 8K.
+# Tasks enter one at a time, kv first (module docstring: queried together from the start, nothing
+# was learned on the CPU).
+KV, KV_NEEDLE, RETRIEVAL = ("kv",), ("kv", "needle"), ("kv", "needle", "hop2")
+GPU_STAGES = [(64, 2, 0.12, KV), (128, 4, 0.08, KV), (256, 8, 0.08, KV_NEEDLE), (512, 16, 0.08, RETRIEVAL),
+              (1024, MAX_PAIRS, 0.10), (2048, MAX_PAIRS, 0.10), (4096, MAX_PAIRS, 0.18), (8192, MAX_PAIRS, 0.26)]
+PILOT_STAGES = [(64, 2, 0.30, KV), (128, 4, 0.15, KV), (128, 4, 0.10, KV_NEEDLE), (256, 8, 0.20, RETRIEVAL),
+                (512, MAX_PAIRS, 0.25)]
 
 
 def plan_for(args) -> Plan:
     if args.smoke:
-        return Plan("smoke", [(256, 4, 0.5), (256, MAX_PAIRS, 0.5)], args.steps or 40, 2048, [256, 512], 8, 4096,
+        return Plan("smoke", [(128, 4, 0.5), (256, MAX_PAIRS, 0.5)], args.steps or 40, 2048, [256, 512], 8, 4096,
                     lr=3e-3, warmup=5, window=2, seed=args.seed)
-    steps = args.steps or (None if args.budget_s else 600)
-    stages = [(128, 2, 0.10), (256, 4, 0.10), (512, 8, 0.15), (1024, 16, 0.15), (2048, MAX_PAIRS, 0.15),
-              (4096, MAX_PAIRS, 0.15), (8192, MAX_PAIRS, 0.20)]
-    return Plan("default", stages,
-                steps, args.tokens_per_step, [1024, 2048, 4096, 8192, 16384, 32768], args.eval_rows, 131072,
-                budget_s=None if args.steps else args.budget_s, lr=args.lr, seed=args.seed)
+    timed = dict(steps=args.steps, budget_s=None if args.steps else args.budget_s)
+    if args.pilot:
+        return Plan("pilot", PILOT_STAGES, tokens_per_step=args.tokens_per_step or 8192,
+                    eval_lengths=[256, 512, 1024, 2048], eval_rows=args.eval_rows, eval_tokens=16384,
+                    lr=args.lr, window=4, seed=args.seed, mastery=args.mastery, **timed)
+    return Plan("default", GPU_STAGES, tokens_per_step=args.tokens_per_step or 65536,
+                eval_lengths=[1024, 2048, 4096, 8192, 16384, 32768], eval_rows=args.eval_rows, eval_tokens=131072,
+                lr=args.lr, seed=args.seed, mastery=args.mastery, **timed)
 
 
+# --- training and evaluation ---------------------------------------------------------------------
 def query_logits(model, ids: torch.Tensor, qtok: int, autocast: bool) -> torch.Tensor:
     """Logits [B, qtok, V] predicting the last qtok tokens (positions T-qtok-1 .. T-2)."""
     with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -298,78 +354,162 @@ def supervised(batch: Batch) -> list[int]:
     return sorted([p for _, ps in batch.answers for p in ps] + batch.eos)
 
 
-def batch_loss(model, batch: Batch, device: str) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens and their <eos>."""
+def batch_loss(model, batch: Batch, device: str, hits: dict | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens and their <eos>. With `hits`, also appends per task a
+    bool tensor [B] per query: argmax right at every answer position (the train-batch accuracy, read
+    before the update, so each batch is unseen when scored)."""
     ids = torch.from_numpy(batch.ids).to(device, non_blocking=True)
     length, qtok = batch.ids.shape[1], batch.query_tokens
     where = supervised(batch)
     rel = torch.tensor([p - (length - qtok) for p in where], device=device)
     logits = query_logits(model, ids, qtok, device.startswith("cuda"))[:, rel]
-    return F.cross_entropy(logits.flatten(0, 1), ids[:, where].flatten())
+    target = ids[:, where]
+    if hits is not None:
+        right = logits.detach().argmax(-1) == target  # [B, n]
+        col = {p: i for i, p in enumerate(where)}
+        for task, ps in batch.answers:
+            hits.setdefault(task, []).append(right[:, [col[p] for p in ps]].all(1))
+    return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+
+
+def stage_tasks(stage: tuple) -> tuple[str, ...]:
+    """The tasks a curriculum stage queries: its 4th element, or all of TASKS."""
+    return tuple(stage[3]) if len(stage) > 3 else TASKS
+
+
+def train_batch(plan: Plan, step: int, length: int, pairs: int, stage: int = 0) -> Batch:
+    """The batch of `step` (seed (plan.seed, step)): tokens_per_step // length rows at the stage,
+    querying the stage's tasks (the body holds every task's items that fit)."""
+    tasks = stage_tasks(plan.stages[stage])
+    queries = {t: n for t, n in queries_for(length).items() if t in tasks}
+    return make_batch(np.random.default_rng([plan.seed, step]), max(1, plan.tokens_per_step // length), length,
+                      queries, max_pairs=pairs)
 
 
 def warm_up(models: dict, plan: Plan, device: str) -> float:
     """One forward + backward per model and length (kernel compilation, allocator), no update; seconds."""
     t0 = time.perf_counter()
-    for length, pairs, _ in plan.stages:
-        rng = np.random.default_rng([plan.seed, 999_999_999])
-        batch = make_batch(rng, max(1, plan.tokens_per_step // length), length, max_pairs=pairs)
+    for i, (length, pairs, *_) in enumerate(plan.stages):
+        batch = train_batch(plan, 999_999_999, length, pairs, i)
         for model in models.values():
-            batch_loss(model, batch, device).backward()
+            batch_loss(model.to(device), batch, device).backward()
             model.zero_grad(set_to_none=True)
     sync(device)
     return time.perf_counter() - t0
 
 
-def train_lockstep(models: dict, plan: Plan, device: str, log_every: int = 50) -> dict:
+class Curriculum:
+    """The current stage: never behind the time-based schedule, ahead of it once the gate model has
+    mastered the stage (Plan docstring). `events` records every change (step, seconds, stage, why)."""
+
+    def __init__(self, plan: Plan, gate: str):
+        self.plan, self.gate, self.index, self.streak = plan, gate, 0, 0
+        self.events: list[dict] = []
+
+    def at(self, step: int, p: float, elapsed: float) -> tuple[int, int]:
+        scheduled = self.plan.stage_index(p)
+        if scheduled > self.index:
+            self._move(scheduled, step, elapsed, "schedule")
+        if not self.events:
+            self._move(0, step, elapsed, "start")
+        return tuple(self.plan.stages[self.index][:2])
+
+    def observe(self, acc: dict[str, float], step: int, elapsed: float) -> None:
+        """Feed the gate model's train-batch accuracy of one logged step."""
+        keyed = [acc[t] for t in ("kv", "hop2") if t in acc]
+        good = bool(keyed) and self.plan.mastery > 0 and min(keyed) >= self.plan.mastery
+        self.streak = self.streak + 1 if good else 0
+        if self.streak >= self.plan.gate_logs and self.index + 1 < len(self.plan.stages):
+            self._move(self.index + 1, step + 1, elapsed, "mastered")
+
+    def _move(self, index: int, step: int, elapsed: float, why: str) -> None:
+        self.index, self.streak = index, 0
+        length, pairs = self.plan.stages[index][:2]
+        self.events.append({"step": step, "s": round(elapsed, 2), "stage": index, "length": length,
+                            "pairs": pairs, "tasks": list(stage_tasks(self.plan.stages[index])), "why": why})
+
+
+def train_lockstep(models: dict, plan: Plan, device: str, log_every: int = 50, on_write=None,
+                   write_every_s: float = 30.0) -> dict:
     """Train every model on the same batches in lockstep: step k draws batch (plan.seed, k) once, at the
-    curriculum length and learning rate of the progress shared by all, and each model takes its step.
-    With a time budget, all models stop at the same step. Returns {name: {loss, train_s}}, steps."""
+    curriculum stage and learning rate of the progress shared by all, and each model takes its step.
+    With a time budget, all models stop at the same step. Every 5th step logs each model's loss and
+    train-batch accuracy; every `write_every_s` seconds `on_write(state)` gets the state so far.
+    Returns {variants: {name: {loss, train_acc, train_s, step_s_by_length}}, steps, train_wall_s, curriculum}."""
     opts = {n: torch.optim.AdamW(m.parameters(), lr=plan.lr, betas=(0.9, 0.95), weight_decay=0.01,
                                  fused=device.startswith("cuda") or None) for n, m in models.items()}
     for m in models.values():
         m.to(device).train()
-    rows_out = {n: {"loss": [], "train_s": 0.0, "lengths": {}} for n in models}
-    t0, step = time.perf_counter(), 0
+    rows = {n: {"loss": [], "train_acc": [], "train_s": 0.0, "lengths": {}} for n in models}
+    cur = Curriculum(plan, "full" if "full" in models else next(iter(models)))
+    state = {"variants": rows, "steps": 0, "train_wall_s": 0.0, "curriculum": cur.events}
+    t0 = last_write = time.perf_counter()
+    step = 0
     while True:
-        p = step / plan.steps if plan.steps else (time.perf_counter() - t0) / plan.budget_s
+        elapsed = time.perf_counter() - t0
+        p = step / plan.steps if plan.steps else elapsed / plan.budget_s
         if p >= 1.0:
             break
-        length, pairs = plan.stage_at(p)
-        batch = make_batch(np.random.default_rng([plan.seed, step]), max(1, plan.tokens_per_step // length), length,
-                           max_pairs=pairs)
+        length, pairs = cur.at(step, p, elapsed)
+        batch = train_batch(plan, step, length, pairs, cur.index)
         lr = plan.lr_at(step, p)
         for name, model in models.items():
-            t = time.perf_counter()
-            loss = batch_loss(model, batch, device)
-            opt = opts[name]
-            for g in opt.param_groups:
-                g["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            row = rows_out[name]
-            if step % 5 == 0:
-                row["loss"].append((step, loss.item()))  # .item() syncs: the step time below is complete
-            else:
-                sync(device)
-            dt = time.perf_counter() - t
-            row["train_s"] += dt
-            row["lengths"].setdefault(str(length), []).append(dt)
+            _model_step(model, opts[name], batch, lr, device, rows[name], step, length)
+        if step % 5 == 0:
+            cur.observe(rows[cur.gate]["train_acc"][-1][1], step, elapsed)
         if log_every and step % log_every == 0:
-            print(f"  step {step:4d} len {length:5d} pairs {pairs:2d} lr {lr:.2e} | "
-                  + " ".join(f"{n} {r['loss'][-1][1]:.3f}" for n, r in rows_out.items())
-                  + f" | {time.perf_counter() - t0:6.1f}s", flush=True)
+            print(f"  step {step:4d} len {length:5d} pairs {pairs:2d} lr {lr:.2e} | " + " | ".join(
+                f"{n} {r['loss'][-1][1]:.3f} " + " ".join(f"{t} {a:.2f}" for t, a in r['train_acc'][-1][1].items())
+                for n, r in rows.items()) + f" | {elapsed:6.1f}s", flush=True)
         step += 1
-    for row in rows_out.values():  # mean seconds per step at each length (first step at a length excluded)
-        row["step_s_by_length"] = {n: float(np.mean(v[1:] or v)) for n, v in row.pop("lengths").items()}
-    return {"variants": rows_out, "steps": step, "train_wall_s": time.perf_counter() - t0}
+        state.update(steps=step, train_wall_s=time.perf_counter() - t0)
+        if on_write and time.perf_counter() - last_write > write_every_s:
+            on_write(_timings(state))
+            last_write = time.perf_counter()
+    state.update(steps=step, train_wall_s=time.perf_counter() - t0)
+    return _timings(state, final=True)
+
+
+def _model_step(model, opt, batch: Batch, lr: float, device: str, row: dict, step: int, length: int) -> None:
+    """One optimizer step of one model; every 5th step records loss and train-batch accuracy."""
+    t = time.perf_counter()
+    hits: dict | None = {} if step % 5 == 0 else None
+    loss = batch_loss(model, batch, device, hits)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    if hits is not None:  # .item() syncs: the step time below is complete
+        row["loss"].append((step, loss.item()))
+        row["train_acc"].append((step, {t: float(torch.cat(v).float().mean()) for t, v in hits.items()}))
+    else:
+        sync(device)
+    dt = time.perf_counter() - t
+    row["train_s"] += dt
+    row["lengths"].setdefault(str(length), []).append(dt)
+
+
+def _timings(state: dict, final: bool = False) -> dict:
+    """A JSON-ready copy of the training state: per-step seconds by length replace the raw lists
+    (mean, the first step at each length excluded: it pays for compilation)."""
+    out = {k: v for k, v in state.items() if k != "variants"}
+    out["variants"] = {}
+    for name, row in state["variants"].items():
+        r = {k: v for k, v in row.items() if k != "lengths"}
+        r["step_s_by_length"] = {n: float(np.mean(v[1:] or v)) for n, v in row["lengths"].items()}
+        r["steps_by_length"] = {n: len(v) for n, v in row["lengths"].items()}
+        out["variants"][name] = r
+    out["curriculum"] = list(state["curriculum"])
+    out["training_done"] = final
+    return out
 
 
 @torch.no_grad()
-def evaluate(model, plan: Plan, device: str) -> dict[str, dict[str, float]]:
-    """{str(length): {task: accuracy, "all": accuracy over every query}} on held-out draws."""
+def evaluate(model, plan: Plan, device: str, on_length=None) -> dict[str, dict[str, float]]:
+    """{str(length): {task: accuracy, "all": accuracy over every query}} on held-out draws at full
+    difficulty (32 pairs, TRAIN_QUERIES); `on_length(result so far)` after each length."""
     autocast = device.startswith("cuda")
     model.to(device).eval()
     result = {}
@@ -389,6 +529,8 @@ def evaluate(model, plan: Plan, device: str) -> dict[str, dict[str, float]]:
         accs = {t: float(torch.cat(v).mean()) for t, v in right.items() if v}
         accs["all"] = float(torch.cat([x for v in right.values() for x in v]).mean())
         result[str(length)] = accs
+        if on_length:
+            on_length(result)
     return result
 
 
@@ -408,7 +550,7 @@ def machine_info(device: str) -> dict:
     info = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(), "device": device,
             "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
-            "cpu": platform.processor() or platform.machine()}
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     try:  # the version from the metadata: importing triton on a CPU-only machine slows torch CPU ops ~100x
         from importlib.metadata import version
 
@@ -418,60 +560,31 @@ def machine_info(device: str) -> dict:
     return info
 
 
+def write_json(path: Path, obj: dict) -> None:
+    """Write atomically (a temporary file renamed over the old one): a run killed mid-write leaves the
+    previous complete file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
 # --- output ------------------------------------------------------------------------------------
 def print_table(result: dict) -> None:
     lengths = result["plan"]["eval_lengths"]
+    done = {v: row for v, row in result["variants"].items() if row.get("accuracy")}
     for task in ("all", *TASKS):
         print(f"\nheld-out accuracy, {task} (train lengths {sorted({s[0] for s in result['plan']['stages']})})")
         print(f"{'variant':>8} " + " ".join(f"{n:>7}" for n in lengths))
-        for v, row in result["variants"].items():
-            print(f"{v:>8} " + " ".join(f"{row['accuracy'][str(n)][task]:>7.3f}" for n in lengths))
+        for v, row in done.items():
+            print(f"{v:>8} " + " ".join(f"{row['accuracy'].get(str(n), {}).get(task, float('nan')):>7.3f}"
+                                        for n in lengths))
     print(f"\n{result['steps']} steps; train time: "
           + ", ".join(f"{v} {row['train_s']:.1f}s" for v, row in result["variants"].items()))
     print("seconds per step by length: " + "; ".join(
         f"{v} " + " ".join(f"{n}:{t:.3f}" for n, t in row["step_s_by_length"].items())
         for v, row in result["variants"].items()))
-
-
-def plot(result: dict, path: Path) -> Path | None:
-    """accuracy vs length per task (one line per variant) + training loss; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (the numbers are in the JSON)")
-        return None
-    lengths = result["plan"]["eval_lengths"]
-    train_max = max(s[0] for s in result["plan"]["stages"])
-    panels = ("all", *TASKS)
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.4 * (len(panels) + 1), 4.2))
-    for ax, task in zip(axes, panels, strict=False):
-        for v, row in result["variants"].items():
-            ax.plot(lengths, [row["accuracy"][str(n)][task] for n in lengths], marker="o", label=v)
-        ax.axvline(train_max, color="grey", linestyle=":", linewidth=1)
-        ax.set_xscale("log", base=2)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"held-out accuracy: {task}")
-        ax.set_xlabel("sequence length (tokens)")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    ax = axes[-1]
-    for v, row in result["variants"].items():
-        steps, values = zip(*row["loss"], strict=True)
-        ax.plot(steps, values, label=v, linewidth=1)
-    ax.set_yscale("log")
-    ax.set_title("train loss (answer tokens + <eos>)")
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.suptitle(f"KSA replication ({result['machine'].get('gpu') or 'cpu'}): full vs 3:1 hybrid KSA vs "
-                 "hybrid without summaries (SCA); dotted = longest training length")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    print("curriculum: " + ", ".join(f"step {e['step']} -> {e['length']}x{e['pairs']} ({e['why']})"
+                                     for e in result["curriculum"]))
 
 
 def save_models(models: dict, folder: Path) -> None:
@@ -483,23 +596,57 @@ def save_models(models: dict, folder: Path) -> None:
         tok.save_pretrained(folder / name)
 
 
+def pack_models(folder: Path, names: list[str], out: Path) -> list[str]:
+    """One tar per saved model (`folder/name` as written by save_models, weights cast to bfloat16 to
+    halve the size): the form in which trained models leave a GPU machine that returns few, small
+    files. `tar -xf name.tar -C DIR` gives DIR/name back, loadable by from_pretrained."""
+    import tarfile
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names:
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = Path(tmp) / name
+            staged.mkdir()
+            for f in (folder / name).iterdir():
+                if f.suffix == ".safetensors":
+                    save_file({k: v.to(torch.bfloat16) for k, v in load_file(f).items()}, staged / f.name,
+                              metadata={"format": "pt"})
+                else:
+                    staged.joinpath(f.name).write_bytes(f.read_bytes())
+            with tarfile.open(out / f"{name}.tar", "w") as tar:
+                tar.add(staged, arcname=name)
+        written.append(str(out / f"{name}.tar"))
+    return written
+
+
 # --- main ----------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="bench/results/ksa_replication", help="folder for results.json + PNG")
+    ap.add_argument("--out", default="bench/results/ksa_replication", help="folder for results.json")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--smoke", action="store_true", help="tiny CPU run (4 layers, 256-512 tokens, 40 steps)")
+    ap.add_argument("--smoke", action="store_true", help="tiny CPU run (4 layers, 128-256 tokens, 40 steps)")
+    ap.add_argument("--pilot", action="store_true",
+                    help="the CPU pilot: 4 layers, hidden 128, curriculum 64 -> 512 tokens, eval 256-2K, windows of 4 chunks")
     ap.add_argument("--steps", type=int, default=None, help="training steps (all variants; smoke default 40)")
     ap.add_argument("--budget-s", type=float, default=200.0,
                     help="without --steps: seconds of lockstep training for all variants together (excludes "
                          "warm-up/compile, evaluation and saving)")
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--tokens-per-step", type=int, default=65536, help="tokens per training batch")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--mastery", type=float, default=0.9,
+                    help="advance the curriculum early once full's train accuracy on kv and hop2 reaches this (0: off)")
+    ap.add_argument("--tokens-per-step", type=int, default=None, help="tokens per training batch (default 65536; pilot 8192)")
     ap.add_argument("--eval-rows", type=int, default=32, help="held-out sequences per length")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of full,ksa,sca")
     ap.add_argument("--impl", default=None, help="KSA kernel (default triton on CUDA, reference on CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-models", default=None, help="write the trained models (HF folders + tokenizer) here")
+    ap.add_argument("--pack-models", default=None,
+                    help="with --save-models: also write full.tar and ksa.tar (bfloat16) into this folder")
+    ap.add_argument("--write-every-s", type=float, default=30.0, help="rewrite results.json this often while training")
     return ap.parse_args(argv)
 
 
@@ -519,55 +666,93 @@ def main(argv: list[str] | None = None) -> dict:
     return run_args(_run, parse_args(argv))
 
 
+def scale(args) -> str:
+    """What a result's numbers are: 'gpu', 'cpu pilot', 'smoke' or 'cpu' (label in every results.json)."""
+    if args.smoke:
+        return "smoke"
+    if args.device.startswith("cuda"):
+        return "gpu"
+    return "cpu pilot" if args.pilot else "cpu"
+
+
+def _header(args, plan: Plan, models: dict, impl: str) -> dict:
+    full = next(iter(models.values()))
+    n_params = sum(p.numel() for n, p in full.named_parameters() if "summary_" not in n)
+    windows = list(models["ksa"].config.ksa_windows) if "ksa" in models else None
+    return {"bench": "ksa_replication", "scale": scale(args),
+            "machine": machine_info(args.device), "plan": asdict(plan),
+            "model": {"shape": SHAPES[plan.shape], "params": n_params, "vocab": VOCAB, "chunk": 8, "summaries": 1,
+                      "windows": windows, "ksa_impl": impl, "init_std": plan.init_std},
+            "tasks": {"train_queries": TRAIN_QUERIES, "queries_by_length": {s[0]: queries_for(s[0]) for s in plan.stages},
+
+                      "answer_len": ANSWER_LEN, "chance": chance()},
+            "status": "warm-up", "variants": {}}
+
+
 def _run(args: argparse.Namespace) -> dict:
     plan = plan_for(args)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = set(variants) - set(VARIANTS)
-    if unknown:
+    if unknown or not variants:
         sys.exit(f"unknown variant(s) {sorted(unknown)}; choose from {','.join(VARIANTS)}")
     impl = args.impl or ("triton" if args.device.startswith("cuda") else "reference")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
     t_start = time.perf_counter()
-    models = build_models(plan.shape, plan.window, impl, plan.seed)
-    n_params = sum(p.numel() for p in models["full"].parameters())
-    windows = list(models["ksa"].config.ksa_windows)
+    models = build_models(plan.shape, plan.window, impl, plan.seed, plan.init_std)
     models = {v: models[v] for v in variants}
-    result = {"bench": "ksa_replication", "machine": machine_info(args.device), "plan": asdict(plan),
-              "model": {"shape": SHAPES[plan.shape], "params": n_params, "vocab": VOCAB, "chunk": 8, "summaries": 1,
-                        "windows": windows, "ksa_impl": impl},
-              "tasks": {"train_queries": TRAIN_QUERIES, "answer_len": ANSWER_LEN, "chance": chance()},
-              "variants": {}}
-    length_s = f"{plan.steps} steps" if plan.steps else f"{plan.budget_s:.0f}s of training"
-    print(f"model {n_params / 1e6:.2f}M params, windows {windows}, {length_s} x {plan.tokens_per_step} tokens "
-          f"(all variants in lockstep), curriculum {plan.stages}, eval {plan.eval_lengths}", flush=True)
+    result = _header(args, plan, models, impl)
+    print(f"model {result['model']['params'] / 1e6:.2f}M params, windows {result['model']['windows']}, "
+          f"{f'{plan.steps} steps' if plan.steps else f'{plan.budget_s:.0f}s of training'} x {plan.tokens_per_step} "
+          f"tokens (all variants in lockstep), curriculum {plan.stages}, eval {plan.eval_lengths}", flush=True)
+    write_json(path, result)
     result["warmup_s"] = warm_up(models, plan, args.device)
     print(f"warm-up (compile) {result['warmup_s']:.1f}s", flush=True)
-    trained = train_lockstep(models, plan, args.device, log_every=0 if args.smoke else 50)
-    result.update(steps=trained["steps"], train_wall_s=trained["train_wall_s"])
+    result["status"] = "training"
+
+    def merge(state: dict) -> None:
+        result.update({k: v for k, v in state.items() if k != "variants"})
+        for name, row in state["variants"].items():
+            result["variants"].setdefault(name, {}).update(row)
+        write_json(path, result)
+
+    merge(train_lockstep(models, plan, args.device, log_every=0 if args.smoke else 50, on_write=merge,
+                         write_every_s=args.write_every_s))
+    if args.save_models:
+        save_models(models, Path(args.save_models))
+        result["saved_models"] = args.save_models
+        if args.pack_models:
+            result["packed_models"] = pack_models(Path(args.save_models), [v for v in ("full", "ksa") if v in models],
+                                                  Path(args.pack_models))
+    _evaluate_all(models, plan, args.device, result, path)
+    result["total_s"] = time.perf_counter() - t_start
+    result["status"] = "done"
+    write_json(path, result)
+    print_table(result)
+    print(f"wrote {path} in {result['total_s']:.1f}s")
+    return result
+
+
+def _evaluate_all(models: dict, plan: Plan, device: str, result: dict, path: Path) -> None:
+    """Held-out accuracy of every model, results.json rewritten after each length."""
+    result["status"] = "evaluating"
     for name, model in models.items():
-        row = trained["variants"][name]
+        row = result["variants"][name]
+        row.update(model_type=model.config.model_type,
+                   summaries_visible=getattr(model.config, "ksa_summaries_visible", None))
         t1 = time.perf_counter()
-        row["accuracy"] = evaluate(model, plan, args.device)
-        row["eval_s"] = time.perf_counter() - t1
-        row["model_type"] = model.config.model_type
-        row["summaries_visible"] = getattr(model.config, "ksa_summaries_visible", None)
-        result["variants"][name] = row
+
+        def on_length(acc: dict, row=row, t1=t1) -> None:
+            row["accuracy"], row["eval_s"] = dict(acc), time.perf_counter() - t1
+            write_json(path, result)
+
+        evaluate(model, plan, device, on_length)
         accs = " ".join(f"{n}:{a['all']:.2f}" for n, a in row["accuracy"].items())
         print(f"{name}: train {row['train_s']:.1f}s eval {row['eval_s']:.1f}s | accuracy {accs}", flush=True)
         model.to("cpu")
-        if args.device.startswith("cuda"):
+        if device.startswith("cuda"):
             torch.cuda.empty_cache()
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    if args.save_models:
-        save_models({v: models[v] for v in variants}, Path(args.save_models))
-        result["saved_models"] = args.save_models
-    result["total_s"] = time.perf_counter() - t_start
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    print_table(result)
-    png = plot(result, out / "ksa_replication.png")
-    print(f"wrote {out / 'results.json'}" + (f" and {png}" if png else "") + f" in {result['total_s']:.1f}s")
-    return result
 
 
 if __name__ == "__main__":

@@ -28,6 +28,29 @@
 # with carry [".whl"] after scripts/fetch_gpu_wheels.sh here, timeout_s 600:
 #   OUT=$OUT bench/run_h200.sh gputest train        then        OUT=$OUT bench/run_h200.sh train32k trl
 #
+# Issue 17 (KSA evidence) in two device calls, timeout_s 600 each, ~18 min of device time in all. The
+# replication gets most of it: a run where no model learns keyed retrieval says nothing, and neither
+# do GRPO and conversion started from it (the CPU pilot did not get past its first stage: notes below).
+#   ksarep   bench/ksa_replication.py: full / 3:1 KSA / SCA from scratch in lockstep, 420 s of training,
+#            curriculum 64 -> 8K tokens with tasks entering one at a time, eval 1K-32K; models saved to
+#            /tmp/ksa_models and packed as bf16 tars (13 MB each) into $OUT/models. Limit 560 s.
+#   ksaconv  bench/ksa_conversion.py: the trained full model -> KSA hybrid by ksa.convert.self_distill,
+#            60 s of distillation, eval before / after. Limit 150 s.
+#   ksagrpo  bench/ksa_grpo.py: GRPO + TMN-Reweight on the trained full and KSA policies, 120 s of steps
+#            each (at most 80), 4K prompts, lr 1e-4 (1/30 of the pre-training peak: 40-80 updates of
+#            2e-5, the script's default, barely move a 6M-parameter model). Limit 370 s.
+#   ksaconv and ksagrpo read /tmp/ksa_models, or unpack out/ksa_models/*.tar (carried) on a fresh machine:
+#   OUT=$OUT bench/run_h200.sh ksarep    then, carry ["out/ksa_models"] (the tars from $OUT/models):
+#   OUT=$OUT bench/run_h200.sh ksaconv ksagrpo
+# Sizing (estimates: none of the three has run on a GPU; bench/results/ksa_replication_cpu_pilot/
+# notes.md has the CPU pilot): the 8-layer hidden-256 model costs ~38 MFLOP per trained token plus
+# ~14 kFLOP x length for attention; at hidden 256 an H200 runs such a model far below its 790 TFLOP/s
+# (small matmuls, ~60 kernels per layer), so we assume ~10% MFU: ~30 ms per 65K-token step of the
+# full model at <= 1K tokens, ~45 ms for KSA and SCA, ~2x that at 8K: ~0.1-0.2 s per lockstep step,
+# 2,500-4,000 steps in 420 s. On the pilot's CPU (0.85M parameters, 8K-token steps) one model took
+# 0.34-0.55 s per step. The pilot's model left its first plateau after ~40K rows of 64 tokens (kv
+# only, 2 pairs); the GPU's first stage (12% of 420 s, 1,024 rows a step) draws 10x that or more.
+#
 # Missing pure-Python dependencies can travel as wheels in .whl/ (installed into /tmp/site).
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu}
@@ -48,6 +71,12 @@ stage() {  # stage NAME SECONDS CMD...
   local rc=$?
   echo "=== $name rc=$rc in $((SECONDS - t0))s"
   tail -n 40 "$OUT/$name.log"
+}
+
+ksa_models() {  # the replication's models: /tmp/ksa_models on a warm machine, else the carried tars
+  [ -f /tmp/ksa_models/full/config.json ] && return 0
+  mkdir -p /tmp/ksa_models && for t in out/ksa_models/*.tar; do tar -xf "$t" -C /tmp/ksa_models || return 1; done
+  [ -f /tmp/ksa_models/full/config.json ] || { echo "no models: run ksarep first or carry out/ksa_models"; return 1; }
 }
 
 for s in "$@"; do
@@ -88,6 +117,12 @@ for s in "$@"; do
         stage "$s" $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 8 --append \
           --out "$OUT/train_gpu_ksa.json"
       done ;;
+    ksarep) stage ksarep 560 python3 bench/ksa_replication.py --budget-s 420 --out "$OUT/rep" \
+              --save-models /tmp/ksa_models --pack-models "$OUT/models" ;;
+    ksaconv) ksa_models && stage ksaconv 150 python3 bench/ksa_conversion.py --models /tmp/ksa_models \
+               --out "$OUT/conv" --budget-s 60 --student-dir /tmp/ksa_conv ;;
+    ksagrpo) ksa_models && stage ksagrpo 370 python3 bench/ksa_grpo.py --models /tmp/ksa_models --out "$OUT/grpo" \
+               --budget-s 240 --steps 80 --lr 1e-4 ;;
     *) echo "unknown stage $s" ;;
   esac
 done

@@ -1,5 +1,6 @@
-"""bench/ksa_replication.py and bench/ksa_grpo.py: the synthetic tasks, the teacher-forced scoring, and
-both scripts' --smoke runs on CPU (tiny models, reference KSA kernel)."""
+"""bench/ksa_replication.py, ksa_grpo.py, ksa_conversion.py and ksa_report.py: the synthetic tasks, the
+teacher-forced scoring, the curriculum's gate, the incremental results, and the scripts' --smoke runs
+on CPU (tiny models, reference KSA kernel)."""
 
 from __future__ import annotations
 
@@ -99,6 +100,102 @@ def test_teacher_forced_scoring_is_aligned():
     assert rep.batch_loss(_Oracle(wrong=True), batch, "cpu").item() > 10
 
 
+def test_train_batch_hits_match_evaluate():
+    """The train-batch accuracy read inside batch_loss equals evaluate()'s scoring of the same rows."""
+    batch = rep.make_batch(np.random.default_rng(3), 4, 256)
+    for model, expect in ((_Oracle(), 1.0), (_Oracle(wrong=True), 0.0)):
+        hits: dict = {}
+        rep.batch_loss(model, batch, "cpu", hits)
+        assert set(hits) == set(rep.TASKS)
+        assert [len(hits[t]) for t in rep.TASKS] == [1, 8, 4, 4]  # one [B] tensor per query
+        assert all(float(torch.cat(v).float().mean()) == expect for v in hits.values())
+
+
+class _HalfRight(_Oracle):
+    """Right on the second answer token only: hop2 (two tokens) is never fully right."""
+
+    def forward(self, input_ids, logits_to_keep, use_cache=False):
+        out = super().forward(input_ids, logits_to_keep)
+        first_hop = (input_ids[:, -logits_to_keep:] == rep.Q_HOP).roll(1, 1)  # logits predicting the 1st hop2 token
+        out.logits[first_hop] = out.logits[first_hop].roll(1, -1)
+        return out
+
+
+def test_hits_need_every_answer_token():
+    batch = rep.make_batch(np.random.default_rng(4), 3, 256)
+    hits: dict = {}
+    rep.batch_loss(_HalfRight(), batch, "cpu", hits)
+    assert float(torch.cat(hits["hop2"]).float().mean()) == 0.0
+    assert float(torch.cat(hits["kv"]).float().mean()) == 1.0
+
+
+def test_queries_scale_down_on_short_rows():
+    assert rep.queries_for(256) == rep.queries_for(8192) == rep.TRAIN_QUERIES
+    assert rep.queries_for(64) == {"needle": 1, "kv": 2, "hop2": 1, "count": 1}
+    for stages in (rep.GPU_STAGES, rep.PILOT_STAGES):  # every stage can be drawn, with its tasks only
+        plan = rep.Plan("smoke", stages, 10, 1024, [256], 1, 1024)
+        for i, (length, pairs, *_) in enumerate(stages):
+            batch = rep.train_batch(plan, 0, length, pairs, i)
+            assert batch.ids.shape == (max(1, 1024 // length), length)
+            asked = [t for t, _ in batch.answers]
+            assert set(asked) == set(rep.stage_tasks(stages[i]))
+            assert asked.count("kv") == min(pairs, rep.queries_for(length)["kv"])
+    assert rep.stage_tasks((64, 2, 0.5)) == rep.TASKS and rep.stage_tasks(rep.GPU_STAGES[0]) == ("kv",)
+
+
+def _plan(**kw) -> rep.Plan:
+    return rep.Plan("smoke", [(64, 2, 0.5), (128, 4, 0.25), (256, 8, 0.25)], 100, 1024, [256], 1, 1024, **kw)
+
+
+def test_curriculum_follows_the_schedule_without_mastery():
+    cur = rep.Curriculum(_plan(), "full")
+    seen = [cur.at(step, step / 100, 0.0) for step in range(100)]
+    for step in range(0, 100, 5):
+        cur.observe({"kv": 0.5, "hop2": 0.5}, step, 0.0)
+    assert seen[0] == (64, 2) and seen[49] == (64, 2) and seen[50] == (128, 4) and seen[75] == (256, 8)
+    assert [e["why"] for e in cur.events] == ["start", "schedule", "schedule"]
+
+
+def test_curriculum_advances_once_mastered_and_never_falls_behind():
+    cur = rep.Curriculum(_plan(gate_logs=3), "full")
+    assert cur.at(0, 0.0, 0.0) == (64, 2)
+    for i, acc in enumerate((0.95, 0.95, 0.5, 0.95, 0.95)):  # a miss resets the streak
+        cur.observe({"kv": acc, "hop2": 0.99, "needle": 0.0}, i * 5, 0.0)
+    assert cur.at(25, 0.25, 0.0) == (64, 2)
+    cur.observe({"kv": 0.95, "hop2": 0.91}, 25, 0.0)  # third in a row: stage 2 from the next step
+    assert cur.at(26, 0.26, 0.0) == (128, 4) and cur.events[-1]["why"] == "mastered"
+    assert cur.at(80, 0.80, 0.0) == (256, 8) and cur.events[-1]["why"] == "schedule"
+    for i in range(5):  # the last stage stays
+        cur.observe({"kv": 1.0, "hop2": 1.0}, 85 + 5 * i, 0.0)
+    assert cur.index == 2
+    off = rep.Curriculum(_plan(mastery=0.0), "full")
+    off.at(0, 0.0, 0.0)
+    for i in range(10):
+        off.observe({"kv": 1.0, "hop2": 1.0}, 5 * i, 0.0)
+    assert off.index == 0
+
+
+def test_write_json_replaces_whole_files(tmp_path):
+    path = tmp_path / "results.json"
+    rep.write_json(path, {"a": 1})
+    rep.write_json(path, {"a": 2, "b": [1, 2]})
+    assert json.loads(path.read_text()) == {"a": 2, "b": [1, 2]}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_kv_bytes_counts_ring_and_summaries():
+    import ksa_report
+
+    model = {"shape": {"num_hidden_layers": 4, "num_key_value_heads": 2, "head_dim": 32}, "chunk": 8,
+             "windows": [4, 4, 4, 1 << 20]}
+    per = 2 * 2 * 32 * 2  # K and V, 2 heads, 32 dims, bf16
+    got = ksa_report.kv_bytes(model, 1024)
+    assert got["full"] == 4 * 1024 * per
+    assert got["ksa"] == (3 * (40 + 128) + 1024) * per  # ring (W+1)*C = 40, 1024/8 summaries; one full layer
+    assert got["sca"] == (3 * 40 + 1024) * per
+    assert ksa_report.kv_bytes(model, 32)["ksa"] == 4 * 32 * per  # inside the window: every layer is full
+
+
 def test_tokenizer_ids_are_the_synthetic_ids():
     tok = rep.build_tokenizer()
     assert (tok.eos_token_id, tok.pad_token_id, len(tok)) == (rep.EOS, rep.PAD, rep.VOCAB)
@@ -162,3 +259,60 @@ def test_exact_match_reward():
     assert ksa_grpo.exact_match([5, 7], [5, 7]) == 1.0
     assert ksa_grpo.exact_match([5, rep.EOS], [5, 7]) == 0.0
     assert ksa_grpo.exact_match([], [5]) == 0.0
+
+
+@pytest.mark.slow
+def test_conversion_smoke_on_the_saved_full_model(replication, tmp_path):
+    """self_distill on the replication's full model: every phase lands in results.json, the student is a
+    KSA model with the replication's windows, and `kept` is distilled / teacher."""
+    import ksa_conversion
+
+    root, _ = replication
+    result = ksa_conversion.main(["--models", str(root / "models"), "--out", str(tmp_path / "conv"), "--device", "cpu",
+                                  "--steps", "4", "--seq-len", "128", "--text-seqs", "8", "--window", "2",
+                                  "--eval-lengths", "256", "--eval-rows", "4", "--student-dir", str(tmp_path / "student")])
+    saved = json.loads((tmp_path / "conv" / "results.json").read_text())
+    assert saved["status"] == "done" and saved["scale"] == "cpu"
+    for key in ("teacher", "converted_undistilled", "distilled"):
+        assert set(saved[key]["accuracy"]["256"]) == {"needle", "kv", "hop2", "count", "all"}
+    assert saved["distill"]["steps"] == 4 and saved["distill"]["joint_steps"] == 3
+    assert [h["stage"] for h in result["distill"]["history"]] == ["summary", "joint", "joint", "joint"]
+    student = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert student["model_type"] == "ksa_qwen3" and student["ksa_windows"][:3] == [2, 2, 2]
+    t, d = saved["teacher"]["accuracy"]["256"]["all"], saved["distilled"]["accuracy"]["256"]["all"]
+    assert saved["kept"]["256"]["all"] == (d / t if t > 0 else None)
+
+
+@pytest.mark.slow
+def test_packed_models_load_back(replication, tmp_path):
+    import tarfile
+
+    from transformers import AutoModelForCausalLM
+
+    import ksa  # noqa: F401  (registers the KSA model types)
+
+    root, _ = replication
+    packed = rep.pack_models(root / "models", ["full", "ksa"], tmp_path / "packed")
+    assert [Path(p).name for p in packed] == ["full.tar", "ksa.tar"]
+    for name in ("full", "ksa"):
+        with tarfile.open(tmp_path / "packed" / f"{name}.tar") as tar:
+            tar.extractall(tmp_path / "back", filter="data")
+        back = AutoModelForCausalLM.from_pretrained(tmp_path / "back" / name, dtype=torch.float32)
+        orig = AutoModelForCausalLM.from_pretrained(root / "models" / name, dtype=torch.float32)
+        for (n, a), (_, b) in zip(back.state_dict().items(), orig.state_dict().items(), strict=True):
+            assert torch.equal(a, b.to(torch.bfloat16).float()), n  # bf16 rounding, nothing else
+
+
+@pytest.mark.slow
+def test_report_from_the_smoke_results(replication, tmp_path):
+    import ksa_report
+
+    root, _ = replication
+    text = ksa_report.main(["--replication", str(root / "out" / "results.json"), "--docs", str(tmp_path),
+                            "--name", "t", "--md", str(tmp_path / "report.md"), "--long-from", "512"])
+    assert (tmp_path / "t_replication.png").stat().st_size > 10_000
+    assert (tmp_path / "report.md").read_text() == text
+    saved = json.loads((root / "out" / "results.json").read_text())
+    kv_full_256 = saved["variants"]["full"]["accuracy"]["256"]["kv"]
+    assert f"| kv | full | {kv_full_256:.2f} |" in text
+    assert "KSA ≥ SCA on retrieval at ≥ 512 tokens" in text
