@@ -75,3 +75,27 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+ENGINE_PROMPT_LENGTHS = (3, 9, 5, 12, 7)  # stop_prompts: token counts of the engine tests' prompts
+ENGINE_NEW = 16  # stop_model: new tokens of its greedy references
+
+
+@pytest.fixture(scope="module")
+def stop_prompts(tiny_tokenizer):
+    """Prompts of 3-12 tokens for the static engine's equality tests."""
+    from tests.test_rollout_static import TEXT
+
+    ids = tiny_tokenizer.encode(TEXT * 2)
+    return [ids[:k] for k in ENGINE_PROMPT_LENGTHS]
+
+
+@pytest.fixture(scope="module")
+def stop_model(tiny_tokenizer, stop_prompts):
+    """A tiny Qwen3 (q/k head norms) whose greedy continuations of stop_prompts hit an extra EOS id at
+    different steps, and those continuations by `generate` (the references)."""
+    from tests.test_rollout_static import hf_greedy, make_model, set_stop_tokens
+
+    model = make_model(tiny_tokenizer, "qwen3")
+    set_stop_tokens(model, tiny_tokenizer, stop_prompts, ENGINE_NEW)
+    return model, [hf_greedy(model, tiny_tokenizer, p, ENGINE_NEW) for p in stop_prompts]

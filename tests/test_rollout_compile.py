@@ -18,26 +18,10 @@ from torch._dynamo.utils import counters
 from golong.rollout import EngineConfig, make_engine
 from golong.rollout.base import SamplingParams
 from golong.rollout.static import StaticEngine, layer_weights
-from tests.test_rollout_static import TEXT, hf_greedy, make_model, set_stop_tokens
-
-LENGTHS = (3, 9, 5, 12, 7)
-NEW = 16
+from tests.conftest import ENGINE_NEW as NEW
+from tests.test_rollout_static import hf_greedy, make_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def prompts(tiny_tokenizer):
-    ids = tiny_tokenizer.encode(TEXT * 2)
-    return [ids[:k] for k in LENGTHS]
-
-
-@pytest.fixture(scope="module")
-def stopping_model(tiny_tokenizer, prompts):
-    """A tiny Qwen3 (q/k head norms) whose greedy continuations hit an extra EOS id at different steps."""
-    model = make_model(tiny_tokenizer, "qwen3")
-    set_stop_tokens(model, tiny_tokenizer, prompts, NEW)
-    return model, [hf_greedy(model, tiny_tokenizer, p, NEW) for p in prompts]
 
 
 def tokens(out):
@@ -51,16 +35,16 @@ def compiled_graphs() -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("share", [True, False])
 @pytest.mark.parametrize("n", [1, 3])
-def test_greedy_compiled_equals_uncompiled_equals_generate(stopping_model, tiny_tokenizer, prompts, share, n):
-    """5 prompts of 3-12 tokens, G = n, 4 slots (continuous batching, compaction: several batch buckets)."""
-    model, refs = stopping_model
+def test_greedy_compiled_equals_uncompiled_equals_generate(stop_model, tiny_tokenizer, stop_prompts, share, n):
+    """5 stop_prompts of 3-12 tokens, G = n, 4 slots (continuous batching, compaction: several batch buckets)."""
+    model, refs = stop_model
     greedy = SamplingParams(max_new_tokens=NEW, temperature=0)
     runs = {}
     for compiled in (True, False):
         engine = StaticEngine(model, tiny_tokenizer, max_batch=4, max_len=40, share_prefix=share,
                               compile_decode=compiled)
         assert engine.compile_decode == compiled and engine.share == share
-        runs[compiled] = engine.generate(prompts, n, greedy)
+        runs[compiled] = engine.generate(stop_prompts, n, greedy)
     assert tokens(runs[True]) == tokens(runs[False]) == [[r] * n for r in refs]
     stops = [c.finish_reason for g in runs[True] for c in g]
     assert stops == [c.finish_reason for g in runs[False] for c in g] and {"stop", "length"} <= set(stops)
@@ -68,7 +52,7 @@ def test_greedy_compiled_equals_uncompiled_equals_generate(stopping_model, tiny_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("share", [True, False])
-def test_sampled_compiled_equals_uncompiled(tiny_tokenizer, prompts, share):
+def test_sampled_compiled_equals_uncompiled(tiny_tokenizer, stop_prompts, share):
     """A Qwen2 (q/k/v biases), temperature 1 + top_p, same seed: the same tokens, log-probs within float
     rounding; rows stop at different steps."""
     model = make_model(tiny_tokenizer, "qwen2")
@@ -76,7 +60,7 @@ def test_sampled_compiled_equals_uncompiled(tiny_tokenizer, prompts, share):
     model.generation_config.eos_token_id = [tiny_tokenizer.eos_token_id, *range(40, 80)]  # frequent stops
     params = SamplingParams(max_new_tokens=NEW, temperature=1.0, top_p=0.95, seed=11)
     outs = [StaticEngine(model, tiny_tokenizer, max_batch=6, max_len=40, share_prefix=share,
-                         compile_decode=c).generate(prompts, 3, params) for c in (True, False)]
+                         compile_decode=c).generate(stop_prompts, 3, params) for c in (True, False)]
     assert tokens(outs[0]) == tokens(outs[1])
     for a, b in zip(sum(outs[0], []), sum(outs[1], []), strict=True):
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=1e-5)
@@ -84,7 +68,7 @@ def test_sampled_compiled_equals_uncompiled(tiny_tokenizer, prompts, share):
 
 
 @pytest.mark.slow
-def test_weight_update_reaches_compiled_code(tiny_tokenizer, prompts):
+def test_weight_update_reaches_compiled_code(tiny_tokenizer, stop_prompts):
     """A Llama (no head norms). load_weights with changed weights (every parameter) changes the
     compiled engine's tokens exactly as the uncompiled engine's, with no new compile: the weights are
     inputs of the compiled code, not constants baked into it."""
@@ -94,20 +78,20 @@ def test_weight_update_reaches_compiled_code(tiny_tokenizer, prompts):
     greedy = SamplingParams(max_new_tokens=NEW, temperature=0)
     engines = {c: StaticEngine(copy.deepcopy(base), tiny_tokenizer, max_batch=2, max_len=40, compile_decode=c)
                for c in (True, False)}
-    before = {c: tokens(e.generate(prompts, 1, greedy)) for c, e in engines.items()}
+    before = {c: tokens(e.generate(stop_prompts, 1, greedy)) for c, e in engines.items()}
     graphs = compiled_graphs()
     for engine in engines.values():
         engine.load_weights(update)
-    after = {c: tokens(e.generate(prompts, 1, greedy)) for c, e in engines.items()}
+    after = {c: tokens(e.generate(stop_prompts, 1, greedy)) for c, e in engines.items()}
     assert compiled_graphs() == graphs  # the same shapes: the compiled code is reused as is
     assert before[True] == before[False] and after[True] == after[False]
     assert after[True] != before[True]
     updated = copy.deepcopy(base)
     updated.load_state_dict(update)
-    assert after[True] == [[hf_greedy(updated, tiny_tokenizer, p, NEW)] for p in prompts]
+    assert after[True] == [[hf_greedy(updated, tiny_tokenizer, p, NEW)] for p in stop_prompts]
 
 
-def test_one_compile_serves_every_layer(tiny_tokenizer, prompts):
+def test_one_compile_serves_every_layer(tiny_tokenizer, stop_prompts):
     """One prompt on one slot: every step has one shape, so the two layers' 15 steps (30 layer calls)
     compile one graph, and the next call compiles none."""
     model = make_model(tiny_tokenizer, "qwen3")
@@ -115,9 +99,9 @@ def test_one_compile_serves_every_layer(tiny_tokenizer, prompts):
     engine = StaticEngine(model, tiny_tokenizer, max_batch=1, max_len=40, share_prefix=False, compile_decode=True)
     greedy = SamplingParams(max_new_tokens=NEW, temperature=0)
     start = compiled_graphs()
-    out = tokens(engine.generate(prompts[1:2], 1, greedy))
+    out = tokens(engine.generate(stop_prompts[1:2], 1, greedy))
     assert compiled_graphs() - start == 1 and engine.stats["decode_steps"] == NEW - 1
-    assert tokens(engine.generate(prompts[1:2], 1, greedy)) == out == [[hf_greedy(model, tiny_tokenizer, prompts[1], NEW)]]
+    assert tokens(engine.generate(stop_prompts[1:2], 1, greedy)) == out == [[hf_greedy(model, tiny_tokenizer, stop_prompts[1], NEW)]]
     assert compiled_graphs() - start == 1
 
 
@@ -138,18 +122,18 @@ def test_switch_from_engine_config_ksa_and_freezing(tiny_tokenizer, monkeypatch)
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graphs_compiled_equals_uncompiled(stopping_model, tiny_tokenizer, prompts):
+def test_cuda_graphs_compiled_equals_uncompiled(stop_model, tiny_tokenizer, stop_prompts):
     """Both layouts, compiled decode captured in CUDA graphs (float32 on the GPU): greedy = generate and
     = uncompiled; sampled equal to uncompiled with the same seed."""
-    model, refs = stopping_model
+    model, refs = stop_model
     model = copy.deepcopy(model).to("cuda")
     for share in (True, False):
         runs = {}
         for compiled in (True, False):
             engine = StaticEngine(model, tiny_tokenizer, max_batch=8, max_len=300, share_prefix=share,
                                   compile_decode=compiled)
-            greedy = engine.generate(prompts, 3, SamplingParams(max_new_tokens=NEW, temperature=0))
-            sampled = engine.generate(prompts, 3, SamplingParams(max_new_tokens=NEW, temperature=0.9, seed=5))
+            greedy = engine.generate(stop_prompts, 3, SamplingParams(max_new_tokens=NEW, temperature=0))
+            sampled = engine.generate(stop_prompts, 3, SamplingParams(max_new_tokens=NEW, temperature=0.9, seed=5))
             assert engine.use_graphs and engine._graphs
             assert tokens(greedy) == [[r] * 3 for r in refs]
             runs[compiled] = sampled

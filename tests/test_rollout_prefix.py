@@ -17,10 +17,9 @@ from golong.rollout.base import SamplingParams
 from golong.rollout.kvmem import kv_bytes_per_sequence
 from golong.rollout.prefix import cascade_attention, length_bias
 from golong.rollout.static import StaticEngine, length_bucket
-from tests.test_rollout_static import TEXT, hf_greedy, make_model, set_stop_tokens
-
-LENGTHS = (3, 9, 5, 12, 7)
-NEW = 16
+from tests.conftest import ENGINE_NEW as NEW
+from tests.conftest import ENGINE_PROMPT_LENGTHS as LENGTHS
+from tests.test_rollout_static import make_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,50 +62,36 @@ def test_cascade_attention_equals_dense_softmax(dtype, q_scale, atol):
 
 
 # --- the engine ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def prompts(tiny_tokenizer):
-    ids = tiny_tokenizer.encode(TEXT * 2)
-    return [ids[:k] for k in LENGTHS]
-
-
-@pytest.fixture(scope="module")
-def stopping_model(tiny_tokenizer, prompts):
-    """A tiny Qwen3 whose greedy continuations hit an extra EOS id at different steps."""
-    model = make_model(tiny_tokenizer, "qwen3")
-    set_stop_tokens(model, tiny_tokenizer, prompts, NEW)
-    return model, [hf_greedy(model, tiny_tokenizer, p, NEW) for p in prompts]
-
-
 def tokens(out):
     return [[c.response_ids for c in g] for g in out]
 
 
 @pytest.mark.parametrize(("n", "max_batch", "chunk"), [(1, 2, 8192), (3, 4, 8192), (3, 8, 4), (4, 8, 8192), (4, 3, 8192)])
-def test_greedy_shared_equals_unshared_equals_generate(stopping_model, tiny_tokenizer, prompts, n, max_batch, chunk):
-    """5 prompts of 3-12 tokens, G = n, fewer slots than rows (continuous batching); chunk 4 sends the
-    prompts through the chunked single-prompt prefill; G=4 on 3 slots splits a group into blocks of 3 + 1."""
-    model, refs = stopping_model
+def test_greedy_shared_equals_unshared_equals_generate(stop_model, tiny_tokenizer, stop_prompts, n, max_batch, chunk):
+    """5 stop_prompts of 3-12 tokens, G = n, fewer slots than rows (continuous batching); chunk 4 sends the
+    stop_prompts through the chunked single-prompt prefill; G=4 on 3 slots splits a group into blocks of 3 + 1."""
+    model, refs = stop_model
     greedy = SamplingParams(max_new_tokens=NEW, temperature=0)
     runs = {}
     for share in (True, False):
         engine = StaticEngine(model, tiny_tokenizer, max_batch=max_batch, max_len=40, prefill_chunk=chunk, share_prefix=share)
-        runs[share] = engine.generate(prompts, n, greedy)
+        runs[share] = engine.generate(stop_prompts, n, greedy)
         assert engine.share == share and engine.stats["concurrency"] <= max_batch
         if share and n <= max_batch:  # each prompt prefilled once into its block, never copied
-            assert (engine.stats["prefills"], engine.stats["prompt_copies"]) == (len(prompts), 0)
+            assert (engine.stats["prefills"], engine.stats["prompt_copies"]) == (len(stop_prompts), 0)
     assert tokens(runs[True]) == tokens(runs[False]) == [[r] * n for r in refs]
     stops = [c.finish_reason for g in runs[True] for c in g]
     assert stops == [c.finish_reason for g in runs[False] for c in g] and {"stop", "length"} <= set(stops)
 
 
-def test_sampled_tokens_identical_with_and_without_sharing(tiny_tokenizer, prompts):
+def test_sampled_tokens_identical_with_and_without_sharing(tiny_tokenizer, stop_prompts):
     """The counter-based sampler keyed by (seed, prompt, sample, step): the same tokens and log-probs
     whether the prompt is shared; rows of one group stop at different steps (their slots idle) and
     more groups than blocks run (3 blocks of 4 for 5 groups)."""
     model = make_model(tiny_tokenizer, "llama")
     model.generation_config.eos_token_id = [tiny_tokenizer.eos_token_id, *range(40, 80)]  # frequent stops
     params = SamplingParams(max_new_tokens=NEW, temperature=1.0, top_p=0.95, seed=11)
-    outs = [StaticEngine(model, tiny_tokenizer, max_batch=12, max_len=40, share_prefix=s).generate(prompts, 4, params)
+    outs = [StaticEngine(model, tiny_tokenizer, max_batch=12, max_len=40, share_prefix=s).generate(stop_prompts, 4, params)
             for s in (True, False)]
     assert tokens(outs[0]) == tokens(outs[1])
     for a, b in zip(sum(outs[0], []), sum(outs[1], []), strict=True):
@@ -115,7 +100,7 @@ def test_sampled_tokens_identical_with_and_without_sharing(tiny_tokenizer, promp
     assert len({tuple(c.response_ids) for c in outs[0][0]}) > 1
 
 
-def test_prefix_stored_and_read_once_per_group(tiny_tokenizer, prompts):
+def test_prefix_stored_and_read_once_per_group(tiny_tokenizer, stop_prompts):
     """All 5 groups of 4 rows fit at once. Each prompt's K/V is written once, into its block's prefix
     row, and equals the K/V cache of transformers' own forward over the prompt; each step reads a
     group's prompt once: kv_tokens_read = sum over groups of prompt * (steps the group is live) +
@@ -136,7 +121,7 @@ def test_prefix_stored_and_read_once_per_group(tiny_tokenizer, prompts):
         return logits
 
     shared._prefill_many = spy
-    out, out_plain = shared.generate(prompts, 4, params), plain.generate(prompts, 4, params)
+    out, out_plain = shared.generate(stop_prompts, 4, params), plain.generate(stop_prompts, 4, params)
     assert tokens(out) == tokens(out_plain)
     assert sorted(len(p) for p, _, _ in written) == sorted(LENGTHS) and shared.stats["prompt_copies"] == 0
     for prompt, ks, vs in written:
@@ -147,8 +132,8 @@ def test_prefix_stored_and_read_once_per_group(tiny_tokenizer, prompts):
             torch.testing.assert_close(v, layer.values[0], atol=1e-5, rtol=1e-5)
     fed = [[len(c.response_ids) - 1 for c in g] for g in out]  # tokens a row feeds back (the last is not)
     own = sum(f * (f - 1) // 2 for g in fed for f in g)
-    assert shared.stats["kv_tokens_read"] == sum(len(p) * max(g) for p, g in zip(prompts, fed, strict=True)) + own
-    assert plain.stats["kv_tokens_read"] == sum(len(p) * f for p, g in zip(prompts, fed, strict=True) for f in g) + own
+    assert shared.stats["kv_tokens_read"] == sum(len(p) * max(g) for p, g in zip(stop_prompts, fed, strict=True)) + own
+    assert plain.stats["kv_tokens_read"] == sum(len(p) * f for p, g in zip(stop_prompts, fed, strict=True) for f in g) + own
     assert plain.stats["prompt_copies"] == 5 * 3
     per_entry = kv_bytes_per_sequence(model.config, 1, 4)  # K and V of one token in every layer, float32
     prefix_len, own_len = length_bucket(max(LENGTHS), 64), length_bucket(NEW, 64)
@@ -157,11 +142,11 @@ def test_prefix_stored_and_read_once_per_group(tiny_tokenizer, prompts):
     assert plain.cache_bytes() == per_entry * 32 * length_bucket(max(LENGTHS) + NEW, 64)
 
 
-def test_budget_admits_more_rows_when_sharing(tiny_tokenizer, prompts):
+def test_budget_admits_more_rows_when_sharing(tiny_tokenizer, stop_prompts):
     """Under one K/V budget (10 unshared rows of prompt + response) the shared layout runs more rows,
     and its storage stays within the budget; a budget that holds no prompt + response is one line."""
     model = make_model(tiny_tokenizer, "qwen3")
-    long_prompts = [prompts[-1] * 40, prompts[-2] * 40]  # 280 / 480 tokens
+    long_prompts = [stop_prompts[-1] * 40, stop_prompts[-2] * 40]  # 280 / 480 tokens
     plain_row = StaticEngine(model, tiny_tokenizer).row_bytes(length_bucket(480 + 8, 4096))
     budget_gb = 10 * plain_row / 1024**3
     engines = [StaticEngine(model, tiny_tokenizer, max_batch=64, max_len=4096, kv_budget_gb=budget_gb, share_prefix=s)
@@ -182,14 +167,14 @@ def test_budget_admits_more_rows_when_sharing(tiny_tokenizer, prompts):
         tiny.generate(long_prompts, 2, greedy)
 
 
-def test_one_engine_across_group_sizes(stopping_model, tiny_tokenizer, prompts):
-    """Storage is kept across calls: evaluation (G=1), a GRPO batch (G=4), a mix of 2 prompts (G=3)
+def test_one_engine_across_group_sizes(stop_model, tiny_tokenizer, stop_prompts):
+    """Storage is kept across calls: evaluation (G=1), a GRPO batch (G=4), a mix of 2 stop_prompts (G=3)
     on one engine give the greedy references each time."""
-    model, refs = stopping_model
+    model, refs = stop_model
     engine = StaticEngine(model, tiny_tokenizer, max_batch=8, max_len=40)
     greedy = SamplingParams(max_new_tokens=NEW, temperature=0)
-    for batch, n in ((prompts, 1), (prompts, 4), (prompts[3:], 3), (prompts[:2], 1)):
-        want = [[refs[prompts.index(p)]] * n for p in batch]
+    for batch, n in ((stop_prompts, 1), (stop_prompts, 4), (stop_prompts[3:], 3), (stop_prompts[:2], 1)):
+        want = [[refs[stop_prompts.index(p)]] * n for p in batch]
         assert tokens(engine.generate(batch, n, greedy)) == want
     assert (engine.blocks, engine.rows) == (8, 8)  # grown by the first call, reused by the others
 
@@ -206,15 +191,15 @@ def test_switch_from_engine_config_and_ksa_keeps_rows(tiny_tokenizer):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graphs_shared_equals_unshared(stopping_model, tiny_tokenizer, prompts):
+def test_cuda_graphs_shared_equals_unshared(stop_model, tiny_tokenizer, stop_prompts):
     """Both layouts captured as CUDA graphs (float32 on the GPU): greedy = generate, sampled equal."""
-    model, refs = stopping_model
+    model, refs = stop_model
     model = copy.deepcopy(model).to("cuda")
     runs = {}
     for share in (True, False):
         engine = StaticEngine(model, tiny_tokenizer, max_batch=8, max_len=300, share_prefix=share)
-        greedy = engine.generate(prompts, 3, SamplingParams(max_new_tokens=NEW, temperature=0))
-        sampled = engine.generate(prompts, 3, SamplingParams(max_new_tokens=NEW, temperature=0.9, seed=5))
+        greedy = engine.generate(stop_prompts, 3, SamplingParams(max_new_tokens=NEW, temperature=0))
+        sampled = engine.generate(stop_prompts, 3, SamplingParams(max_new_tokens=NEW, temperature=0.9, seed=5))
         assert engine.use_graphs and {len(key) for key in engine._graphs} == {4 if share else 3}
         assert tokens(greedy) == [[r] * 3 for r in refs]
         runs[share] = sampled
