@@ -161,6 +161,14 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    """Lay out, write (90 dpi) and close a figure; its path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def plot_replication(r: dict, path: Path) -> Path:
     """Accuracy vs length per task (a line per variant), and the train-batch kv / hop2 accuracy over
     the steps with the curriculum's stage changes."""
@@ -192,10 +200,7 @@ def plot_replication(r: dict, path: Path) -> Path:
     ax.legend(fontsize=7)
     fig.suptitle(f"KSA replication ({r.get('scale')}, {r['machine'].get('gpu') or 'CPU'}): full vs 3:1 hybrid KSA vs "
                  "hybrid without summaries (SCA); dotted = longest training length")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_grpo(g: dict, path: Path) -> Path:
@@ -217,10 +222,7 @@ def plot_grpo(g: dict, path: Path) -> Path:
     ax.legend(fontsize=7)
     fig.suptitle(f"GRPO + TMN-Reweight from the replication's policies ({g.get('scale')}, "
                  f"{g['machine'].get('gpu') or 'CPU'}, {g['config']['length']} tokens)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_conversion(c: dict, path: Path) -> Path:
@@ -241,10 +243,7 @@ def plot_conversion(c: dict, path: Path) -> Path:
     axes[3].set(yscale="log", title="distillation loss parts", xlabel="step")
     axes[3].legend()
     fig.suptitle(f"full -> 3:1 KSA hybrid by self-distillation ({c.get('scale')}, {c['machine'].get('gpu') or 'CPU'})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def main(argv: list[str] | None = None) -> str:
