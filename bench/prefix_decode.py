@@ -64,6 +64,34 @@ def run(model, prompts: list[list[int]], args, share: bool, compiled: bool = Fal
         [[c.response_ids for c in g] for g in out]
 
 
+def profile_steps(model, prompts: list[list[int]], args, compiled: bool) -> dict:
+    """One more generate of the shared layout under torch.profiler: kernel time per decode step and
+    the top kernels by total GPU time (busy / wall < 1 means the GPU idles between kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    tok = IdTokenizer(model.config.vocab_size)
+    engine = StaticEngine(model, tok, max_batch=len(prompts) * args.group, max_len=len(prompts[0]) + args.new_tokens,
+                          prefill_chunk=32768, share_prefix=True, compile_decode=compiled)
+    greedy = SamplingParams(max_new_tokens=args.new_tokens, temperature=0)
+    engine.generate(prompts, args.group, greedy)  # capture outside the profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        engine.generate(prompts, args.group, greedy)
+    steps = engine.stats["decode_steps"]
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or args.device != "cuda"]
+    attr = "device_time_total" if args.device == "cuda" else "self_cpu_time_total"
+    events = sorted(events, key=lambda e: getattr(e, attr), reverse=True)
+    busy = sum(getattr(e, attr) for e in events) / 1e3  # ms over the whole call (prefill included)
+    top = [{"name": e.key[:90], "ms_per_step": getattr(e, attr) / 1e3 / steps, "calls_per_step": e.count / steps}
+           for e in events[:20]]
+    print(f"profile ({'compiled' if compiled else 'eager'} layers): wall {engine.stats['decode_s'] / steps * 1e3:.2f} "
+          f"ms/step, prefill {engine.stats['prefill_s']:.2f} s, kernels {busy:.1f} ms in all")
+    for t in top:
+        print(f"  {t['ms_per_step']:7.3f} ms/step {t['calls_per_step']:7.1f} calls/step  {t['name']}")
+    return {"wall_ms_per_step": engine.stats["decode_s"] / steps * 1e3, "prefill_s": engine.stats["prefill_s"],
+            "kernel_ms_total": busy, "steps": steps, "top": top}
+
+
 def token_match(a: list, b: list) -> float:
     """Fraction of responses (over all groups) whose tokens are identical in runs a and b."""
     pairs = [(x, y) for ga, gb in zip(a, b, strict=True) for x, y in zip(ga, gb, strict=True)]
@@ -80,6 +108,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--compile-decode", action="store_true", help="also run each layout with compile_decode=True")
+    ap.add_argument("--profile", action="store_true", help="profile one more shared-layout call (kernels per step)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     model = tiny_model(args.device) if args.shape == "tiny" else qwen3_06b_model(False, args.device)[0]
@@ -100,6 +129,9 @@ def main() -> None:
         result[f"token_match_{layout}+compile"] = token_match(tokens[layout], tokens[layout + "+compile"])
     print(f"same tokens shared / unshared: {result['same_tokens']}",
           *(f"{k} {v:.3f}" for k, v in result.items() if k.startswith("token_match")))
+    if args.profile:
+        for compiled in (False, True) if args.compile_decode else (False,):
+            result["profile" + ("+compile" if compiled else "")] = profile_steps(model, prompts, args, compiled)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -18,11 +18,13 @@
 #   train32k   bench/train_gpu.py, 1.7B, 32K prompts, G=8 x 2, 2K new tokens, compiled + shared, within 190 s
 #   prefix     pytest -m gpu on the shared-prefix (cascade) decode and the static engine, then bench/prefix_decode.py
 #              0.6B, 4 prompts of 8K, G=8, 256 new: decode per step and K/V read with and without share_prefix
-#   prefixfuse the same with and without rollout.compile_decode (decode layers through torch.compile)
+#   prefixfuse the same with and without rollout.compile_decode (decode layers through torch.compile), then
+#              one profiled call of the shared layout each way: GPU kernel time per decode step vs wall time
 #   trl        bench/trainer_vs_trl.py: golong vs TRL's GRPOTrainer, 0.6B shape, 8K prompts, G=8 x 4, 256 new
 #   trainksa   bench/train_gpu.py, issue 16's KSA rows (each policy compiled + shared): 0.6B 8K G=8 x 4 256 new
 #              KSA (full: the train stage), 0.6B 32K G=8 x 2 2K new full and KSA  (~9 min)
 #   trainksa2  1.7B 32K G=8 x 2 2K new KSA (full: train32k), 0.6B 64K G=8 x 1 2K new full and KSA  (~9 min)
+#   ksa32k     only the first row of trainksa2 (~4 min)
 #
 # Issue 15 in two device calls (a call runs 600 s at most; each of these ends within ~550 s), each
 # with carry [".whl"] after scripts/fetch_gpu_wheels.sh here, timeout_s 600:
@@ -97,8 +99,8 @@ for s in "$@"; do
               tests/test_rollout_static.py
             stage prefixbench 150 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
               --new-tokens 256 --reps 2 --out "$OUT/prefix_decode.json" ;;
-    prefixfuse) stage prefixfuse 300 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
-                  --new-tokens 256 --reps 2 --compile-decode --out "$OUT/prefix_decode_fused.json" ;;
+    prefixfuse) stage prefixfuse 330 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
+                  --new-tokens 256 --reps 2 --compile-decode --profile --out "$OUT/prefix_decode_fused.json" ;;
     gputest) stage gputest 200 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_train_gpu.py ;;
     train) for run in "0.6b:8k:8x4:256 120" "0.6b:8k:8x4:256:eager 90" "0.6b:8k:8x4:256:noshare 100"; do
              read -r cfg secs <<<"$run"  # a process per configuration: one that overruns cannot stop the next
@@ -109,9 +111,10 @@ for s in "$@"; do
                 --out "$OUT/train_gpu_1.7b.json" ;;
     trl) stage trl 320 python3 bench/trainer_vs_trl.py --model qwen3-0.6b --length 8192 --group 8 --prompts 4 \
            --max-new 256 --steps 3 --repeats 1 --out "$OUT/trainer_vs_trl_h200.json" ;;
-    trainksa|trainksa2)
+    trainksa|trainksa2|ksa32k)
       if [ "$s" = trainksa ]; then runs=("0.6b:8k:8x4:256:ksa 120" "0.6b:32k:8x2:2048 190" "0.6b:32k:8x2:2048:ksa 190")
-      else runs=("1.7b:32k:8x2:2048:ksa 190" "0.6b:64k:8x1:2048 160" "0.6b:64k:8x1:2048:ksa 160"); fi
+      elif [ "$s" = trainksa2 ]; then runs=("1.7b:32k:8x2:2048:ksa 190" "0.6b:64k:8x1:2048 160" "0.6b:64k:8x1:2048:ksa 160")
+      else runs=("1.7b:32k:8x2:2048:ksa 190"); fi
       for run in "${runs[@]}"; do
         read -r cfg secs <<<"$run"
         stage "$s" $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 8 --append \

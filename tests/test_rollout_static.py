@@ -91,11 +91,11 @@ def test_graph_warm_up_leaves_live_rows_intact(stopping_model, tiny_tokenizer, p
     engine = StaticEngine(model, tiny_tokenizer, max_batch=4 if share else 3, max_len=40, share_prefix=share)
     seen = set()
 
-    def decode_after_warm_up(shape, inputs):
+    def decode_after_warm_up(shape, params, inputs):
         if shape not in seen:
             seen.add(shape)
-            engine._warm_up(shape)
-        return engine._run_decode(shape, *inputs)
+            engine._warm_up(shape, params)
+        return engine._decode_sample(shape, params, *inputs)
 
     engine._decode_step = decode_after_warm_up
     out = engine.generate(prompts, 2, SamplingParams(max_new_tokens=16, temperature=0))

@@ -211,8 +211,8 @@ class _Seq:
 @dataclass
 class _Graph:
     graph: Any
-    inputs: tuple[torch.Tensor, ...]  # (tok, pos) or, sharing prompts, (tok, pos, prefix length)
-    logits: torch.Tensor
+    inputs: tuple[torch.Tensor, ...]  # (tok, pos) or, sharing prompts, (tok, pos, prefix length); then (keys, steps)
+    outputs: tuple[torch.Tensor, torch.Tensor]  # (sampled token, its log p) per row
 
 
 class StaticEngine(RolloutEngine):
@@ -266,8 +266,10 @@ class StaticEngine(RolloutEngine):
         self.mix = float(getattr(cfg, "ksa_mix_coeff", 1.0))
         self.share = share_prefix and not self.ksa
         self.compile_decode = compile_decode and not self.ksa
+        self._sample = sample_rows
         if self.compile_decode:
             self._fused_layer = self._compile_layer()
+            self._sample = torch.compile(sample_rows, dynamic=False, fullgraph=True)  # hash noise + argmax: ~1 kernel
         self.rows = self.cap_len = 0  # allocated storage: rows x text tokens (sharing: response tokens)
         self.k_cache: list[torch.Tensor] = []  # full attention: [rows, kv_heads, cap_len, head_dim] per layer
         self.v_cache: list[torch.Tensor] = []
@@ -275,7 +277,7 @@ class StaticEngine(RolloutEngine):
         self.k_prefix: list[torch.Tensor] = []  # [blocks, kv_heads, prefix_cap, head_dim] per layer
         self.v_prefix: list[torch.Tensor] = []
         self.ksa_layers: list[Any] = []  # KSA: ksa.static_cache.StaticKSALayer per layer
-        self._graphs: dict[tuple[int, int, int], _Graph] = {}
+        self._graphs: dict[tuple, _Graph] = {}  # (step shape, sampler settings) -> graph
         self._pool = None
 
     # --- memory ------------------------------------------------------------------------------
@@ -642,15 +644,27 @@ class StaticEngine(RolloutEngine):
         _, span, n = shape
         return self._decode_ksa(*inputs, span, n) if self.ksa else self._decode(*inputs, span)
 
-    def _decode_step(self, shape: tuple[int, ...], inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Logits [B, V] of one decode step, replayed from the graph captured for `shape` on a GPU."""
+    def _decode_sample(self, shape: tuple[int, ...], params: SamplingParams,
+                       *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token, log p) [B] of one decode step: the model's logits sampled on the device
+        (sampling.sample_rows; inputs = the step's inputs, then each row's sampler key and step)."""
+        *model_inputs, keys, steps = inputs
+        logits = self._run_decode(shape, *model_inputs)
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILES, accumulated_recompile_limit=RECOMPILES):
+            return self._sample(logits, params, keys, steps)
+
+    def _decode_step(self, shape: tuple[int, ...], params: SamplingParams,
+                     inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """_decode_sample, replayed on a GPU from the graph captured for (shape, sampler settings):
+        the sampling runs inside the graph, so a step is one replay and one copy to the host."""
         if not self.use_graphs:
-            return self._run_decode(shape, *inputs)
-        g = self._graphs.get(shape) or self._capture(shape)
+            return self._decode_sample(shape, params, *inputs)
+        key = (shape, params.temperature, params.top_k, params.top_p)
+        g = self._graphs.get(key) or self._capture(key, shape, params)
         for slot, value in zip(g.inputs, inputs, strict=True):
             slot.copy_(value)
         g.graph.replay()
-        return g.logits
+        return g.outputs
 
     def _dummy_inputs(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
         """Inputs for a warm-up decode of rows 0..B-1 that writes K/V where no live row has any yet:
@@ -660,29 +674,30 @@ class StaticEngine(RolloutEngine):
         b, last = shape[0], (shape[3] if self.share else shape[1]) - 1
         tok = torch.zeros(b, dtype=torch.long, device=self.device)
         pos = torch.full((b,), last, dtype=torch.long, device=self.device)
-        return (tok, pos, torch.zeros_like(tok)) if self.share else (tok, pos)
+        zero = torch.zeros_like(tok)
+        return (tok, pos, zero, zero.clone(), zero.clone()) if self.share else (tok, pos, zero, zero.clone())
 
-    def _warm_up(self, shape: tuple[int, ...]) -> None:
-        """Run one decode on dummy inputs without changing any live row (see _dummy_inputs)."""
+    def _warm_up(self, shape: tuple[int, ...], params: SamplingParams) -> None:
+        """Run one decode + sampling on dummy inputs without changing any live row (see _dummy_inputs)."""
         saved = [layer.save_rows(shape[0], shape[1] - 1) for layer in self.ksa_layers]
-        self._run_decode(shape, *self._dummy_inputs(shape))
+        self._decode_sample(shape, params, *self._dummy_inputs(shape))
         for layer, kept in zip(self.ksa_layers, saved, strict=True):
             layer.restore_rows(kept, shape[1] - 1)
 
-    def _capture(self, shape: tuple[int, ...]) -> _Graph:
+    def _capture(self, key: tuple, shape: tuple[int, ...], params: SamplingParams) -> _Graph:
         # A warm-up on a side stream, as CUDA graph capture requires (lazy inits, cuBLAS workspaces).
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            self._warm_up(shape)
+            self._warm_up(shape, params)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         inputs = self._dummy_inputs(shape)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            logits = self._run_decode(shape, *inputs)
-        self._graphs[shape] = g = _Graph(graph, inputs, logits)
+            outputs = self._decode_sample(shape, params, *inputs)
+        self._graphs[key] = g = _Graph(graph, inputs, outputs)
         return g
 
     # --- scheduling ----------------------------------------------------------------------------
@@ -751,8 +766,7 @@ class StaticEngine(RolloutEngine):
             stats["moves"] += self._compact(slots, width)
             t0 = time.perf_counter()
             stats["concurrency"] = max(stats["concurrency"], len(live))
-            logits, keys, steps = self._step(live, width, len(slots) // width)
-            new_tok, new_lp = sample_rows(logits, params, keys, steps)
+            new_tok, new_lp = self._step(live, width, len(slots) // width, params)
             toks, lps = new_tok.tolist(), new_lp.tolist()
             stats["decode_s"] += time.perf_counter() - t0
             stats["decode_steps"] += 1
@@ -768,9 +782,10 @@ class StaticEngine(RolloutEngine):
         self.stats = stats
         return [[self._completion(prompts[p], s) for s in group if s is not None] for p, group in enumerate(done)]
 
-    def _step(self, live: list[_Seq], width: int, blocks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One decode step over the batch bucket of blocks holding every live row: logits [B, V] and
-        each row's sampler key and step. A row below B without a sequence decodes a dummy token: at
+    def _step(self, live: list[_Seq], width: int, blocks: int,
+              params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decode step over the batch bucket of blocks holding every live row: each row's next
+        token and its log p, drawn with the row's sampler key and step. A row below B without a sequence decodes a dummy token: at
         position 0 of its unused slot, or, beside live rows of its block, at own index 0 of its
         finished row (never read again)."""
         b = batch_bucket(max(s.slot for s in live) // width + 1, blocks) * width
@@ -785,9 +800,9 @@ class StaticEngine(RolloutEngine):
         if self.share:
             shape = (b, width, length_bucket(max(s.prefix for s in live), self.prefix_cap),
                      length_bucket(max(s.length - s.prefix for s in live) + 1, self.cap_len))
-            return self._decode_step(shape, (tok, pos, prefix)), keys, steps
+            return self._decode_step(shape, params, (tok, pos, prefix, keys, steps))
         span = length_bucket(max(s.length for s in live) + 1, self.cap_len)
-        return self._decode_step((b, span, self._step_columns([s.length for s in live])), (tok, pos)), keys, steps
+        return self._decode_step((b, span, self._step_columns([s.length for s in live])), params, (tok, pos, keys, steps))
 
     def _admit(self, prompts: list[list[int]], n: int, params: SamplingParams, waiting: deque, slots: list,
                width: int, first_logits: dict[int, torch.Tensor], started: dict[int, int], stats: dict) -> list[_Seq]:
