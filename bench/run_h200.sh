@@ -25,6 +25,9 @@
 #              KSA (full: the train stage), 0.6B 32K G=8 x 2 2K new full and KSA  (~9 min)
 #   trainksa2  1.7B 32K G=8 x 2 2K new KSA (full: train32k), 0.6B 64K G=8 x 1 2K new full and KSA  (~9 min)
 #   ksa32k     only the first row of trainksa2 (~4 min)
+#   fused8k    the train stage's GPU-recipe row with rollout.compile_decode on (decode layers and sampling
+#              through torch.compile), within 160 s
+#   fused32k   1.7B 32K G=8 x 2 2K new with compile_decode, full attention then KSA, 150 s each
 #
 # Issue 15 in two device calls (a call runs 600 s at most; each of these ends within ~550 s), each
 # with carry [".whl"] after scripts/fetch_gpu_wheels.sh here, timeout_s 600:
@@ -120,6 +123,12 @@ for s in "$@"; do
         stage "$s" $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 8 --append \
           --out "$OUT/train_gpu_ksa.json"
       done ;;
+    fused8k) stage fused8k 200 python3 bench/train_gpu.py 0.6b:8k:8x4:256:fused --budget-s 160 --steps 20 --append \
+               --out "$OUT/train_gpu_fused.json" ;;
+    fused32k) for cfg in 1.7b:32k:8x2:2048:fused 1.7b:32k:8x2:2048:ksa:fused; do
+                stage fused32k 190 python3 bench/train_gpu.py "$cfg" --budget-s 150 --steps 8 --append \
+                  --out "$OUT/train_gpu_fused.json"
+              done ;;
     ksarep) stage ksarep 560 python3 bench/ksa_replication.py --budget-s 420 --out "$OUT/rep" \
               --save-models /tmp/ksa_models --pack-models "$OUT/models" ;;
     ksaconv) ksa_models && stage ksaconv 150 python3 bench/ksa_conversion.py --models /tmp/ksa_models \

@@ -11,7 +11,8 @@ until --steps or the time budget, whichever comes first.
 Configurations, as SHAPE:PROMPT:GxP:NEW[:flag...], PROMPT one length (8k) or several (2k,6k: one
 data source each, so prompts of different lengths meet in a step), flags compile|eager,
 share|noshare, ksa (the 3:1 KSA hybrid of recipes/ksa*.yaml: chunk 8, one summary, windows of 128
-chunks in three layers of four, the fourth full); defaults for both policies: compiled, shared:
+chunks in three layers of four, the fourth full), fused|unfused (rollout.compile_decode: decode layers
+through torch.compile; default: the recipe's); defaults for both policies: compiled, shared:
 
     python bench/train_gpu.py 0.6b:8k:8x4:256 0.6b:8k:8x4:256:eager 0.6b:8k:8x4:256:noshare --budget-s 240
     python bench/train_gpu.py 0.6b:8k:8x4:256:eager --budget-s 100 --append --out r.json   # a process each
@@ -71,14 +72,15 @@ def parse_config(spec: str) -> dict:
     shape, prompt, gp, new, *flags = spec.split(":")
     if shape not in SHAPES:
         raise SystemExit(f"unknown shape {shape!r}; one of {', '.join(SHAPES)}")
-    unknown = set(flags) - {"compile", "eager", "share", "noshare", "ksa"}
+    unknown = set(flags) - {"compile", "eager", "share", "noshare", "ksa", "fused", "unfused"}
     if unknown:
-        raise SystemExit(f"unknown flags {sorted(unknown)} in {spec!r} (compile|eager, share|noshare, ksa)")
+        raise SystemExit(f"unknown flags {sorted(unknown)} in {spec!r} (compile|eager, share|noshare, ksa, fused|unfused)")
     g, p = (int(x) for x in gp.lower().split("x"))
     lengths = [int(x[:-1]) * 1024 if x.lower().endswith("k") else int(x) for x in prompt.split(",")]
     ksa = "ksa" in flags
     return {"name": spec, "shape": shape, "prompt_lens": lengths, "group": g, "prompts": p, "new": int(new),
-            "ksa": ksa, "compile": "eager" not in flags, "share": "noshare" not in flags}
+            "ksa": ksa, "compile": "eager" not in flags, "share": "noshare" not in flags,
+            "fused": True if "fused" in flags else False if "unfused" in flags else None}
 
 
 def policy_folder(shape: str, root: Path, device: str) -> Path:
@@ -126,6 +128,8 @@ def make_recipe(c: dict, path: Path, out: Path, args):
     }
     if cpu:  # float32 on the CPU (no bf16 autocast there worth timing)
         sets.update({"model.dtype": "float32", "model.attn_implementation": None})
+    if c.get("fused") is not None:
+        sets["rollout.compile_decode"] = c["fused"]
     overrides = [f"{k}={json.dumps(v)}" for k, v in sets.items()] + list(args.set)
     return load_recipe(GPU_RECIPE, overrides)
 

@@ -214,41 +214,63 @@ class StaticKSALayer:
 
     def decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, span: int,
                biases: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
-        """Write the step's K/V into rows 0..B-1 and attend; q [B, Hq, n, D], k/v [B, Hkv, n, D] after
-        RoPE, column 0 the text token at `pos` [B], columns 1.. the summaries of chunk pos // C.
-        Returns [B, Hq, n, D]."""
-        b, hq, n, d = q.shape
-        hkv = k.shape[1]
-        groups = hq // hkv
-        t_span, s_span = self.spans(span)
-        heads = torch.arange(hkv, device=pos.device)
-        base = torch.arange(b, device=pos.device)[:, None] * hkv + heads  # [B, Hkv]
-        slot = pos if self.full else pos % self.text_slots
-        flat = (base * self.text_slots + slot[:, None]).reshape(-1)
-        self.k.view(-1, d).index_copy_(0, flat, k[:, :, 0].reshape(-1, d))
-        self.v.view(-1, d).index_copy_(0, flat, v[:, :, 0].reshape(-1, d))
-        if self.full:
-            sum_k, sum_v = k[:, :, 1:], v[:, :, 1:]
-        else:
-            if n > 1:
-                s_idx = (pos // self.chunk)[:, None] * self.summaries + torch.arange(n - 1, device=pos.device)  # [B, S]
-                sflat = (base[:, :, None] * self.sum_slots + s_idx[:, None, :]).reshape(-1)
-                self.sk.view(-1, d).index_copy_(0, sflat, k[:, :, 1:].reshape(-1, d))
-                self.sv.view(-1, d).index_copy_(0, sflat, v[:, :, 1:].reshape(-1, d))
-            sum_k, sum_v = self.sk[:b, :, :s_span], self.sv[:b, :, :s_span]
-        qg = q.reshape(b, hkv, groups * n, d)
-        kt, vt = self.k[:b, :, :t_span], self.v[:b, :, :t_span]
-        bias_t, bias_s = biases
+        """Write the step's K/V into rows 0..B-1 and attend (`decode_attention` on this layer's storage)."""
+        return decode_attention(q, k, v, pos, self.storage(), biases, scale, self.layout(span))
 
-        def scores(keys, bias):
-            s = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale
-            return (s.view(b, hkv, groups, n, -1) + bias[:, None, None]).view(b, hkv, groups * n, -1)
+    def storage(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(text K, text V, summary K, summary V); the summary pair is None in a full layer."""
+        return self.k, self.v, self.sk, self.sv
 
-        parts = [scores(kt, bias_t)]
-        if sum_k.shape[2]:
-            parts.append(scores(sum_k, bias_s))
-        probs = torch.softmax(torch.cat(parts, -1), -1).to(vt.dtype)
-        out = torch.matmul(probs[..., :t_span], vt)
-        if len(parts) > 1:
-            out = out + torch.matmul(probs[..., t_span:], sum_v)
-        return out.reshape(b, hq, n, d)
+    def layout(self, span: int) -> tuple[bool, int, int, int, int, int]:
+        """The integers `decode_attention` needs for a step with every live position < span:
+        (full, text slots, chunk, summaries, text span, summary span)."""
+        return (self.full, self.text_slots, self.chunk, self.summaries, *self.spans(span))
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, storage: tuple,
+                     biases: tuple[torch.Tensor, torch.Tensor], scale: float, layout: tuple) -> torch.Tensor:
+    """One decode step of a KSA layer on plain tensors (torch.compile can trace it): write the step's
+    K/V into rows 0..B-1 of `storage` (StaticKSALayer.storage) and attend.
+
+    q [B, Hq, n, D], k/v [B, Hkv, n, D] after RoPE, column 0 the text token at `pos` [B], columns 1..
+    the summaries of chunk pos // C; biases from StaticKSALayer.biases, layout from .layout(span).
+    Text position p goes to slot p (full layer) or p mod R (ring); summary j of chunk c to slot c*S + j
+    (ring; a full layer attends the step's own summaries and keeps none). Softmax over text then
+    summary slots, one score row per (query head, column). Returns [B, Hq, n, D]."""
+    full, text_slots, chunk, summaries, t_span, s_span = layout
+    kc, vc, skc, svc = storage
+    b, hq, n, d = q.shape
+    hkv = k.shape[1]
+    groups = hq // hkv
+    heads = torch.arange(hkv, device=pos.device)
+    base = torch.arange(b, device=pos.device)[:, None] * hkv + heads  # [B, Hkv]
+    slot = pos if full else pos % text_slots
+    flat = (base * text_slots + slot[:, None]).reshape(-1)
+    kc.view(-1, d).index_copy_(0, flat, k[:, :, 0].reshape(-1, d))
+    vc.view(-1, d).index_copy_(0, flat, v[:, :, 0].reshape(-1, d))
+    if full:
+        sum_k, sum_v = k[:, :, 1:], v[:, :, 1:]
+    else:
+        sum_slots = skc.shape[2]
+        if n > 1:
+            s_idx = (pos // chunk)[:, None] * summaries + torch.arange(n - 1, device=pos.device)  # [B, S]
+            sflat = (base[:, :, None] * sum_slots + s_idx[:, None, :]).reshape(-1)
+            skc.view(-1, d).index_copy_(0, sflat, k[:, :, 1:].reshape(-1, d))
+            svc.view(-1, d).index_copy_(0, sflat, v[:, :, 1:].reshape(-1, d))
+        sum_k, sum_v = skc[:b, :, :s_span], svc[:b, :, :s_span]
+    qg = q.reshape(b, hkv, groups * n, d)
+    kt, vt = kc[:b, :, :t_span], vc[:b, :, :t_span]
+    bias_t, bias_s = biases
+
+    def scores(keys, bias):
+        s = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale
+        return (s.view(b, hkv, groups, n, -1) + bias[:, None, None]).view(b, hkv, groups * n, -1)
+
+    parts = [scores(kt, bias_t)]
+    if sum_k.shape[2]:
+        parts.append(scores(sum_k, bias_s))
+    probs = torch.softmax(torch.cat(parts, -1), -1).to(vt.dtype)
+    out = torch.matmul(probs[..., :t_span], vt)
+    if len(parts) > 1:
+        out = out + torch.matmul(probs[..., t_span:], sum_v)
+    return out.reshape(b, hq, n, d)

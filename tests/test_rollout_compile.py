@@ -98,6 +98,7 @@ def test_one_compile_serves_every_layer(tiny_tokenizer, stop_prompts):
     assert len(model.model.layers) == 2 and len(layer_weights(model.model.layers[0])) == 18
     engine = StaticEngine(model, tiny_tokenizer, max_batch=1, max_len=40, share_prefix=False, compile_decode=True)
     greedy = SamplingParams(max_new_tokens=NEW, temperature=0)
+    torch._dynamo.reset()  # nothing cached by earlier tests
     start = compiled_graphs()
     out = tokens(engine.generate(stop_prompts[1:2], 1, greedy))
     assert compiled_graphs() - start == 2 and engine.stats["decode_steps"] == NEW - 1
@@ -105,19 +106,19 @@ def test_one_compile_serves_every_layer(tiny_tokenizer, stop_prompts):
     assert compiled_graphs() - start == 2
 
 
-def test_switch_from_engine_config_ksa_and_freezing(tiny_tokenizer, monkeypatch):
+def test_switch_from_engine_config_ksa_and_freezing(tiny_tokenizer):
     model = make_model(tiny_tokenizer, "qwen3")
     assert make_engine(EngineConfig("static", compile_decode=True), model, tiny_tokenizer).compile_decode
     assert not make_engine(EngineConfig("static"), model, tiny_tokenizer).compile_decode
     import ksa
 
     ksa_model = ksa.convert_model(make_model(tiny_tokenizer, "qwen3"), ksa.KSAConfig(chunk=4, windows=[1, 1000], impl="reference"))
-    assert not StaticEngine(ksa_model, tiny_tokenizer, compile_decode=True).compile_decode  # KSA: uncompiled
+    assert StaticEngine(ksa_model, tiny_tokenizer, compile_decode=True).compile_decode  # KSA policies too
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "freezing", True)
-    with pytest.raises(ValueError, match="freezing"):
+    with inductor_config.patch(freezing=True), pytest.raises(ValueError, match="freezing"):
         StaticEngine(model, tiny_tokenizer, compile_decode=True)
+    assert not inductor_config.freezing
 
 
 @pytest.mark.gpu
@@ -138,3 +139,32 @@ def test_cuda_graphs_compiled_equals_uncompiled(stop_model, tiny_tokenizer, stop
             assert tokens(greedy) == [[r] * 3 for r in refs]
             runs[compiled] = sampled
         assert tokens(runs[True]) == tokens(runs[False])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["plain", "summary_qkv_mix", "summary_norm"])
+def test_ksa_compiled_equals_uncompiled_and_recomputation(tiny_tokenizer, case):
+    """KSA policies (one ring layer that evicts, one full layer; chunk 4): compiled decode layers give
+    the uncompiled engine's greedy tokens and those of re-running the whole KSA forward per token; with
+    summary projections mixed in (mix 0.5) and a summary norm, whose weights only summary columns use.
+    Sampled (temperature 1, top_p): the same tokens, log-probs within float rounding."""
+    from tests.test_rollout_static_ksa import CASES, LENGTHS, TEXT, ksa_model, recompute_greedy
+
+    model = ksa_model(tiny_tokenizer, **CASES[case])
+    with torch.no_grad():  # summary norms away from the input norms they start equal to
+        for name, p in model.named_parameters():
+            if "summary_input_layernorm" in name:
+                p.mul_(torch.linspace(0.5, 1.5, p.numel()).view(p.shape))
+    ids = tiny_tokenizer.encode(TEXT)
+    prompts = [ids[:k] for k in LENGTHS]
+    greedy = SamplingParams(max_new_tokens=14, temperature=0)
+    sampled = SamplingParams(max_new_tokens=14, temperature=1.0, top_p=0.9, seed=5)
+    engines = {c: StaticEngine(model, tiny_tokenizer, max_batch=3, max_len=64, compile_decode=c) for c in (True, False)}
+    assert engines[True].compile_decode and engines[True].ksa
+    runs = {c: e.generate(prompts, 2, greedy) for c, e in engines.items()}
+    refs = [recompute_greedy(model, p, 14, {tiny_tokenizer.eos_token_id}) for p in prompts]
+    assert tokens(runs[True]) == tokens(runs[False]) == [[r, r] for r in refs]
+    outs = [e.generate(prompts, 2, sampled) for e in engines.values()]
+    assert tokens(outs[0]) == tokens(outs[1])
+    for a, b in zip(sum(outs[0], []), sum(outs[1], []), strict=True):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=1e-5)

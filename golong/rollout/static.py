@@ -46,12 +46,12 @@ prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engin
 Measured on one H200 (2026-11-28, Qwen3-0.6B shape, bf16, full attention, bench/engine_decode.py):
 7.1 ms per decode step after a 32K prompt at batch 1 (transformers `generate`: 68.5 ms; HBM floor
 1.0 ms), 5.6 ms after 8K. What is left is mostly launch-bound: ~60 small kernels per layer even
-inside one graph. `compile_decode` (opt-in, full attention) runs each decode layer through one
+inside one graph. `compile_decode` (opt-in; full attention and KSA) runs each decode layer through one
 torch.compile'd function (make_decode_layer: inductor, dynamic=False, fullgraph, the layer's weights
-and K/V storage as inputs, K/V written in place by index_put_; one compile per step shape serves every
-layer) before the graph captures it; on the CPU inductor makes a layer 8-9 fused kernels + 9-11 matmuls
-(uncompiled: ~80-130 aten calls per layer incl. views). Not yet timed on a GPU. The KSA path has not
-run on a GPU yet; its decode stays uncompiled. share_prefix has run on CPUs only
+and K/V storage as inputs, K/V written in place; one compile per step shape and attention kind serves
+every layer) and the step's sampling through another, before the graph captures both; on the CPU
+inductor makes a layer 8-9 fused kernels + 9-11 matmuls (uncompiled: ~80-130 aten calls per layer incl.
+views). Sampling runs inside the step's graph either way (one replay and one copy to the host a step). share_prefix has run on CPUs only
 (bench/prefix_decode.py: hidden 256, 4 layers, 2 prompts of 2K, G=8, 64 new tokens, float32, one
 thread: 18.5 -> 13.6 ms per step, K/V read per step 130 -> 18 MiB, stored 132 -> 32 MiB).
 
@@ -76,6 +76,7 @@ from golong.rollout.prefix import cascade_attention, fit_budget, length_bias
 from golong.rollout.sampling import eos_ids, row_key, sample_rows
 from ksa import completes_chunk, is_ksa, mix_summary, step_inputs
 from ksa.static_cache import PackedPrefill, StaticKSALayer
+from ksa.static_cache import decode_attention as ksa_decode_attention
 
 SUPPORTED = ("qwen3", "qwen2", "llama")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -145,33 +146,74 @@ def decode_attention(qg: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, attn:
                              kc[:b, :, :r], vc[:b, :, :r], own_bias, scale)
 
 
-def make_decode_layer(heads: int, kv_heads: int, head_dim: int, eps: float, head_eps: float, scale: float, act: Any):
-    """decode_layer(h, cos, sin, w, kc, vc, at, attn) -> h': one decoder layer for one token per row,
-    the static engine's layer loop body written over plain tensors so that torch.compile can fuse it:
-    h [B, 1, hidden], cos / sin [B, 1, D], w = layer_weights(layer), kc / vc the layer's row storage
-    (this row's K/V written in place at index at[row], at [B]), attn as in decode_attention.
-    h' = h + o_proj(attention(rope(norm_q(q)), rope(norm_k(k)), v)); h'' = h' + down(act(gate(x)) * up(x)),
-    x = rms(h') (every norm: w * x / sqrt(mean(x^2) + eps) in fp32). Shapes and constants are the same
-    for every layer, so one compiled function serves them all."""
-    groups = heads // kv_heads
+def summary_weights(layer: Any, n_sum: int, mix: float) -> tuple | None:
+    """What a KSA layer's summary columns use beside the shared weights (None when they use only
+    those: no summary column this step, or no summary norm / projections, or mix 0): the summary
+    input-norm weight (or None), then (w, b) of summary q / k / v projections (or None each)."""
+    norm = getattr(layer, "summary_input_layernorm", None)
+    a = layer.self_attn
+    projs = [getattr(a, f"summary_{n}_proj", None) for n in "qkv"]
+    if not n_sum or (norm is None and (mix == 0.0 or all(p is None for p in projs))):
+        return None
+    pairs = [(None, None) if p is None or mix == 0.0 else (p.weight, p.bias) for p in projs]
+    return (None if norm is None else norm.weight, *pairs[0], *pairs[1], *pairs[2])
 
-    def decode_layer(h, cos, sin, w, kc, vc, at, attn):
+
+def full_step_attention(q, k, v, store, scale):
+    """Full-attention decode for make_decode_layer: store = (kc, vc, at, attn); the row's K/V written at
+    own index at[row] of kc / vc, then decode_attention; [B, Hq, 1, D]."""
+    kc, vc, at, attn = store
+    b, kv_heads, d = q.shape[0], k.shape[1], q.shape[-1]
+    where = (torch.arange(b, device=q.device)[:, None], torch.arange(kv_heads, device=q.device)[None], at[:, None])
+    kc.index_put_(where, k[:, :, 0])
+    vc.index_put_(where, v[:, :, 0])
+    return decode_attention(q.reshape(b, kv_heads, -1, d), kc, vc, attn, scale).reshape(q.shape)
+
+
+def ksa_step_attention(q, k, v, store, scale):
+    """KSA decode for make_decode_layer: store = (pos, storage, biases, layout) of ksa.static_cache."""
+    pos, storage, biases, layout = store
+    return ksa_decode_attention(q, k, v, pos, storage, biases, scale, layout)
+
+
+def make_decode_layer(heads: int, kv_heads: int, head_dim: int, eps: float, head_eps: float, scale: float, act: Any,
+                      mix: float = 1.0):
+    """decode_layer(h, cos, sin, w, sw, attend, store) -> h': one decoder layer for one decode step, the
+    static engine's layer loop body written over plain tensors so that torch.compile can fuse it:
+    h [B, n, hidden] (column 0 the text token; for a KSA step with summaries, columns 1.. its chunk's
+    summary slots), cos / sin [B, n, D], w = layer_weights(layer), sw = summary_weights(...) (or None),
+    attend(q, k, v, store, scale) -> [B, H, n, D] writes the step's K/V and attends
+    (full_step_attention or ksa_step_attention; store = its storage, masks and integers).
+    x = rms(h) (summary columns: the summary norm where there is one); q/k/v = proj(x) (then the head
+    norm), summary columns mix * summary_proj + (1 - mix) * proj; h' = h + o_proj(attend(rope(q),
+    rope(k), v)); h'' = h' + down(act(gate(x')) * up(x')), x' = rms(h') (every norm: w * x /
+    sqrt(mean(x^2) + eps) in fp32). Shapes and constants are alike across layers, so one compiled
+    function serves all of them (one compile per step shape and attention kind)."""
+
+    def decode_layer(h, cos, sin, w, sw, attend, store):
         n_in, qw, qb, kw, kb, vw, vb, qn, kn, ow, ob, n_post, gw, gb, uw, ub, dw, db = w
-        b = h.shape[0]
+        b, t = h.shape[0], h.shape[1]
+        n_sum = t - 1 if sw is not None else 0
         x = rms(h, n_in, eps)
+        if n_sum and sw[0] is not None:
+            x = torch.cat([x[:, :-n_sum], rms(h[:, -n_sum:], sw[0], eps)], 1)
 
-        def project(weight, bias, norm):
-            y = F.linear(x, weight, bias).view(b, 1, -1, head_dim)
-            return y if norm is None else rms(y, norm, head_eps)
+        def project(weight, bias, norm, extra):
+            def run(wt, bs, inp):
+                y = F.linear(inp, wt, bs).view(b, inp.shape[1], -1, head_dim)
+                return y if norm is None else rms(y, norm, head_eps)
 
-        q = rope(project(qw, qb, qn).transpose(1, 2), cos, sin)  # [B, H, 1, D]
-        k = rope(project(kw, kb, kn).transpose(1, 2), cos, sin)  # [B, Hkv, 1, D]
-        v = project(vw, vb, None)  # [B, 1, Hkv, D]
-        where = (torch.arange(b, device=h.device)[:, None], torch.arange(kv_heads, device=h.device)[None], at[:, None])
-        kc.index_put_(where, k[:, :, 0])
-        vc.index_put_(where, v[:, 0])
-        o = decode_attention(q.reshape(b, kv_heads, groups, head_dim), kc, vc, attn, scale)
-        h = h + F.linear(o.reshape(b, 1, -1), ow, ob)
+            out = run(weight, bias, x)
+            if not n_sum or extra[0] is None:
+                return out
+            return torch.cat([out[:, :-n_sum], mix_summary(run(*extra, x[:, -n_sum:]), out[:, -n_sum:], mix)], 1)
+
+        none = (None, None)
+        q = rope(project(qw, qb, qn, sw[1:3] if n_sum else none).transpose(1, 2), cos, sin)  # [B, H, n, D]
+        k = rope(project(kw, kb, kn, sw[3:5] if n_sum else none).transpose(1, 2), cos, sin)  # [B, Hkv, n, D]
+        v = project(vw, vb, None, sw[5:7] if n_sum else none).transpose(1, 2)
+        o = attend(q, k, v, store, scale)
+        h = h + F.linear(o.transpose(1, 2).reshape(b, t, -1), ow, ob)
         x = rms(h, n_post, eps)
         return h + F.linear(act(F.linear(x, gw, gb)) * F.linear(x, uw, ub), dw, db)
 
@@ -265,7 +307,7 @@ class StaticEngine(RolloutEngine):
         self.ksa = is_ksa(cfg)
         self.mix = float(getattr(cfg, "ksa_mix_coeff", 1.0))
         self.share = share_prefix and not self.ksa
-        self.compile_decode = compile_decode and not self.ksa
+        self.compile_decode = compile_decode
         self._sample = sample_rows
         if self.compile_decode:
             self._fused_layer = self._compile_layer()
@@ -400,20 +442,27 @@ class StaticEngine(RolloutEngine):
         layer = self.model.model.layers[0]
         head_norm = getattr(layer.self_attn, "q_norm", None)
         eps = layer.input_layernorm.variance_epsilon
-        fn = make_decode_layer(self.heads, self.kv_heads, self.head_dim, eps,
-                               getattr(head_norm, "variance_epsilon", eps), layer.self_attn.scaling, layer.mlp.act_fn)
+        fn = make_decode_layer(self.heads, self.kv_heads, self.head_dim, eps, getattr(head_norm, "variance_epsilon", eps),
+                               layer.self_attn.scaling, layer.mlp.act_fn, self.mix)
         return torch.compile(fn, dynamic=False, fullgraph=True)
 
-    def _fused_decode(self, tok: torch.Tensor, pos: torch.Tensor, at: torch.Tensor, attn) -> torch.Tensor:
-        """compile_decode's step: embed, RoPE tables, each layer through the compiled decode_layer (K/V
-        written at own index `at` [B]; attn(i) = its decode_attention inputs), final norm, lm_head."""
+    def _fused_decode(self, h: torch.Tensor, positions: torch.Tensor, attention) -> torch.Tensor:
+        """compile_decode's step: h [B, n, hidden] (embedded step inputs) at positions [B, n]: RoPE
+        tables, each layer through the compiled decode_layer with attention(i) = (attend, store) of
+        layer i (make_decode_layer), final norm, lm_head on column 0 (the text token); logits [B, V]."""
         inner = self.model.model
-        h = self._embed(tok[:, None])
-        cos, sin = inner.rotary_emb(h, pos[:, None])
+        n_sum = h.shape[1] - 1
+        cos, sin = inner.rotary_emb(h, positions)
         with torch._dynamo.config.patch(recompile_limit=RECOMPILES, accumulated_recompile_limit=RECOMPILES):
             for i, layer in enumerate(inner.layers):
-                h = self._fused_layer(h, cos, sin, layer_weights(layer), self.k_cache[i], self.v_cache[i], at, attn(i))
-        return self._logits(rms_norm(inner.norm, h)[:, -1])
+                h = self._fused_layer(h, cos, sin, layer_weights(layer), summary_weights(layer, n_sum, self.mix),
+                                      *attention(i))
+        return self._logits(rms_norm(inner.norm, h)[:, 0])
+
+    def _full_attention(self, at: torch.Tensor, attn) -> Any:
+        """attention(i) for _fused_decode under full attention: K/V written at own index at [B];
+        attn(i) = layer i's decode_attention inputs."""
+        return lambda i: (full_step_attention, (self.k_cache[i], self.v_cache[i], at, attn(i)))
 
     # --- the model, layer by layer -----------------------------------------------------------------
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -569,7 +618,7 @@ class StaticEngine(RolloutEngine):
         visible = torch.arange(span, device=tok.device)[None, :] <= pos[:, None]  # [B, span]
         bias = torch.zeros(visible.shape, dtype=torch.float32, device=tok.device).masked_fill(~visible, float("-inf"))
         if self.compile_decode:
-            return self._fused_decode(tok, pos, pos, lambda i: (bias,))
+            return self._fused_decode(self._embed(tok[:, None]), pos[:, None], self._full_attention(pos, lambda i: (bias,)))
         flat = self._write_index(pos)
 
         def attend(i, q, k, v, scale):
@@ -600,7 +649,8 @@ class StaticEngine(RolloutEngine):
         prefix_bias = length_bias(prefix.view(b // width, width).amax(1), prefix_span)  # [blocks, P]
         own_bias = length_bias(own + 1, own_span)  # [B, R]
         if self.compile_decode:
-            return self._fused_decode(tok, pos, own, lambda i: (self.k_prefix[i], self.v_prefix[i], prefix_bias, own_bias))
+            return self._fused_decode(self._embed(tok[:, None]), pos[:, None], self._full_attention(
+                own, lambda i: (self.k_prefix[i], self.v_prefix[i], prefix_bias, own_bias)))
         flat = self._write_index(own)
 
         def attend(i, q, k, v, scale):
@@ -621,11 +671,18 @@ class StaticEngine(RolloutEngine):
         h, positions = step_inputs(self.model, tok, pos, n > 1)
         biases: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-        def attend(i, q, k, v, scale):
-            layer = self.ksa_layers[i]
+        def masks(layer: StaticKSALayer) -> tuple[torch.Tensor, torch.Tensor]:
             if layer.kind() not in biases:
                 biases[layer.kind()] = layer.biases(pos, n, span)
-            return layer.decode(q, k, v, pos, span, biases[layer.kind()], scale)
+            return biases[layer.kind()]
+
+        if self.compile_decode:
+            return self._fused_decode(h, positions, lambda i: (ksa_step_attention, (
+                pos, self.ksa_layers[i].storage(), masks(self.ksa_layers[i]), self.ksa_layers[i].layout(span))))
+
+        def attend(i, q, k, v, scale):
+            layer = self.ksa_layers[i]
+            return layer.decode(q, k, v, pos, span, masks(layer), scale)
 
         return self._logits(self._layers(h, positions, attend, n_sum=n - 1)[:, 0])
 
