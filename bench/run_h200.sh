@@ -27,7 +27,8 @@
 #   ksa32k     only the first row of trainksa2 (~4 min)
 #   fused8k    the train stage's GPU-recipe row with rollout.compile_decode on (decode layers and sampling
 #              through torch.compile), within 160 s
-#   fused32k   1.7B 32K G=8 x 2 2K new with compile_decode, full attention then KSA, 150 s each
+#   fused32k   1.7B 32K G=8 x 2 2K new with compile_decode and checkpoint_policy save_attention (the
+#              learner keeps attention outputs: no O(T^2) recompute), full attention then KSA, 150 s each
 #
 # Issue 15 in two device calls (a call runs 600 s at most; each of these ends within ~550 s), each
 # with carry [".whl"] after scripts/fetch_gpu_wheels.sh here, timeout_s 600:
@@ -126,8 +127,8 @@ for s in "$@"; do
     fused8k) stage fused8k 200 python3 bench/train_gpu.py 0.6b:8k:8x4:256:fused --budget-s 160 --steps 20 --append \
                --out "$OUT/train_gpu_fused.json" ;;
     fused32k) for cfg in 1.7b:32k:8x2:2048:fused 1.7b:32k:8x2:2048:ksa:fused; do
-                stage fused32k 190 python3 bench/train_gpu.py "$cfg" --budget-s 150 --steps 8 --append \
-                  --out "$OUT/train_gpu_fused.json"
+                stage fused32k 190 python3 bench/train_gpu.py "$cfg" --budget-s 150 --steps 8 \
+                  --set model.checkpoint_policy=save_attention --append --out "$OUT/train_gpu_fused32k.json"
               done ;;
     ksarep) stage ksarep 560 python3 bench/ksa_replication.py --budget-s 420 --out "$OUT/rep" \
               --save-models /tmp/ksa_models --pack-models "$OUT/models" ;;
