@@ -26,7 +26,8 @@
 #   trainksa2  1.7B 32K G=8 x 2 2K new KSA (full: train32k), 0.6B 64K G=8 x 1 2K new full and KSA  (~9 min)
 #   ksa32k     only the first row of trainksa2 (~4 min)
 #   fused8k    the train stage's GPU-recipe row with rollout.compile_decode on (decode layers and sampling
-#              through torch.compile), within 160 s
+#              through torch.compile), full attention then KSA (both sharing prompts), 120 s each
+#   prefixfuse2  prefixfuse with one repetition, within 250 s (to follow fused8k in one call)
 #   fused32k   1.7B 32K G=8 x 2 2K new with compile_decode and checkpoint_policy save_attention (the
 #              learner keeps attention outputs: no O(T^2) recompute), full attention then KSA, 150 s each
 #
@@ -124,8 +125,12 @@ for s in "$@"; do
         stage "$s" $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 8 --append \
           --out "$OUT/train_gpu_ksa.json"
       done ;;
-    fused8k) stage fused8k 200 python3 bench/train_gpu.py 0.6b:8k:8x4:256:fused --budget-s 160 --steps 20 --append \
-               --out "$OUT/train_gpu_fused.json" ;;
+    fused8k) for cfg in 0.6b:8k:8x4:256:fused 0.6b:8k:8x4:256:ksa:fused; do
+               stage fused8k 160 python3 bench/train_gpu.py "$cfg" --budget-s 120 --steps 20 --append \
+                 --out "$OUT/train_gpu_fused.json"
+             done ;;
+    prefixfuse2) stage prefixfuse 250 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
+                   --new-tokens 256 --reps 1 --compile-decode --profile --out "$OUT/prefix_decode_fused.json" ;;
     fused32k) for cfg in 1.7b:32k:8x2:2048:fused 1.7b:32k:8x2:2048:ksa:fused; do
                 stage fused32k 190 python3 bench/train_gpu.py "$cfg" --budget-s 150 --steps 8 \
                   --set model.checkpoint_policy=save_attention --append --out "$OUT/train_gpu_fused32k.json"

@@ -142,8 +142,9 @@ def test_cuda_graphs_compiled_equals_uncompiled(stop_model, tiny_tokenizer, stop
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["plain", "summary_qkv_mix", "summary_norm"])
-def test_ksa_compiled_equals_uncompiled_and_recomputation(tiny_tokenizer, case):
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("case", ["plain", "summary_qkv_mix", "summary_norm", "two_ring_layers"])
+def test_ksa_compiled_equals_uncompiled_and_recomputation(tiny_tokenizer, case, share):
     """KSA policies (one ring layer that evicts, one full layer; chunk 4): compiled decode layers give
     the uncompiled engine's greedy tokens and those of re-running the whole KSA forward per token; with
     summary projections mixed in (mix 0.5) and a summary norm, whose weights only summary columns use.
@@ -159,8 +160,9 @@ def test_ksa_compiled_equals_uncompiled_and_recomputation(tiny_tokenizer, case):
     prompts = [ids[:k] for k in LENGTHS]
     greedy = SamplingParams(max_new_tokens=14, temperature=0)
     sampled = SamplingParams(max_new_tokens=14, temperature=1.0, top_p=0.9, seed=5)
-    engines = {c: StaticEngine(model, tiny_tokenizer, max_batch=3, max_len=64, compile_decode=c) for c in (True, False)}
-    assert engines[True].compile_decode and engines[True].ksa
+    engines = {c: StaticEngine(model, tiny_tokenizer, max_batch=3 if not share else 4, max_len=64, compile_decode=c,
+                               share_prefix=share) for c in (True, False)}
+    assert engines[True].compile_decode and engines[True].ksa and engines[True].share == share
     runs = {c: e.generate(prompts, 2, greedy) for c, e in engines.items()}
     refs = [recompute_greedy(model, p, 14, {tiny_tokenizer.eos_token_id}) for p in prompts]
     assert tokens(runs[True]) == tokens(runs[False]) == [[r, r] for r in refs]

@@ -179,14 +179,15 @@ def test_one_engine_across_group_sizes(stop_model, tiny_tokenizer, stop_prompts)
     assert (engine.blocks, engine.rows) == (8, 8)  # grown by the first call, reused by the others
 
 
-def test_switch_from_engine_config_and_ksa_keeps_rows(tiny_tokenizer):
+def test_switch_from_engine_config_ksa_too(tiny_tokenizer):
     model = make_model(tiny_tokenizer, "qwen3")
     assert make_engine(EngineConfig("static"), model, tiny_tokenizer).share
     assert not make_engine(EngineConfig("static", share_prefix=False), model, tiny_tokenizer).share
     import ksa
 
     ksa_model = ksa.convert_model(make_model(tiny_tokenizer, "qwen3"), ksa.KSAConfig(chunk=4, windows=[1, 1000], impl="reference"))
-    assert not StaticEngine(ksa_model, tiny_tokenizer).share  # KSA policies: per-row ring storage
+    assert StaticEngine(ksa_model, tiny_tokenizer).share  # KSA policies: ksa/static_shared.py
+    assert not StaticEngine(ksa_model, tiny_tokenizer, share_prefix=False).share
 
 
 @pytest.mark.gpu
@@ -200,7 +201,7 @@ def test_cuda_graphs_shared_equals_unshared(stop_model, tiny_tokenizer, stop_pro
         engine = StaticEngine(model, tiny_tokenizer, max_batch=8, max_len=300, share_prefix=share)
         greedy = engine.generate(stop_prompts, 3, SamplingParams(max_new_tokens=NEW, temperature=0))
         sampled = engine.generate(stop_prompts, 3, SamplingParams(max_new_tokens=NEW, temperature=0.9, seed=5))
-        assert engine.use_graphs and {len(key) for key in engine._graphs} == {4 if share else 3}
+        assert engine.use_graphs and {len(key[0]) for key in engine._graphs} == {4 if share else 3}
         assert tokens(greedy) == [[r] * 3 for r in refs]
         runs[share] = sampled
     assert tokens(runs[True]) == tokens(runs[False])

@@ -23,12 +23,12 @@ LENGTHS = (3, 9, 5, 12)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def make_model(tok, arch: str, seed: int = 1):
+def make_model(tok, arch: str, seed: int = 1, layers: int = 2):
     """A tiny random model with larger weights (varied greedy text) and two extra EOS ids that the
     greedy continuations hit at different steps, so rows stop at different times."""
     from tests.tiny import build_model
 
-    model = build_model(tok, arch=arch)
+    model = build_model(tok, arch=arch, layers=layers)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():

@@ -12,6 +12,7 @@ from golong.rollout.base import SamplingParams
 from golong.rollout.loop import LoopEngine
 from golong.rollout.static import StaticEngine
 from ksa.modeling import CACHE_KEY
+from ksa.static_shared import SharedKSALayer
 from tests.test_rollout_static import hf_greedy, make_model
 
 TEXT = "the key of record 12 is 777 and the city of the needle in the haystack is the answer to find first"
@@ -31,8 +32,9 @@ def prompts(tiny_tokenizer):
 
 
 def ksa_model(tok, arch="qwen3", **settings):
-    base = make_model(tok, arch)
-    cfg = ksa.KSAConfig(chunk=4, summaries=settings.pop("summaries", 1), windows=[1, 1000],
+    windows = settings.pop("windows", [1, 1000])
+    base = make_model(tok, arch, layers=len(windows))
+    cfg = ksa.KSAConfig(chunk=4, summaries=settings.pop("summaries", 1), windows=windows,
                         impl=settings.pop("impl", "reference"), **settings)
     model = ksa.convert_model(base, cfg)
     gen = torch.Generator().manual_seed(3)
@@ -64,22 +66,28 @@ CASES = {
     "summary_qkv_mix": {"summary_qkv": True, "mix_coeff": 0.5},
     "summary_norm": {"summary_norm": True, "summary_qkv": True},
     "summaries_hidden": {"summaries_visible": False},
+    # a ring layer after a ring layer: the second's summary K/V come from the first's summary-column
+    # attention (with two layers only text-column attention reaches the tokens)
+    "two_ring_layers": {"windows": [1, 1, 1000], "summary_qkv": True},
 }
 
 
+@pytest.mark.parametrize("share", [True, False])
 @pytest.mark.parametrize("case", list(CASES))
-def test_ksa_greedy_equals_recomputation_and_loop_engine(tiny_tokenizer, prompts, case):
+def test_ksa_greedy_equals_recomputation_and_loop_engine(tiny_tokenizer, prompts, case, share):
+    """share: each group's prompt stored once (ksa/static_shared.py), else a copy per row (ksa/static_cache.py)."""
     model = ksa_model(tiny_tokenizer, **CASES[case])
     layers = model.config.ksa_windows
-    assert layers[0] * 4 < max(LENGTHS) + NEW <= layers[1] * 4  # one ring layer that evicts, one full layer
+    assert layers[0] * 4 < max(LENGTHS) + NEW <= layers[-1] * 4  # ring layers that evict, one full layer
     eos = {tiny_tokenizer.eos_token_id}
     refs = [recompute_greedy(model, p, NEW, eos) for p in prompts]
     greedy = SamplingParams(max_new_tokens=NEW, temperature=0)
     hf = LoopEngine(model, tiny_tokenizer).generate(prompts, 2, greedy)
     for max_batch in (16, 3):  # all rows at once; 3 slots: continuous batching, sibling copies, moves
-        engine = StaticEngine(model, tiny_tokenizer, max_batch=max_batch, max_len=64)
-        assert engine.ksa
+        engine = StaticEngine(model, tiny_tokenizer, max_batch=max_batch, max_len=64, share_prefix=share)
+        assert engine.ksa and engine.share == share
         out = engine.generate(prompts, 2, greedy)
+        assert all(isinstance(layer, SharedKSALayer) == share for layer in engine.ksa_layers)
         assert [[c.response_ids for c in g] for g in out] == [[r, r] for r in refs]
         assert [[c.response_ids for c in g] for g in out] == [[c.response_ids for c in g] for g in hf]
         for a, b in zip(out, hf, strict=True):
@@ -107,7 +115,7 @@ def test_ksa_storage_is_bounded_and_budget_admits_more_ksa_rows(tiny_tokenizer, 
     full = make_model(tiny_tokenizer, "qwen3").eval()
     model = ksa_model(tiny_tokenizer)
     greedy = SamplingParams(max_new_tokens=NEW, temperature=0)
-    probe = StaticEngine(model, tiny_tokenizer, max_batch=64, max_len=4096)
+    probe = StaticEngine(model, tiny_tokenizer, max_batch=64, max_len=4096, share_prefix=False)
     probe.generate(prompts[:1], 1, greedy)
     ring = probe.ksa_layers[0]
     assert not ring.full and ring.text_slots == 2 * 4
@@ -134,12 +142,12 @@ PACK_CASES = {
 }
 
 
-def prefilled_engines(model, tok, prompts) -> dict[str, StaticEngine]:
+def prefilled_engines(model, tok, prompts, share: bool = False) -> dict[str, StaticEngine]:
     """Engines that prefilled `prompts` (one sample each, one token drawn, no decode step) with all
     prompts in one forward, in packs of at most 25 tokens, and one prompt per forward."""
     engines = {}
     for name, budget in (("one_forward", 8192), ("packs_of_25", 25), ("per_prompt", 1)):
-        engine = StaticEngine(model, tok, max_batch=16, max_len=64, prefill_chunk=budget)
+        engine = StaticEngine(model, tok, max_batch=16, max_len=64, prefill_chunk=budget, share_prefix=share)
         engine.generate(prompts, 1, SamplingParams(max_new_tokens=1, temperature=0))
         engines[name] = engine
     return engines
@@ -184,6 +192,63 @@ def test_ksa_batched_prefill_storage_equals_per_prompt_and_model_forward(tiny_to
                     torch.testing.assert_close(mine[row, :, :m].transpose(0, 1), theirs[0, :m], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("case", ["summary_qkv_norm_mix", "two_summaries"])
+def test_ksa_shared_prefill_storage_equals_per_row_storage(tiny_tokenizer, case):
+    """Shared layout: what a packed prefill writes into a block's prefix rows equals one prompt per
+    forward, and, position by position, what the per-row layout keeps (prefix text of positions >= t0
+    at index p - t0, summaries of the prompt's whole chunks); own rows stay empty until decoding."""
+    from ksa.static_shared import prompt_start
+
+    model = ksa_model(tiny_tokenizer, **PACK_CASES[case])
+    ids = tiny_tokenizer.encode(TEXT)
+    prompts = [ids[:k] for k in PACK_LENGTHS]
+    shared = prefilled_engines(model, tiny_tokenizer, prompts, share=True)
+    rows = prefilled_engines(model, tiny_tokenizer, prompts)["per_prompt"]
+    for name in ("packs_of_25", "per_prompt"):
+        for a, b in zip(shared[name].ksa_layers, shared["one_forward"].ksa_layers, strict=True):
+            for x, y in zip(a.storage(), b.storage(), strict=True):
+                if x is not None:
+                    torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    C, S = model.config.ksa_chunk, model.config.ksa_summaries
+    engine = shared["one_forward"]
+    assert engine.blocks >= len(prompts) and [layer.full for layer in engine.ksa_layers] == [False, True]
+    for home, prompt in enumerate(prompts):  # one sample per prompt: block i holds prompt i
+        P = len(prompt)
+        for mine, theirs in zip(engine.ksa_layers, rows.ksa_layers, strict=True):
+            t0 = prompt_start(mine.full, P, C, mine.window)
+            p = torch.arange(t0, P)
+            slots = p if theirs.full else p % theirs.text_slots
+            torch.testing.assert_close(mine.pk[home, :, p - t0], theirs.k[home, :, slots], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(mine.pv[home, :, p - t0], theirs.v[home, :, slots], atol=1e-5, rtol=1e-5)
+            m = (P // C) * S
+            if not mine.full and m:
+                torch.testing.assert_close(mine.psk[home, :, :m], theirs.sk[home, :, :m], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(mine.psv[home, :, :m], theirs.sv[home, :, :m], atol=1e-5, rtol=1e-5)
+            assert not mine.k.any() and not mine.v.any()
+
+
+def test_ksa_shared_storage_holds_prompt_once(tiny_tokenizer):
+    """G = 8 samples of two 1000-token prompts: the shared layout stores and reads each prompt once per
+    group, so its K/V storage is a fraction of the per-row layout's (own rows are bucketed to 256
+    response tokens); under one K/V budget it runs all 16 rows at once where the per-row layout
+    cannot; the tokens are the same."""
+    model = ksa_model(tiny_tokenizer)
+    ids = tiny_tokenizer.encode(TEXT)
+    prompts = [(ids * 60)[:1000], (ids * 60)[3:1003]]
+    greedy = SamplingParams(max_new_tokens=6, temperature=0)
+    engines = {s: StaticEngine(model, tiny_tokenizer, max_batch=16, max_len=1100, share_prefix=s) for s in (True, False)}
+    out = {s: e.generate(prompts, 8, greedy) for s, e in engines.items()}
+    assert [[c.response_ids for c in g] for g in out[True]] == [[c.response_ids for c in g] for g in out[False]]
+    assert engines[True].cache_bytes() < engines[False].cache_bytes() / 2
+    budget_gb = engines[True].cache_bytes() * 1.05 / 1024**3
+    tight = {s: StaticEngine(model, tiny_tokenizer, max_batch=16, max_len=1100, share_prefix=s, kv_budget_gb=budget_gb)
+             for s in (True, False)}
+    for s, e in tight.items():
+        assert [[c.response_ids for c in g] for g in e.generate(prompts, 8, greedy)] == [[c.response_ids for c in g] for g in out[s]]
+        assert e.cache_bytes() <= budget_gb * 1024**3
+    assert tight[True].stats["concurrency"] == 16 > tight[False].stats["concurrency"]
+
+
 def test_ksa_batched_prefill_greedy_equals_per_prompt_and_generate(tiny_tokenizer):
     """Greedy tokens and sampler log-probs after packed prefills equal one prompt per forward and
     `model.generate` (the KSA model's own cache), G = 2 samples per prompt, continuous batching."""
@@ -217,5 +282,5 @@ def test_ksa_cuda_graphs_greedy_equals_recomputation(tiny_tokenizer, prompts):
     for max_batch in (16, 3):
         engine = StaticEngine(model, tiny_tokenizer, max_batch=max_batch, max_len=64)
         out = engine.generate(prompts, 2, SamplingParams(max_new_tokens=NEW, temperature=0))
-        assert engine.use_graphs and {key[2] for key in engine._graphs} == {1, 2}  # text-only and summary steps
+        assert engine.use_graphs and {key[0][-1] for key in engine._graphs} == {1, 2}  # text-only and summary steps
         assert [[c.response_ids for c in g] for g in out] == [[r, r] for r in refs]

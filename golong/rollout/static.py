@@ -31,7 +31,10 @@ prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engin
   prompt's row could not use it without its own prefix, and the group's read is one prefix
   however many rows are live); a group wider than max_batch (or the budget) runs as several
   blocks, each with its prompt. `kv_tokens_read` counts each live block's prompt once plus each
-  row's own entries. share_prefix=False (and KSA policies): each slot holds prompt + response;
+  row's own entries. KSA policies share the same way (ksa/static_shared.py): a block's prefix rows
+  hold the prompt's text its responses can still see (all of it in full layers, the last window in
+  ring layers) and the summaries of its whole chunks; each row its own text ring and summaries; one
+  softmax over the four parts. share_prefix=False: each slot holds prompt + response;
 - serves a fixed pool of slots (in blocks, above): a sequence that finishes (EOS or max_new_tokens)
   frees its slot (its block) for the next waiting one; the G samples of one prompt share one
   prefill (without share_prefix the prompt's K/V are copied from a live sibling's slot), the
@@ -77,6 +80,8 @@ from golong.rollout.sampling import eos_ids, row_key, sample_rows
 from ksa import completes_chunk, is_ksa, mix_summary, step_inputs
 from ksa.static_cache import PackedPrefill, StaticKSALayer
 from ksa.static_cache import decode_attention as ksa_decode_attention
+from ksa.static_shared import SharedKSALayer, slot_counts
+from ksa.static_shared import decode_attention as shared_ksa_decode_attention
 
 SUPPORTED = ("qwen3", "qwen2", "llama")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -174,6 +179,13 @@ def ksa_step_attention(q, k, v, store, scale):
     """KSA decode for make_decode_layer: store = (pos, storage, biases, layout) of ksa.static_cache."""
     pos, storage, biases, layout = store
     return ksa_decode_attention(q, k, v, pos, storage, biases, scale, layout)
+
+
+def shared_ksa_step_attention(q, k, v, store, scale):
+    """KSA decode on the shared-prompt layout: store = (pos, prompt lengths, storage, biases, layout)
+    of ksa.static_shared."""
+    pos, plen, storage, biases, layout = store
+    return shared_ksa_decode_attention(q, k, v, pos, plen, storage, biases, scale, layout)
 
 
 def make_decode_layer(heads: int, kv_heads: int, head_dim: int, eps: float, head_eps: float, scale: float, act: Any,
@@ -279,12 +291,12 @@ class StaticEngine(RolloutEngine):
         K/V storage is allocated for what a `generate` call needs (rows, longest prompt + new tokens)
         and kept for later calls; with `kv_budget_gb` the rows are also capped so that storage fits
         the budget (a KSA policy's ring layers need less per row, so more of its sequences run).
-        `share_prefix` (full-attention policies; KSA policies always keep per-row storage): each
-        group's prompt K/V is stored once and read once per step for its G rows (golong/rollout/
-        prefix.py); False = every row holds its own copy of the prompt.
-        `compile_decode` (full-attention policies; KSA decode stays uncompiled): each decode layer runs
-        through one torch.compile'd function (make_decode_layer; inductor, static shapes, no
-        freezing) so its elementwise ops fuse; the CUDA graph then captures the compiled kernels.
+        `share_prefix`: each group's prompt K/V is stored once and read once per step for its G rows
+        (golong/rollout/prefix.py; KSA policies ksa/static_shared.py); False = every row holds its
+        own copy of the prompt.
+        `compile_decode`: each decode layer runs through one torch.compile'd function
+        (make_decode_layer; inductor, static shapes, no freezing) so its elementwise ops fuse, and
+        the step's sampling through another; the CUDA graph then captures the compiled kernels.
         A model it cannot run (`unsupported_reason`) is a ValueError naming the reason."""
         problem = unsupported_reason(model)
         if problem is not None:
@@ -306,7 +318,7 @@ class StaticEngine(RolloutEngine):
         self.dtype = next(model.parameters()).dtype
         self.ksa = is_ksa(cfg)
         self.mix = float(getattr(cfg, "ksa_mix_coeff", 1.0))
-        self.share = share_prefix and not self.ksa
+        self.share = share_prefix
         self.compile_decode = compile_decode
         self._sample = sample_rows
         if self.compile_decode:
@@ -370,13 +382,37 @@ class StaticEngine(RolloutEngine):
         blocks = max(batch_bucket(min(prompts * -(-n // width), most), most), self.blocks)
         rows = min(self.max_batch, max(blocks * width, self.rows))
         if self.kv_budget is not None:
-            width, blocks, rows = fit_budget(self.kv_budget, width, blocks, rows, self.row_bytes(plen), self.row_bytes(olen))
+            prefix_bytes, own_bytes = self._shared_bytes(plen, olen)
+            width, blocks, rows = fit_budget(self.kv_budget, width, blocks, rows, prefix_bytes, own_bytes)
         if blocks > self.blocks or rows > self.rows or plen > self.prefix_cap or olen > self.cap_len:
             self._drop_storage()
             self.rows, self.cap_len, self.blocks, self.prefix_cap = rows, olen, blocks, plen
-            self.k_cache, self.v_cache = self._kv_rows(rows, olen)
-            self.k_prefix, self.v_prefix = self._kv_rows(blocks, plen)
+            if self.ksa:
+                cfg = self.model.config
+                self.ksa_layers = [
+                    SharedKSALayer(blocks, rows, self.kv_heads, self.head_dim, plen, olen, window=w, chunk=cfg.ksa_chunk,
+                                   summaries=cfg.ksa_summaries, visible=cfg.ksa_summaries_visible,
+                                   dtype=self.dtype, device=self.device)
+                    for w in cfg.ksa_windows
+                ]
+            else:
+                self.k_cache, self.v_cache = self._kv_rows(rows, olen)
+                self.k_prefix, self.v_prefix = self._kv_rows(blocks, plen)
         return min(width, self.rows)
+
+    def _shared_bytes(self, plen: int, olen: int) -> tuple[int, int]:
+        """K/V bytes of one prefix row (a prompt of plen tokens) and one own row (olen response
+        tokens) on the shared layout; KSA layers count their own slots (ksa.static_shared.slot_counts)."""
+        if not self.ksa:
+            return self.row_bytes(plen), self.row_bytes(olen)
+        cfg = self.model.config
+        entry = 2 * self.kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
+        prefix = own = 0
+        for w in cfg.ksa_windows:
+            C, S = cfg.ksa_chunk, cfg.ksa_summaries
+            pt, ps, ot, os_ = slot_counts(w * C >= plen + olen, (w + 1) * C, C, S, plen, olen)
+            prefix, own = prefix + (pt + ps) * entry, own + (ot + os_) * entry
+        return prefix, own
 
     def _kv_rows(self, rows: int, length: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Zeroed K and V storage [rows, kv_heads, length, head_dim], one tensor per layer each."""
@@ -665,6 +701,29 @@ class StaticEngine(RolloutEngine):
 
         return self._logits(self._layers(self._embed(tok[:, None]), pos[:, None], attend)[:, -1])
 
+    def _decode_shared_ksa(self, tok: torch.Tensor, pos: torch.Tensor, prefix: torch.Tensor, width: int,
+                           prefix_span: int, own_span: int, n: int) -> torch.Tensor:
+        """share_prefix decode of a KSA policy (ksa/static_shared.py): one text token per row (plus the
+        S summary slots of its chunk when n > 1); prefix [B] = the row's prompt length, stored once in
+        its block's prefix rows; logits of the text token [B, V]."""
+        h, positions = step_inputs(self.model, tok, pos, n > 1)
+        masks: dict[tuple, tuple] = {}
+
+        def store(i: int) -> tuple:
+            layer = self.ksa_layers[i]
+            layout = layer.layout(width, prefix_span, own_span)
+            if layer.kind() not in masks:
+                masks[layer.kind()] = layer.biases(pos, prefix, n, layout)
+            return pos, prefix, layer.storage(), masks[layer.kind()], layout
+
+        if self.compile_decode:
+            return self._fused_decode(h, positions, lambda i: (shared_ksa_step_attention, store(i)))
+
+        def attend(i, q, k, v, scale):
+            return shared_ksa_step_attention(q, k, v, store(i), scale)
+
+        return self._logits(self._layers(h, positions, attend, n_sum=n - 1)[:, 0])
+
     def _decode_ksa(self, tok: torch.Tensor, pos: torch.Tensor, span: int, n: int) -> torch.Tensor:
         """One text token per row (plus the S summary slots of its chunk when n > 1) through the
         static KSA storage (ksa/static_cache.py); logits of the text token [B, V]."""
@@ -697,7 +756,7 @@ class StaticEngine(RolloutEngine):
     # (B, width, prefix span, own span); its inputs: (tok, pos), sharing (tok, pos, prefix length).
     def _run_decode(self, shape: tuple[int, ...], *inputs: torch.Tensor) -> torch.Tensor:
         if self.share:
-            return self._decode_shared(*inputs, *shape[1:])
+            return self._decode_shared_ksa(*inputs, *shape[1:]) if self.ksa else self._decode_shared(*inputs, *shape[1:])
         _, span, n = shape
         return self._decode_ksa(*inputs, span, n) if self.ksa else self._decode(*inputs, span)
 
@@ -736,10 +795,11 @@ class StaticEngine(RolloutEngine):
 
     def _warm_up(self, shape: tuple[int, ...], params: SamplingParams) -> None:
         """Run one decode + sampling on dummy inputs without changing any live row (see _dummy_inputs)."""
-        saved = [layer.save_rows(shape[0], shape[1] - 1) for layer in self.ksa_layers]
+        last = (shape[3] if self.share else shape[1]) - 1  # the dummy position (prompt length 0 when sharing)
+        saved = [layer.save_rows(shape[0], last) for layer in self.ksa_layers]
         self._decode_sample(shape, params, *self._dummy_inputs(shape))
         for layer, kept in zip(self.ksa_layers, saved, strict=True):
-            layer.restore_rows(kept, shape[1] - 1)
+            layer.restore_rows(kept, last)
 
     def _capture(self, key: tuple, shape: tuple[int, ...], params: SamplingParams) -> _Graph:
         # A warm-up on a side stream, as CUDA graph capture requires (lazy inits, cuBLAS workspaces).
@@ -769,6 +829,8 @@ class StaticEngine(RolloutEngine):
         """A prompt's K/V from one home to another: prefix rows when sharing prompts, else slots."""
         if not self.share:
             return self._copy_slot(src, dst, length)
+        for layer in self.ksa_layers:
+            layer.copy_prefix(src, dst)
         for kp, vp in zip(self.k_prefix, self.v_prefix, strict=True):
             kp[dst, :, :length] = kp[src, :, :length]
             vp[dst, :, :length] = vp[src, :, :length]
@@ -857,6 +919,8 @@ class StaticEngine(RolloutEngine):
         if self.share:
             shape = (b, width, length_bucket(max(s.prefix for s in live), self.prefix_cap),
                      length_bucket(max(s.length - s.prefix for s in live) + 1, self.cap_len))
+            if self.ksa:
+                shape += (self._step_columns([s.length for s in live]),)
             return self._decode_step(shape, params, (tok, pos, prefix, keys, steps))
         span = length_bucket(max(s.length for s in live) + 1, self.cap_len)
         return self._decode_step((b, span, self._step_columns([s.length for s in live])), params, (tok, pos, keys, steps))
