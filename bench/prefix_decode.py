@@ -9,6 +9,10 @@ also runs with StaticEngine(compile_decode=True) (decode layers through torch.co
 graph) and its ms/step is reported beside the uncompiled one; `warmup_s` is the first call (graph
 capture, and with compile_decode the compiles: one per step shape).
 
+With --ksa the model is first converted to the 3:1 KSA hybrid (benchutil.ksa_hybrid: chunk 8, windows
+of 128 chunks + summaries in three layers of four; tiny: chunk 4, windows [2, 2, 2, 1000]): shared =
+ksa/static_shared.py, unshared = ksa/static_cache.py (K/V read per step is not counted for KSA layouts).
+
 Shapes: `tiny` = hidden 256, 4 layers, 4 q / 2 kv heads of 64, MLP 512, vocab 512, float32 on a CPU
 (bfloat16 on a GPU); `0.6b` = Qwen3-0.6B (benchutil.qwen3_06b_model), random weights.
 
@@ -26,7 +30,7 @@ import statistics
 import time
 
 import torch
-from benchutil import IdTokenizer, qwen3_06b_model
+from benchutil import IdTokenizer, ksa_hybrid, qwen3_06b_model
 from transformers import AutoModelForCausalLM, Qwen3Config
 
 from golong.rollout.base import SamplingParams
@@ -58,9 +62,9 @@ def run(model, prompts: list[list[int]], args, share: bool, compiled: bool = Fal
         per_step.append(engine.stats["decode_s"] / engine.stats["decode_steps"])
     st = engine.stats
     entry = kv_bytes_per_sequence(model.config, 1, next(model.parameters()).element_size())
+    read = None if engine.ksa else st["kv_tokens_read"] * entry / st["decode_steps"] / 2**20
     return {"ms_per_step": statistics.median(per_step) * 1e3, "steps": st["decode_steps"], "warmup_s": warmup,
-            "kv_storage_mib": engine.cache_bytes() / 2**20,
-            "kv_read_mib_per_step": st["kv_tokens_read"] * entry / st["decode_steps"] / 2**20}, \
+            "kv_storage_mib": engine.cache_bytes() / 2**20, "kv_read_mib_per_step": read}, \
         [[c.response_ids for c in g] for g in out]
 
 
@@ -108,10 +112,13 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--compile-decode", action="store_true", help="also run each layout with compile_decode=True")
+    ap.add_argument("--ksa", action="store_true", help="the 3:1 KSA hybrid of the model (benchutil.ksa_hybrid)")
     ap.add_argument("--profile", action="store_true", help="profile one more shared-layout call (kernels per step)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     model = tiny_model(args.device) if args.shape == "tiny" else qwen3_06b_model(False, args.device)[0]
+    if args.ksa:
+        model = ksa_hybrid(model, args.shape == "tiny", args.device)
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, model.config.vocab_size - 2, (args.prompt_len,), generator=gen).tolist()
                for _ in range(args.prompts)]
@@ -122,8 +129,9 @@ def main() -> None:
             name = ("shared" if share else "unshared") + ("+compile" if compiled else "")
             result[name], tokens[name] = run(model, prompts, args, share, compiled)
             r = result[name]
+            read = "" if r["kv_read_mib_per_step"] is None else f"  read {r['kv_read_mib_per_step']:8.1f} MiB/step"
             print(f"{name:17s} {r['ms_per_step']:8.2f} ms/step  {r['steps']} steps  K/V stored {r['kv_storage_mib']:8.1f} "
-                  f"MiB  read {r['kv_read_mib_per_step']:8.1f} MiB/step  warm-up {r['warmup_s']:.1f} s")
+                  f"MiB{read}  warm-up {r['warmup_s']:.1f} s")
     result["same_tokens"] = tokens["shared"] == tokens["unshared"]
     for layout in ("unshared", "shared") if args.compile_decode else ():  # compiled vs not, same layout
         result[f"token_match_{layout}+compile"] = token_match(tokens[layout], tokens[layout + "+compile"])

@@ -28,6 +28,8 @@
 #   fused8k    the train stage's GPU-recipe row with rollout.compile_decode on (decode layers and sampling
 #              through torch.compile), full attention then KSA (both sharing prompts), 120 s each
 #   prefixfuse2  prefixfuse with one repetition, within 250 s (to follow fused8k in one call)
+#   prefix32k  bench/prefix_decode.py 0.6B, 2 prompts of 32K, G=8, 256 new, shared vs per-row prompt K/V,
+#              each uncompiled and with compile_decode: full attention, then the 3:1 KSA hybrid
 #   fused32k   1.7B 32K G=8 x 2 2K new with compile_decode and checkpoint_policy save_attention (the
 #              learner keeps attention outputs: no O(T^2) recompute), full attention then KSA, 150 s each
 #
@@ -106,6 +108,10 @@ for s in "$@"; do
               --new-tokens 256 --reps 2 --out "$OUT/prefix_decode.json" ;;
     prefixfuse) stage prefixfuse 330 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
                   --new-tokens 256 --reps 2 --compile-decode --profile --out "$OUT/prefix_decode_fused.json" ;;
+    prefix32k) for ksa in "" --ksa; do
+                 stage prefix32k 200 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 32768 --prompts 2 --group 8 \
+                   --new-tokens 256 --reps 1 --compile-decode $ksa --out "$OUT/prefix_decode_32k${ksa/--/_}.json"
+               done ;;
     gputest) stage gputest 200 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_train_gpu.py ;;
     train) for run in "0.6b:8k:8x4:256 120" "0.6b:8k:8x4:256:eager 90" "0.6b:8k:8x4:256:noshare 100"; do
              read -r cfg secs <<<"$run"  # a process per configuration: one that overruns cannot stop the next
