@@ -52,7 +52,7 @@ def run(model, prompts: list[list[int]], args, share: bool, compiled: bool = Fal
     new = args.new_tokens
     engine = StaticEngine(model, tok, max_batch=len(prompts) * args.group, max_len=len(prompts[0]) + new,
                           prefill_chunk=32768, share_prefix=share, compile_decode=compiled)
-    greedy = SamplingParams(max_new_tokens=new, temperature=0)
+    greedy = SamplingParams(max_new_tokens=new, temperature=args.temperature)
     t0 = time.perf_counter()
     out = engine.generate(prompts, args.group, greedy)  # warm-up (graph capture, compiles)
     warmup = time.perf_counter() - t0
@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--compile-decode", action="store_true", help="also run each layout with compile_decode=True")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the token checks need it)")
     ap.add_argument("--ksa", action="store_true", help="the 3:1 KSA hybrid of the model (benchutil.ksa_hybrid)")
     ap.add_argument("--profile", action="store_true", help="profile one more shared-layout call (kernels per step)")
     ap.add_argument("--out", default=None)

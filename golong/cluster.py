@@ -67,8 +67,8 @@ class InlineCluster:
         was_training = bool(model is not None and model.training)
         self.engine.wake()
         try:
-            if self.shared and self.recipe.model.compile:  # the learner's compiled layers: decode runs them eagerly
-                import torch
+            if self.shared and self.recipe.model.compile and not getattr(self.engine, "runs_own_layers", False):
+                import torch  # an engine calling the learner's compiled layers runs them eagerly
 
                 with torch.compiler.set_stance("force_eager"):
                     return self.engine.generate(prompts, n, params)

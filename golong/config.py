@@ -83,7 +83,7 @@ class RolloutConfig(_Section):
     batch_size: int = Field(32, ge=1, description="Sequences generated at once by the static / loop engines.")
     kv_budget_gb: float | None = Field(None, gt=0, description="static / loop engines: decode K/V memory budget (GiB); as many sequences run at once as their K/V fits (KSA ring layers need less, so more run at once). None = off (batch_size alone).")
     share_prefix: bool = Field(True, description="static engine: the G responses of a prompt decode against one stored copy of its K/V, read once per step for the group (cascade attention, golong/rollout/prefix.py): ~G x less K/V read and stored at long prompts. False = each row keeps its own copy of the prompt (the older layout). KSA policies share too (ksa/static_shared.py: the prompt's visible text and whole-chunk summaries once per group).")
-    compile_decode: bool = Field(False, description="static engine: run each decode layer (full attention or KSA) through one torch.compile'd (inductor) function so its norms / RoPE / residual / SiLU*mul / attention softmax fuse, and the step's sampling through another, then capture them in the CUDA graph; costs a compile per step shape (bucket) on first use.")
+    compile_decode: bool = Field(False, description="static engine: run each decode layer (full attention or KSA) through one torch.compile'd (inductor) function so its norms / RoPE / residual / SiLU*mul / attention softmax fuse, then capture that in the CUDA graph; costs a compile per step shape (bucket) on first use.")
 
 
 class RewardConfig(_Section):

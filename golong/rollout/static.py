@@ -52,7 +52,7 @@ Measured on one H200 (2026-11-28, Qwen3-0.6B shape, bf16, full attention, bench/
 inside one graph. `compile_decode` (opt-in; full attention and KSA) runs each decode layer through one
 torch.compile'd function (make_decode_layer: inductor, automatic dynamic shapes, fullgraph, the layer's weights
 and K/V storage as inputs, K/V written in place; one compile per step shape and attention kind serves
-every layer) and the step's sampling through another, before the graph captures both; on the CPU
+every layer), before the graph captures it; on the CPU
 inductor makes a layer 8-9 fused kernels + 9-11 matmuls (uncompiled: ~80-130 aten calls per layer incl.
 views). Sampling runs inside the step's graph either way (one replay and one copy to the host a step). share_prefix has run on CPUs only
 (bench/prefix_decode.py: hidden 256, 4 layers, 2 prompts of 2K, G=8, 64 new tokens, float32, one
@@ -272,6 +272,11 @@ class _Graph:
 class StaticEngine(RolloutEngine):
     """Static-cache, CUDA-graph, continuous-batching generation (see the module docstring)."""
 
+    # Its own layer loop over the model's submodules: a decoder layer's forward (which the learner may
+    # have compiled) never runs here, so a shared model's decode needs no force_eager stance, and
+    # compile_decode's own compiled functions run (golong/cluster.py).
+    runs_own_layers = True
+
     def __init__(
         self,
         model: Any,
@@ -295,8 +300,8 @@ class StaticEngine(RolloutEngine):
         (golong/rollout/prefix.py; KSA policies ksa/static_shared.py); False = every row holds its
         own copy of the prompt.
         `compile_decode`: each decode layer runs through one torch.compile'd function
-        (make_decode_layer; inductor, static shapes, no freezing) so its elementwise ops fuse, and
-        the step's sampling through another; the CUDA graph then captures the compiled kernels.
+        (make_decode_layer; inductor, no freezing) so its elementwise ops fuse; the CUDA graph then
+        captures the compiled kernels.
         A model it cannot run (`unsupported_reason`) is a ValueError naming the reason."""
         problem = unsupported_reason(model)
         if problem is not None:
@@ -320,10 +325,8 @@ class StaticEngine(RolloutEngine):
         self.mix = float(getattr(cfg, "ksa_mix_coeff", 1.0))
         self.share = share_prefix
         self.compile_decode = compile_decode
-        self._sample = sample_rows
         if self.compile_decode:
             self._fused_layer = self._compile_layer()
-            self._sample = torch.compile(sample_rows, dynamic=False, fullgraph=True)  # hash noise + argmax: ~1 kernel
         self.rows = self.cap_len = 0  # allocated storage: rows x text tokens (sharing: response tokens)
         self.k_cache: list[torch.Tensor] = []  # full attention: [rows, kv_heads, cap_len, head_dim] per layer
         self.v_cache: list[torch.Tensor] = []
@@ -768,9 +771,9 @@ class StaticEngine(RolloutEngine):
         """(token, log p) [B] of one decode step: the model's logits sampled on the device
         (sampling.sample_rows; inputs = the step's inputs, then each row's sampler key and step)."""
         *model_inputs, keys, steps = inputs
-        logits = self._run_decode(shape, *model_inputs)
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILES, accumulated_recompile_limit=RECOMPILES):
-            return self._sample(logits, params, keys, steps)
+        # Not compiled: inductor writes the noise hash's 32-bit multiplier against an int32 vocabulary
+        # index, which Triton rejects (H200, torch 2.11, 2026-12-05); inside the graph it is ~20 kernels.
+        return sample_rows(self._run_decode(shape, *model_inputs), params, keys, steps)
 
     def _decode_step(self, shape: tuple[int, ...], params: SamplingParams,
                      inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
