@@ -37,6 +37,11 @@
 # with carry [".whl"] after scripts/fetch_gpu_wheels.sh here, timeout_s 600:
 #   OUT=$OUT bench/run_h200.sh gputest train        then        OUT=$OUT bench/run_h200.sh train32k trl
 #
+# Next GPU session (2026-12-05 left these): `fused8k fused32k` (two calls if needed) times compile_decode
+# inside golong train now that the inline cluster no longer forces its decode eager; if it holds (the
+# standalone decode step went 9.92 -> 3.98 ms), turn rollout.compile_decode on in the GPU recipes. Then
+# `prefix32k` (shared vs per-row KSA storage at 32K) and issue 17's two calls below.
+#
 # Issue 17 (KSA evidence) in two device calls, timeout_s 600 each, ~18 min of device time in all. The
 # replication gets most of it: a run where no model learns keyed retrieval says nothing, and neither
 # do GRPO and conversion started from it (the CPU pilot did not get past its first stage: notes below).
