@@ -87,6 +87,46 @@ class PackedPrefill:
         return torch.cat(out, 2).index_select(2, self.back)
 
 
+def prompt_start(full: bool, plen: int, chunk: int, window: int) -> int:
+    """The first prompt position any later query can see: 0 in a full layer, else the start of chunk
+    P//C - W (what `ksa.cache.KSACacheLayer.prefill` keeps of a ring layer's text)."""
+    return 0 if full else max(0, (plen // chunk - window) * chunk)
+
+
+def store_prompts(stores: tuple, rows: list[int], lengths: list[int], k: torch.Tensor, v: torch.Tensor, *, full: bool,
+                  window: int, chunk: int, summaries: int, text_slot) -> None:
+    """Write prompts prefilled in one forward (PackedPrefill's column order) into stores = (text K, text
+    V, summary K, summary V; the summary pair None in a full layer), prompt i into row rows[i]: its
+    text of positions p >= prompt_start at slot text_slot(p, prompt_start) and the summaries of its
+    P//C whole chunks at slot c*S + j."""
+    tk, tv, sk, sv = stores
+    dev = k.device
+    t_rows, t_slots, t_cols, s_rows, s_slots, s_cols = [], [], [], [], [], []
+    text_col, sum_col = 0, sum(lengths)
+    for row, P in zip(rows, lengths, strict=True):
+        t0 = prompt_start(full, P, chunk, window)
+        p = torch.arange(t0, P, device=dev)
+        t_rows.append(torch.full_like(p, row))
+        t_slots.append(text_slot(p, t0))
+        t_cols.append(text_col + p)
+        n_sum = (P // chunk) * summaries
+        if sk is not None and n_sum:
+            m = torch.arange(n_sum, device=dev)
+            s_rows.append(torch.full_like(m, row))
+            s_slots.append(m)
+            s_cols.append(sum_col + m)
+        text_col, sum_col = text_col + P, sum_col + n_sum
+    if sum_col != k.shape[1]:
+        raise ValueError(f"packed prefill K/V has {k.shape[1]} columns, lengths {lengths} need {sum_col}")
+    r, s, c = (torch.cat(x) for x in (t_rows, t_slots, t_cols))
+    tk[r, :, s] = k[:, c].transpose(0, 1).to(tk.dtype)
+    tv[r, :, s] = v[:, c].transpose(0, 1).to(tv.dtype)
+    if s_rows:
+        r, s, c = (torch.cat(x) for x in (s_rows, s_slots, s_cols))
+        sk[r, :, s] = k[:, c].transpose(0, 1).to(sk.dtype)
+        sv[r, :, s] = v[:, c].transpose(0, 1).to(sv.dtype)
+
+
 class StaticKSALayer:
     """Decode K/V of one KSA layer for `rows` sequences (see the module docstring)."""
 
@@ -121,32 +161,9 @@ class StaticKSALayer:
         the positions of chunks >= P//C - W (slot p mod R), the only text a later query can reach, and
         every summary of the P//C full chunks (slot c*S + j). Other slots of the row are left as they
         are: the decode masks never read them (see the module docstring)."""
-        C, S, W = self.chunk, self.summaries, self.window
-        dev = self.k.device
-        t_rows, t_slots, t_cols, s_rows, s_slots, s_cols = [], [], [], [], [], []
-        text_col, sum_col = 0, sum(lengths)
-        for row, P in zip(rows, lengths, strict=True):
-            first = 0 if self.full else max(0, (P // C - W) * C)
-            p = torch.arange(first, P, device=dev)
-            t_rows.append(torch.full_like(p, row))
-            t_slots.append(p if self.full else p % self.text_slots)
-            t_cols.append(text_col + p)
-            n_sum = (P // C) * S
-            if self.sk is not None and n_sum:
-                m = torch.arange(n_sum, device=dev)
-                s_rows.append(torch.full_like(m, row))
-                s_slots.append(m)
-                s_cols.append(sum_col + m)
-            text_col, sum_col = text_col + P, sum_col + n_sum
-        if sum_col != k.shape[1]:
-            raise ValueError(f"packed prefill K/V has {k.shape[1]} columns, lengths {lengths} need {sum_col}")
-        r, s, c = (torch.cat(x) for x in (t_rows, t_slots, t_cols))
-        self.k[r, :, s] = k[:, c].transpose(0, 1).to(self.k.dtype)
-        self.v[r, :, s] = v[:, c].transpose(0, 1).to(self.v.dtype)
-        if s_rows:
-            r, s, c = (torch.cat(x) for x in (s_rows, s_slots, s_cols))
-            self.sk[r, :, s] = k[:, c].transpose(0, 1).to(self.sk.dtype)
-            self.sv[r, :, s] = v[:, c].transpose(0, 1).to(self.sv.dtype)
+        store_prompts((self.k, self.v, self.sk, self.sv), rows, lengths, k, v, full=self.full, window=self.window,
+                      chunk=self.chunk, summaries=self.summaries,
+                      text_slot=lambda p, t0: p if self.full else p % self.text_slots)
 
     def copy_row(self, src: int, dst: int, length: int) -> None:
         """Row `dst` := row `src` for a sequence holding `length` text tokens."""

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import torch
 
+from ksa.static_cache import prompt_start, store_prompts
+
 NEG_INF = float("-inf")
 
 
@@ -68,32 +70,8 @@ class SharedKSALayer:
         """Store prompts prefilled in one forward (ksa.static_cache.PackedPrefill's column order: all
         text end to end, then all summaries end to end), prompt i into prefix row homes[i]: the text a
         response can see (positions >= t0) and the summaries of its complete chunks."""
-        C, S = self.chunk, self.summaries
-        dev = k.device
-        t_rows, t_slots, t_cols, s_rows, s_slots, s_cols = [], [], [], [], [], []
-        text_col, sum_col = 0, sum(lengths)
-        for home, P in zip(homes, lengths, strict=True):
-            t0 = prompt_start(self.full, P, C, self.window)
-            p = torch.arange(t0, P, device=dev)
-            t_rows.append(torch.full_like(p, home))
-            t_slots.append(p - t0)
-            t_cols.append(text_col + p)
-            n_sum = (P // C) * S
-            if self.psk is not None and n_sum:
-                m = torch.arange(n_sum, device=dev)
-                s_rows.append(torch.full_like(m, home))
-                s_slots.append(m)
-                s_cols.append(sum_col + m)
-            text_col, sum_col = text_col + P, sum_col + n_sum
-        if sum_col != k.shape[1]:
-            raise ValueError(f"packed prefill K/V has {k.shape[1]} columns, lengths {lengths} need {sum_col}")
-        r, s, c = (torch.cat(x) for x in (t_rows, t_slots, t_cols))
-        self.pk[r, :, s] = k[:, c].transpose(0, 1).to(self.pk.dtype)
-        self.pv[r, :, s] = v[:, c].transpose(0, 1).to(self.pv.dtype)
-        if s_rows:
-            r, s, c = (torch.cat(x) for x in (s_rows, s_slots, s_cols))
-            self.psk[r, :, s] = k[:, c].transpose(0, 1).to(self.psk.dtype)
-            self.psv[r, :, s] = v[:, c].transpose(0, 1).to(self.psv.dtype)
+        store_prompts((self.pk, self.pv, self.psk, self.psv), homes, lengths, k, v, full=self.full,
+                      window=self.window, chunk=self.chunk, summaries=self.summaries, text_slot=lambda p, t0: p - t0)
 
     def copy_prefix(self, src: int, dst: int) -> None:
         """Prefix row `dst` := prefix row `src` (a prompt moving to another block)."""
@@ -187,11 +165,6 @@ def slot_counts(full: bool, ring: int, chunk: int, summaries: int, prompt_cap: i
         return prompt_cap, 0, own_cap, 0
     return (min(prompt_cap, ring), (prompt_cap // chunk) * summaries, min(own_cap, ring),
             (own_cap // chunk + 2) * summaries)
-
-
-def prompt_start(full: bool, plen: int, chunk: int, window: int) -> int:
-    """t0: the first prompt position a response query can see (0 in a full layer)."""
-    return 0 if full else max(0, (plen // chunk - window) * chunk)
 
 
 def prompt_start_t(full: bool, plen: torch.Tensor, chunk: int, window: int) -> torch.Tensor:

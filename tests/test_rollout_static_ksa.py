@@ -197,7 +197,7 @@ def test_ksa_shared_prefill_storage_equals_per_row_storage(tiny_tokenizer, case)
     """Shared layout: what a packed prefill writes into a block's prefix rows equals one prompt per
     forward, and, position by position, what the per-row layout keeps (prefix text of positions >= t0
     at index p - t0, summaries of the prompt's whole chunks); own rows stay empty until decoding."""
-    from ksa.static_shared import prompt_start
+    from ksa.static_cache import prompt_start
 
     model = ksa_model(tiny_tokenizer, **PACK_CASES[case])
     ids = tiny_tokenizer.encode(TEXT)
