@@ -3,15 +3,15 @@
 P prompts of L random tokens, G greedy samples each, N new tokens; each layout runs `--reps` times
 after a warm-up call (graph capture on a GPU) and reports the median decode time per step (the
 engine's own clock, synchronised every step), the K/V storage (`cache_bytes`) and the K/V entries a
-step must read (`kv_tokens_read` / steps: each group's prompt once when shared, each row's copy when
-not) in bytes. Both layouts must give the same tokens (checked). With --compile-decode each layout
+step must read (`kv_bytes_read` / steps: each group's prompt once when shared, each row's copy when
+not; KSA layers their window and summaries, golong/rollout/kvmem.read_entries). Both layouts must give the same tokens (checked). With --compile-decode each layout
 also runs with StaticEngine(compile_decode=True) (decode layers through torch.compile, then the CUDA
 graph) and its ms/step is reported beside the uncompiled one; `warmup_s` is the first call (graph
 capture, and with compile_decode the compiles: one per step shape).
 
 With --ksa the model is first converted to the 3:1 KSA hybrid (benchutil.ksa_hybrid: chunk 8, windows
 of 128 chunks + summaries in three layers of four; tiny: chunk 4, windows [2, 2, 2, 1000]): shared =
-ksa/static_shared.py, unshared = ksa/static_cache.py (K/V read per step is not counted for KSA layouts).
+ksa/static_shared.py, unshared = ksa/static_cache.py.
 
 Shapes: `tiny` = hidden 256, 4 layers, 4 q / 2 kv heads of 64, MLP 512, vocab 512, float32 on a CPU
 (bfloat16 on a GPU); `0.6b` = Qwen3-0.6B (benchutil.qwen3_06b_model), random weights.
@@ -34,7 +34,6 @@ from benchutil import IdTokenizer, ksa_hybrid, qwen3_06b_model
 from transformers import AutoModelForCausalLM, Qwen3Config
 
 from golong.rollout.base import SamplingParams
-from golong.rollout.kvmem import kv_bytes_per_sequence
 from golong.rollout.static import StaticEngine
 
 
@@ -61,8 +60,7 @@ def run(model, prompts: list[list[int]], args, share: bool, compiled: bool = Fal
         engine.generate(prompts, args.group, greedy)
         per_step.append(engine.stats["decode_s"] / engine.stats["decode_steps"])
     st = engine.stats
-    entry = kv_bytes_per_sequence(model.config, 1, next(model.parameters()).element_size())
-    read = None if engine.ksa else st["kv_tokens_read"] * entry / st["decode_steps"] / 2**20
+    read = st["kv_bytes_read"] / st["decode_steps"] / 2**20
     return {"ms_per_step": statistics.median(per_step) * 1e3, "steps": st["decode_steps"], "warmup_s": warmup,
             "kv_storage_mib": engine.cache_bytes() / 2**20, "kv_read_mib_per_step": read}, \
         [[c.response_ids for c in g] for g in out]

@@ -34,8 +34,9 @@ torch.compile has built for this configuration so far (a run that settles stops 
       one summary per older chunk, of a full layer all earlier text; a summary query its chunk's 8
       tokens + itself (ksa_pairs, equal to ksa.mask's dense mask summed).
       MFU = FLOPs / learner time / 990e12 (H200 dense bf16 datasheet, as bench/learner.py).
-  decode floor  = (decode steps * weight bytes + K/V entries read * bytes per entry) / 4.8e12
-      (K/V entries read: each decode step, every live row's length; KSA: bytes at the mean length).
+  decode floor  = (decode steps * weight bytes + K/V bytes read) / 4.8e12
+      (K/V bytes read: the engine's kv_bytes_read, each step a group's shared prompt once and each live
+      row's own entries; KSA ring layers their window and summaries: golong/rollout/kvmem.read_entries).
   prefill floor = sum over prompts (2 N_layers p + 2 * layers * (Hq*D) * p^2) / 790e12 (measured bf16 GEMM).
 """
 
@@ -184,18 +185,14 @@ def learner_flops(shape: str, samples: list[tuple[tuple, int]], share: bool, ksa
     return 6 * (model_params(shape) * packed + VOCAB.get(shape, 151936) * h * response) + 12 * qd * attended
 
 
-def rollout_floors(model_cfg, shape: str, prompt_lens: list[int], stats: dict, weight_bytes: int) -> dict:
+def rollout_floors(shape: str, prompt_lens: list[int], stats: dict, weight_bytes: int) -> dict:
     """Decode floor (bytes at HBM speed) and prefill floor (FLOPs at GEMM speed), see the docstring."""
-    from golong.rollout.kvmem import kv_bytes_per_sequence
-
     s = SHAPES[shape]
     qd, layers = s["num_attention_heads"] * s["head_dim"], s["num_hidden_layers"]
-    steps, entries = stats.get("decode_steps", 0), stats.get("kv_tokens_read", 0)
-    mean_len = max(1, entries // max(1, stats.get("rows_x_steps", 1)))
-    per_entry = kv_bytes_per_sequence(model_cfg, mean_len, 2) / mean_len
+    steps, kv_read = stats.get("decode_steps", 0), stats.get("kv_bytes_read", 0)
     n = model_params(shape)  # the embedding is a lookup; the LM head runs on each prompt's last token only
     prefill = sum(2 * n * p + 2 * layers * qd * p * p for p in prompt_lens) / GEMM_FLOPS
-    return {"decode_floor_s": (steps * weight_bytes + entries * per_entry) / HBM_BYTES_PER_S, "prefill_floor_s": prefill}
+    return {"decode_floor_s": (steps * weight_bytes + kv_read) / HBM_BYTES_PER_S, "prefill_floor_s": prefill}
 
 
 class Run:
@@ -268,7 +265,7 @@ class Run:
             rec.update({k: float(stats.get(k, 0.0)) for k in ("prefill_s", "decode_s", "decode_steps", "prefills")})
             # a reward that cannot run (a package missing on the GPU machine) would only be counted, not raised
             rec["reward_errors"] = float(m.get("reward_errors/all", 0.0) + m.get("reward_timeouts/all", 0.0))
-            rec.update(rollout_floors(model.config, c["shape"], prompt_lens, stats, weight_bytes))
+            rec.update(rollout_floors(c["shape"], prompt_lens, stats, weight_bytes))
             rec["learner_tflop"] = flops / 1e12
             rec["mfu"] = flops / max(rec["train_time"], 1e-9) / PEAK_FLOPS
             rec["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0

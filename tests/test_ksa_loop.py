@@ -117,6 +117,27 @@ def test_kv_accounting_by_hand():
     assert (fits(full), fits(hybrid)) == (8, 24)
 
 
+def test_read_entries_by_hand():
+    """What one decode step must read: a group's prompt once, each row's own part; a KSA ring layer
+    only the prompt's last window (from chunk P//C - W) and summaries, and each row's ring and own
+    summaries."""
+    from types import SimpleNamespace
+
+    from golong.rollout.kvmem import layer_entries, read_entries
+
+    full = SimpleNamespace(num_hidden_layers=2, num_attention_heads=2)
+    assert read_entries(full, 30, [40, 40]) == 2 * (30 + 10 + 10)
+    assert read_entries(full, 0, [40, 40]) == 2 * 80
+    hybrid = SimpleNamespace(num_hidden_layers=2, num_attention_heads=2, ksa_chunk=4, ksa_summaries=1,
+                             ksa_windows=[2, 1 << 20])
+    # ring layer (W*C = 8 < 40): prompt text 30 - (30//4 - 2)*4 = 10 and 7 summaries once; per row
+    # 10 own tokens (ring 12) + 40//4 - 30//4 = 3 own summaries; the full layer: 30 + 10 + 10
+    assert read_entries(hybrid, 30, [40, 40]) == (17 + 2 * 13) + 50
+    assert read_entries(hybrid, 0, [40, 40]) == 2 * layer_entries(40, window=2, chunk=4, summaries=1) + 80
+    assert read_entries(hybrid, 5, [7, 8]) == (5 + 2 + 3) * 2  # the window covers both rows: text only
+    assert read_entries(hybrid, 0, []) == 0
+
+
 def test_kv_budget_admits_more_ksa_rows_and_keeps_completions(ksa_parts):
     from golong.rollout.kvmem import model_kv_bytes_fn
     from golong.rollout.loop import LoopEngine

@@ -136,6 +136,8 @@ def test_prefix_stored_and_read_once_per_group(tiny_tokenizer, stop_prompts):
     assert plain.stats["kv_tokens_read"] == sum(len(p) * f for p, g in zip(stop_prompts, fed, strict=True) for f in g) + own
     assert plain.stats["prompt_copies"] == 5 * 3
     per_entry = kv_bytes_per_sequence(model.config, 1, 4)  # K and V of one token in every layer, float32
+    for e in (shared, plain):
+        assert e.stats["kv_bytes_read"] == e.stats["kv_tokens_read"] * per_entry
     prefix_len, own_len = length_bucket(max(LENGTHS), 64), length_bucket(NEW, 64)
     assert (shared.blocks, shared.rows) == (8, 32)  # 5 groups -> bucket 8; 32 rows = 8 blocks of 4
     assert shared.cache_bytes() == per_entry * (8 * prefix_len + 32 * own_len)

@@ -9,6 +9,7 @@ import torch
 
 import ksa
 from golong.rollout.base import SamplingParams
+from golong.rollout.kvmem import kv_bytes_per_sequence
 from golong.rollout.loop import LoopEngine
 from golong.rollout.static import StaticEngine
 from ksa.modeling import CACHE_KEY
@@ -247,6 +248,14 @@ def test_ksa_shared_storage_holds_prompt_once(tiny_tokenizer):
         assert [[c.response_ids for c in g] for g in e.generate(prompts, 8, greedy)] == [[c.response_ids for c in g] for g in out[s]]
         assert e.cache_bytes() <= budget_gb * 1024**3
     assert tight[True].stats["concurrency"] == 16 > tight[False].stats["concurrency"]
+    # K/V a step must read: per row, what the ring + summary layout holds at its length (the formula
+    # tests/test_ksa_loop.py checks against ksa.KSACache); shared, each prompt's part once per group
+    plain = engines[False]
+    fed = [len(c.response_ids) - 1 for g in out[False] for c in g]  # decode steps of each row
+    starts = [len(p) for p in prompts for _ in range(8)]
+    assert plain.stats["kv_bytes_read"] == sum(kv_bytes_per_sequence(model.config, p + j, 4)
+                                               for p, f in zip(starts, fed, strict=True) for j in range(f))
+    assert engines[True].stats["kv_bytes_read"] < plain.stats["kv_bytes_read"] / 3
 
 
 def test_ksa_batched_prefill_greedy_equals_per_prompt_and_generate(tiny_tokenizer):

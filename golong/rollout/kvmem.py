@@ -40,7 +40,7 @@ def _head_dim(config: Any) -> int:
 def kv_bytes_per_sequence(config: Any, length: int, element_size: int = 2) -> int:
     """Bytes of K/V one sequence of `length` tokens needs in the decode cache of a model with `config`."""
     layers = config.num_hidden_layers
-    per_entry = 2 * (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * _head_dim(config) * element_size
+    per_entry = entry_bytes(config, element_size)
     if is_ksa(config):
         chunk, summaries = config.ksa_chunk, config.ksa_summaries
         entries = sum(layer_entries(length, window=w, chunk=chunk, summaries=summaries) for w in config.ksa_windows)
@@ -49,6 +49,51 @@ def kv_bytes_per_sequence(config: Any, length: int, element_size: int = 2) -> in
     sliding = getattr(config, "sliding_window", None)
     entries = sum(layer_entries(length, sliding=sliding if t == "sliding_attention" else None) for t in types)
     return entries * per_entry
+
+
+def read_entries(config: Any, prefix: int, lengths: list[int]) -> int:
+    """K/V entries (all layers) one decode step must read for a block of rows of `lengths` text tokens
+    that share a `prefix`-token prompt stored once (prefix 0: every row holds its whole sequence).
+
+    Per layer: a full-attention layer, or a KSA layer whose window covers the row (W*C >= L), reads the
+    prompt once and each row's own L - P tokens. A KSA ring layer reads the prompt's last window of
+    text (from chunk P//C - W on, ksa.static_cache.prompt_start) and its P//C summaries once, and per
+    row its own text within the ring ((W+1)*C) and the summaries of its own whole chunks; without a
+    shared prompt that is layer_entries(L). Sliding-window layers read min(L, w) per row."""
+    if not lengths:
+        return 0
+    if not is_ksa(config):
+        types = list(getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers)
+        sliding = getattr(config, "sliding_window", None)
+        total = 0
+        for t in types:
+            if t == "sliding_attention" and sliding is not None:
+                total += sum(min(n, sliding) for n in lengths)
+            else:
+                total += prefix + sum(n - prefix for n in lengths)
+        return total
+    chunk, summaries, total = config.ksa_chunk, config.ksa_summaries, 0
+    for window in config.ksa_windows:
+        ring = [n for n in lengths if window * chunk < n]
+        total += sum(n - prefix for n in lengths if window * chunk >= n)
+        if len(ring) < len(lengths):
+            total += prefix  # a row the window covers reads the whole prompt
+        if not ring:
+            continue
+        if not prefix:
+            total += sum(layer_entries(n, window=window, chunk=chunk, summaries=summaries) for n in ring)
+            continue
+        if len(ring) == len(lengths):
+            total += prefix - max(0, (prefix // chunk - window) * chunk) + (prefix // chunk) * summaries
+        else:
+            total += (prefix // chunk) * summaries
+        total += sum(min(n - prefix, (window + 1) * chunk) + (n // chunk - prefix // chunk) * summaries for n in ring)
+    return total
+
+
+def entry_bytes(config: Any, element_size: int = 2) -> int:
+    """Bytes of one K/V entry of one layer: K and V of every KV head."""
+    return 2 * (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * _head_dim(config) * element_size
 
 
 def model_kv_bytes_fn(model: Any):

@@ -31,7 +31,7 @@ prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engin
   prompt's row could not use it without its own prefix, and the group's read is one prefix
   however many rows are live); a group wider than max_batch (or the budget) runs as several
   blocks, each with its prompt. `kv_tokens_read` counts each live block's prompt once plus each
-  row's own entries. KSA policies share the same way (ksa/static_shared.py): a block's prefix rows
+  row's own entries, `kv_bytes_read` the bytes that reads (KSA ring layers: window and summaries only). KSA policies share the same way (ksa/static_shared.py): a block's prefix rows
   hold the prompt's text its responses can still see (all of it in full layers, the last window in
   ring layers) and the summaries of its whole chunks; each row its own text ring and summaries; one
   softmax over the four parts. share_prefix=False: each slot holds prompt + response;
@@ -440,6 +440,17 @@ class StaticEngine(RolloutEngine):
     @property
     def prompt_v(self) -> list[torch.Tensor]:
         return self.v_prefix if self.share else self.v_cache
+
+    def _read_bytes(self, live: list[_Seq], width: int) -> int:
+        """K/V bytes a decode step over `live` must read, all layers (golong/rollout/kvmem.read_entries:
+        a block's prompt once, each row's own part; KSA ring layers only their window and summaries)."""
+        from golong.rollout.kvmem import entry_bytes, read_entries
+
+        blocks: dict[int, tuple[int, list[int]]] = {}
+        for s in live:
+            blocks.setdefault(s.slot // width, (s.prefix, []))[1].append(s.length)
+        entries = sum(read_entries(self.model.config, p, lengths) for p, lengths in blocks.values())
+        return entries * entry_bytes(self.model.config, torch.empty((), dtype=self.dtype).element_size())
 
     def cache_bytes(self) -> int:
         """Bytes of all K/V storage: rows (and, sharing prompts, prefix rows; or KSA layers)."""
@@ -865,7 +876,7 @@ class StaticEngine(RolloutEngine):
         # `prefills` prompts (`prefill_tokens` text tokens) in `prefill_batches` forwards of <= `prefill_max_prompts`
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "rows_x_steps": 0, "prefills": 0,
                  "prefill_batches": 0, "prefill_tokens": 0, "prefill_max_prompts": 0, "moves": 0, "prompt_copies": 0,
-                 "concurrency": 0, "kv_bytes": self.cache_bytes(), "kv_tokens_read": 0}
+                 "concurrency": 0, "kv_bytes": self.cache_bytes(), "kv_tokens_read": 0, "kv_bytes_read": 0}
         waiting = deque((p, range(j, min(j + width, n))) for p in range(len(prompts)) for j in range(0, n, width))
         first_logits: dict[int, torch.Tensor] = {}  # prompt -> logits after its prefill, until all n start
         started: dict[int, int] = {}
@@ -896,9 +907,10 @@ class StaticEngine(RolloutEngine):
             stats["decode_s"] += time.perf_counter() - t0
             stats["decode_steps"] += 1
             stats["rows_x_steps"] += len(live)
-            # K/V entries the step must read (its floor): each row's own, each live block's prefix once
+            # what the step must read (its floor): each row's own K/V, each live block's prefix once
             stats["kv_tokens_read"] += sum(s.length - s.prefix for s in live) + sum(
                 {s.slot // width: s.prefix for s in live}.values())
+            stats["kv_bytes_read"] += self._read_bytes(live, width)
             for s in live:
                 s.length += 1
                 s.tokens.append(toks[s.slot])
