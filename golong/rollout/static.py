@@ -31,8 +31,9 @@ prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engin
   prompt's row could not use it without its own prefix, and the group's read is one prefix
   however many rows are live); a group wider than max_batch (or the budget) runs as several
   blocks, each with its prompt. `kv_tokens_read` counts each live block's prompt once plus each
-  row's own entries, `kv_bytes_read` the bytes that reads (KSA ring layers: window and summaries only). KSA policies share the same way (ksa/static_shared.py): a block's prefix rows
-  hold the prompt's text its responses can still see (all of it in full layers, the last window in
+  row's own entries, `kv_bytes_read` the bytes that reads (KSA ring layers: window and summaries
+  only). KSA policies share the same way (ksa/static_shared.py): a block's prefix rows hold the
+  prompt's text its responses can still see (all of it in full layers, the last window in
   ring layers) and the summaries of its whole chunks; each row its own text ring and summaries; one
   softmax over the four parts. share_prefix=False: each slot holds prompt + response;
 - serves a fixed pool of slots (in blocks, above): a sequence that finishes (EOS or max_new_tokens)
