@@ -62,10 +62,7 @@ def replication_md(r: dict) -> str:
            "Held-out accuracy (teacher-forced, 32 kv pairs):", "",
            "| task | variant | " + " | ".join(_len(n) for n in lengths) + " |",
            "|---|---|" + "---|" * len(lengths)]
-    for task in ("kv", "hop2", "needle", "count", "all"):
-        for v, row in rows.items():
-            cells = [_fmt(row["accuracy"].get(str(n), {}).get(task)) for n in lengths]
-            out.append(f"| {task} | {v} | " + " | ".join(cells) + " |")
+    out += accuracy_rows({v: row["accuracy"] for v, row in rows.items()}, lengths)
     out += ["", "| variant | s/step at each train length | K/V per sequence (bf16) at " +
             ", ".join(_len(n) for n in lengths) + " |", "|---|---|---|"]
     for v, row in r["variants"].items():
@@ -112,10 +109,14 @@ def conversion_md(c: dict) -> str:
            "Held-out accuracy:", "",
            "| task | model | " + " | ".join(_len(n) for n in lengths) + " |",
            "|---|---|" + "---|" * len(lengths)]
-    for task in ("kv", "hop2", "needle", "count", "all"):
-        for k in keys:
-            out.append(f"| {task} | {k} | " + " | ".join(_fmt(c[k]["accuracy"][n].get(task)) for n in lengths) + " |")
-    return "\n".join(out)
+    return "\n".join(out + accuracy_rows({k: c[k]["accuracy"] for k in keys}, lengths))
+
+
+def accuracy_rows(accs: dict[str, dict], lengths: list) -> list[str]:
+    """Markdown rows `| task | model | accuracy at each length |`, task by task (kv, hop2, needle, count,
+    all), from {model: {str(length): {task: accuracy}}}."""
+    return [f"| {task} | {name} | " + " | ".join(_fmt(acc.get(str(n), {}).get(task)) for n in lengths) + " |"
+            for task in ("kv", "hop2", "needle", "count", "all") for name, acc in accs.items()]
 
 
 def goals_md(r: dict | None, g: dict | None, c: dict | None, long_from: int) -> str:
