@@ -19,7 +19,8 @@ through torch.compile; default: the recipe's); defaults for both policies: compi
     python bench/train_gpu.py --smoke          # CPU, tiny shape, seconds (part of the test suite)
 
 Reported per configuration (a table at the end; JSON after every step, so a run cut short keeps what
-it measured): first-step time (compilation included), then medians over the later steps of step
+it measured): first-step time (compilation included), then medians over the later steps that
+compiled nothing new (`steady_steps` of them; a step meeting a new length bucket compiles) of step
 time, rollout (engine prefill and decode apart), learner, weight sync, tokens/s (prompt + response
 tokens of all P*G sequences per second of step), learner MFU, peak GPU memory, and the graphs
 torch.compile has built for this configuration so far (a run that settles stops adding them).
@@ -282,11 +283,15 @@ def sig(x: float) -> float:
 
 
 def summarize(steps: list[dict]) -> dict:
-    """First-step time, then medians over the later steps (all steps when only one ran)."""
+    """First-step time, then medians over the later steps that compiled nothing new (their
+    compiled_graphs count equals the step before's): a step that met a new length bucket pays for a
+    compile and is not steady state. Where every later step compiled, over all later steps
+    (`steady_steps` 0 says so); all steps when only one ran."""
     if not steps:
         return {}
-    later = steps[1:] or steps
-    out = {"first_step_s": steps[0]["step_time"], "steps": len(steps)}
+    quiet = [b for a, b in zip(steps, steps[1:]) if b["compiled_graphs"] == a["compiled_graphs"]]
+    later = quiet or steps[1:] or steps
+    out = {"first_step_s": steps[0]["step_time"], "steps": len(steps), "steady_steps": len(quiet)}
     for k in ("step_time", "rollout_time", "prefill_s", "decode_s", "decode_floor_s", "prefill_floor_s", "train_time",
               "sync_time", "tokens_per_s", "mfu", "peak_mem_gib", "packed_tokens", "pad_tokens"):
         out[k] = statistics.median(r[k] for r in later)
@@ -306,7 +311,8 @@ def table(results: dict) -> None:
     cols = [("config", None), ("status", None), ("first s", "first_step_s"), ("step s", "step_time"),
             ("rollout s", "rollout_time"), ("prefill s", "prefill_s"), ("decode s", "decode_s"),
             ("decode/floor", "decode_over_floor"), ("learner s", "train_time"), ("sync s", "sync_time"),
-            ("tok/s", "tokens_per_s"), ("MFU", "mfu"), ("peak GiB", "peak_mem_gib"), ("graphs", "compiled_graphs")]
+            ("tok/s", "tokens_per_s"), ("MFU", "mfu"), ("peak GiB", "peak_mem_gib"), ("graphs", "compiled_graphs"),
+            ("steady", "steady_steps")]
     for name, _ in cols:
         t.add_column(name, justify="left" if name in ("config", "status") else "right")
     for name, r in results["configs"].items():

@@ -70,6 +70,18 @@ def test_configuration_specs(train_gpu):
         train_gpu.parse_config("0.6b:8k:8x4:256:fast")
 
 
+def test_steady_medians_leave_out_steps_that_compiled(train_gpu):
+    """A step that met a new length bucket compiled; its time is not steady state."""
+    keys = ("step_time", "rollout_time", "prefill_s", "decode_s", "decode_floor_s", "prefill_floor_s", "train_time",
+            "sync_time", "tokens_per_s", "mfu", "peak_mem_gib", "packed_tokens", "pad_tokens")
+    steps = [dict(dict.fromkeys(keys, 1.0), step_time=t, compiled_graphs=g)
+             for t, g in ((60.0, 4), (20.0, 5), (5.0, 5), (21.0, 6), (6.0, 6), (7.0, 6))]
+    out = train_gpu.summarize(steps)
+    assert (out["first_step_s"], out["step_time"], out["steady_steps"], out["compiled_graphs"]) == (60.0, 6.0, 3, 6)
+    busy = train_gpu.summarize([dict(s, compiled_graphs=i) for i, s in enumerate(steps[:3])])
+    assert (busy["step_time"], busy["steady_steps"]) == (12.5, 0)  # every later step compiled: all of them
+
+
 def test_learner_flops_count_shared_prompts_once(train_gpu):
     shape = train_gpu.SHAPES["tiny"]
     layers, qd = shape["num_hidden_layers"], shape["num_attention_heads"] * shape["head_dim"]
