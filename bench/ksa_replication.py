@@ -156,7 +156,7 @@ def item_counts(body_len: int, queries: dict[str, int], max_pairs: int = MAX_PAI
 
 
 def make_batch(rng: np.random.Generator, rows: int, length: int, queries: dict[str, int] | None = None,
-               max_pairs: int = MAX_PAIRS) -> Batch:
+               max_pairs: int = MAX_PAIRS, replace: bool = False) -> Batch:
     """`rows` sequences of exactly `length` tokens (format: module docstring); query blocks in the
     order of TASKS. `max_pairs` < 32 is an easier draw (fewer kv pairs; at most that many kv queries).
     Answers are always written; `prompt_and_answer` cuts them off for prompts."""
@@ -202,7 +202,8 @@ def make_batch(rng: np.random.Generator, rows: int, length: int, queries: dict[s
 
     for _ in range(queries.get("needle", 0)):
         emit("needle", np.full(rows, Q_NDL), needle)
-    for j in _first_n(rng, rows, pairs, queries["kv"]).T:
+    kv_pick = rng.integers(0, pairs, (rows, queries["kv"])) if replace else _first_n(rng, rows, pairs, queries["kv"])
+    for j in kv_pick.T:
         emit("kv", np.full(rows, Q_KV), kv_k[rows_idx, j], kv_v[rows_idx, j])
     for j in _first_n(rng, rows, chains, queries.get("hop2", 0)).T:
         emit("hop2", np.full(rows, Q_HOP), hop_a[rows_idx, j], hop_b[rows_idx, j], hop_w[rows_idx, j])
