@@ -49,6 +49,20 @@ def test_make_batch_answers_follow_from_the_body(length):
                 assert 1 <= body.count(key) <= 8
 
 
+def test_training_rows_ask_pairs_with_replacement():
+    """Training rows draw kv queries with replacement: with as many queries as pairs drawn without,
+    the last query's answer is the one value not yet asked for (elimination, no lookup needed)."""
+    plan = rep.Plan("smoke", [(64, 2, 1.0, ("kv",))], 10, 64 * 200, [64], 1, 64)
+    batch = rep.train_batch(plan, 0, 64, 2)
+    asked = [[row[where[0] - 1] for task, where in batch.answers if task == "kv"] for row in batch.ids.tolist()]
+    assert all(len(a) == 2 for a in asked)
+    assert 0.3 < sum(a[0] == a[1] for a in asked) / len(asked) < 0.7  # the same pair twice in ~half the rows
+    body = [row[1 : batch.start] for row in batch.ids.tolist()]
+    for row, b in zip(batch.ids.tolist(), body, strict=True):
+        for task, where in batch.answers:
+            assert _after(b, row[where[0] - 1]) == [row[p] for p in where]
+
+
 def test_easier_draws_have_fewer_pairs():
     batch = rep.make_batch(np.random.default_rng(0), 2, 512, max_pairs=2)
     assert [t for t, _ in batch.answers].count("kv") == 2
