@@ -27,8 +27,7 @@ pairs and 27 queries) left the plateau within 600-1,450 steps of 128 rows, acros
 1e-2, rope theta 1e4, no q/k norm (Llama), 4 KV heads and 16 keys; copying a 31-token span at a varying
 offset (induction over spans) was learned in ~125 steps and did not carry over to single-token keys.
 So on the CPU pilot keyed lookup is not learned; the GPU model (8 layers, hidden 256, head dim 64) gets
-10-20x the rows, and the needle and count tasks (one layer: attend to a token class) are learned within
-~100 steps either way. Hence: kv alone first (64 and 128 tokens, 2 and 4 pairs), init std 0.05 (Qwen3's
+10-20x the rows; the needle task (attend to a token class, no lookup) was learned within ~100 steps. Hence: kv alone first (64 and 128 tokens, 2 and 4 pairs), init std 0.05 (Qwen3's
 0.02 is sized for hidden 4096 and delayed even the plateau), the learning rate held until 80% of the run
 (warm-up, stable, decay), and a gate that moves to the next stage once full's train-batch kv and hop2
 accuracy is >= 0.9, the stages' shares being upper bounds. Pairs grow 2 -> 32 along with the length
