@@ -31,20 +31,22 @@
 #   prefix32k  bench/prefix_decode.py 0.6B, 2 prompts of 32K, G=8, 256 new, shared vs per-row prompt K/V,
 #              each uncompiled and with compile_decode: full attention, then the 3:1 KSA hybrid
 #   fused32k   1.7B 32K G=8 x 2 2K new with compile_decode and checkpoint_policy save_attention (the
-#              learner keeps attention outputs: no O(T^2) recompute), full attention then KSA, 150 s each
+#              learner keeps attention outputs: no O(T^2) recompute), full attention then KSA, 225 s each
+#              (one call: the KSA rows of 2026-12-05 compiled a new graph in each of their 3 steps, so
+#              they need more steps before any is steady; train_gpu's medians skip compiling steps)
 #
 # Issue 15 in two device calls (a call runs 600 s at most; each of these ends within ~550 s), each
 # with carry [".whl"] after scripts/fetch_gpu_wheels.sh here, timeout_s 600:
 #   OUT=$OUT bench/run_h200.sh gputest train        then        OUT=$OUT bench/run_h200.sh train32k trl
 #
-# Next GPU session (2026-12-05 left these): `fused8k fused32k` (two calls if needed) times compile_decode
+# Next GPU session (2026-12-05 left these): `fused8k`, then `fused32k` (two calls) times compile_decode
 # inside golong train now that the inline cluster no longer forces its decode eager; if it holds (the
 # standalone decode step went 9.92 -> 3.98 ms), turn rollout.compile_decode on in the GPU recipes. Then
 # `prefix32k` (shared vs per-row KSA storage at 32K) and issue 17's two calls below.
 #
 # Issue 17 (KSA evidence) in two device calls, timeout_s 600 each, ~18 min of device time in all. The
 # replication gets most of it: a run where no model learns keyed retrieval says nothing, and neither
-# do GRPO and conversion started from it (the CPU pilot did not get past its first stage: notes below).
+# do GRPO and conversion started from it (the CPU pilot never learned kv: notes below).
 #   ksarep   bench/ksa_replication.py: full / 3:1 KSA / SCA from scratch in lockstep, 420 s of training,
 #            curriculum 64 -> 8K tokens with tasks entering one at a time, eval 1K-32K; models saved to
 #            /tmp/ksa_models and packed as bf16 tars (13 MB each) into $OUT/models. Limit 560 s.
@@ -62,8 +64,10 @@
 # (small matmuls, ~60 kernels per layer), so we assume ~10% MFU: ~30 ms per 65K-token step of the
 # full model at <= 1K tokens, ~45 ms for KSA and SCA, ~2x that at 8K: ~0.1-0.2 s per lockstep step,
 # 2,500-4,000 steps in 420 s. On the pilot's CPU (0.85M parameters, 8K-token steps) one model took
-# 0.34-0.55 s per step. The pilot's model left its first plateau after ~40K rows of 64 tokens (kv
-# only, 2 pairs); the GPU's first stage (12% of 420 s, 1,024 rows a step) draws 10x that or more.
+# 0.34-0.55 s per step. The pilot never learned single-token keyed lookup (its one "break" was
+# elimination; plain associative recall stayed on its plateau for 1,500 steps / 192K rows: notes.md),
+# so kv in the GPU run is an open question; its first two stages (20% of 420 s, 1,024 and 512 rows a
+# step) draw ~0.5M rows, about what a published 2-layer MQAR recipe trains on (10K rows x <= 100 epochs).
 #
 # Missing pure-Python dependencies can travel as wheels in .whl/ (installed into /tmp/site).
 set -uo pipefail
@@ -143,7 +147,7 @@ for s in "$@"; do
     prefixfuse2) stage prefixfuse 250 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
                    --new-tokens 256 --reps 1 --compile-decode --profile --out "$OUT/prefix_decode_fused.json" ;;
     fused32k) for cfg in 1.7b:32k:8x2:2048:fused 1.7b:32k:8x2:2048:ksa:fused; do
-                stage fused32k 190 python3 bench/train_gpu.py "$cfg" --budget-s 150 --steps 8 \
+                stage fused32k 270 python3 bench/train_gpu.py "$cfg" --budget-s 225 --steps 10 \
                   --set model.checkpoint_policy=save_attention --append --out "$OUT/train_gpu_fused32k.json"
               done ;;
     ksarep) stage ksarep 560 python3 bench/ksa_replication.py --budget-s 420 --out "$OUT/rep" \
