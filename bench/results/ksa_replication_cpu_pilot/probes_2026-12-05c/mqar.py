@@ -31,6 +31,9 @@ from transformers import AutoModelForCausalLM
 cfg = R.base_config(shape)
 if os.environ.get("KEYS"):
     R.N_KEYS = int(os.environ["KEYS"])
+if os.environ.get("LAYERS"):
+    cfg.num_hidden_layers = int(os.environ["LAYERS"])
+    cfg.layer_types = cfg.layer_types[: cfg.num_hidden_layers]
 if os.environ.get("KVH"):
     cfg.num_key_value_heads = int(os.environ["KVH"])
 if os.environ.get("THETA"):
