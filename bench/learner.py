@@ -87,6 +87,7 @@ VARIANTS: dict[str, dict] = {
     "ksa_sac": dict(ckpt="save_attention", master=True, fused=True, ksa=True),
     "ksa_bf16_sac": dict(ckpt="save_attention", master=False, fused=True, ksa=True),
     "ksa_lora_sac": dict(ckpt="save_attention", master=True, fused=True, ksa=True, lora=True),
+    "ksa_optmaster_sac_compile": dict(ckpt="save_attention", master="optimizer", fused=True, ksa=True, compile=True),
 }
 
 PLANS = {

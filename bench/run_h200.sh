@@ -16,6 +16,9 @@
 #              process gets 40 s more for imports and shutdown: with 10 s, on 2026-12-05, timeout killed all
 #              three before they wrote their summaries; their per-step records were kept)
 #   train32k   bench/train_gpu.py, 1.7B, 32K prompts, G=8 x 2, 2K new tokens, compiled + shared, within 190 s
+#   ksagroup   bench/learner.py --group 8: the learner alone on one 32K GRPO group (30K prompt + 8 x 2K),
+#              1.7B, GPU recipe settings (compiled, save_attention, optimizer-held masters), full then KSA:
+#              the KSA learner's speed at 32K without new-bucket compiles in the timed step (~4 min)
 #   prefix     pytest -m gpu on the shared-prefix (cascade) decode and the static engine, then bench/prefix_decode.py
 #              0.6B, 4 prompts of 8K, G=8, 256 new: decode per step and K/V read with and without share_prefix
 #   prefixfuse the same with and without rollout.compile_decode (decode layers through torch.compile), then
@@ -42,7 +45,8 @@
 # Next GPU session (2026-12-05 left these): `fused8k`, then `fused32k` (two calls) times compile_decode
 # inside golong train now that the inline cluster no longer forces its decode eager; if it holds (the
 # standalone decode step went 9.92 -> 3.98 ms), turn rollout.compile_decode on in the GPU recipes. Then
-# `prefix32k` (shared vs per-row KSA storage at 32K) and issue 17's two calls below.
+# `prefix32k` (shared vs per-row KSA storage at 32K), `ksagroup` (the KSA learner at 32K, steady) and
+# issue 17's two calls below.
 #
 # Issue 17 (KSA evidence) in two device calls, timeout_s 600 each, ~18 min of device time in all. The
 # replication gets most of it: a run where no model learns keyed retrieval says nothing, and neither
@@ -111,6 +115,9 @@ for s in "$@"; do
              stage "group$share" 240 python3 bench/learner.py --runs 1.7b:32768:golong_optmaster_sac_compile \
                --group 8 --response 2048 $share --out "$OUT/learner_group$share.json"
            done ;;
+    ksagroup) stage ksagroup 300 python3 bench/learner.py --group 8 --response 2048 --steps 3 \
+                --runs 1.7b:32768:golong_optmaster_sac_compile,1.7b:32768:ksa_optmaster_sac_compile \
+                --out "$OUT/learner_group_ksa.json" ;;
     prefix) stage prefix 150 python3 -m pytest -q -p no:cacheprovider -m gpu -x --timeout 140 tests/test_rollout_prefix.py \
               tests/test_rollout_static.py
             stage prefixbench 150 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
