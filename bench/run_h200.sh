@@ -31,6 +31,13 @@
 #   fused8k    the train stage's GPU-recipe row with rollout.compile_decode on (decode layers and sampling
 #              through torch.compile), full attention then KSA (both sharing prompts), 120 s each
 #   prefixfuse2  prefixfuse with one repetition, within 250 s (to follow fused8k in one call)
+#   prefixtune prefixfuse2 with inductor's GEMM autotuning (TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1): the compiled
+#              step's GEMMs are M = 32 rows against weights of 1K-3K columns; in the profile of
+#              2026-12-05 they took ~2.4 of the step's 4.2 ms of kernels, the projections 5-19 us each
+#              where their 2-6 MB of weights need 0.4-1.3 us at HBM speed (~0.75 ms of the 2.4 is the
+#              shared prompts' K/V, near its floor); autotuned Triton GEMMs (split-K among the
+#              choices) may use more of the 132 SMs. An experiment: if it wins, the engine sets the
+#              flag for its compile.
 #   prefix32k  bench/prefix_decode.py 0.6B, 2 prompts of 32K, G=8, 256 new, shared vs per-row prompt K/V,
 #              each uncompiled and with compile_decode: full attention, then the 3:1 KSA hybrid
 #   fused32k   1.7B 32K G=8 x 2 2K new with compile_decode and checkpoint_policy save_attention (the
@@ -151,6 +158,9 @@ for s in "$@"; do
                stage fused8k 160 python3 bench/train_gpu.py "$cfg" --budget-s 120 --steps 20 --append \
                  --out "$OUT/train_gpu_fused.json"
              done ;;
+    prefixtune) TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 stage prefixtune 330 python3 bench/prefix_decode.py --shape 0.6b \
+                  --prompt-len 8192 --prompts 4 --new-tokens 256 --reps 1 --compile-decode --profile \
+                  --out "$OUT/prefix_decode_tuned.json" ;;
     prefixfuse2) stage prefixfuse 250 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
                    --new-tokens 256 --reps 1 --compile-decode --profile --out "$OUT/prefix_decode_fused.json" ;;
     fused32k) for cfg in 1.7b:32k:8x2:2048:fused 1.7b:32k:8x2:2048:ksa:fused; do
