@@ -14,6 +14,8 @@ layers stay near (W+1)*C + L*S/C: the same budget admits more KSA sequences at l
 
 from __future__ import annotations
 
+from collections import Counter
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -59,36 +61,42 @@ def read_entries(config: Any, prefix: int, lengths: list[int]) -> int:
     prompt once and each row's own L - P tokens. A KSA ring layer reads the prompt's last window of
     text (from chunk P//C - W on, ksa.static_cache.prompt_start) and its P//C summaries once, and per
     row its own text within the ring ((W+1)*C) and the summaries of its own whole chunks; without a
-    shared prompt that is layer_entries(L). Sliding-window layers read min(L, w) per row."""
+    shared prompt that is layer_entries(L). Sliding-window layers read min(L, w) per row. Layers of one
+    kind are counted once and multiplied (this runs every decode step)."""
     if not lengths:
         return 0
     if not is_ksa(config):
-        types = list(getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers)
+        types = dict(_counts(tuple(getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers)))
         sliding = getattr(config, "sliding_window", None)
-        total = 0
-        for t in types:
-            if t == "sliding_attention" and sliding is not None:
-                total += sum(min(n, sliding) for n in lengths)
-            else:
-                total += prefix + sum(n - prefix for n in lengths)
+        n_sliding = types.get("sliding_attention", 0) if sliding is not None else 0
+        full = prefix + sum(n - prefix for n in lengths)
+        windowed = sum(min(n, sliding) for n in lengths) if n_sliding else 0
+        return (sum(types.values()) - n_sliding) * full + n_sliding * windowed
+    chunk, summaries = config.ksa_chunk, config.ksa_summaries
+    return sum(count * _ksa_read(window, chunk, summaries, prefix, lengths)
+               for window, count in _counts(tuple(config.ksa_windows)))
+
+
+@lru_cache(maxsize=64)
+def _counts(kinds: tuple) -> tuple[tuple[Any, int], ...]:
+    """(kind, how many layers have it), once per model."""
+    return tuple(Counter(kinds).items())
+
+
+def _ksa_read(window: int, chunk: int, summaries: int, prefix: int, lengths: list[int]) -> int:
+    """read_entries for one KSA layer of `window` chunks."""
+    ring = [n for n in lengths if window * chunk < n]
+    total = sum(n - prefix for n in lengths if window * chunk >= n)
+    if len(ring) < len(lengths):
+        total += prefix  # a row the window covers reads the whole prompt
+    if not ring:
         return total
-    chunk, summaries, total = config.ksa_chunk, config.ksa_summaries, 0
-    for window in config.ksa_windows:
-        ring = [n for n in lengths if window * chunk < n]
-        total += sum(n - prefix for n in lengths if window * chunk >= n)
-        if len(ring) < len(lengths):
-            total += prefix  # a row the window covers reads the whole prompt
-        if not ring:
-            continue
-        if not prefix:
-            total += sum(layer_entries(n, window=window, chunk=chunk, summaries=summaries) for n in ring)
-            continue
-        if len(ring) == len(lengths):
-            total += prefix - max(0, (prefix // chunk - window) * chunk) + (prefix // chunk) * summaries
-        else:
-            total += (prefix // chunk) * summaries
-        total += sum(min(n - prefix, (window + 1) * chunk) + (n // chunk - prefix // chunk) * summaries for n in ring)
-    return total
+    if not prefix:
+        return total + sum(layer_entries(n, window=window, chunk=chunk, summaries=summaries) for n in ring)
+    if len(ring) == len(lengths):
+        total += prefix - max(0, (prefix // chunk - window) * chunk)  # the prompt's text still in the window
+    total += (prefix // chunk) * summaries
+    return total + sum(min(n - prefix, (window + 1) * chunk) + (n // chunk - prefix // chunk) * summaries for n in ring)
 
 
 def entry_bytes(config: Any, element_size: int = 2) -> int:

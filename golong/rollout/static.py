@@ -447,11 +447,11 @@ class StaticEngine(RolloutEngine):
         a block's prompt once, each row's own part; KSA ring layers only their window and summaries)."""
         from golong.rollout.kvmem import entry_bytes, read_entries
 
-        blocks: dict[int, tuple[int, list[int]]] = {}
+        blocks: dict[int, tuple[int, list[int]]] = {}  # rows holding their whole prompt together (key -1)
         for s in live:
-            blocks.setdefault(s.slot // width, (s.prefix, []))[1].append(s.length)
+            blocks.setdefault(s.slot // width if s.prefix else -1, (s.prefix, []))[1].append(s.length)
         entries = sum(read_entries(self.model.config, p, lengths) for p, lengths in blocks.values())
-        return entries * entry_bytes(self.model.config, torch.empty((), dtype=self.dtype).element_size())
+        return entries * entry_bytes(self.model.config, self.dtype.itemsize)
 
     def cache_bytes(self) -> int:
         """Bytes of all K/V storage: rows (and, sharing prompts, prefix rows; or KSA layers)."""
