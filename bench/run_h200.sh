@@ -49,12 +49,15 @@
 # with carry [".whl"] after scripts/fetch_gpu_wheels.sh here, timeout_s 600:
 #   OUT=$OUT bench/run_h200.sh gputest train        then        OUT=$OUT bench/run_h200.sh train32k trl
 #
-# Next GPU session (2026-12-05 left these): `fused8k`, then `fused32k` (two calls) times compile_decode
-# inside golong train now that the inline cluster no longer forces its decode eager; if it holds (the
-# standalone decode step went 9.92 -> 3.98 ms), turn rollout.compile_decode on in the GPU recipes. Then
-# `prefix32k` (shared vs per-row KSA storage at 32K), `ksagroup` (the KSA learner at 32K, steady) and
-# issue 17's two calls below.
-#
+# Next GPU session, in this order (30 min of device time, of which the machine's start may take 3-13;
+# each line one call of <= 600 s, carry [".whl"]):
+#   1. fused8k gputest   compile_decode inside golong train at 0.6B 8K (#15's <= 4 s step; the standalone
+#                        decode step went 9.92 -> 3.98 ms); if it holds, rollout.compile_decode: true in
+#                        the GPU recipes and the README's GPU table
+#   2. fused32k          1.7B 32K, full then KSA, save_attention: #15's MFU target and #16's KSA/full ratio
+#   3. ksarep            #17's replication (then ksaconv ksagrpo, a fourth call, if time is left)
+#   later: ksagroup prefix32k prefixtune (the KSA learner alone at 32K, KSA storage at 32K, GEMM autotuning)
+
 # Issue 17 (KSA evidence) in two device calls, timeout_s 600 each, ~18 min of device time in all. The
 # replication gets most of it: a run where no model learns keyed retrieval says nothing, and neither
 # do GRPO and conversion started from it (the CPU pilot never learned kv: notes below).
