@@ -34,8 +34,8 @@
 #   prefixtune prefixfuse2 with inductor's GEMM autotuning (TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1): the compiled
 #              step's GEMMs are M = 32 rows against weights of 1K-3K columns; in the profile of
 #              2026-12-05 they took ~2.4 of the step's 4.2 ms of kernels, the projections 5-19 us each
-#              where their 2-6 MB of weights need 0.4-1.3 us at HBM speed (~0.75 ms of the 2.4 is the
-#              shared prompts' K/V, near its floor); autotuned Triton GEMMs (split-K among the
+#              where their 2-6 MB of weights need 0.4-1.3 us at HBM speed (two NN-layout kernels, ~0.75 ms,
+#              look like the shared prompts' K/V products, near that floor: read from names, not traced); autotuned Triton GEMMs (split-K among the
 #              choices) may use more of the 132 SMs. An experiment: if it wins, the engine sets the
 #              flag for its compile.
 #   prefix32k  bench/prefix_decode.py 0.6B, 2 prompts of 32K, G=8, 256 new, shared vs per-row prompt K/V,
