@@ -23,7 +23,7 @@ some value-class token of the body (accuracy 1 / values in the body). The pilot'
 both asked: 0.5 -> 0.75 after ~40K rows) was elimination, not lookup: the second query's answer is the
 value not asked for yet. Training rows therefore draw their kv queries with replacement (train_batch),
 and then neither 2 or 4 pairs in this format nor plain multi-query associative recall (rows of `k v`
-pairs and 27 queries) left the plateau within 600-1,450 steps of 128 rows, across learning rates 1e-3 to
+pairs and 27 queries) left the plateau within 600-4,775 steps of 128 rows (~600K rows), across learning rates 1e-3 to
 1e-2, rope theta 1e4, no q/k norm (Llama), 4 KV heads and 16 keys; copying a 31-token span at a varying
 offset (induction over spans) was learned in ~125 steps and did not carry over to single-token keys.
 So on the CPU pilot keyed lookup is not learned; the GPU model (8 layers, hidden 256, head dim 64) gets

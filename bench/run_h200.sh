@@ -79,7 +79,7 @@
 # full model at <= 1K tokens, ~45 ms for KSA and SCA, ~2x that at 8K: ~0.1-0.2 s per lockstep step,
 # 2,500-4,000 steps in 420 s. On the pilot's CPU (0.85M parameters, 8K-token steps) one model took
 # 0.34-0.55 s per step. The pilot never learned single-token keyed lookup (its one "break" was
-# elimination; plain associative recall stayed on its plateau for 1,500 steps / 192K rows: notes.md),
+# elimination; plain associative recall stayed on its plateau for ~600K rows: notes.md),
 # so kv in the GPU run is an open question; its first two stages (20% of 420 s, 1,024 and 512 rows a
 # step) draw ~0.5M rows, about what a published 2-layer MQAR recipe trains on (10K rows x <= 100 epochs).
 #

@@ -44,6 +44,7 @@ torch.compile has built for this configuration so far (a run that settles stops 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -289,7 +290,7 @@ def summarize(steps: list[dict]) -> dict:
     (`steady_steps` 0 says so); all steps when only one ran."""
     if not steps:
         return {}
-    quiet = [b for a, b in zip(steps, steps[1:]) if b["compiled_graphs"] == a["compiled_graphs"]]
+    quiet = [b for a, b in itertools.pairwise(steps) if b["compiled_graphs"] == a["compiled_graphs"]]
     later = quiet or steps[1:] or steps
     out = {"first_step_s": steps[0]["step_time"], "steps": len(steps), "steady_steps": len(quiet)}
     for k in ("step_time", "rollout_time", "prefill_s", "decode_s", "decode_floor_s", "prefill_floor_s", "train_time",

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from ksa.static_cache import prompt_start, store_prompts
+from ksa.static_cache import store_prompts
 
 NEG_INF = float("-inf")
 

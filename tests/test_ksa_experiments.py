@@ -59,7 +59,7 @@ def test_training_rows_ask_pairs_with_replacement():
     assert 0.3 < sum(a[0] == a[1] for a in asked) / len(asked) < 0.7  # the same pair twice in ~half the rows
     body = [row[1 : batch.start] for row in batch.ids.tolist()]
     for row, b in zip(batch.ids.tolist(), body, strict=True):
-        for task, where in batch.answers:
+        for _, where in batch.answers:
             assert _after(b, row[where[0] - 1]) == [row[p] for p in where]
 
 
