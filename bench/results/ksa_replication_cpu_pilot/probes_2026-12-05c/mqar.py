@@ -26,38 +26,9 @@ name, length, pairs, rows, steps, lr = (
 shape = os.environ.get("SHAPE", "pilot")
 torch.set_num_threads(int(os.environ.get("THREADS", 2)))
 torch.manual_seed(0)
-from transformers import AutoModelForCausalLM
+from common import build_model
 
-cfg = R.base_config(shape)
-if os.environ.get("KEYS"):
-    R.N_KEYS = int(os.environ["KEYS"])
-if os.environ.get("LAYERS"):
-    cfg.num_hidden_layers = int(os.environ["LAYERS"])
-    cfg.layer_types = cfg.layer_types[: cfg.num_hidden_layers]
-if os.environ.get("KVH"):
-    cfg.num_key_value_heads = int(os.environ["KVH"])
-if os.environ.get("THETA"):
-    cfg.rope_theta = float(os.environ["THETA"])
-    cfg.rope_parameters = dict(cfg.rope_parameters or {}, rope_theta=float(os.environ["THETA"]))
-if os.environ.get("ARCH") == "llama":
-    from transformers import LlamaConfig
-
-    d = {
-        k: v
-        for k, v in cfg.to_dict().items()
-        if k
-        not in (
-            "model_type",
-            "architectures",
-            "layer_types",
-            "sliding_window",
-            "max_window_layers",
-            "use_sliding_window",
-        )
-    }
-    cfg = LlamaConfig(**d)
-print(type(cfg).__name__, getattr(cfg, "rope_parameters", None), flush=True)
-model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
+model = build_model(shape)
 opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
 
 

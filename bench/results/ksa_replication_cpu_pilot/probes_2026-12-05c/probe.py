@@ -25,30 +25,9 @@ name, length, pairs, nq, replace, rows, steps, lr = (
 )
 torch.set_num_threads(2)
 torch.manual_seed(0)
-import os
+from common import build_model
 
-from transformers import AutoModelForCausalLM
-
-cfg = R.base_config("pilot")
-if os.environ.get("ARCH") == "llama":
-    from transformers import LlamaConfig
-
-    d = {
-        k: v
-        for k, v in cfg.to_dict().items()
-        if k
-        not in (
-            "model_type",
-            "architectures",
-            "layer_types",
-            "sliding_window",
-            "max_window_layers",
-            "use_sliding_window",
-        )
-    }
-    cfg = LlamaConfig(**d)
-print(type(cfg).__name__, flush=True)
-model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
+model = build_model("pilot")
 opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
 
 
