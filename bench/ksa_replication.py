@@ -16,22 +16,26 @@ Held-out accuracy: teacher-forced, a query is right when the argmax at every ans
 target (the same as greedy decoding of the answer); eval draws come from a different seed, at full
 difficulty (32 kv pairs, all queries).
 
-Why this curriculum (measured on the CPU, 4 layers, hidden 128; bench/results/ksa_replication_cpu_pilot/
-says more). Keyed lookup needs a two-layer, induction-style circuit (a previous-token head, then a head
-that matches the query's key against it). Before it forms, the model sits on a plateau where it copies
-some value-class token of the body (accuracy 1 / values in the body). The pilot's one "break" (2 pairs,
-both asked: 0.5 -> 0.75 after ~40K rows) was elimination, not lookup: the second query's answer is the
-value not asked for yet. Training rows therefore draw their kv queries with replacement (train_batch),
-and then neither 2 or 4 pairs in this format nor plain multi-query associative recall (rows of `k v`
-pairs and 27 queries) left the plateau within 600-4,775 steps of 128 rows (~600K rows), across learning rates 1e-3 to
-1e-2, rope theta 1e4, no q/k norm (Llama), 4 KV heads and 16 keys; copying a 31-token span at a varying
-offset (induction over spans) was learned in ~125 steps and did not carry over to single-token keys.
-So on the CPU pilot keyed lookup is not learned; the GPU model (8 layers, hidden 256, head dim 64) gets
-10-20x the rows; the needle task (attend to a token class, no lookup) was learned within ~100 steps. Hence: kv alone first (64 and 128 tokens, 2 and 4 pairs), init std 0.05 (Qwen3's
-0.02 is sized for hidden 4096 and delayed even the plateau), the learning rate held until 80% of the run
-(warm-up, stable, decay), and a gate that moves to the next stage once full's train-batch kv and hop2
-accuracy is >= 0.9, the stages' shares being upper bounds. Pairs grow 2 -> 32 along with the length
-64 -> 8K; the needle joins at 256 tokens, hop2 at 512, count at 1K.
+Why this init and curriculum (measured on the CPU, 4 layers, hidden 128; bench/results/
+ksa_replication_cpu_pilot/notes.md). Keyed lookup needs a two-layer, induction-style circuit (a
+previous-token head, then a head that matches the query's key against it). Before it forms, the model
+sits on a plateau where it copies some value token of the row (accuracy 1 / pairs).
+- Init: token embeddings untied from the output head and drawn N(0, 1), the other weights N(0, 0.05).
+  With tied embeddings of std 0.05 (the earlier init) the pilot shape never left the plateau, not on
+  the task's rows and not on plain multi-query associative recall (~600K rows each); with this init the
+  same shape learns plain recall in ~400 steps of 128 rows. Small embeddings are drowned by the blocks'
+  outputs in the residual stream, so a later layer cannot tell which token sat where.
+- Curriculum: the circuit forms where there are few positions to search and many answers per row, so
+  the first stage is recall_batch rows (64 tokens: 4 `<sep> k v` pairs, then 12 queries; learned in
+  ~475 steps of 128 rows on the CPU), while the task's own rows at 128 tokens (4 pairs among ~50 noise
+  tokens, 16 queries a row) stayed on the plateau for 700 steps. Then dense kv rows with noise, then
+  the other tasks one at a time (needle at 256 tokens, hop2 at 256-512, count at 512-1K), pairs growing
+  4 -> 32 with the length 64 -> 8K. kv queries are drawn with replacement: drawn without, a row with as
+  many queries as pairs lets the last be answered by elimination (the value not asked yet), a
+  shortcut the pilot once took.
+- Learning rate 1e-3 held until 80% of the run (warm-up, stable, decay); a gate moves to the next stage
+  once full's train-batch kv and hop2 accuracy is >= 0.9 at 4 logged steps in a row, the stages' shares
+  being upper bounds.
 
 Models (same base shape, same initial weights, same data order and steps): a Qwen3-style decoder
 (default 8 layers, hidden 256, 4 query / 2 kv heads of 64, MLP 768; --pilot 4 layers, hidden 128) as
@@ -167,7 +171,8 @@ def make_batch(rng: np.random.Generator, rows: int, length: int, queries: dict[s
     kv queries ask distinct pairs, or with `replace` pairs drawn independently (a pair may be asked
     twice). Answers are always written; `prompt_and_answer` cuts them off for prompts."""
     queries = dict(TRAIN_QUERIES if queries is None else queries)
-    queries["kv"] = min(queries.get("kv", 0), max_pairs)
+    if not replace:
+        queries["kv"] = min(queries.get("kv", 0), max_pairs)
     qtok = sum(QUERY_TOKENS[t] * queries.get(t, 0) for t in TASKS)
     body_len = length - 1 - qtok
     pairs, chains, cmax = item_counts(body_len, queries, max_pairs)
@@ -220,6 +225,28 @@ def make_batch(rng: np.random.Generator, rows: int, length: int, queries: dict[s
     return Batch(ids.astype(np.int64), answers, eos, start)
 
 
+def recall_batch(rng: np.random.Generator, rows: int, length: int, pairs: int) -> Batch:
+    """Associative-recall rows in the task's tokens, without noise or other items: `<bos>`, noise up
+    to a multiple of 4, then `pairs` triples `<sep> k v` back to back, then kv queries
+    `<q_kv> k v <eos>` (pairs drawn with replacement) up to `length` tokens. The curriculum's warm-up:
+    few positions to search and many answers per row, where the lookup circuit forms fastest."""
+    body_len = 3 * pairs + (length - 1 - 3 * pairs) % 4
+    n_q = (length - 1 - body_len) // 4
+    if n_q < 1:
+        raise ValueError(f"recall rows of {length} tokens have no room for a query after {pairs} pairs")
+    r = np.arange(rows)[:, None]
+    keys = _first_n(rng, rows, N_KEYS, pairs) + KEY0
+    vals = rng.integers(VAL0, VAL0 + N_VALS, size=(rows, pairs))
+    lead = rng.integers(NOISE0, NOISE0 + N_NOISE, size=(rows, body_len - 3 * pairs))
+    triples = np.stack([np.full((rows, pairs), SEP), keys, vals], 2).reshape(rows, 3 * pairs)
+    pick = rng.integers(0, pairs, (rows, n_q))
+    qs = np.stack([np.full((rows, n_q), Q_KV), keys[r, pick], vals[r, pick], np.full((rows, n_q), EOS)], 2)
+    ids = np.concatenate([np.full((rows, 1), BOS), lead, triples, qs.reshape(rows, 4 * n_q)], 1)
+    start = 1 + body_len
+    answers = [("kv", [start + 4 * j + 2]) for j in range(n_q)]
+    return Batch(ids.astype(np.int64), answers, [start + 4 * j + 3 for j in range(n_q)], start)
+
+
 def prompt_and_answer(rng: np.random.Generator, rows: int, length: int, task: str) -> tuple[np.ndarray, np.ndarray]:
     """Single-query prompts for generation: (prompts [rows, length - answer - 1], answers [rows, A])."""
     b = make_batch(rng, rows, length, {task: 1})
@@ -239,13 +266,14 @@ SHAPES = {
 }
 VARIANTS = ("full", "ksa", "sca")
 INIT_STD = 0.05  # weight init std (Qwen3's default 0.02 is sized for hidden 4096; see the module docstring)
+EMB_STD = 1.0  # token embedding init std, untied from the output head (see the module docstring)
 
 
 def base_config(shape: str, init_std: float = INIT_STD):
     from transformers import Qwen3Config
 
     return Qwen3Config(**SHAPES[shape], vocab_size=VOCAB, max_position_embeddings=65536, rope_theta=1e6,
-                       tie_word_embeddings=True, eos_token_id=EOS, pad_token_id=PAD, bos_token_id=BOS,
+                       tie_word_embeddings=False, eos_token_id=EOS, pad_token_id=PAD, bos_token_id=BOS,
                        initializer_range=init_std)
 
 
@@ -256,15 +284,25 @@ def hybrid_windows(layers: int, window: int) -> list[int]:
     return hw(layers, window=window, ratio=3)
 
 
-def build_models(shape: str, window: int, impl: str, seed: int, init_std: float = INIT_STD) -> dict:
-    """{variant: model} with identical initial weights (fp32, CPU)."""
+def build_full(shape: str, seed: int, init_std: float = INIT_STD, emb_std: float = EMB_STD):
+    """The full-attention model at its initial weights (fp32, CPU): linear layers and the output head
+    N(0, init_std), token embeddings N(0, emb_std)."""
     from transformers import AutoModelForCausalLM
-
-    import ksa
 
     torch.manual_seed(seed)
     full = AutoModelForCausalLM.from_config(base_config(shape, init_std), attn_implementation="sdpa",
                                             dtype=torch.float32)
+    with torch.no_grad():
+        full.get_input_embeddings().weight.normal_(0.0, emb_std)
+    return full
+
+
+def build_models(shape: str, window: int, impl: str, seed: int, init_std: float = INIT_STD,
+                 emb_std: float = EMB_STD) -> dict:
+    """{variant: model} with identical initial weights (fp32, CPU)."""
+    import ksa
+
+    full = build_full(shape, seed, init_std, emb_std)
     windows = hybrid_windows(full.config.num_hidden_layers, window)
     out = {"full": full}
     for name, visible in (("ksa", True), ("sca", False)):
@@ -292,11 +330,12 @@ class Plan:
     eval_rows: int
     eval_tokens: int  # tokens per eval forward
     budget_s: float | None = None
-    lr: float = 3e-3
+    lr: float = 1e-3
     warmup: int = 30  # steps
     window: int = 16
     seed: int = 0
     init_std: float = INIT_STD
+    emb_std: float = EMB_STD
     mastery: float = 0.9
     gate_logs: int = 4
     decay_from: float = 0.8  # progress at which the learning rate starts its cosine decay
@@ -327,11 +366,13 @@ class Plan:
 # run whose retrieval circuit never forms says nothing, while a short last stage only weakens 8K.
 # Tasks enter one at a time, kv first (module docstring: queried together from the start, nothing
 # was learned on the CPU).
-KV, KV_NEEDLE, RETRIEVAL = ("kv",), ("kv", "needle"), ("kv", "needle", "hop2")
-GPU_STAGES = [(64, 2, 0.12, KV), (128, 4, 0.08, KV), (256, 8, 0.08, KV_NEEDLE), (512, 16, 0.08, RETRIEVAL),
-              (1024, MAX_PAIRS, 0.10), (2048, MAX_PAIRS, 0.10), (4096, MAX_PAIRS, 0.18), (8192, MAX_PAIRS, 0.26)]
-PILOT_STAGES = [(64, 2, 0.30, KV), (128, 4, 0.15, KV), (128, 4, 0.10, KV_NEEDLE), (256, 8, 0.20, RETRIEVAL),
-                (512, MAX_PAIRS, 0.25)]
+RECALL = "recall"  # a stage of recall_batch rows
+DENSE_KV = {"kv": 16}  # 16 kv queries a row (with replacement): the recall circuit meets the task's noise
+KV_NEEDLE, RETRIEVAL = ("kv", "needle"), ("kv", "needle", "hop2")
+GPU_STAGES = [(64, 4, 0.10, RECALL), (128, 4, 0.06, DENSE_KV), (256, 8, 0.06, KV_NEEDLE), (512, 16, 0.08, RETRIEVAL),
+              (1024, MAX_PAIRS, 0.10), (2048, MAX_PAIRS, 0.10), (4096, MAX_PAIRS, 0.20), (8192, MAX_PAIRS, 0.30)]
+PILOT_STAGES = [(64, 4, 0.30, RECALL), (128, 4, 0.10, DENSE_KV), (256, 8, 0.15, KV_NEEDLE), (256, 8, 0.15, RETRIEVAL),
+                (512, MAX_PAIRS, 0.30)]
 
 
 def plan_for(args) -> Plan:
@@ -379,21 +420,33 @@ def batch_loss(model, batch: Batch, device: str, hits: dict | None = None) -> to
     return F.cross_entropy(logits.flatten(0, 1), target.flatten())
 
 
+def stage_queries(stage: tuple) -> dict[str, int]:
+    """Queries per row of a curriculum stage: its 4th element as {task: count}, or the tasks it names
+    with queries_for(its length)'s counts, or (no 4th element) queries_for for all of TASKS. A RECALL
+    stage (recall_batch rows) asks kv only."""
+    spec = stage[3] if len(stage) > 3 else TASKS
+    if spec == RECALL:
+        return {"kv": (stage[0] - 1 - 3 * stage[1]) // 4}
+    if isinstance(spec, dict):
+        return dict(spec)
+    return {t: n for t, n in queries_for(stage[0]).items() if t in spec}
+
+
 def stage_tasks(stage: tuple) -> tuple[str, ...]:
-    """The tasks a curriculum stage queries: its 4th element, or all of TASKS."""
-    return tuple(stage[3]) if len(stage) > 3 else TASKS
+    """The tasks a curriculum stage queries."""
+    return tuple(stage_queries(stage))
 
 
 def train_batch(plan: Plan, step: int, length: int, pairs: int, stage: int = 0) -> Batch:
     """The batch of `step` (seed (plan.seed, step)): tokens_per_step // length rows at the stage,
-    querying the stage's tasks (the body holds every task's items that fit). The kv queries of a row
+    with the stage's queries (the body holds every task's items that fit). The kv queries of a row
     are drawn with replacement: drawn without, a row with as many queries as pairs lets each later
     query be answered by elimination (the value not asked for yet), a shortcut the CPU pilot took
     (0.75 at 2 pairs, module docstring) instead of a keyed lookup."""
-    tasks = stage_tasks(plan.stages[stage])
-    queries = {t: n for t, n in queries_for(length).items() if t in tasks}
-    return make_batch(np.random.default_rng([plan.seed, step]), max(1, plan.tokens_per_step // length), length,
-                      queries, max_pairs=pairs, replace=True)
+    rng, rows = np.random.default_rng([plan.seed, step]), max(1, plan.tokens_per_step // length)
+    if plan.stages[stage][3:4] == (RECALL,):
+        return recall_batch(rng, rows, length, pairs)
+    return make_batch(rng, rows, length, stage_queries(plan.stages[stage]), max_pairs=pairs, replace=True)
 
 
 def warm_up(models: dict, plan: Plan, device: str) -> float:
@@ -645,7 +698,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--budget-s", type=float, default=200.0,
                     help="without --steps: seconds of lockstep training for all variants together (excludes "
                          "warm-up/compile, evaluation and saving)")
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--mastery", type=float, default=0.9,
                     help="advance the curriculum early once full's train accuracy on kv and hop2 reaches this (0: off)")
     ap.add_argument("--tokens-per-step", type=int, default=None, help="tokens per training batch (default 65536; pilot 8192)")
@@ -692,7 +745,8 @@ def _header(args, plan: Plan, models: dict, impl: str) -> dict:
     return {"bench": "ksa_replication", "scale": scale(args),
             "machine": machine_info(args.device), "plan": asdict(plan),
             "model": {"shape": SHAPES[plan.shape], "params": n_params, "vocab": VOCAB, "chunk": 8, "summaries": 1,
-                      "windows": windows, "ksa_impl": impl, "init_std": plan.init_std},
+                      "windows": windows, "ksa_impl": impl, "init_std": plan.init_std,
+                      "emb_std": plan.emb_std, "tied_embeddings": False},
             "tasks": {"train_queries": TRAIN_QUERIES, "queries_by_length": {s[0]: queries_for(s[0]) for s in plan.stages},
 
                       "answer_len": ANSWER_LEN, "chance": chance()},
@@ -710,7 +764,7 @@ def _run(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     t_start = time.perf_counter()
-    models = build_models(plan.shape, plan.window, impl, plan.seed, plan.init_std)
+    models = build_models(plan.shape, plan.window, impl, plan.seed, plan.init_std, plan.emb_std)
     models = {v: models[v] for v in variants}
     result = _header(args, plan, models, impl)
     print(f"model {result['model']['params'] / 1e6:.2f}M params, windows {result['model']['windows']}, "

@@ -60,7 +60,7 @@
 
 # Issue 17 (KSA evidence) in two device calls, timeout_s 600 each, ~18 min of device time in all. The
 # replication gets most of it: a run where no model learns keyed retrieval says nothing, and neither
-# do GRPO and conversion started from it (the CPU pilot never learned kv: notes below).
+# do GRPO and conversion started from it (the CPU pilot learns it since the init and warm-up fix: notes below).
 #   ksarep   bench/ksa_replication.py: full / 3:1 KSA / SCA from scratch in lockstep, 420 s of training,
 #            curriculum 64 -> 8K tokens with tasks entering one at a time, eval 1K-32K; models saved to
 #            /tmp/ksa_models and packed as bf16 tars (13 MB each) into $OUT/models. Limit 560 s.
@@ -78,10 +78,11 @@
 # (small matmuls, ~60 kernels per layer), so we assume ~10% MFU: ~30 ms per 65K-token step of the
 # full model at <= 1K tokens, ~45 ms for KSA and SCA, ~2x that at 8K: ~0.1-0.2 s per lockstep step,
 # 2,500-4,000 steps in 420 s. On the pilot's CPU (0.85M parameters, 8K-token steps) one model took
-# 0.34-0.55 s per step. The pilot never learned single-token keyed lookup (its one "break" was
-# elimination; plain associative recall stayed on its plateau for ~600K rows: notes.md),
-# so kv in the GPU run is an open question; its first two stages (20% of 420 s, 1,024 and 512 rows a
-# step) draw ~0.5M rows, about what a published 2-layer MQAR recipe trains on (10K rows x <= 100 epochs).
+# 0.43-0.63 s per step. With untied N(0, 1) embeddings and the recall warm-up the pilot (full model
+# alone, 2,229 steps of 8,192 tokens in rows of 64-512) learned recall by step ~490 (~60K rows, ~750K answers),
+# needle by ~1,000, hop2 by ~1,300, and held kv 1.00 / hop2 1.00 at 512 tokens with 32 pairs (notes.md);
+# the GPU run's recall stage (10% of 420 s, 1,024 rows of 12 answers a step) draws ~750K answers in
+# ~60 steps if a step of three models takes ~0.1 s, so it should be mastered with most of its share left.
 #
 # Missing pure-Python dependencies can travel as wheels in .whl/ (installed into /tmp/site).
 set -uo pipefail

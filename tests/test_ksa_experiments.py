@@ -153,8 +153,37 @@ def test_queries_scale_down_on_short_rows():
             assert batch.ids.shape == (max(1, 1024 // length), length)
             asked = [t for t, _ in batch.answers]
             assert set(asked) == set(rep.stage_tasks(stages[i]))
-            assert asked.count("kv") == min(pairs, rep.queries_for(length)["kv"])
+            assert {t: asked.count(t) for t in set(asked)} == rep.stage_queries(stages[i])
     assert rep.stage_tasks((64, 2, 0.5)) == rep.TASKS and rep.stage_tasks(rep.GPU_STAGES[0]) == ("kv",)
+    assert rep.stage_queries((128, 4, 0.5, ("kv", "needle"))) == {"kv": 4, "needle": 1}
+    assert rep.stage_queries((128, 4, 0.5, {"kv": 16})) == {"kv": 16}
+
+
+def test_recall_rows_are_pairs_then_queries():
+    """recall_batch: noise up to a multiple of 4, `<sep> k v` pairs with distinct keys, then
+    `<q_kv> k v <eos>` queries whose value is the one paired with k; answers and <eos> where stated."""
+    batch = rep.recall_batch(np.random.default_rng(5), 16, 64, 4)
+    assert batch.ids.shape == (16, 64) and len(batch.answers) == 12 == rep.stage_queries((64, 4, 1, rep.RECALL))["kv"]
+    for row in batch.ids.tolist():
+        body = row[1 : batch.start]
+        triples = body[len(body) - 12 :]
+        assert all(rep.NOISE0 <= t < rep.NOISE0 + rep.N_NOISE for t in body[: len(body) - 12])
+        assert triples[0::3] == [rep.SEP] * 4 and len(set(triples[1::3])) == 4
+        pairs = dict(zip(triples[1::3], triples[2::3], strict=True))
+        for (task, (at,)), eos in zip(batch.answers, batch.eos, strict=True):
+            assert task == "kv" and row[at - 2] == rep.Q_KV and row[eos] == rep.EOS and eos == at + 1
+            assert row[at] == pairs[row[at - 1]]
+    with pytest.raises(ValueError, match="no room"):
+        rep.recall_batch(np.random.default_rng(0), 1, 16, 4)
+
+
+def test_full_model_init_has_large_untied_embeddings():
+    model = rep.build_full("smoke", seed=0)
+    emb, head = model.get_input_embeddings().weight.detach(), model.get_output_embeddings().weight.detach()
+    assert emb.data_ptr() != head.data_ptr()
+    assert abs(float(emb.std()) - rep.EMB_STD) < 0.05 and abs(float(head.std()) - rep.INIT_STD) < 0.01
+    again = rep.build_full("smoke", seed=0)
+    assert torch.equal(again.get_input_embeddings().weight, emb)
 
 
 def _plan(**kw) -> rep.Plan:
