@@ -489,7 +489,8 @@ class Curriculum:
         self.index, self.streak = index, 0
         length, pairs = self.plan.stages[index][:2]
         self.events.append({"step": step, "s": round(elapsed, 2), "stage": index, "length": length,
-                            "pairs": pairs, "tasks": list(stage_tasks(self.plan.stages[index])), "why": why})
+                            "pairs": pairs, "tasks": list(stage_tasks(self.plan.stages[index])),
+                            "recall": self.plan.stages[index][3:4] == (RECALL,), "why": why})
 
 
 def train_lockstep(models: dict, plan: Plan, device: str, log_every: int = 50, on_write=None,

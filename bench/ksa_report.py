@@ -51,6 +51,11 @@ def kv_bytes(model: dict, length: int) -> dict[str, int]:
             "sca": sum(ring) * per_entry}
 
 
+def _rows(event: dict) -> str:
+    """What a curriculum stage's rows ask: `recall` (noise-free recall rows) or its tasks joined by +."""
+    return "recall" if event.get("recall") else "+".join(event.get("tasks", [])) or "all tasks"
+
+
 def replication_md(r: dict) -> str:
     lengths = r["plan"]["eval_lengths"]
     rows = {v: row for v, row in r["variants"].items() if row.get("accuracy")}
@@ -69,7 +74,8 @@ def replication_md(r: dict) -> str:
         steps = ", ".join(f"{n}: {t * 1000:.0f} ms" for n, t in row.get("step_s_by_length", {}).items())
         mem = ", ".join(f"{kv_bytes(r['model'], n)[v] / 2**10:,.0f} KiB" for n in lengths)
         out.append(f"| {v} | {steps} | {mem} |")
-    events = ", ".join(f"step {e['step']} → {e['length']}×{e['pairs']} ({e['why']})" for e in r.get("curriculum", []))
+    events = ", ".join(f"step {e['step']} → {e['length']}×{e['pairs']} {_rows(e)} ({e['why']})"
+                       for e in r.get("curriculum", []))
     return "\n".join(out + ["", f"Curriculum: {events}."])
 
 
