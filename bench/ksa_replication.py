@@ -34,8 +34,8 @@ sits on a plateau where it copies some value token of the row (accuracy 1 / pair
   many queries as pairs lets the last be answered by elimination (the value not asked yet), a
   shortcut the pilot once took.
 - Learning rate 1e-3 held until 80% of the run (warm-up, stable, decay); a gate moves to the next stage
-  once full's train-batch kv and hop2 accuracy is >= 0.9 at 4 logged steps in a row, the stages' shares
-  being upper bounds.
+  once every model's train-batch kv and hop2 accuracy is >= 0.9 at 4 logged steps in a row, the
+  stages' shares being upper bounds.
 
 Models (same base shape, same initial weights, same data order and steps): a Qwen3-style decoder
 (default 8 layers, hidden 256, 4 query / 2 kv heads of 64, MLP 768; --pilot 4 layers, hidden 128) as
@@ -318,9 +318,11 @@ class Plan:
     time budget is set; the learning rate is a function of p (warm-up, stable, decay: lr_at).
 
     Curriculum: stage i (length, max kv pairs, share) ends at the latest when p reaches the sum of the
-    shares up to i (normalised), or earlier once mastered: the gate model's ("full") train-batch
-    accuracy on kv and hop2 was >= `mastery` at `gate_logs` logged steps in a row (every 5th step). A
-    mastered stage hands its remaining time to the later, longer ones; `mastery` 0 turns gating off."""
+    shares up to i (normalised), or earlier once mastered: every model's train-batch accuracy on kv
+    and hop2 was >= `mastery` at `gate_logs` logged steps in a row (every 5th step). A mastered stage
+    hands its remaining time to the later, longer ones; `mastery` 0 turns gating off. (Gated on the
+    full model alone, the CPU pilot moved on from the recall rows as soon as full had learned them,
+    before either hybrid had.)"""
 
     shape: str
     stages: list[tuple]  # (length, max kv pairs, largest share of progress[, tasks queried (default all)])
@@ -462,8 +464,9 @@ def warm_up(models: dict, plan: Plan, device: str) -> float:
 
 
 class Curriculum:
-    """The current stage: never behind the time-based schedule, ahead of it once the gate model has
-    mastered the stage (Plan docstring). `events` records every change (step, seconds, stage, why)."""
+    """The current stage: never behind the time-based schedule, ahead of it once the gate models
+    (`gate` names them) have mastered the stage (Plan docstring). `events` records every change (step,
+    seconds, stage, why)."""
 
     def __init__(self, plan: Plan, gate: str):
         self.plan, self.gate, self.index, self.streak = plan, gate, 0, 0
@@ -478,7 +481,7 @@ class Curriculum:
         return tuple(self.plan.stages[self.index][:2])
 
     def observe(self, acc: dict[str, float], step: int, elapsed: float) -> None:
-        """Feed the gate model's train-batch accuracy of one logged step."""
+        """Feed the train-batch accuracy of one logged step (per task, the lowest of the gate models)."""
         keyed = [acc[t] for t in ("kv", "hop2") if t in acc]
         good = bool(keyed) and self.plan.mastery > 0 and min(keyed) >= self.plan.mastery
         self.streak = self.streak + 1 if good else 0
@@ -505,7 +508,7 @@ def train_lockstep(models: dict, plan: Plan, device: str, log_every: int = 50, o
     for m in models.values():
         m.to(device).train()
     rows = {n: {"loss": [], "train_acc": [], "train_s": 0.0, "lengths": {}} for n in models}
-    cur = Curriculum(plan, "full" if "full" in models else next(iter(models)))
+    cur = Curriculum(plan, "+".join(models))
     state = {"variants": rows, "steps": 0, "train_wall_s": 0.0, "curriculum": cur.events}
     t0 = last_write = time.perf_counter()
     step = 0
@@ -520,7 +523,8 @@ def train_lockstep(models: dict, plan: Plan, device: str, log_every: int = 50, o
         for name, model in models.items():
             _model_step(model, opts[name], batch, lr, device, rows[name], step, length)
         if step % 5 == 0:
-            cur.observe(rows[cur.gate]["train_acc"][-1][1], step, elapsed)
+            accs = [rows[n]["train_acc"][-1][1] for n in models]  # the stage ends early once all master it
+            cur.observe({t: min(a[t] for a in accs) for t in accs[0]}, step, elapsed)
         if log_every and step % log_every == 0:
             print(f"  step {step:4d} len {length:5d} pairs {pairs:2d} lr {lr:.2e} | " + " | ".join(
                 f"{n} {r['loss'][-1][1]:.3f} " + " ".join(f"{t} {a:.2f}" for t, a in r['train_acc'][-1][1].items())
