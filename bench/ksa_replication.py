@@ -325,7 +325,7 @@ class Plan:
     before either hybrid had.)"""
 
     shape: str
-    stages: list[tuple]  # (length, max kv pairs, largest share of progress[, tasks queried (default all)])
+    stages: list[tuple]  # (length, max kv pairs, largest share of progress[, RECALL | {task: queries} | tasks])
     steps: int | None  # None: train until budget_s is spent
     tokens_per_step: int
     eval_lengths: list[int]
@@ -366,8 +366,7 @@ class Plan:
 
 # Shares are upper bounds (a mastered stage ends early); the first stages get generous ones because a
 # run whose retrieval circuit never forms says nothing, while a short last stage only weakens 8K.
-# Tasks enter one at a time, kv first (module docstring: queried together from the start, nothing
-# was learned on the CPU).
+# Noise-free recall rows first, then dense kv rows, then the tasks one at a time (module docstring).
 RECALL = "recall"  # a stage of recall_batch rows
 DENSE_KV = {"kv": 16}  # 16 kv queries a row (with replacement): the recall circuit meets the task's noise
 KV_NEEDLE, RETRIEVAL = ("kv", "needle"), ("kv", "needle", "hop2")
@@ -705,7 +704,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "warm-up/compile, evaluation and saving)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--mastery", type=float, default=0.9,
-                    help="advance the curriculum early once full's train accuracy on kv and hop2 reaches this (0: off)")
+                    help="advance the curriculum early once every model's train accuracy on kv and hop2 reaches this (0: off)")
     ap.add_argument("--tokens-per-step", type=int, default=None, help="tokens per training batch (default 65536; pilot 8192)")
     ap.add_argument("--eval-rows", type=int, default=32, help="held-out sequences per length")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of full,ksa,sca")
@@ -752,7 +751,7 @@ def _header(args, plan: Plan, models: dict, impl: str) -> dict:
             "model": {"shape": SHAPES[plan.shape], "params": n_params, "vocab": VOCAB, "chunk": 8, "summaries": 1,
                       "windows": windows, "ksa_impl": impl, "init_std": plan.init_std,
                       "emb_std": plan.emb_std, "tied_embeddings": False},
-            "tasks": {"train_queries": TRAIN_QUERIES, "queries_by_length": {s[0]: queries_for(s[0]) for s in plan.stages},
+            "tasks": {"train_queries": TRAIN_QUERIES, "queries_by_stage": [stage_queries(s) for s in plan.stages],
 
                       "answer_len": ANSWER_LEN, "chance": chance()},
             "status": "warm-up", "variants": {}}
