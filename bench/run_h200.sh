@@ -54,8 +54,9 @@
 #   1. fused8k gputest   compile_decode inside golong train at 0.6B 8K (#15's <= 4 s step; the standalone
 #                        decode step went 9.92 -> 3.98 ms); if it holds, rollout.compile_decode: true in
 #                        the GPU recipes and the README's GPU table
-#   2. fused32k          1.7B 32K, full then KSA, save_attention: #15's MFU target and #16's KSA/full ratio
-#   3. ksarep            #17's replication (then ksaconv ksagrpo, a fourth call, if time is left)
+#   2. ksarep            #17's replication (its CPU pilot learns kv, needle and hop2 since 2026-12-05)
+#   3. ksaconv ksagrpo   on ksarep's models (carry ["out/ksa_models"] on a fresh machine)
+#   4. fused32k          1.7B 32K, full then KSA, save_attention: #15's MFU target and #16's KSA/full ratio
 #   later: ksagroup prefix32k prefixtune (the KSA learner alone at 32K, KSA storage at 32K, GEMM autotuning)
 
 # Issue 17 (KSA evidence) in two device calls, timeout_s 600 each, ~18 min of device time in all. The
