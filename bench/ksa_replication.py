@@ -225,13 +225,18 @@ def make_batch(rng: np.random.Generator, rows: int, length: int, queries: dict[s
     return Batch(ids.astype(np.int64), answers, eos, start)
 
 
+def recall_queries(length: int, pairs: int) -> int:
+    """Queries in a recall_batch row: what fits after `<bos>` and the pairs, 4 tokens each."""
+    return (length - 1 - 3 * pairs) // 4
+
+
 def recall_batch(rng: np.random.Generator, rows: int, length: int, pairs: int) -> Batch:
     """Associative-recall rows in the task's tokens, without noise or other items: `<bos>`, noise up
     to a multiple of 4, then `pairs` triples `<sep> k v` back to back, then kv queries
     `<q_kv> k v <eos>` (pairs drawn with replacement) up to `length` tokens. The curriculum's warm-up:
     few positions to search and many answers per row, where the lookup circuit forms fastest."""
-    body_len = 3 * pairs + (length - 1 - 3 * pairs) % 4
-    n_q = (length - 1 - body_len) // 4
+    n_q = recall_queries(length, pairs)
+    body_len = length - 1 - 4 * n_q
     if n_q < 1:
         raise ValueError(f"recall rows of {length} tokens have no room for a query after {pairs} pairs")
     r = np.arange(rows)[:, None]
@@ -421,13 +426,18 @@ def batch_loss(model, batch: Batch, device: str, hits: dict | None = None) -> to
     return F.cross_entropy(logits.flatten(0, 1), target.flatten())
 
 
+def is_recall(stage: tuple) -> bool:
+    """Whether a curriculum stage draws recall_batch rows."""
+    return stage[3:4] == (RECALL,)
+
+
 def stage_queries(stage: tuple) -> dict[str, int]:
     """Queries per row of a curriculum stage: its 4th element as {task: count}, or the tasks it names
     with queries_for(its length)'s counts, or (no 4th element) queries_for for all of TASKS. A RECALL
     stage (recall_batch rows) asks kv only."""
     spec = stage[3] if len(stage) > 3 else TASKS
-    if spec == RECALL:
-        return {"kv": (stage[0] - 1 - 3 * stage[1]) // 4}
+    if is_recall(stage):
+        return {"kv": recall_queries(stage[0], stage[1])}
     if isinstance(spec, dict):
         return dict(spec)
     return {t: n for t, n in queries_for(stage[0]).items() if t in spec}
@@ -445,7 +455,7 @@ def train_batch(plan: Plan, step: int, length: int, pairs: int, stage: int = 0) 
     query be answered by elimination (the value not asked for yet), a shortcut the CPU pilot took
     (0.75 at 2 pairs, module docstring) instead of a keyed lookup."""
     rng, rows = np.random.default_rng([plan.seed, step]), max(1, plan.tokens_per_step // length)
-    if plan.stages[stage][3:4] == (RECALL,):
+    if is_recall(plan.stages[stage]):
         return recall_batch(rng, rows, length, pairs)
     return make_batch(rng, rows, length, stage_queries(plan.stages[stage]), max_pairs=pairs, replace=True)
 
@@ -492,7 +502,7 @@ class Curriculum:
         length, pairs = self.plan.stages[index][:2]
         self.events.append({"step": step, "s": round(elapsed, 2), "stage": index, "length": length,
                             "pairs": pairs, "tasks": list(stage_tasks(self.plan.stages[index])),
-                            "recall": self.plan.stages[index][3:4] == (RECALL,), "why": why})
+                            "recall": is_recall(self.plan.stages[index]), "why": why})
 
 
 def train_lockstep(models: dict, plan: Plan, device: str, log_every: int = 50, on_write=None,
