@@ -22,7 +22,8 @@ KSA config trains only the summary embedding (`hidden` numbers) in stage 1, whic
 retrieval done by a full-attention head in a layer that becomes a 128-token window; at 4B and 85B
 tokens the report's recipe has the time to do that in stage 2, here a few hundred steps must.
 
-Run (H200):  bench/run_h200.sh ksaconv   (--models /tmp/ksa_models --out $OUT/conv --budget-s 60)
+Run (GPU):   bench/run_h200.sh ksaconv   (--models /tmp/ksa_models --out $OUT/conv --budget-s 300; on an H100,
+             2026-12-05: 849 steps, 336 s with the evals, bench/results/h100_2026-12-05c/)
 CPU pilot:   PYTHONPATH=. python bench/ksa_conversion.py --pilot --models DIR --out DIR/conv --budget-s 120
 """
 

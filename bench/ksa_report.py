@@ -147,14 +147,18 @@ def goals_md(r: dict | None, g: dict | None, c: dict | None, long_from: int) -> 
         full, ksa = (reward_change(g["policies"][p]) for p in ("full", "ksa"))
         up = [t for t, (a, b) in full.items() if b > a]
         both = [t for t in up if ksa.get(t, (0, 0))[1] > ksa.get(t, (0, 0))[0]]
-        out.append(f"- GRPO raised full's reward on {up or 'no task'}; KSA's rose on {both or 'none'} of them: "
-                   f"{'yes' if up and both == up else 'no'}")
+        verdict = ("yes" if both == up else "no") if up else "not decided (GRPO raised no reward of the full policy)"
+        out.append(f"- GRPO raised full's reward on {up or 'no task'}; KSA's rose on {both or 'none'} of them: {verdict}")
     if c and "distilled" in c:
         n = next((n for n in c["teacher"]["accuracy"] if int(n) >= long_from), list(c["teacher"]["accuracy"])[-1])
         t, s = c["teacher"]["accuracy"][n]["all"], c["distilled"]["accuracy"][n]["all"]
         out.append(f"- converted model keeps ≥ 90% of full's held-out accuracy at {n} tokens: "
                    f"{'yes' if t > 0 and s >= 0.9 * t else 'no'} ({s:.2f} vs {t:.2f}"
                    + (f", {s / t:.0%})" if t > 0 else ")"))
+        kept = {k: c["distilled"]["accuracy"][n][k] / c["teacher"]["accuracy"][n][k] for k in RETRIEVAL
+                if c["teacher"]["accuracy"][n].get(k, 0) > 0 and k in c["distilled"]["accuracy"][n]}
+        if kept:
+            out.append(f"  (per retrieval task at {n}: " + ", ".join(f"{k} {v:.0%}" for k, v in kept.items()) + " kept)")
     return "\n".join(out)
 
 

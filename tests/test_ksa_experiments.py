@@ -359,3 +359,27 @@ def test_report_from_the_smoke_results(replication, tmp_path):
     kv_full_256 = saved["variants"]["full"]["accuracy"]["256"]["kv"]
     assert f"| kv | full | {kv_full_256:.2f} |" in text
     assert "KSA ≥ SCA on retrieval at ≥ 512 tokens" in text
+
+
+def test_goal_verdicts_say_not_decided_when_grpo_moved_nothing():
+    """The GRPO goal is vacuous when the full policy's reward rose on no task: 'not decided', not 'no'; the
+    conversion line names what each retrieval task kept (distilled / teacher)."""
+    import ksa_report
+
+    def steps(rewards):  # 4 steps: first quarter = steps[0], last quarter = steps[-1]
+        return {"steps": [{"reward": dict(zip(ksa_report.TASKS, r, strict=True))} for r in rewards]}
+
+    flat = steps([(1.0, 1.0, 0.1, 0.1)] * 4)
+    rising = steps([(0.5, 1.0, 0.1, 0.1), (0.6, 1.0, 0.1, 0.1), (0.7, 1.0, 0.1, 0.1), (0.9, 1.0, 0.1, 0.1)])
+    text = ksa_report.goals_md(None, {"policies": {"full": flat, "ksa": flat}}, None, 8192)
+    assert "not decided" in text
+    text = ksa_report.goals_md(None, {"policies": {"full": rising, "ksa": rising}}, None, 8192)
+    assert "on ['needle']" in text and text.rstrip().endswith(": yes")
+    text = ksa_report.goals_md(None, {"policies": {"full": rising, "ksa": flat}}, None, 8192)
+    assert text.rstrip().endswith(": no")
+
+    teacher = {"8192": {"needle": 1.0, "kv": 1.0, "hop2": 0.2, "count": 1.0, "all": 0.8}}
+    student = {"8192": {"needle": 0.5, "kv": 0.99, "hop2": 0.1, "count": 0.1, "all": 0.56}}
+    text = ksa_report.goals_md(None, None, {"teacher": {"accuracy": teacher}, "distilled": {"accuracy": student}}, 8192)
+    assert "no (0.56 vs 0.80, 70%)" in text
+    assert "needle 50%, kv 99%, hop2 50% kept" in text
