@@ -23,7 +23,7 @@ One step, per policy (golong's inline trainer loop, written out):
 Logged per step: per-task mean reward, generation / train / step time, groups kept, learner metrics.
 Before and after training: greedy (teacher-forced) held-out accuracy per task at --length.
 
-Run (GPU):   bench/run_h200.sh ksagrpo   (--models /tmp/ksa_models --steps 60 --lr 1e-3 --prompts-per-task 8;
+Run (GPU):   bench/run_h200.sh ksagrpo   (--models /tmp/ksa_models --steps 60 --lr 3e-4 --prompts-per-task 8;
              on an H100, 2026-12-05, with --steps 80 --lr 1e-4 and 4 prompts per task no reward moved:
              bench/results/h100_2026-12-05c/)
 CPU check:   PYTHONPATH=. python bench/ksa_grpo.py --smoke --out /tmp/grpo

@@ -76,12 +76,12 @@
 #            300 s of distillation (849 steps on the H100), eval before / after. Limit 420 s (it took 336 s;
 #            with 60 s of distillation and a 150 s limit the stage was killed before its first eval ended).
 #   ksagrpo  bench/ksa_grpo.py: GRPO + TMN-Reweight on the trained full and KSA policies, 4K prompts, the
-#            same 60 steps for both, 8 prompts per task x G = 8, lr 1e-3. Limit 450 s. At lr 1e-4 (4 prompts
-#            per task, 80 steps; KSA 1.23 s a step on the H100, full 0.39 s) no reward moved; a CPU probe on
-#            the same models at 512 tokens with lr 1e-3 (bench/results/ksa_grpo_cpu_pilot/
-#            probe_lr1e3_h100_models/) moved the full policy in 60 steps: needle reward 0.52 -> 0.77 (held-out
-#            0.28 -> 0.75), two-hop 0.10 -> 0.03 (held-out 0.27 -> 0.11). Groups are mostly all-right or
-#            all-wrong (0-4 of 16 kept), hence twice the prompts.
+#            same 60 steps for both, 8 prompts per task x G = 8, lr 3e-4. Limit 450 s. At lr 1e-4 (4 prompts
+#            per task, 80 steps; KSA 1.23 s a step on the H100, full 0.39 s) no reward moved; CPU probes on the
+#            same models at 512 tokens (bench/results/ksa_grpo_cpu_pilot/probe_lr*_h100_models/): at 3e-4 the
+#            full policy learned the needle (reward 0.49 -> 0.93) and the KSA policy did not, at 1e-3 the
+#            KSA policy lost accuracy. Groups are mostly all-right or all-wrong (0-7 of 16 kept), hence
+#            twice the prompts.
 #   ksaconv and ksagrpo read /tmp/ksa_models, or unpack out/ksa_models/*.tar (carried) on a fresh machine:
 #   OUT=$OUT bench/run_h200.sh ksarep    then, carry ["out/ksa_models"] (the tars from $OUT/models):
 #   OUT=$OUT bench/run_h200.sh ksaconv ksagrpo
@@ -180,7 +180,7 @@ for s in "$@"; do
     ksaconv) ksa_models && stage ksaconv 420 python3 bench/ksa_conversion.py --models /tmp/ksa_models \
                --out "$OUT/conv" --budget-s 300 --student-dir /tmp/ksa_conv ;;
     ksagrpo) ksa_models && stage ksagrpo 450 python3 bench/ksa_grpo.py --models /tmp/ksa_models --out "$OUT/grpo" \
-               --budget-s 320 --steps 60 --lr 1e-3 --prompts-per-task 8 ;;
+               --budget-s 320 --steps 60 --lr 3e-4 --prompts-per-task 8 ;;
     *) echo "unknown stage $s" ;;
   esac
 done
