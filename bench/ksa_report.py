@@ -155,9 +155,8 @@ def goals_md(r: dict | None, g: dict | None, c: dict | None, long_from: int) -> 
         out.append(f"- converted model keeps ≥ 90% of full's held-out accuracy at {n} tokens: "
                    f"{'yes' if t > 0 and s >= 0.9 * t else 'no'} ({s:.2f} vs {t:.2f}"
                    + (f", {s / t:.0%})" if t > 0 else ")"))
-        kept = {k: c["distilled"]["accuracy"][n][k] / c["teacher"]["accuracy"][n][k] for k in RETRIEVAL
-                if c["teacher"]["accuracy"][n].get(k, 0) > 0 and k in c["distilled"]["accuracy"][n]}
-        if kept:
+        kept = {k: v for k, v in c.get("kept", {}).get(n, {}).items() if k in RETRIEVAL and v is not None}
+        if kept:  # ksa_conversion's distilled / teacher per task
             out.append(f"  (per retrieval task at {n}: " + ", ".join(f"{k} {v:.0%}" for k, v in kept.items()) + " kept)")
     return "\n".join(out)
 

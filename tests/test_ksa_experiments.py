@@ -380,6 +380,9 @@ def test_goal_verdicts_say_not_decided_when_grpo_moved_nothing():
 
     teacher = {"8192": {"needle": 1.0, "kv": 1.0, "hop2": 0.2, "count": 1.0, "all": 0.8}}
     student = {"8192": {"needle": 0.5, "kv": 0.99, "hop2": 0.1, "count": 0.1, "all": 0.56}}
-    text = ksa_report.goals_md(None, None, {"teacher": {"accuracy": teacher}, "distilled": {"accuracy": student}}, 8192)
+    import ksa_conversion
+
+    conv = {"teacher": {"accuracy": teacher}, "distilled": {"accuracy": student}, "kept": ksa_conversion.kept(teacher, student)}
+    text = ksa_report.goals_md(None, None, conv, 8192)
     assert "no (0.56 vs 0.80, 70%)" in text
     assert "needle 50%, kv 99%, hop2 50% kept" in text
