@@ -83,8 +83,9 @@
 #            KSA policy lost accuracy. Groups are mostly all-right or all-wrong (0-7 of 16 kept), hence
 #            twice the prompts.
 #   ksaconv and ksagrpo read /tmp/ksa_models, or unpack out/ksa_models/*.tar (carried) on a fresh machine:
-#   OUT=$OUT bench/run_h200.sh ksarep    then, carry ["out/ksa_models"] (the tars from $OUT/models):
-#   OUT=$OUT bench/run_h200.sh ksaconv ksagrpo
+#   OUT=$OUT bench/run_h200.sh ksarep    then, carry ["out/ksa_models"] (the tars from $OUT/models), one call
+#   each (their limits, 420 + 450 s, no longer fit one 600 s call together):
+#   OUT=$OUT bench/run_h200.sh ksaconv   and   OUT=$OUT bench/run_h200.sh ksagrpo
 #
 # Missing pure-Python dependencies can travel as wheels in .whl/ (installed into /tmp/site).
 set -uo pipefail
