@@ -178,9 +178,14 @@ class RewardPool:
         from concurrent.futures import wait
         from concurrent.futures.process import BrokenProcessPool
 
-        self.start()
         end = time.monotonic() + deadline
-        futures = [self._pool.submit(score_chunk, self.score_fn, c, variant, self.timeout_s) for c in chunks]
+        self.start()
+        try:
+            futures = [self._pool.submit(score_chunk, self.score_fn, c, variant, self.timeout_s) for c in chunks]
+        except BrokenProcessPool:  # a worker died while the pool was idle (SIGTERM to the group): start afresh
+            self._discard_pool()
+            self.start()
+            futures = [self._pool.submit(score_chunk, self.score_fn, c, variant, self.timeout_s) for c in chunks]
         wait(futures, timeout=max(0.0, end - time.monotonic()))
         results: list[list[RewardResult] | None] = []
         broken = False

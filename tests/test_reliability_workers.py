@@ -88,6 +88,24 @@ def test_a_killed_process_worker_costs_only_its_responses(rows):
         p.close()
 
 
+def test_a_worker_killed_while_the_pool_is_idle_does_not_stop_the_next_score(rows):
+    """SIGTERM to the process group kills idle workers between steps; the next step starts a fresh pool."""
+    p = RewardPool(workers=2, timeout_s=1.0, mode="process", score_fn="tests.test_reliability_workers:die_on_marker")
+    try:
+        p.score(rows[:2], ["warm", "up"])
+        victim = next(iter(p._pool._processes.values()))
+        victim.kill()
+        victim.join(5)
+        deadline = time.monotonic() + 5  # the executor notices the death on its own thread
+        while not p._pool._broken and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p._pool._broken
+        got = p.score(rows[:2], ["x", "yy"])
+        assert [(g.score, g.status) for g in got] == [(1.0, "ok"), (0.0, "ok")]
+    finally:
+        p.close()
+
+
 @pytest.mark.slow
 def test_a_reward_that_ignores_its_alarm_is_stopped_by_the_backstop(rows):
     p = RewardPool(workers=1, timeout_s=0.5, mode="process", score_fn="tests.test_reliability_workers:deaf_hang")
