@@ -17,8 +17,11 @@ current weights, and the generation retried, with a log line saying so.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 
 from golong.config import Recipe, RecipeError
@@ -101,6 +104,23 @@ class InlineCluster:
         self.rewards.close()
 
 
+@contextlib.contextmanager
+def _sigterm_blocked():
+    """Block SIGTERM while the local Ray cluster starts, so its processes (GCS, raylet, the actors) inherit
+    it blocked, as Ray itself does for SIGINT. SIGTERM to the whole process group (`timeout`, `kill -- -PGID`,
+    Slurm) then reaches only the driver, which finishes the step and saves through the still-running actors;
+    `ray.shutdown()` then kills the blocked processes after its grace period, and an abrupt driver death still
+    takes them along (Ray's parent-death signal)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class RayCluster:
     """Learner and rollout as Ray actors in a placement group; rewards as Ray tasks."""
 
@@ -120,7 +140,8 @@ class RayCluster:
                 # Ray starts workers at nice 15; here they *are* the job, so they keep normal priority.
                 os.environ.setdefault("RAY_worker_niceness", "0")
                 cpus = c.num_cpus or (c.learner_cpus * learner_ranks(c) + c.rollout_cpus + recipe.reward.workers)
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+                with _sigterm_blocked():
+                    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
             else:
                 ray.init(address=c.address, include_dashboard=False)
         self._colocated_gpu = c.colocate and c.learner_gpus > 0

@@ -143,6 +143,28 @@ def test_a_stop_signal_then_resume_equals_the_uninterrupted_run(setup, tmp_path,
     resume_and_compare(path, run, straight)
 
 
+@pytest.mark.slow
+@pytest.mark.ray
+def test_sigterm_to_the_group_in_ray_mode_saves_the_step(tiny_model_dir, tmp_path):
+    """`timeout` and `kill -- -PGID` signal every process of the group: the local Ray cluster must outlive
+    the signal long enough for the driver to finish the step and save through the learner actor."""
+    pytest.importorskip("ray")
+    run = tmp_path / "ray"
+    raw = cli_recipe(tiny_model_dir, run)
+    raw["cluster"] = {"mode": "ray", "torch_threads": 1, "learner_cpus": 1, "rollout_cpus": 1}
+    raw["trainer"]["steps"] = 50
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = golong("train", str(path))
+    wait_for_steps(proc, run, 2, limit_s=240)
+    os.killpg(proc.pid, signal.SIGTERM)
+    rc, err = finish(proc)
+    assert rc == 143, err[-2000:]
+    done = metrics_steps(run)
+    assert done == list(range(1, len(done) + 1)) and len(done) < 50
+    assert checkpoint.latest(run).name == f"step_{done[-1]:06d}"  # the step it stopped after is saved
+
+
 # -- checkpoint integrity ------------------------------------------------------------------------
 def fake_learner(payload: bytes):
     def save(path: Path) -> None:
