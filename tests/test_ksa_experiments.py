@@ -295,6 +295,36 @@ def test_grpo_smoke_on_the_saved_policies(replication, tmp_path):
     assert result["config"]["group"] == 4
 
 
+def test_needle_probe_breakdown_and_supervised_steps(tmp_path):
+    import ksa_needle_probe as probe
+
+    res = probe.needle_answers(rep.build_models("smoke", 2, "reference", 0)["ksa"], 24, 256, batch=10)
+    assert len(res["where"]) == 24 and set(res["value"]) <= set(range(rep.N_NEEDLES))
+    # the position found is the needle the answer asks for: the value there is the answer token
+    draw = rep.make_batch(np.random.default_rng([probe.PROBE_SEED, 256, 0]), 10, 256, {"needle": 1})
+    ((_, ps),) = draw.answers
+    assert (draw.ids[:, ps[0]] == res["value"][:10] + rep.NEEDLE0).all()
+    # a rigged result: value 3 always wrong, everything else right
+    rigged = {"where": np.arange(16) * 9, "value": np.arange(16) % 4,
+              "answer": np.where(np.arange(16) % 4 == 3, rep.NEEDLE0 + 17, rep.NEEDLE0 + np.arange(16) % 4)}
+    rigged["right"] = rigged["answer"] == rigged["value"] + rep.NEEDLE0
+    b = probe.breakdown(rigged, 256)
+    assert b["acc"] == 0.75 and b["by_value"]["x3"] == {"acc": 0.0, "n": 4} and b["by_value"]["x0"]["acc"] == 1.0
+    assert b["wrong_answers"] == {"x17": 4} and sum(a["n"] for a in b["by_offset"].values()) == 16
+    model = rep.build_models("smoke", 2, "reference", 0)["ksa"]
+    with torch.no_grad():  # x3's output row made a copy of x17's, at half its length
+        head = model.get_output_embeddings().weight
+        head[rep.NEEDLE0 + 3] = 0.5 * head[rep.NEEDLE0 + 17]
+    h = probe.head_geometry(model, b)
+    assert (h["target"], h["never"], h["cos_never"]) == ("x17", ["x3"], 1.0) and h["cos_rest"] < 0.9
+    assert h["norm_never"] < h["norm_rest"]
+    result = probe.main(["--out", str(tmp_path), "--length", "256", "--rows", "8", "--steps", "2", "--batch", "4",
+                         "--eval-rows", "4", "--policies", "ksa"])
+    sup = result["policies"]["ksa"]["supervised"]
+    assert len(sup["curve"]) == 2 and set(sup["after"]) == {"needle", "kv", "hop2", "count", "all"}
+    assert json.loads((tmp_path / "results.json").read_text())["policies"]["ksa"]["breakdown"]["acc"] is not None
+
+
 def test_exact_match_reward():
     import ksa_grpo
 
