@@ -57,7 +57,10 @@
 #                        the GPU recipes and the README's GPU table
 #   2. ksagrpo           #17's GRPO again, on the replication's models of 2026-12-05 (carry
 #                        [".whl", "out/ksa_models"]: the tars, kept git-ignored in out/ksa_models here), with
-#                        the larger step size below (lr 1e-4 moved no reward in 80 steps)
+#                        the larger step size below (lr 1e-4 moved no reward in 80 steps). Read it with
+#                        bench/ksa_needle_probe.py's finding (README, GRPO probes): this KSA model never outputs
+#                        7 of the 32 needle values, a readout defect supervised steps at lr 3e-4 do not fix
+#                        either, so its needle column says little about GRPO on KSA; kv and two-hop do
 #   3. fused32k          1.7B 32K, full then KSA, save_attention: #15's MFU target and #16's KSA/full ratio
 #   later: ksagroup prefix32k prefixtune (the KSA learner alone at 32K, KSA storage at 32K, GEMM autotuning)
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
