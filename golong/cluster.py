@@ -107,8 +107,8 @@ class InlineCluster:
 @contextlib.contextmanager
 def _sigterm_blocked():
     """Block SIGTERM while the local Ray cluster starts, so its processes (GCS, raylet, the actors) inherit
-    it blocked, as Ray itself does for SIGINT. SIGTERM to the whole process group (`timeout`, `kill -- -PGID`,
-    Slurm) then reaches only the driver, which finishes the step and saves through the still-running actors;
+    it blocked, as Ray itself does for SIGINT. SIGTERM to the whole process group (`timeout`, `kill -- -PGID`;
+    Slurm's too, until its KillWait SIGKILL) then reaches only the driver, which finishes the step and saves through the still-running actors;
     `ray.shutdown()` then kills the blocked processes after its grace period, and an abrupt driver death still
     takes them along (Ray's parent-death signal)."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):

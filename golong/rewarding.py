@@ -179,13 +179,16 @@ class RewardPool:
         from concurrent.futures.process import BrokenProcessPool
 
         end = time.monotonic() + deadline
-        self.start()
+
+        def submit_all() -> list:
+            self.start()
+            return [self._pool.submit(score_chunk, self.score_fn, c, variant, self.timeout_s) for c in chunks]
+
         try:
-            futures = [self._pool.submit(score_chunk, self.score_fn, c, variant, self.timeout_s) for c in chunks]
+            futures = submit_all()
         except BrokenProcessPool:  # a worker died while the pool was idle (SIGTERM to the group): start afresh
             self._discard_pool()
-            self.start()
-            futures = [self._pool.submit(score_chunk, self.score_fn, c, variant, self.timeout_s) for c in chunks]
+            futures = submit_all()
         wait(futures, timeout=max(0.0, end - time.monotonic()))
         results: list[list[RewardResult] | None] = []
         broken = False

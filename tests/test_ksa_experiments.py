@@ -298,7 +298,8 @@ def test_grpo_smoke_on_the_saved_policies(replication, tmp_path):
 def test_needle_probe_breakdown_and_supervised_steps(tmp_path):
     import ksa_needle_probe as probe
 
-    res = probe.needle_answers(rep.build_models("smoke", 2, "reference", 0)["ksa"], 24, 256, batch=10)
+    model = rep.build_models("smoke", 2, "reference", 0)["ksa"]
+    res = probe.needle_answers(model, 24, 256, batch=10)
     assert len(res["where"]) == 24 and set(res["value"]) <= set(range(rep.N_NEEDLES))
     # the position found is the needle the answer asks for: the value there is the answer token
     draw = rep.make_batch(np.random.default_rng([probe.PROBE_SEED, 256, 0]), 10, 256, {"needle": 1})
@@ -311,7 +312,6 @@ def test_needle_probe_breakdown_and_supervised_steps(tmp_path):
     b = probe.breakdown(rigged, 256)
     assert b["acc"] == 0.75 and b["by_value"]["x3"] == {"acc": 0.0, "n": 4} and b["by_value"]["x0"]["acc"] == 1.0
     assert b["wrong_answers"] == {"x17": 4} and sum(a["n"] for a in b["by_offset"].values()) == 16
-    model = rep.build_models("smoke", 2, "reference", 0)["ksa"]
     with torch.no_grad():  # x3's output row made a copy of x17's, at half its length
         head = model.get_output_embeddings().weight
         head[rep.NEEDLE0 + 3] = 0.5 * head[rep.NEEDLE0 + 17]
