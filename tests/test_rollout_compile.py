@@ -91,11 +91,20 @@ def test_weight_update_reaches_compiled_code(tiny_tokenizer, stop_prompts):
     assert after[True] == [[hf_greedy(updated, tiny_tokenizer, p, NEW)] for p in stop_prompts]
 
 
-def test_one_compile_serves_every_layer(tiny_tokenizer, stop_prompts):
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_one_compile_serves_every_layer(tiny_tokenizer, stop_prompts, checkpointed):
     """One prompt on one slot: every step has one shape, so the two layers' 15 steps (30 layer calls)
-    compile one graph, and the next call compiles none."""
+    compile one graph, and the next call compiles none. Also for a policy the learner checkpoints
+    (the engine shares its model inline): transformers then hooks the embeddings so that their output
+    requires grad even under no_grad, which made the first layer compile a second variant."""
+    from golong.models import enable_checkpointing
+
     model = make_model(tiny_tokenizer, "qwen3")
     assert len(model.model.layers) == 2 and len(layer_weights(model.model.layers[0])) == 18
+    if checkpointed:
+        enable_checkpointing(model)
+        with torch.no_grad():
+            assert model.model.embed_tokens(torch.tensor([[1]])).requires_grad  # the hook this guards against
     engine = StaticEngine(model, tiny_tokenizer, max_batch=1, max_len=40, share_prefix=False, compile_decode=True)
     greedy = SamplingParams(max_new_tokens=NEW, temperature=0)
     torch._dynamo.reset()  # nothing cached by earlier tests

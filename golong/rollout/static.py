@@ -506,6 +506,10 @@ class StaticEngine(RolloutEngine):
         layer i (make_decode_layer), final norm, lm_head on column 0 (the text token); logits [B, V]."""
         inner = self.model.model
         n_sum = h.shape[1] - 1
+        # Detached: a checkpointed policy's embedding output requires grad even under no_grad
+        # (transformers' enable_input_require_grads hook), and the compiled layer guards on it, so the
+        # first layer compiled a second variant of every step shape (H100 and CPU, 2026-12-05).
+        h = h.detach()
         cos, sin = inner.rotary_emb(h, positions)
         with torch._dynamo.config.patch(recompile_limit=RECOMPILES, accumulated_recompile_limit=RECOMPILES):
             for i, layer in enumerate(inner.layers):
