@@ -35,7 +35,7 @@ torch.compile has built for this configuration so far (a run that settles stops 
       one summary per older chunk, of a full layer all earlier text; a summary query its chunk's 8
       tokens + itself (ksa_pairs, equal to ksa.mask's dense mask summed).
       MFU = FLOPs / learner time / 990e12 (H200 dense bf16 datasheet, as bench/learner.py).
-  decode floor  = (decode steps * weight bytes + K/V bytes read) / 4.8e12
+  decode floor  = (decode steps * weight bytes + K/V bytes read) / HBM bandwidth (H200 4.8e12, H100 3.35e12 B/s)
       (K/V bytes read: the engine's kv_bytes_read, each step a group's shared prompt once and each live
       row's own entries; KSA ring layers their window and summaries: golong/rollout/kvmem.read_entries).
   prefill floor = sum over prompts (2 N_layers p + 2 * layers * (Hq*D) * p^2) / 790e12 (measured bf16 GEMM).
@@ -65,7 +65,14 @@ import torch  # noqa: E402
 from learner import PEAK_FLOPS, SHAPES, VOCAB, qwen3_config  # noqa: E402  (bench/learner.py)
 
 GPU_RECIPE = ROOT / "recipes" / "golongrl_qwen3_4b_tmn.yaml"
-HBM_BYTES_PER_S = 4.8e12  # H200 datasheet
+HBM_BYTES_PER_S = {"H200": 4.8e12, "H100": 3.35e12}  # datasheets (H100 SXM HBM3); other devices: the H200's
+
+
+def hbm_bytes_per_s(device_name: str) -> float:
+    """The decode floor's memory bandwidth for this device (by name; the H200's when unknown)."""
+    return next((v for k, v in HBM_BYTES_PER_S.items() if k in device_name), HBM_BYTES_PER_S["H200"])
+
+
 GEMM_FLOPS = 790e12  # bf16 matmul measured on the project's H200 (shared/ENVIRONMENT.md)
 SMOKE = "tiny:96:2x2:8:eager"
 KSA_CHUNK, KSA_WINDOW = 8, 128  # the KSA hybrid's chunk (text tokens) and window (chunks) in its windowed layers
@@ -194,7 +201,8 @@ def rollout_floors(shape: str, prompt_lens: list[int], stats: dict, weight_bytes
     steps, kv_read = stats.get("decode_steps", 0), stats.get("kv_bytes_read", 0)
     n = model_params(shape)  # the embedding is a lookup; the LM head runs on each prompt's last token only
     prefill = sum(2 * n * p + 2 * layers * qd * p * p for p in prompt_lens) / GEMM_FLOPS
-    return {"decode_floor_s": (steps * weight_bytes + kv_read) / HBM_BYTES_PER_S, "prefill_floor_s": prefill}
+    bandwidth = hbm_bytes_per_s(torch.cuda.get_device_name() if torch.cuda.is_available() else "")
+    return {"decode_floor_s": (steps * weight_bytes + kv_read) / bandwidth, "prefill_floor_s": prefill}
 
 
 class Run:
@@ -206,8 +214,17 @@ class Run:
 
     def over_budget(self) -> None:  # from the watchdog thread: the step in flight did not finish in time
         self.record["status"] = f"over budget: step {len(self.record['steps']) + 1} unfinished at {self.c['budget_s']:.0f} s"
+        # where the step was (rollout or learner, which call): the main thread's innermost frames in
+        # golong's own code, then the innermost two of all (a compile shows there as torch's)
+        frame = sys._current_frames().get(threading.main_thread().ident)
+        if frame is not None:
+            frames = traceback.extract_stack(frame)
+            ours = [f for f in frames if f.filename.startswith(str(ROOT)) and "/.venv/" not in f.filename]
+            self.record["stuck_at"] = [f"{Path(f.filename).relative_to(ROOT)}:{f.lineno} {f.name}: {f.line}"
+                                       for f in ours[-8:]] + [f"{f.filename}:{f.lineno} {f.name}" for f in frames[-2:]]
         self.write()
         print(f"{self.c['name']}: {self.record['status']}", flush=True)
+        print("\n".join(["  at:", *self.record.get("stuck_at", [])]), flush=True)
         import multiprocessing
 
         for child in multiprocessing.active_children():  # the reward workers would outlive the exit

@@ -60,6 +60,27 @@ def test_smoke_runs_the_trainer_and_reports_every_phase(train_gpu, tmp_path):
     assert summary["reward_errors"] == 0  # every reward function ran (9 tasks; a missing package shows here)
 
 
+def test_over_budget_records_where_the_step_was(tmp_path):
+    """A configuration whose budget runs out mid-step exits 124 and leaves its status and the main
+    thread's frames in golong's code (here: the setup, under a budget too short to finish it)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "train_gpu.py"), "tiny:96:2x2:8:eager", "--device", "cpu",
+                           "--budget-s", "0.3", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 124, proc.stderr[-2000:]
+    (record,) = json.loads(out.read_text())["configs"].values()
+    assert record["status"] == "over budget: step 1 unfinished at 0 s" and record["steps"] == []
+    assert record["stuck_at"] and any(line.startswith(("golong/", "bench/")) for line in record["stuck_at"])
+    assert "  at:" in proc.stdout
+
+
+def test_decode_floor_bandwidth_by_device(train_gpu):
+    assert train_gpu.hbm_bytes_per_s("NVIDIA H100 80GB HBM3") == 3.35e12
+    assert train_gpu.hbm_bytes_per_s("NVIDIA H200") == train_gpu.hbm_bytes_per_s("") == 4.8e12
+
+
 def test_configuration_specs(train_gpu):
     c = train_gpu.parse_config("1.7b:2k,32k:8x2:2048:noshare")
     assert (c["prompt_lens"], c["group"], c["prompts"], c["new"]) == ([2048, 32768], 8, 2, 2048)
