@@ -29,8 +29,9 @@
 #   trainksa2  1.7B 32K G=8 x 2 2K new KSA (full: train32k), 0.6B 64K G=8 x 1 2K new full and KSA  (~9 min)
 #   ksa32k     only the first row of trainksa2 (~4 min)
 #   base8k     the train stage's GPU-recipe row alone (120 s), into fused8k's JSON: its baseline on a new card
-#   fused8k    the train stage's GPU-recipe row with rollout.compile_decode on (decode layers and sampling
-#              through torch.compile), full attention then KSA (both sharing prompts), 120 s each
+#   fused8k    the train stage's GPU-recipe row with rollout.compile_decode on (decode layers through torch.compile),
+#              full attention (120 s) then KSA (180 s), both sharing prompts
+#   ksa8k      fused8k's KSA row without compile_decode (180 s): which decode setting KSA recipes should take
 #   prefixfuse2  prefixfuse with one repetition, within 250 s (to follow fused8k in one call)
 #   prefixtune prefixfuse2 with inductor's GEMM autotuning (TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1): the compiled
 #              step's GEMMs are M = 32 rows against weights of 1K-3K columns; in the profile of
@@ -41,28 +42,29 @@
 #              flag for its compile.
 #   prefix32k  bench/prefix_decode.py 0.6B, 2 prompts of 32K, G=8, 256 new, shared vs per-row prompt K/V,
 #              each uncompiled and with compile_decode: full attention, then the 3:1 KSA hybrid
-#   fused32k   1.7B 32K G=8 x 2 2K new with compile_decode and checkpoint_policy save_attention (the
-#              learner keeps attention outputs: no O(T^2) recompute), full attention then KSA, 225 s each
-#              (one call: the KSA rows of 2026-12-05 compiled a new graph in each of their 3 steps, so
-#              they need more steps before any is steady; train_gpu's medians skip compiling steps)
-#
+#   fused32k   1.7B 32K G=8 x 2 2K new, full attention, compile_decode and checkpoint_policy save_attention (the
+#              learner keeps attention outputs: no O(T^2) recompute), 225 s
+#   ksafused32k  the same for the KSA hybrid, 500 s (at 225 s its first step was unfinished on the H100, 2026-12-05;
+#              the JSON's stuck_at now says where a step over budget was)
+#   ksarep1    ksarep with seed 1 (models into /tmp/ksa_models_seed1, tars into $OUT/models_seed1)
+
 # Issue 15 in two device calls (a call runs 600 s at most; each of these ends within ~550 s), each
 # with carry [".whl"] after scripts/fetch_gpu_wheels.sh here, timeout_s 600:
 #   OUT=$OUT bench/run_h200.sh gputest train        then        OUT=$OUT bench/run_h200.sh train32k trl
 #
+# Eighth session (2026-12-05, an H100: the H200 would not start; bench/results/h100_2026-12-05d/): base8k fused8k
+# (full attention 4.88 -> 3.02 s a step with compile_decode; the KSA row over budget), ksagrpo (lr 3e-4: no
+# held-out change for either policy), fused32k (full 27.9 s a step, learner MFU 30%; the KSA row over budget),
+# then the KSA row at 8K alone with 290 s: 4.02 s a step (1.33x full's), first step 73 s.
 # Next GPU session, in this order (30 min of device time, of which the machine's start may take 3-13;
 # each line one call of <= 600 s, carry [".whl"]):
-#   1. fused8k gputest   compile_decode inside golong train at 0.6B 8K (#15's <= 4 s step; the standalone
-#                        decode step went 9.92 -> 3.98 ms); if it holds, rollout.compile_decode: true in
-#                        the GPU recipes and the README's GPU table
-#   2. ksagrpo           #17's GRPO again, on the replication's models of 2026-12-05 (carry
-#                        [".whl", "out/ksa_models"]: the tars, kept git-ignored in out/ksa_models here), with
-#                        the larger step size below (lr 1e-4 moved no reward in 80 steps). Read it with
-#                        bench/ksa_needle_probe.py's finding (README, GRPO probes): this KSA model never outputs
-#                        7 of the 32 needle values, a readout defect supervised steps at lr 3e-4 do not fix
-#                        either, so its needle column says little about GRPO on KSA; kv and two-hop do
-#   3. fused32k          1.7B 32K, full then KSA, save_attention: #15's MFU target and #16's KSA/full ratio
-#   later: ksagroup prefix32k prefixtune (the KSA learner alone at 32K, KSA storage at 32K, GEMM autotuning)
+#   1. fused8k ksa8k     full and KSA at 0.6B 8K on one machine, KSA with and without compile_decode (<= 600 s):
+#                        #16's 8K ratio, and whether KSA recipes take compile_decode
+#   2. ksafused32k       1.7B 32K KSA (~540 s): #16's 32K ratio against fused32k's full row (27.9 s on the H100)
+#   3. ksarep1           #17's second replication seed (~8 min), then ksaconv / ksagrpo on its models
+#                        (carry the tars of $OUT/models_seed1 as out/ksa_models) if time is left
+#   later: prefixtune (GEMM autotuning of the decode step), group (the learner alone at 32K: why 30% MFU in the
+#   loop against 47% on one sequence), ksagroup, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
 # machine (`base8k fused8k` in one call, ~490 s): the README's H200 rows do not compare with
@@ -70,7 +72,8 @@
 
 # Issue 17 (KSA evidence). Ran on an H100, 2026-12-05 (bench/results/h100_2026-12-05c/): ksarep learned kv
 # in all three models (1.00 up to 8K) and two-hop in KSA only; ksaconv kept 69% of the teacher at 8K in
-# 304 s of distillation; ksagrpo at lr 1e-4 moved no reward (to repeat, item 2 above).
+# 304 s of distillation; ksagrpo at lr 1e-4 moved no reward, nor at lr 3e-4 with 8 prompts per task
+# (eighth session, bench/results/h100_2026-12-05d/grpo/).
 #   ksarep   bench/ksa_replication.py: full / 3:1 KSA / SCA from scratch in lockstep, 420 s of training,
 #            curriculum 64 -> 8K tokens with tasks entering one at a time, eval 1K-32K; models saved to
 #            /tmp/ksa_models and packed as bf16 tars (13 MB each) into $OUT/models. Limit 560 s (it took 493 s
@@ -166,19 +169,24 @@ for s in "$@"; do
       done ;;
     base8k) stage base8k 160 python3 bench/train_gpu.py 0.6b:8k:8x4:256 --budget-s 120 --steps 20 --append \
               --out "$OUT/train_gpu_fused.json" ;;  # the GPU-recipe row of `train` alone: fused8k's baseline
-    fused8k) for cfg in 0.6b:8k:8x4:256:fused 0.6b:8k:8x4:256:ksa:fused; do
-               stage fused8k 160 python3 bench/train_gpu.py "$cfg" --budget-s 120 --steps 20 --append \
+    fused8k) for run in "0.6b:8k:8x4:256:fused 120" "0.6b:8k:8x4:256:ksa:fused 180"; do
+               read -r cfg secs <<<"$run"  # KSA: a first step of 73-94 s on the H100 (2026-12-05)
+               stage fused8k $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 20 --append \
                  --out "$OUT/train_gpu_fused.json"
              done ;;
+    ksa8k) stage ksa8k 220 python3 bench/train_gpu.py 0.6b:8k:8x4:256:ksa:unfused --budget-s 180 --steps 20 --append \
+             --out "$OUT/train_gpu_fused.json" ;;  # fused8k's KSA row without compile_decode, same machine
     prefixtune) TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 stage prefixtune 330 python3 bench/prefix_decode.py --shape 0.6b \
                   --prompt-len 8192 --prompts 4 --new-tokens 256 --reps 1 --compile-decode --profile \
                   --out "$OUT/prefix_decode_tuned.json" ;;
     prefixfuse2) stage prefixfuse 250 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
                    --new-tokens 256 --reps 1 --compile-decode --profile --out "$OUT/prefix_decode_fused.json" ;;
-    fused32k) for cfg in 1.7b:32k:8x2:2048:fused 1.7b:32k:8x2:2048:ksa:fused; do
-                stage fused32k 270 python3 bench/train_gpu.py "$cfg" --budget-s 225 --steps 10 \
-                  --set model.checkpoint_policy=save_attention --append --out "$OUT/train_gpu_fused32k.json"
-              done ;;
+    fused32k) stage fused32k 270 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:fused --budget-s 225 --steps 10 \
+                --set model.checkpoint_policy=save_attention --append --out "$OUT/train_gpu_fused32k.json" ;;
+    ksafused32k) stage ksafused32k 560 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:ksa:fused --budget-s 500 --steps 10 \
+                   --set model.checkpoint_policy=save_attention --append --out "$OUT/train_gpu_fused32k.json" ;;
+    ksarep1) stage ksarep1 560 python3 bench/ksa_replication.py --budget-s 420 --seed 1 --out "$OUT/rep_seed1" \
+               --save-models /tmp/ksa_models_seed1 --pack-models "$OUT/models_seed1" ;;
     ksarep) stage ksarep 560 python3 bench/ksa_replication.py --budget-s 420 --out "$OUT/rep" \
               --save-models /tmp/ksa_models --pack-models "$OUT/models" ;;
     ksaconv) ksa_models && stage ksaconv 420 python3 bench/ksa_conversion.py --models /tmp/ksa_models \
