@@ -43,9 +43,20 @@
 #   prefix32k  bench/prefix_decode.py 0.6B, 2 prompts of 32K, G=8, 256 new, shared vs per-row prompt K/V,
 #              each uncompiled and with compile_decode: full attention, then the 3:1 KSA hybrid
 #   fused32k   1.7B 32K G=8 x 2 2K new, full attention, compile_decode and checkpoint_policy save_attention (the
-#              learner keeps attention outputs: no O(T^2) recompute), 225 s
+#              learner keeps attention outputs: no O(T^2) recompute), 200 s
+#   piecestest the SDPA pieces' GPU test alone (90 s)
+#   pieces32k  fused32k with optim.shared_prompt_kernel=sdpa: the shared rows' attention piece by piece through
+#              flash SDPA (its outputs kept by save_attention) instead of FlexAttention (recomputed in backward:
+#              an inductor kernel the checkpoint policy does not see). Learner time / MFU against fused32k's
 #   ksafused32k  the same for the KSA hybrid, 500 s (at 225 s its first step was unfinished on the H100, 2026-12-05;
 #              the JSON's stuck_at now says where a step over budget was)
+#   groupckpt  the learner alone on one shared 32K group (1.7B, compiled, optimizer-held masters), save_attention
+#              against full checkpointing. On CUDA shared rows run FlexAttention compiled between the layers'
+#              graphs: its kernel is inductor's, not a dispatcher op, so save_attention's policy (which keeps
+#              the outputs of the ops it sees) may not see it and recompute it in backward. Equal times would say
+#              so: a candidate for the loop's 30% MFU against 47% on one sequence (hypothesis, not measured)
+#   prefixksa  prefix_decode at 0.6B / 8K with compile_decode for the KSA hybrid, profiled: where the KSA decode
+#              step's time goes (2.15 s of decode a GRPO step against full attention's 1.34 s, H100)
 #   ksarep1    ksarep with seed 1 (models into /tmp/ksa_models_seed1, tars into $OUT/models_seed1)
 
 # Issue 15 in two device calls (a call runs 600 s at most; each of these ends within ~550 s), each
@@ -60,11 +71,14 @@
 # each line one call of <= 600 s, carry [".whl"]):
 #   1. fused8k ksa8k     full and KSA at 0.6B 8K on one machine, KSA with and without compile_decode (<= 600 s):
 #                        #16's 8K ratio, and whether KSA recipes take compile_decode
-#   2. ksafused32k       1.7B 32K KSA (~540 s): #16's 32K ratio against fused32k's full row (27.9 s on the H100)
-#   3. ksarep1           #17's second replication seed (~8 min), then ksaconv / ksagrpo on its models
-#                        (carry the tars of $OUT/models_seed1 as out/ksa_models) if time is left
-#   later: prefixtune (GEMM autotuning of the decode step), group (the learner alone at 32K: why 30% MFU in the
-#   loop against 47% on one sequence), ksagroup, prefix32k
+#   2. fused32k piecestest pieces32k  1.7B 32K full attention, FlexAttention against SDPA pieces in the learner
+#                        (<= 580 s; the pieces' GPU test first: flash with grouped heads and its causal alignment):
+#                        #15's MFU; if pieces win, optim.shared_prompt_kernel: sdpa becomes the default
+#   3. ksafused32k       1.7B 32K KSA (~540 s): #16's 32K ratio against fused32k's full row (27.9 s on the H100)
+#   4. gputest           the GPU tests, the SDPA pieces' included (<= 200 s)
+#   5. ksarep1           #17's second replication seed (<= 560 s), if time is left
+#   later: groupckpt prefixksa (where KSA decode time goes), prefixtune (GEMM autotuning of the decode step),
+#   ksagroup, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
 # machine (`base8k fused8k` in one call, ~490 s): the README's H200 rows do not compare with
@@ -148,7 +162,7 @@ for s in "$@"; do
                  stage prefix32k 200 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 32768 --prompts 2 --group 8 \
                    --new-tokens 256 --reps 1 --compile-decode $ksa --out "$OUT/prefix_decode_32k${ksa/--/_}.json"
                done ;;
-    gputest) stage gputest 200 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_train_gpu.py ;;
+    gputest) stage gputest 200 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_train_gpu.py tests/test_packing_pieces.py ;;
     train) for run in "0.6b:8k:8x4:256 120" "0.6b:8k:8x4:256:eager 90" "0.6b:8k:8x4:256:noshare 100"; do
              read -r cfg secs <<<"$run"  # a process per configuration: one that overruns cannot stop the next
              stage train $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 20 --append \
@@ -181,10 +195,19 @@ for s in "$@"; do
                   --out "$OUT/prefix_decode_tuned.json" ;;
     prefixfuse2) stage prefixfuse 250 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
                    --new-tokens 256 --reps 1 --compile-decode --profile --out "$OUT/prefix_decode_fused.json" ;;
-    fused32k) stage fused32k 270 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:fused --budget-s 225 --steps 10 \
+    fused32k) stage fused32k 245 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:fused --budget-s 200 --steps 10 \
                 --set model.checkpoint_policy=save_attention --append --out "$OUT/train_gpu_fused32k.json" ;;
+    piecestest) stage piecestest 90 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_packing_pieces.py ;;
+    pieces32k) stage pieces32k 245 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:fused --budget-s 200 --steps 10 \
+                 --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa --append \
+                 --out "$OUT/train_gpu_pieces32k.json" ;;
     ksafused32k) stage ksafused32k 560 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:ksa:fused --budget-s 500 --steps 10 \
                    --set model.checkpoint_policy=save_attention --append --out "$OUT/train_gpu_fused32k.json" ;;
+    groupckpt) stage groupckpt 420 python3 bench/learner.py --group 8 --response 2048 --steps 3 \
+                 --runs 1.7b:32768:golong_optmaster_sac_compile,1.7b:32768:golong_optmaster_full_compile \
+                 --out "$OUT/learner_group_ckpt.json" ;;
+    prefixksa) stage prefixksa 300 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
+                 --new-tokens 256 --reps 1 --compile-decode --ksa --profile --out "$OUT/prefix_decode_ksa_fused.json" ;;
     ksarep1) stage ksarep1 560 python3 bench/ksa_replication.py --budget-s 420 --seed 1 --out "$OUT/rep_seed1" \
                --save-models /tmp/ksa_models_seed1 --pack-models "$OUT/models_seed1" ;;
     ksarep) stage ksarep 560 python3 bench/ksa_replication.py --budget-s 420 --out "$OUT/rep" \

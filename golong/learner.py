@@ -201,6 +201,8 @@ class Learner:
                               pad_to=None if ksa_layout else bucket_length(size))
             if ksa_layout:
                 row.layout_padding = ksa_layout_padding(self._model, row)
+            else:
+                row.kernel = self.optim_cfg.shared_prompt_kernel
             rows.append(([i for u in units for i in u], row))
         return rows
 

@@ -111,6 +111,7 @@ class PackedRow:
     members: torch.Tensor | None = None
     padding: int = 0  # trailing tokens of a sequence of their own (bucketed rows); their outputs are dropped
     layout_padding: int = 0  # a KSA model's shared row: padding slots its layout gets (not in input_ids; ksa_layout_padding)
+    kernel: str = "flex"  # a shared row's attention: "flex" (CUDA: one BlockMask; CPU: dense) or "sdpa" (SharedPieces)
 
     def __post_init__(self) -> None:
         if not self.response_at:
@@ -234,6 +235,8 @@ def _shared_prompt_attention(module, query, key, value, attention_mask, dropout=
         raise RuntimeError("shared-prompt attention called without its mask (use packed_logprobs)")
     if isinstance(golong_mask, torch.Tensor):
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=golong_mask, scale=scaling, enable_gqa=gqa)
+    elif isinstance(golong_mask, SharedPieces):
+        out = pieces_attention(query, key, value, golong_mask, scaling, gqa)
     else:  # outside the compiled layer's graph, compiled static once per bucket length
         out = flex_between_graphs(query, key, value, golong_mask, scaling, gqa)
     return out.transpose(1, 2).contiguous(), None
@@ -277,12 +280,82 @@ def shared_attention(model, row: PackedRow) -> Iterator[None]:
 def shared_mask(row: PackedRow, device, block: bool | None = None):
     """The attention rule of a shared-prompt row: same unit, causal, key is prompt or the query's own
     response. A dense [1, 1, L, L] bool mask (the CPU default: FlexAttention has no CPU backward) or
-    a FlexAttention BlockMask (the CUDA default; never dense, see shared_block_mask)."""
+    a FlexAttention BlockMask (the CUDA default; never dense, see shared_block_mask); with
+    row.kernel "sdpa", the row's pieces on any device (SharedPieces)."""
+    if row.kernel == "sdpa":
+        return shared_pieces(row)
     if not (torch.device(device).type == "cuda" if block is None else block):
         docs, members = row.docs.to(device), row.members.to(device)
         idx = torch.arange(docs.numel(), device=device)
         return _shared_rule(docs, members)(None, None, idx[:, None], idx[None, :])[None, None]
     return shared_block_mask(row, device)
+
+
+@dataclass(frozen=True)
+class SharedPieces:
+    """A shared-prompt row as the pieces that attend without a mask beyond causality: per unit
+    ((prompt start, prompt length), ((response start, response length), ...)), in row order; the
+    padding of a bucketed row is a unit of its own with no responses."""
+
+    units: tuple[tuple[tuple[int, int], tuple[tuple[int, int], ...]], ...]
+
+
+def shared_pieces(row: PackedRow) -> SharedPieces:
+    """The row's SharedPieces, read from its per-token units and members (a run of prompt tokens, -1,
+    opens a unit; the runs of one member that follow are its responses)."""
+    docs, members = row.docs.cpu(), row.members.cpu()
+    change = torch.ones(docs.numel(), dtype=torch.bool)
+    change[1:] = (docs[1:] != docs[:-1]) | (members[1:] != members[:-1])
+    starts = torch.nonzero(change).flatten().tolist()
+    ends = [*starts[1:], docs.numel()]
+    units: list[tuple[tuple[int, int], list[tuple[int, int]]]] = []
+    for start, end in zip(starts, ends, strict=True):
+        if members[start] < 0:
+            units.append(((start, end - start), []))
+        elif units and docs[start] == docs[units[-1][0][0]]:
+            units[-1][1].append((start, end - start))
+        else:
+            raise ValueError(f"shared row: response tokens at {start} follow no prompt of their unit")
+    return SharedPieces(tuple((prompt, tuple(responses)) for prompt, responses in units))
+
+
+@torch.compiler.disable
+def pieces_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pieces: SharedPieces, scale: float | None,
+                     gqa: bool) -> torch.Tensor:
+    """Shared-prompt attention piece by piece through SDPA (flash on CUDA), q [1, Hq, L, D], k / v
+    [1, Hkv, L, D] -> [1, Hq, L, D]:
+
+        prompt P:      softmax(q_P k_P^T * scale + causal) v_P
+        response R_i:  softmax(q_R [k_P; k_R]^T * scale + causal aligned to the last key) [v_P; v_R]
+
+    the same rule as shared_mask, without a mask: each response's keys are its prompt's, copied in
+    front of its own (a transient [1, Hkv, P + R_i, D] per response). Outside the compiled layers'
+    graphs (the pieces are Python numbers that differ row to row). Its kernels are dispatcher ops,
+    so checkpoint_policy save_attention keeps their outputs; FlexAttention compiled by inductor is a
+    generated kernel that the policy does not see, and is recomputed in backward."""
+    out = []
+    for (ps, p), responses in pieces.units:
+        kp, vp = k[:, :, ps : ps + p], v[:, :, ps : ps + p]
+        out.append(torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, ps : ps + p], kp, vp, is_causal=True, scale=scale, enable_gqa=gqa))
+        for rs, r in responses:
+            if r:
+                out.append(_causal_to_last_key(q[:, :, rs : rs + r], torch.cat([kp, k[:, :, rs : rs + r]], 2),
+                                               torch.cat([vp, v[:, :, rs : rs + r]], 2), scale, gqa))
+    return torch.cat(out, 2)
+
+
+def _causal_to_last_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, gqa: bool) -> torch.Tensor:
+    """Attention of the last q.shape[2] positions of a sequence over all k.shape[2] of it: query i sees
+    keys up to k.shape[2] - q.shape[2] + i. On CUDA in half precision the flash kernel, whose causal
+    mask is aligned that way when there are more keys than queries (grouped heads natively); elsewhere
+    SDPA under that mask. (Not torch's CausalBias: a tensor subclass, which fails under the selective
+    checkpointing of save_attention.)"""
+    r, n = q.shape[2], k.shape[2]
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] % 8 == 0:
+        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, True, False, scale=scale)[0]
+    mask = torch.ones(r, n, dtype=torch.bool, device=q.device).tril(n - r)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 
 def _shared_rule(docs: torch.Tensor, members: torch.Tensor):

@@ -12,6 +12,7 @@ import torch
 
 from golong.packing import (
     TILE,
+    SharedPieces,
     _shared_rule,
     bucket_length,
     pack,
@@ -171,13 +172,14 @@ def _count_graphs_over_lengths(model, make_row, lengths, grad: bool, mask=None) 
 
 
 @pytest.mark.parametrize("path", [pytest.param("packed", marks=pytest.mark.slow),
-                                  pytest.param("shared_dense", marks=pytest.mark.slow), "shared_block"])
+                                  pytest.param("shared_dense", marks=pytest.mark.slow), "shared_block", "shared_pieces"])
 def test_compiled_layers_settle_over_many_lengths(tiny_model_dir, path):
     """Twelve packed lengths through compiled decoder layers, dynamic in the length as compile_layers
     makes them (the aot_eager backend: dynamo's graph decisions without inductor's compile time). The
     layers' graphs are never rebuilt: ordinary packed rows and shared rows with the dense CPU mask add
     no graph after the warm-up; with the BlockMask (the GPU's path, forward here) only the
-    FlexAttention kernel, compiled between the layers' graphs, adds one graph per new bucket length."""
+    FlexAttention kernel, compiled between the layers' graphs, adds one graph per new bucket length; the
+    SDPA pieces (a new SharedPieces object every row) add none."""
     import torch._dynamo
     from transformers import AutoModelForCausalLM
 
@@ -196,6 +198,15 @@ def test_compiled_layers_settle_over_many_lengths(tiny_model_dir, path):
             return _count_graphs_over_lengths(model, lambda ids: pack([ids[:50]], [ids[50:]]), ns, grad=True)
         if path == "shared_dense":
             return _count_graphs_over_lengths(model, shared, ns, grad=True)
+        if path == "shared_pieces":  # optim.shared_prompt_kernel=sdpa: SDPA piece by piece, between the graphs
+
+            def pieces_row(ids):
+                row = shared(ids)
+                row.kernel = "sdpa"
+                assert isinstance(shared_mask(row, "cpu"), SharedPieces)
+                return row
+
+            return _count_graphs_over_lengths(model, pieces_row, ns, grad=True)
         with _quiet():
             return _count_graphs_over_lengths(model, shared, ns, grad=False, mask=lambda row: shared_mask(row, "cpu", block=True))
 

@@ -1,0 +1,147 @@
+"""optim.shared_prompt_kernel "sdpa": a shared-prompt row's attention piece by piece through SDPA
+(golong.packing.pieces_attention), against the dense mask of the same rule (shared_mask on the CPU):
+outputs and gradients, padded and unpadded rows, grouped-query heads, empty responses; a response
+that loses its prompt must fail the comparison; a tiny model's log-probs and weight gradients."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from golong.packing import (
+    SharedPieces,
+    bucket_length,
+    pack_shared,
+    packed_logprobs,
+    pieces_attention,
+    shared_attention,
+    shared_mask,
+    shared_pieces,
+)
+from tests.test_packing_buckets import _random_units
+
+
+def _attend_both(row, pieces=None, heads=(4, 2), dim=16, seed=0):
+    """(dense output, pieces output, dense grads, pieces grads) for random q, k, v of the row's length."""
+    length = row.input_ids.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    base = [torch.randn(1, h, length, dim, generator=g, dtype=torch.float64) for h in (heads[0], heads[1], heads[1])]
+    weight = torch.randn(1, heads[0], length, dim, generator=g, dtype=torch.float64)
+    results = []
+    for kind in ("dense", "pieces"):
+        q, k, v = (t.clone().requires_grad_(True) for t in base)
+        if kind == "dense":
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=shared_mask(row, "cpu"),
+                                                                   enable_gqa=heads[0] != heads[1])
+        else:
+            out = pieces_attention(q, k, v, pieces or shared_pieces(row), None, heads[0] != heads[1])
+        (out * weight).sum().backward()
+        results.append((out.detach(), [t.grad for t in (q, k, v)]))
+    return results
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pieces_equal_the_dense_rule(seed):
+    rng = random.Random(seed)
+    units = _random_units(rng)
+    units[0][1].append([])  # an empty response: no piece of its own
+    plain = pack_shared(units)
+    row = pack_shared(units, pad_to=bucket_length(plain.input_ids.shape[1])) if seed % 2 else plain
+    heads = (4, 2) if seed < 2 else (3, 3)
+    (dense, dense_grads), (pieces, piece_grads) = _attend_both(row, heads=heads, seed=seed)
+    torch.testing.assert_close(pieces, dense, atol=1e-10, rtol=1e-10)
+    for a, b in zip(piece_grads, dense_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_a_response_without_its_prompt_fails_the_comparison():
+    """The check can fail: pieces whose responses do not see their prompt (each response a prompt of
+    its own) give other outputs."""
+    units = _random_units(random.Random(5))
+    units[0] = (units[0][0], [[7] * 20, [9] * 30])
+    row = pack_shared(units)
+    good = shared_pieces(row)
+    broken = SharedPieces(tuple(
+        (piece, ()) for (prompt, responses) in good.units for piece in (prompt, *responses)))
+    (dense, _), (pieces, _) = _attend_both(row, pieces=broken)
+    assert not torch.allclose(pieces, dense, atol=1e-6)
+
+
+def test_pieces_of_a_row():
+    row = pack_shared([([5, 6, 7], [[8, 9], [10]]), ([11], [])], pad_to=10)
+    assert shared_pieces(row) == SharedPieces((((0, 3), ((3, 2), (5, 1))), ((6, 1), ()), ((7, 3), ())))
+    row.members[:3] = 0  # a response with no prompt before it
+    with pytest.raises(ValueError, match="follow no prompt"):
+        shared_pieces(row)
+
+
+@pytest.mark.parametrize("checkpointing", [None, "save_attention"])
+def test_model_logprobs_and_gradients_equal_the_dense_rule(tiny_model_dir, checkpointing):
+    from transformers import AutoModelForCausalLM
+
+    from golong.models import enable_checkpointing
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    if checkpointing:
+        model.train()  # transformers checkpoints layers in training mode only
+        enable_checkpointing(model, checkpointing)
+    units = _random_units(random.Random(3), vocab=model.config.vocab_size)
+    results = []
+    for kernel in ("flex", "sdpa"):  # flex on the CPU: the dense mask
+        row = pack_shared(units, pad_to=640)
+        row.kernel = kernel
+        assert isinstance(shared_mask(row, "cpu"), SharedPieces if kernel == "sdpa" else torch.Tensor)
+        model.zero_grad()
+        with shared_attention(model, row):
+            lps, _ = packed_logprobs(model, row, chunk=64)
+            lp = torch.cat(lps)
+            (lp * torch.linspace(-1, 1, lp.numel())).sum().backward()
+        results.append((lp.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-5, rtol=1e-4)
+
+
+def test_the_learner_gives_its_rows_the_configured_kernel(tiny_model_dir):
+    from pydantic import ValidationError
+
+    from golong.config import AlgoConfig, ModelConfig, OptimConfig
+    from golong.learner import Learner, Sample
+
+    learner = Learner(ModelConfig(path=str(tiny_model_dir)), OptimConfig(shared_prompt_kernel="sdpa"), AlgoConfig(),
+                      device="cpu")
+    samples = [Sample(prompt_ids=[5, 6, 7, 8], response_ids=[9, 10 + i], advantage=1.0 - i, group_id=0) for i in range(2)]
+    rows = learner._rows(samples)
+    assert rows and all(row.kernel == "sdpa" and row.members is not None for _, row in rows)
+    assert OptimConfig().shared_prompt_kernel == "flex"
+    with pytest.raises(ValidationError):
+        OptimConfig(shared_prompt_kernel="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_flash_pieces_equal_the_dense_rule():
+    """On CUDA in bf16 the responses run the flash kernel with its causal mask aligned to the last key,
+    16 query / 8 key heads: outputs and gradients against the dense rule in float32, within bf16's error
+    (compared with SDPA's own bf16 error under the dense mask)."""
+    units = _random_units(random.Random(9), vocab=100)
+    units[0] = (units[0][0] * 8, [[7] * 300, [9] * 129])  # a long prompt, responses of odd lengths
+    row = pack_shared(units, pad_to=bucket_length(pack_shared(units).input_ids.shape[1]))
+    length = row.input_ids.shape[1]
+    g = torch.Generator().manual_seed(0)
+    base = [torch.randn(1, h, length, 128, generator=g) for h in (16, 8, 8)]
+    weight = torch.randn(1, 16, length, 128, generator=g).cuda()
+    mask = shared_mask(row, "cpu").cuda()
+    results = {}
+    for kind, dtype in (("reference", torch.float32), ("dense", torch.bfloat16), ("pieces", torch.bfloat16)):
+        q, k, v = (t.to("cuda", dtype).requires_grad_(True) for t in base)
+        if kind == "pieces":
+            out = pieces_attention(q, k, v, shared_pieces(row), None, True)
+        else:
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        (out.float() * weight).sum().backward()
+        results[kind] = [out.float(), *(t.grad.float() for t in (q, k, v))]
+    for ref, dense, pieces in zip(results["reference"], results["dense"], results["pieces"], strict=True):
+        bf16_error = (dense - ref).norm() / ref.norm()
+        assert (pieces - ref).norm() / ref.norm() <= 2 * bf16_error + 1e-3
