@@ -108,20 +108,22 @@ def test_padding_is_a_unit_of_its_own():
     assert torch.equal(dense[n:, n:], torch.ones(row.padding, row.padding, dtype=torch.bool).tril())  # finite softmax rows
 
 
+def logprobs_and_grads(model, row) -> tuple[torch.Tensor, torch.Tensor]:
+    """A row's response log-probs (concatenated) and the weight gradients of a weighted sum of them."""
+    model.zero_grad()
+    with shared_attention(model, row):
+        lps, _ = packed_logprobs(model, row, chunk=64)
+        lp = torch.cat(lps)
+        (lp * torch.linspace(-1, 1, lp.numel())).sum().backward()
+    return lp.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
 def test_padded_rows_give_the_same_logprobs_and_gradients(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     units = _random_units(random.Random(3), vocab=model.config.vocab_size)
-    results = []
-    for pad in (None, 640):
-        row = pack_shared(units, pad_to=pad)
-        model.zero_grad()
-        with shared_attention(model, row):
-            lps, _ = packed_logprobs(model, row, chunk=64)
-            lp = torch.cat(lps)
-            (lp * torch.linspace(-1, 1, lp.numel())).sum().backward()
-        results.append((lp.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    results = [logprobs_and_grads(model, pack_shared(units, pad_to=pad)) for pad in (None, 640)]
     assert results[1][0].numel() == results[0][0].numel()
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=0)
     torch.testing.assert_close(results[1][1], results[0][1], atol=1e-5, rtol=1e-4)

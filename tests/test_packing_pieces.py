@@ -14,13 +14,11 @@ from golong.packing import (
     SharedPieces,
     bucket_length,
     pack_shared,
-    packed_logprobs,
     pieces_attention,
-    shared_attention,
     shared_mask,
     shared_pieces,
 )
-from tests.test_packing_buckets import _random_units
+from tests.test_packing_buckets import _random_units, logprobs_and_grads
 
 
 def _attend_both(row, pieces=None, heads=(4, 2), dim=16, seed=0):
@@ -93,12 +91,7 @@ def test_model_logprobs_and_gradients_equal_the_dense_rule(tiny_model_dir, check
         row = pack_shared(units, pad_to=640)
         row.kernel = kernel
         assert isinstance(shared_mask(row, "cpu"), SharedPieces if kernel == "sdpa" else torch.Tensor)
-        model.zero_grad()
-        with shared_attention(model, row):
-            lps, _ = packed_logprobs(model, row, chunk=64)
-            lp = torch.cat(lps)
-            (lp * torch.linspace(-1, 1, lp.numel())).sum().backward()
-        results.append((lp.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+        results.append(logprobs_and_grads(model, row))
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=0)
     torch.testing.assert_close(results[1][1], results[0][1], atol=1e-5, rtol=1e-4)
 
