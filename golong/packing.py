@@ -347,12 +347,12 @@ def pieces_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pieces: 
 
 def _causal_to_last_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, gqa: bool) -> torch.Tensor:
     """Attention of the last q.shape[2] positions of a sequence over all k.shape[2] of it: query i sees
-    keys up to k.shape[2] - q.shape[2] + i. On CUDA in half precision the flash kernel, whose causal
-    mask is aligned that way when there are more keys than queries (grouped heads natively); elsewhere
-    SDPA under that mask. (Not torch's CausalBias: a tensor subclass, which fails under the selective
+    keys up to k.shape[2] - q.shape[2] + i. On CUDA in half precision with a head dim the flash
+    kernel takes (a multiple of 8, at most 256) that kernel, whose causal mask is aligned that way
+    when there are more keys than queries (grouped heads natively); elsewhere SDPA under that mask. (Not torch's CausalBias: a tensor subclass, which fails under the selective
     checkpointing of save_attention.)"""
     r, n = q.shape[2], k.shape[2]
-    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] % 8 == 0:
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256:
         return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, True, False, scale=scale)[0]
     mask = torch.ones(r, n, dtype=torch.bool, device=q.device).tril(n - r)
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
