@@ -50,7 +50,8 @@ def run(model, prompts: list[list[int]], args, share: bool, compiled: bool = Fal
     tok = IdTokenizer(model.config.vocab_size)
     new = args.new_tokens
     engine = StaticEngine(model, tok, max_batch=len(prompts) * args.group, max_len=len(prompts[0]) + new,
-                          prefill_chunk=32768, share_prefix=share, compile_decode=compiled)
+                          prefill_chunk=32768, share_prefix=share, compile_decode=compiled,
+                          decode_kernel=args.decode_kernel)
     greedy = SamplingParams(max_new_tokens=new, temperature=args.temperature)
     t0 = time.perf_counter()
     out = engine.generate(prompts, args.group, greedy)  # warm-up (graph capture, compiles)
@@ -73,7 +74,8 @@ def profile_steps(model, prompts: list[list[int]], args, compiled: bool) -> dict
 
     tok = IdTokenizer(model.config.vocab_size)
     engine = StaticEngine(model, tok, max_batch=len(prompts) * args.group, max_len=len(prompts[0]) + args.new_tokens,
-                          prefill_chunk=32768, share_prefix=True, compile_decode=compiled)
+                          prefill_chunk=32768, share_prefix=True, compile_decode=compiled,
+                          decode_kernel=args.decode_kernel)
     greedy = SamplingParams(max_new_tokens=args.new_tokens, temperature=0)
     engine.generate(prompts, args.group, greedy)  # capture outside the profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
@@ -112,6 +114,8 @@ def main() -> None:
     ap.add_argument("--compile-decode", action="store_true", help="also run each layout with compile_decode=True")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the token checks need it)")
     ap.add_argument("--ksa", action="store_true", help="the 3:1 KSA hybrid of the model (benchutil.ksa_hybrid)")
+    ap.add_argument("--decode-kernel", choices=("torch", "triton"), default="torch",
+                    help="decode attention: torch ops or the split-K Triton kernel (ksa/triton_decode.py)")
     ap.add_argument("--profile", action="store_true", help="profile one more shared-layout call (kernels per step)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

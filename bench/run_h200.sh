@@ -58,6 +58,11 @@
 #   prefixksa  prefix_decode at 0.6B / 8K with compile_decode for the KSA hybrid, profiled: where the KSA decode
 #              step's time goes (2.15 s of decode a GRPO step against full attention's 1.34 s, H100)
 #   ksarep1    ksarep with seed 1 (models into /tmp/ksa_models_seed1, tars into $OUT/models_seed1)
+#   decodekernel  bench/decode_kernel.py: the split-K Triton decode kernel alone against the torch path (~1 min)
+#   triton8k   fused8k's two rows (full, KSA) with rollout.decode_kernel=triton: decode attention as one split-K
+#              Triton kernel per key part (ksa/triton_decode.py) instead of matmul / softmax / matmul
+#   triton32k  fused32k (full attention, 1.7B 32K) with the Triton decode kernel (245 s)
+#   ksatriton32k  ksafused32k with the Triton decode kernel (560 s)
 
 # Issue 15 in two device calls (a call runs 600 s at most; each of these ends within ~550 s), each
 # with carry [".whl"] after scripts/fetch_gpu_wheels.sh here, timeout_s 600:
@@ -67,18 +72,17 @@
 # (full attention 4.88 -> 3.02 s a step with compile_decode; the KSA row over budget), ksagrpo (lr 3e-4: no
 # held-out change for either policy), fused32k (full 27.9 s a step, learner MFU 30%; the KSA row over budget),
 # then the KSA row at 8K alone with 290 s: 4.02 s a step (1.33x full's), first step 73 s.
+# Ninth session (2026-12-05, an H100, bench/results/h100_2026-12-05e/): fused32k pieces32k (SDPA pieces: learner 5%
+# faster), ksafused32k (KSA 31.4 s a step, 1.17x full: decode 1.49x slower, learner 0.66x), prefixksa gputest
+# (the KSA decode step bound by its kernels), fused8k (full 2.77 s, KSA 3.49 s).
 # Next GPU session, in this order (30 min of device time, of which the machine's start may take 3-13;
 # each line one call of <= 600 s, carry [".whl"]):
-#   1. fused8k ksa8k     full and KSA at 0.6B 8K on one machine, KSA with and without compile_decode (<= 600 s):
-#                        #16's 8K ratio, and whether KSA recipes take compile_decode
-#   2. fused32k piecestest pieces32k  1.7B 32K full attention, FlexAttention against SDPA pieces in the learner
-#                        (<= 580 s; the pieces' GPU test first: flash with grouped heads and its causal alignment):
-#                        #15's MFU; if pieces win, optim.shared_prompt_kernel: sdpa becomes the default
-#   3. ksafused32k       1.7B 32K KSA (~540 s): #16's 32K ratio against fused32k's full row (27.9 s on the H100)
-#   4. gputest           the GPU tests, the SDPA pieces' included (<= 200 s)
-#   5. ksarep1           #17's second replication seed (<= 560 s), if time is left
-#   later: groupckpt prefixksa (where KSA decode time goes), prefixtune (GEMM autotuning of the decode step),
-#   ksagroup, prefix32k
+#   1. gputest decodekernel triton8k   the GPU tests (the Triton decode kernel's included), then fused8k's rows with
+#                         rollout.decode_kernel=triton (<= 560 s; compare with fused8k on the same machine if time)
+#   2. ksatriton32k       KSA 1.7B 32K with the kernel (~540 s) against this session's 31.4 s (same card type)
+#   3. triton32k fused32k full attention 1.7B 32K with and without the kernel (<= 490 s)
+#   4. ksarep1            #17's second replication seed (<= 560 s), if time is left
+#   later: ksa8k (KSA without compile_decode), groupckpt, prefixtune, ksagroup, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
 # machine (`base8k fused8k` in one call, ~490 s): the README's H200 rows do not compare with
@@ -162,7 +166,21 @@ for s in "$@"; do
                  stage prefix32k 200 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 32768 --prompts 2 --group 8 \
                    --new-tokens 256 --reps 1 --compile-decode $ksa --out "$OUT/prefix_decode_32k${ksa/--/_}.json"
                done ;;
-    gputest) stage gputest 200 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_train_gpu.py tests/test_packing_pieces.py ;;
+    gputest) stage gputest 200 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_train_gpu.py tests/test_packing_pieces.py \
+               tests/test_triton_decode.py tests/test_rollout_triton_decode.py ;;
+    decodekernel) stage decodekernel 120 python3 bench/decode_kernel.py --rows 32 --keys 2048 8192 32768 \
+                    --queries 2 4 16 32 --out "$OUT/decode_kernel.json" ;;
+    triton8k) for run in "0.6b:8k:8x4:256:fused 110" "0.6b:8k:8x4:256:ksa:fused 150"; do
+                set -- $run
+                stage triton8k $(($2 + 40)) python3 bench/train_gpu.py "$1" --budget-s "$2" --steps 20 --append \
+                  --set rollout.decode_kernel=triton --out "$OUT/train_gpu_triton.json"
+              done ;;
+    ksatriton32k) stage ksatriton32k 560 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:ksa:fused --budget-s 500 --steps 10 \
+                    --set model.checkpoint_policy=save_attention --set rollout.decode_kernel=triton --append \
+                    --out "$OUT/train_gpu_triton32k.json" ;;
+    triton32k) stage triton32k 245 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:fused --budget-s 200 --steps 10 \
+                 --set model.checkpoint_policy=save_attention --set rollout.decode_kernel=triton --append \
+                 --out "$OUT/train_gpu_triton32k.json" ;;
     train) for run in "0.6b:8k:8x4:256 120" "0.6b:8k:8x4:256:eager 90" "0.6b:8k:8x4:256:noshare 100"; do
              read -r cfg secs <<<"$run"  # a process per configuration: one that overruns cannot stop the next
              stage train $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 20 --append \

@@ -229,11 +229,6 @@ class StaticKSALayer:
         zero = torch.zeros((), dtype=torch.float32, device=pos.device)
         return (torch.where(text, zero, NEG_INF), torch.where(summ, zero, NEG_INF))
 
-    def decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, span: int,
-               biases: tuple[torch.Tensor, torch.Tensor], scale: float) -> torch.Tensor:
-        """Write the step's K/V into rows 0..B-1 and attend (`decode_attention` on this layer's storage)."""
-        return decode_attention(q, k, v, pos, self.storage(), biases, scale, self.layout(span))
-
     def storage(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(text K, text V, summary K, summary V); the summary pair is None in a full layer."""
         return self.k, self.v, self.sk, self.sv
@@ -245,7 +240,8 @@ class StaticKSALayer:
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, storage: tuple,
-                     biases: tuple[torch.Tensor, torch.Tensor], scale: float, layout: tuple) -> torch.Tensor:
+                     biases: tuple[torch.Tensor, torch.Tensor], scale: float, layout: tuple,
+                     kernel: str = "torch") -> torch.Tensor:
     """One decode step of a KSA layer on plain tensors (torch.compile can trace it): write the step's
     K/V into rows 0..B-1 of `storage` (StaticKSALayer.storage) and attend.
 
@@ -253,7 +249,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
     the summaries of chunk pos // C; biases from StaticKSALayer.biases, layout from .layout(span).
     Text position p goes to slot p (full layer) or p mod R (ring); summary j of chunk c to slot c*S + j
     (ring; a full layer attends the step's own summaries and keeps none). Softmax over text then
-    summary slots, one score row per (query head, column). Returns [B, Hq, n, D]."""
+    summary slots, one score row per (query head, column). Returns [B, Hq, n, D]. kernel "triton": text
+    and summary slots each through ksa/triton_decode.py's split-K kernel, merged by log-sum-exp."""
     full, text_slots, chunk, summaries, t_span, s_span = layout
     kc, vc, skc, svc = storage
     b, hq, n, d = q.shape
@@ -278,6 +275,13 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
     qg = q.reshape(b, hkv, groups * n, d)
     kt, vt = kc[:b, :, :t_span], vc[:b, :, :t_span]
     bias_t, bias_s = biases
+    if kernel == "triton":
+        from ksa.triton_decode import decode_partials, merge_partials
+
+        parts = [decode_partials(qg, kk, vv, bias[:, None], scale, groups, n)
+                 for kk, vv, bias in ((kt, vt, bias_t), (sum_k, sum_v, bias_s)) if kk.shape[2]]
+        out = merge_partials(torch.cat([o for o, _ in parts], 2), torch.cat([lse for _, lse in parts], 2))
+        return out.to(q.dtype).reshape(b, hq, n, d)
 
     def scores(keys, bias):
         s = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale

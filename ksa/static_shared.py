@@ -173,13 +173,16 @@ def prompt_start_t(full: bool, plen: torch.Tensor, chunk: int, window: int) -> t
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, plen: torch.Tensor,
-                     storage: tuple, biases: tuple, scale: float, layout: tuple) -> torch.Tensor:
+                     storage: tuple, biases: tuple, scale: float, layout: tuple, kernel: str = "torch") -> torch.Tensor:
     """One decode step of a KSA layer on the shared layout, on plain tensors (torch.compile can trace
     it): write the step's own K/V into own rows 0..B-1 and attend (module docstring).
 
     q [B, Hq, n, D], k/v [B, Hkv, n, D] after RoPE (column 0 the text token at `pos`, columns 1.. the
     summaries of chunk pos // C), plen [B] the rows' prompt lengths, B = blocks * width; storage from
-    SharedKSALayer.storage, biases from .biases, layout from .layout. Returns [B, Hq, n, D]."""
+    SharedKSALayer.storage, biases from .biases, layout from .layout. Returns [B, Hq, n, D].
+    kernel "triton": each key part through ksa/triton_decode.py's split-K kernel (the prefix parts
+    with the block's queries stacked, as here), the parts' splits merged by log-sum-exp; "torch":
+    one softmax over the concatenated scores."""
     full, width, R, C, S, pt, ps, ot, os_ = layout
     pk, pv, psk, psv, kc, vc, skc, svc = storage
     b, hq, n, d = q.shape
@@ -219,6 +222,14 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
         keys.insert(1, (psk[:blocks, :, :ps], psv[:blocks, :, :ps], True))
         masks.insert(1, biases[1])
     keys, masks = zip(*[(kv, m) for kv, m in zip(keys, masks, strict=True) if kv[0].shape[2]], strict=True)
+    if kernel == "triton":
+        from ksa.triton_decode import decode_partials, merge_partials, stacked_to_rows
+
+        parts = [stacked_to_rows(*decode_partials(stacked, kk, vv, m.view(blocks, width, n, -1), scale, g, n), width)
+                 if shared else decode_partials(qg, kk, vv, m[:, None], scale, g, n)
+                 for (kk, vv, shared), m in zip(keys, masks, strict=True)]
+        out = merge_partials(torch.cat([o for o, _ in parts], 2), torch.cat([lse for _, lse in parts], 2))
+        return out.to(q.dtype).reshape(b, hq, n, d)
     scores = [shared_scores(kk, m) if shared else own_scores(kk, m) for (kk, _, shared), m in zip(keys, masks, strict=True)]
     probs = torch.softmax(torch.cat(scores, -1), -1).to(vc.dtype).split([s.shape[-1] for s in scores], -1)
     out = None

@@ -80,7 +80,8 @@ class EngineConfig:
     max_len: int | None = None  # prompt + response tokens; None: static -> the model's limit, vllm -> its own
     kv_budget_gb: float | None = None  # static / loop: decode K/V budget (None = off)
     share_prefix: bool = True  # static, full attention: a group's prompt K/V stored and read once (rollout/prefix.py)
-    compile_decode: bool = False  # static, full attention: decode layers through torch.compile (rollout/static.py)
+    compile_decode: bool = False  # static: decode layers through torch.compile (rollout/static.py)
+    decode_kernel: str = "torch"  # static: decode attention as torch ops or one Triton kernel per key part
     device: str | None = None  # static / loop; None = where the model's weights are
     dtype: str = "auto"  # vllm: weight dtype
     seed: int = 0  # vllm: engine seed
@@ -98,7 +99,8 @@ def engine_config(recipe: Any, device: str | None = None) -> EngineConfig:
     limit = recipe.data.max_prompt_tokens + r.max_new_tokens if recipe.data.max_prompt_tokens else None
     return EngineConfig(
         name=r.engine, ksa=m.ksa is not None or _ksa_folder(m.path), batch_size=r.batch_size, max_len=limit,
-        kv_budget_gb=r.kv_budget_gb, share_prefix=r.share_prefix, compile_decode=r.compile_decode, device=device,
+        kv_budget_gb=r.kv_budget_gb, share_prefix=r.share_prefix, compile_decode=r.compile_decode,
+        decode_kernel=r.decode_kernel, device=device,
         dtype=m.dtype, seed=recipe.trainer.seed, trust_remote_code=m.trust_remote_code,
     )
 
@@ -135,7 +137,8 @@ def make_engine(config: EngineConfig, model: Any, tokenizer: Any) -> RolloutEngi
         if problem is None:
             return StaticEngine(model, tokenizer, max_batch=config.batch_size, max_len=config.max_len,
                                 device=config.device, kv_budget_gb=config.kv_budget_gb,
-                                share_prefix=config.share_prefix, compile_decode=config.compile_decode)
+                                share_prefix=config.share_prefix, compile_decode=config.compile_decode,
+                                decode_kernel=config.decode_kernel)
         log.info("the static engine cannot run this model (%s); the loop engine generates instead", problem)
     from golong.rollout.loop import LoopEngine
 

@@ -54,16 +54,26 @@ def merge_parts(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor, lse_b
 
 
 def cascade_attention(q: torch.Tensor, k_prefix: torch.Tensor, v_prefix: torch.Tensor, prefix_bias: torch.Tensor,
-                      k_own: torch.Tensor, v_own: torch.Tensor, own_bias: torch.Tensor, scale: float) -> torch.Tensor:
+                      k_own: torch.Tensor, v_own: torch.Tensor, own_bias: torch.Tensor, scale: float,
+                      kernel: str = "torch") -> torch.Tensor:
     """One decode query per row over its block's prefix and its own keys (module docstring).
 
     q [B, Hkv, G, D] (G query heads per KV head, query head h = kv head h // G), B = blocks * width
     rows, row r in block r // width; k/v_prefix [blocks, Hkv, P, D] with prefix_bias [blocks, P];
-    k/v_own [B, Hkv, R, D] with own_bias [B, R]. Returns [B, Hkv, G, D] in q's dtype."""
+    k/v_own [B, Hkv, R, D] with own_bias [B, R]. Returns [B, Hkv, G, D] in q's dtype.
+    kernel "triton": each part through ksa/triton_decode.py's split-K kernel (scores never leave the
+    chip), the splits of both parts merged by the same log-sum-exp rule."""
     b, kv_heads, g, d = q.shape
     blocks = k_prefix.shape[0]
     width = b // blocks
     stacked = q.view(blocks, width, kv_heads, g, d).transpose(1, 2).reshape(blocks, kv_heads, width * g, d)
+    if kernel == "triton":
+        from ksa.triton_decode import decode_partials, merge_partials, stacked_to_rows
+
+        bias_a = prefix_bias[:, None, None, :].expand(blocks, width, 1, prefix_bias.shape[-1])
+        o_a, lse_a = stacked_to_rows(*decode_partials(stacked, k_prefix, v_prefix, bias_a, scale, g, 1), width)
+        o_b, lse_b = decode_partials(q, k_own, v_own, own_bias[:, None, None, :], scale, g, 1)
+        return merge_partials(torch.cat([o_a, o_b], 2), torch.cat([lse_a, lse_b], 2)).to(q.dtype)
     o_a, lse_a = partial_attention(stacked, k_prefix, v_prefix, prefix_bias, scale)
     o_a = o_a.view(blocks, kv_heads, width, g, d).transpose(1, 2).reshape(b, kv_heads, g, d)
     lse_a = lse_a.view(blocks, kv_heads, width, g).transpose(1, 2).reshape(b, kv_heads, g)

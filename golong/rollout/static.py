@@ -135,21 +135,29 @@ def layer_weights(layer: Any) -> tuple[torch.Tensor | None, ...]:
             layer.post_attention_layernorm.weight, *pairs[4], *pairs[5], *pairs[6])
 
 
-def decode_attention(qg: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, attn: tuple, scale: float) -> torch.Tensor:
+def decode_attention(qg: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, attn: tuple, scale: float,
+                     kernel: str = "torch") -> torch.Tensor:
     """Decode attention of qg [B, Hkv, G, D] over rows 0..B-1 of kc / vc [rows, Hkv, cap, D]; [B, Hkv, G, D].
     attn = (bias [B, span],): softmax(q k^T * scale + bias) v over cache positions < span (per-row
     storage); or (k_prefix, v_prefix, prefix_bias [blocks, P], own_bias [B, R]): cascade_attention
-    over prefix rows 0..blocks-1 (first P positions) and own rows (first R) (share_prefix)."""
+    over prefix rows 0..blocks-1 (first P positions) and own rows (first R) (share_prefix).
+    kernel: "torch" (matmul, softmax, matmul) or "triton" (ksa/triton_decode.py, one split-K kernel
+    a key part)."""
     b = qg.shape[0]
     if len(attn) == 1:
         (bias,) = attn
         span = bias.shape[-1]
+        if kernel == "triton":
+            from ksa.triton_decode import decode_partials, merge_partials
+
+            o, lse = decode_partials(qg, kc[:b, :, :span], vc[:b, :, :span], bias[:, None, None, :], scale, qg.shape[2], 1)
+            return merge_partials(o, lse).to(qg.dtype)
         scores = torch.matmul(qg, kc[:b, :, :span].transpose(-1, -2)).float() * scale + bias[:, None, None]
         return torch.matmul(torch.softmax(scores, -1).to(vc.dtype), vc[:b, :, :span])
     kp, vp, prefix_bias, own_bias = attn
     (blocks, p), r = prefix_bias.shape, own_bias.shape[1]
     return cascade_attention(qg, kp[:blocks, :, :p], vp[:blocks, :, :p], prefix_bias,
-                             kc[:b, :, :r], vc[:b, :, :r], own_bias, scale)
+                             kc[:b, :, :r], vc[:b, :, :r], own_bias, scale, kernel)
 
 
 def summary_weights(layer: Any, n_sum: int, mix: float) -> tuple | None:
@@ -166,27 +174,27 @@ def summary_weights(layer: Any, n_sum: int, mix: float) -> tuple | None:
 
 
 def full_step_attention(q, k, v, store, scale):
-    """Full-attention decode for make_decode_layer: store = (kc, vc, at, attn); the row's K/V written at
-    own index at[row] of kc / vc, then decode_attention; [B, Hq, 1, D]."""
-    kc, vc, at, attn = store
+    """Full-attention decode for make_decode_layer: store = (kc, vc, at, attn, kernel); the row's K/V
+    written at own index at[row] of kc / vc, then decode_attention; [B, Hq, 1, D]."""
+    kc, vc, at, attn, kernel = store
     b, kv_heads, d = q.shape[0], k.shape[1], q.shape[-1]
     where = (torch.arange(b, device=q.device)[:, None], torch.arange(kv_heads, device=q.device)[None], at[:, None])
     kc.index_put_(where, k[:, :, 0])
     vc.index_put_(where, v[:, :, 0])
-    return decode_attention(q.reshape(b, kv_heads, -1, d), kc, vc, attn, scale).reshape(q.shape)
+    return decode_attention(q.reshape(b, kv_heads, -1, d), kc, vc, attn, scale, kernel).reshape(q.shape)
 
 
 def ksa_step_attention(q, k, v, store, scale):
-    """KSA decode for make_decode_layer: store = (pos, storage, biases, layout) of ksa.static_cache."""
-    pos, storage, biases, layout = store
-    return ksa_decode_attention(q, k, v, pos, storage, biases, scale, layout)
+    """KSA decode for make_decode_layer: store = (pos, storage, biases, layout, kernel) of ksa.static_cache."""
+    pos, storage, biases, layout, kernel = store
+    return ksa_decode_attention(q, k, v, pos, storage, biases, scale, layout, kernel)
 
 
 def shared_ksa_step_attention(q, k, v, store, scale):
     """KSA decode on the shared-prompt layout: store = (pos, prompt lengths, storage, biases, layout)
-    of ksa.static_shared."""
-    pos, plen, storage, biases, layout = store
-    return shared_ksa_decode_attention(q, k, v, pos, plen, storage, biases, scale, layout)
+    of ksa.static_shared, and the kernel."""
+    pos, plen, storage, biases, layout, kernel = store
+    return shared_ksa_decode_attention(q, k, v, pos, plen, storage, biases, scale, layout, kernel)
 
 
 def make_decode_layer(heads: int, kv_heads: int, head_dim: int, eps: float, head_eps: float, scale: float, act: Any,
@@ -291,6 +299,7 @@ class StaticEngine(RolloutEngine):
         kv_budget_gb: float | None = None,
         share_prefix: bool = True,
         compile_decode: bool = False,
+        decode_kernel: str = "torch",
     ):
         """`max_batch` sequences decode at once at most; `max_len` (default: the model's
         max_position_embeddings) bounds prompt + response tokens.
@@ -303,6 +312,9 @@ class StaticEngine(RolloutEngine):
         `compile_decode`: each decode layer runs through one torch.compile'd function
         (make_decode_layer; inductor, no freezing) so its elementwise ops fuse; the CUDA graph then
         captures the compiled kernels.
+        `decode_kernel`: "torch" (decode attention as matmul, softmax, matmul) or "triton" (one split-K
+        kernel per key part, ksa/triton_decode.py: K/V read once, scores kept on chip; needs CUDA, on
+        a CPU it runs in Triton's interpreter, for tests).
         A model it cannot run (`unsupported_reason`) is a ValueError naming the reason."""
         problem = unsupported_reason(model)
         if problem is not None:
@@ -326,6 +338,9 @@ class StaticEngine(RolloutEngine):
         self.mix = float(getattr(cfg, "ksa_mix_coeff", 1.0))
         self.share = share_prefix
         self.compile_decode = compile_decode
+        if decode_kernel not in ("torch", "triton"):
+            raise ValueError(f"rollout.decode_kernel={decode_kernel!r}: use 'torch' or 'triton'")
+        self.decode_kernel = decode_kernel
         if self.compile_decode:
             self._fused_layer = self._compile_layer()
         self.rows = self.cap_len = 0  # allocated storage: rows x text tokens (sharing: response tokens)
@@ -518,9 +533,22 @@ class StaticEngine(RolloutEngine):
         return self._logits(rms_norm(inner.norm, h)[:, 0])
 
     def _full_attention(self, at: torch.Tensor, attn) -> Any:
-        """attention(i) for _fused_decode under full attention: K/V written at own index at [B];
-        attn(i) = layer i's decode_attention inputs."""
-        return lambda i: (full_step_attention, (self.k_cache[i], self.v_cache[i], at, attn(i)))
+        """attention(i) under full attention: K/V written at own index at [B]; attn(i) = layer i's
+        decode_attention inputs."""
+        return lambda i: (full_step_attention, (self.k_cache[i], self.v_cache[i], at, attn(i), self.decode_kernel))
+
+    def _decode_layers(self, h: torch.Tensor, positions: torch.Tensor, attention) -> torch.Tensor:
+        """Logits [B, V] of column 0 (the text token) after the decoder layers, where attention(i) =
+        (step attention function, its store) of layer i: through the compiled decode layer
+        (compile_decode) or the model's modules layer by layer."""
+        if self.compile_decode:
+            return self._fused_decode(h, positions, attention)
+
+        def attend(i, q, k, v, scale):
+            fn, store = attention(i)
+            return fn(q, k, v, store, scale)
+
+        return self._logits(self._layers(h, positions, attend, n_sum=h.shape[1] - 1)[:, 0])
 
     # --- the model, layer by layer -----------------------------------------------------------------
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -671,30 +699,9 @@ class StaticEngine(RolloutEngine):
         Each row writes its K/V at `pos` and attends positions <= pos. GQA is folded into the query
         length (q [B, kv_heads, groups, D] against K [B, kv_heads, span, D]) so no K/V is repeated.
         """
-        b = tok.shape[0]
-        groups = self.heads // self.kv_heads
         visible = torch.arange(span, device=tok.device)[None, :] <= pos[:, None]  # [B, span]
         bias = torch.zeros(visible.shape, dtype=torch.float32, device=tok.device).masked_fill(~visible, float("-inf"))
-        if self.compile_decode:
-            return self._fused_decode(self._embed(tok[:, None]), pos[:, None], self._full_attention(pos, lambda i: (bias,)))
-        flat = self._write_index(pos)
-
-        def attend(i, q, k, v, scale):
-            kc, vc = self.k_cache[i], self.v_cache[i]
-            kc.view(-1, self.head_dim).index_copy_(0, flat, k.reshape(-1, self.head_dim))
-            vc.view(-1, self.head_dim).index_copy_(0, flat, v.reshape(-1, self.head_dim))
-            qg = q.reshape(b, self.kv_heads, groups, self.head_dim)
-            scores = torch.matmul(qg, kc[:b, :, :span].transpose(-1, -2)).float() * scale + bias[:, None, None]
-            probs = torch.softmax(scores, -1).to(vc.dtype)
-            return torch.matmul(probs, vc[:b, :, :span]).reshape(b, self.heads, 1, self.head_dim)
-
-        return self._logits(self._layers(self._embed(tok[:, None]), pos[:, None], attend)[:, -1])
-
-    def _write_index(self, at: torch.Tensor) -> torch.Tensor:
-        """Index of (row, kv head, at[row]) in a row storage viewed as [-1, head_dim], rows 0..B-1."""
-        rows = torch.arange(at.shape[0], device=at.device)
-        flat = (rows[:, None] * self.kv_heads + torch.arange(self.kv_heads, device=at.device)) * self.cap_len
-        return (flat + at[:, None]).reshape(-1)
+        return self._decode_layers(self._embed(tok[:, None]), pos[:, None], self._full_attention(pos, lambda i: (bias,)))
 
     def _decode_shared(self, tok: torch.Tensor, pos: torch.Tensor, prefix: torch.Tensor, width: int,
                        prefix_span: int, own_span: int) -> torch.Tensor:
@@ -706,22 +713,8 @@ class StaticEngine(RolloutEngine):
         own = pos - prefix
         prefix_bias = length_bias(prefix.view(b // width, width).amax(1), prefix_span)  # [blocks, P]
         own_bias = length_bias(own + 1, own_span)  # [B, R]
-        if self.compile_decode:
-            return self._fused_decode(self._embed(tok[:, None]), pos[:, None], self._full_attention(
-                own, lambda i: (self.k_prefix[i], self.v_prefix[i], prefix_bias, own_bias)))
-        flat = self._write_index(own)
-
-        def attend(i, q, k, v, scale):
-            kc, vc = self.k_cache[i], self.v_cache[i]
-            kc.view(-1, self.head_dim).index_copy_(0, flat, k.reshape(-1, self.head_dim))
-            vc.view(-1, self.head_dim).index_copy_(0, flat, v.reshape(-1, self.head_dim))
-            qg = q.reshape(b, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
-            blocks = b // width
-            out = cascade_attention(qg, self.k_prefix[i][:blocks, :, :prefix_span], self.v_prefix[i][:blocks, :, :prefix_span],
-                                    prefix_bias, kc[:b, :, :own_span], vc[:b, :, :own_span], own_bias, scale)
-            return out.reshape(b, self.heads, 1, self.head_dim)
-
-        return self._logits(self._layers(self._embed(tok[:, None]), pos[:, None], attend)[:, -1])
+        return self._decode_layers(self._embed(tok[:, None]), pos[:, None], self._full_attention(
+            own, lambda i: (self.k_prefix[i], self.v_prefix[i], prefix_bias, own_bias)))
 
     def _decode_shared_ksa(self, tok: torch.Tensor, pos: torch.Tensor, prefix: torch.Tensor, width: int,
                            prefix_span: int, own_span: int, n: int) -> torch.Tensor:
@@ -736,15 +729,9 @@ class StaticEngine(RolloutEngine):
             layout = layer.layout(width, prefix_span, own_span)
             if layer.kind() not in masks:
                 masks[layer.kind()] = layer.biases(pos, prefix, n, layout)
-            return pos, prefix, layer.storage(), masks[layer.kind()], layout
+            return pos, prefix, layer.storage(), masks[layer.kind()], layout, self.decode_kernel
 
-        if self.compile_decode:
-            return self._fused_decode(h, positions, lambda i: (shared_ksa_step_attention, store(i)))
-
-        def attend(i, q, k, v, scale):
-            return shared_ksa_step_attention(q, k, v, store(i), scale)
-
-        return self._logits(self._layers(h, positions, attend, n_sum=n - 1)[:, 0])
+        return self._decode_layers(h, positions, lambda i: (shared_ksa_step_attention, store(i)))
 
     def _decode_ksa(self, tok: torch.Tensor, pos: torch.Tensor, span: int, n: int) -> torch.Tensor:
         """One text token per row (plus the S summary slots of its chunk when n > 1) through the
@@ -757,15 +744,11 @@ class StaticEngine(RolloutEngine):
                 biases[layer.kind()] = layer.biases(pos, n, span)
             return biases[layer.kind()]
 
-        if self.compile_decode:
-            return self._fused_decode(h, positions, lambda i: (ksa_step_attention, (
-                pos, self.ksa_layers[i].storage(), masks(self.ksa_layers[i]), self.ksa_layers[i].layout(span))))
-
-        def attend(i, q, k, v, scale):
+        def store(i: int) -> tuple:
             layer = self.ksa_layers[i]
-            return layer.decode(q, k, v, pos, span, masks(layer), scale)
+            return pos, layer.storage(), masks(layer), layer.layout(span), self.decode_kernel
 
-        return self._logits(self._layers(h, positions, attend, n_sum=n - 1)[:, 0])
+        return self._decode_layers(h, positions, lambda i: (ksa_step_attention, store(i)))
 
     def _step_columns(self, pos: list[int]) -> int:
         """Query columns of a decode step: 1, or 1 + S when any row's token completes a KSA chunk."""

@@ -1,0 +1,126 @@
+"""Benchmark: decode attention over one key part, the split-K Triton kernel vs the engine's torch path.
+
+    python bench/decode_kernel.py [--rows 32] [--keys 2048 16384 32768] [--queries 4 16 32] [--out F.json]
+    python bench/decode_kernel.py --device cpu --rows 2 --keys 600 --queries 2 --dim 32 --reps 1   (smoke)
+
+Per (keys S, stacked queries M): q [N, H, M, D] against K/V [N, H, S, D] that are slices of a larger cache
+(as in the engine), a length bias hiding the last keys of each row.
+- torch: softmax(q k^T * scale + bias) v as matmul, float32 softmax, matmul (the engine's
+  `rollout.decode_kernel: torch` for one part).
+- triton: merge_partials(decode_partials(...)) (ksa/triton_decode.py; `decode_kernel: triton`).
+Median of CUDA-event timings after warm-up; K/V bytes over time as TB/s; the speed-up torch / triton;
+each path's largest error against a float32 reference. Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from ksa.triton_decode import decode_partials, merge_partials  # noqa: E402
+
+
+def torch_path(q, k, v, bias, scale):
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale + bias[:, None, None]
+    return torch.matmul(torch.softmax(scores, -1).to(v.dtype), v)
+
+
+def triton_path(q, k, v, bias, scale):
+    return merge_partials(*decode_partials(q, k, v, bias[:, None, None, :], scale, q.shape[2], 1)).to(q.dtype)
+
+
+def timed(fn, reps: int, device: str) -> float:
+    """Median seconds of one call (CUDA events on a GPU, wall clock on the CPU), after one warm-up."""
+    fn()
+    times = []
+    for _ in range(reps):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def case(n: int, h: int, m: int, s: int, d: int, dtype, device: str, reps: int) -> dict:
+    gen = torch.Generator(device=device).manual_seed(0)
+    cache_k, cache_v = (torch.randn(n + 2, h, s + 64, d, generator=gen, device=device).to(dtype) for _ in range(2))
+    k, v = cache_k[:n, :, :s], cache_v[:n, :, :s]  # slices, as the engine reads them
+    q = torch.randn(n, h, m, d, generator=gen, device=device).to(dtype)
+    lengths = s - torch.arange(n, device=device) % 7  # the last few keys of some rows hidden
+    hidden = torch.arange(s, device=device)[None] >= lengths[:, None]
+    bias = torch.zeros(n, s, device=device).masked_fill(hidden, float("-inf"))
+    scale = d**-0.5
+    ref = torch_path(q.float(), k.float(), v.float(), bias, scale)
+    row = {"rows": n, "heads": h, "queries": m, "keys": s, "dim": d}
+    for name, fn in (("torch", torch_path), ("triton", triton_path)):
+        row[f"{name}_s"] = timed(lambda fn=fn: fn(q, k, v, bias, scale), reps, device)
+        row[f"{name}_err"] = float((fn(q, k, v, bias, scale).float() - ref).abs().max())
+        row[f"{name}_tbs"] = 2 * k.numel() * k.element_size() / row[f"{name}_s"] / 1e12
+    row["speedup"] = row["torch_s"] / row["triton_s"]
+    return row
+
+
+def show(rows: list[dict], title: str) -> None:
+    cols = ["rows", "queries", "keys", "torch_s", "triton_s", "speedup", "torch_tbs", "triton_tbs", "torch_err", "triton_err"]
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(title)
+        for r in rows:
+            print("  ".join(f"{c}={r[c]:.4g}" for c in cols))
+        return
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(*(f"{r[c] * 1e6:.0f} us" if c.endswith("_s") else f"{r[c]:.3g}" for c in cols))
+    Console().print(t)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--rows", type=int, default=32, help="N: rows (per-row keys) or blocks (a shared prompt)")
+    ap.add_argument("--heads", type=int, default=8, help="KV heads")
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--keys", type=int, nargs="+", default=[2048, 16384, 32768])
+    ap.add_argument("--queries", type=int, nargs="+", default=[4, 16, 32], help="M: stacked queries per (row, KV head)")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32  # the interpreter has no bf16 dot
+    rows = [case(args.rows, args.heads, m, s, args.dim, dtype, args.device, args.reps)
+            for s in args.keys for m in args.queries]
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (Triton interpreter)"
+    show(rows, f"decode attention, one key part: torch vs split-K Triton ({device}, {dtype})")
+    result = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "device": device, "dtype": str(dtype), "args": vars(args), "rows": rows}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Split-K flash decoding: a few stacked queries attend to one part of a key set, in key splits.
+
+Decode attention over keys held in several parts (a shared prompt, a row's own keys, ...) is done
+part by part and merged by log-sum-exp. For one part, per batch entry n and kv head h:
+
+  q [N, H, M, D] (M stacked queries), k, v [N, H, S, D], bias [N, Wd, C, S] float32 (0 visible,
+  -inf or -1e30 hidden); query m = (w * G + g) * C + c (w < Wd, g < G, c < C, M = Wd * G * C)
+  reads bias row (n, w, c), the same for every g of the group:
+
+      s[n, h, m, j] = (q[n, h, m] . k[n, h, j]) * scale + bias[n, w(m), c(m), j]
+
+  X = ceil(S / SPLIT) splits of the key axis; split x holds keys [x * SPLIT, min(x * SPLIT + SPLIT, S)):
+
+      lse[n, h, x, m]    = log sum_{j in x} exp(s[n, h, m, j])              (-inf: every key hidden)
+      o[n, h, x, m, :]   = sum_{j in x} exp(s[n, h, m, j] - lse[n, h, x, m]) v[n, h, j, :]   (0 then)
+
+  merge_partials combines any number of splits (of one part or several parts concatenated on axis 2):
+
+      out = sum_x exp(lse_x - mx) o_x / sum_x exp(lse_x - mx),   mx = max_x lse_x
+
+The kernel (grid N * H by X) loads the M queries of (n, h) as one tile and walks its split in key
+tiles with an online softmax in base 2 (qk2 = s * log2(e)) whose running max starts at the finite
+-1e30, so hidden keys give p = 0 and a fully hidden split gives l = 0 (never NaN). k, v and bias are
+read in place through their strides (they are slices of caches; a copy would cost more than the
+attention) and never beyond key S.
+
+On a machine without CUDA the kernel runs in Triton's interpreter (TRITON_INTERPRET=1, set here
+before the kernel is defined): correct but slow, for tests on tiny shapes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when @triton.jit runs, i.e. below
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+SPLIT = 512  # keys per split (one program each)
+BLOCK_N = 64  # keys per tile inside a split
+LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(LOG2E)
+_NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max
+
+assert SPLIT % BLOCK_N == 0
+
+
+@triton.jit
+def _key_tile(q, k_base, v_base, b_rows, bias_ptr, cols, hi, row_ok, sk_s, sk_d, sv_s, sv_d, sb_s,
+              qk_scale, D: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """Base-2 scores [BLOCK_M, BLOCK_N] of one key tile and its values: q.k * scale * log2(e) +
+    bias * log2(e); keys >= hi (and padded query rows) -inf, never loaded."""
+    offs_d = tl.arange(0, D)
+    key_ok = cols < hi
+    k = tl.load(k_base + cols[:, None] * sk_s + offs_d[None, :] * sk_d, mask=key_ok[:, None], other=0.0)
+    v = tl.load(v_base + cols[:, None] * sv_s + offs_d[None, :] * sv_d, mask=key_ok[:, None], other=0.0)
+    vis = row_ok[:, None] & key_ok[None, :]
+    bias = tl.load(bias_ptr + b_rows[:, None] + cols[None, :] * sb_s, mask=vis, other=float("-inf"))
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale + bias.to(tl.float32) * _LOG2E
+    return s, v
+
+
+@triton.jit
+def _decode_kernel(
+    Q, K, V, Bias, Out, LSE,
+    H, M, S, X, G, C, qk_scale,
+    sk_n, sk_h, sk_s, sk_d, sv_n, sv_h, sv_s, sv_d, sb_n, sb_w, sb_c, sb_s,
+    SPLIT_: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N_: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """One (n, h) and one split x: (o, lse) of its M queries. Grid: (N * H, X)."""
+    nh = tl.program_id(0)
+    x = tl.program_id(1)
+    n = (nh // H).to(tl.int64)
+    h = (nh % H).to(tl.int64)
+    rows = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    row_ok = rows < M
+    q_ptr = Q + nh.to(tl.int64) * M * D + rows[:, None] * D + offs_d[None, :]
+    q = tl.load(q_ptr, mask=row_ok[:, None], other=0.0)
+    b_rows = n * sb_n + (rows // (G * C)) * sb_w + (rows % C) * sb_c  # query m -> bias row (n, w, c)
+    k_base = K + n * sk_n + h * sk_h
+    v_base = V + n * sv_n + h * sv_h
+
+    m_i = tl.full([BLOCK_M], _NEG, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    lo = x * SPLIT_
+    hi = tl.minimum(lo + SPLIT_, S)
+    for j0 in range(lo, hi, BLOCK_N_):
+        cols = j0 + tl.arange(0, BLOCK_N_)
+        s, v = _key_tile(q, k_base, v_base, b_rows, Bias, cols, hi, row_ok, sk_s, sk_d, sv_s, sv_d, sb_s,
+                         qk_scale, D, PREC)  # fmt: skip
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: starts at -1e30
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])  # hidden keys: 2^-inf or 2^(-1.4e30 + ...) = 0
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
+        m_i = m_new
+
+    seen = l_i > 0
+    l_safe = tl.where(seen, l_i, 1.0)
+    out = acc / l_safe[:, None]  # acc is 0 where nothing was seen
+    lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) / _LOG2E, float("-inf"))
+    part = (nh.to(tl.int64) * X + x) * M
+    tl.store(Out + (part + rows[:, None]) * D + offs_d[None, :], out, mask=row_ok[:, None])
+    tl.store(LSE + part + rows, lse, mask=row_ok)
+
+
+def _interpreted() -> bool:
+    """True when the kernel *and* triton's own library functions were defined in interpreter mode."""
+    return all(type(f).__name__ == "InterpretedFunction" for f in (_decode_kernel, tl.zeros))
+
+
+def _require_backend(q: torch.Tensor) -> None:
+    if q.device.type != "cuda" and not _interpreted():
+        raise RuntimeError(
+            "ksa.triton_decode needs CUDA tensors, or (slow, for tests) TRITON_INTERPRET=1 set in the "
+            "environment before anything imports triton (e.g. at the top of conftest.py)"
+        )
+
+
+def _splits(s):
+    """X = ceil(S / SPLIT) by floor division (S may be a SymInt under torch.compile)."""
+    return (s + SPLIT - 1) // SPLIT
+
+
+def _check(q, k, v, bias, group, columns) -> None:
+    n, h, m, d = q.shape
+    s = k.shape[2]
+    assert d >= 16 and d & (d - 1) == 0, f"head dim must be a power of two >= 16, got {d}"
+    assert k.shape == v.shape == (n, h, s, d), (
+        f"k {tuple(k.shape)} / v {tuple(v.shape)} vs q {tuple(q.shape)}"
+    )
+    assert q.dtype == k.dtype == v.dtype, f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}"
+    assert bias.dim() == 4, f"bias must be [N, Wd, C, S], got {tuple(bias.shape)}"
+    wd = bias.shape[1]
+    assert bias.shape == (n, wd, columns, s), (
+        f"bias {tuple(bias.shape)} is not [N={n}, Wd, C={columns}, S={s}]"
+    )
+    assert m == wd * group * columns, f"M = {m} stacked queries but Wd * G * C = {wd} * {group} * {columns}"
+
+
+def _partials(q, k, v, bias, scale, group, columns):
+    n, h, m, d = q.shape
+    s = k.shape[2]
+    x = _splits(s)
+    o = q.new_empty((n, h, x, m, d), dtype=torch.float32)
+    lse = q.new_empty((n, h, x, m), dtype=torch.float32)
+    if o.numel() == 0:
+        return o, lse
+    q = q.contiguous()  # small; k, v, bias stay where they are (read through their strides)
+    _decode_kernel[(n * h, x)](
+        q, k, v, bias, o, lse, h, m, s, x, group, columns, scale * LOG2E,
+        *k.stride(), *v.stride(), *bias.stride(),
+        SPLIT_=SPLIT, BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N_=BLOCK_N, D=d,
+        PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4,
+    )  # fmt: skip
+    return o, lse
+
+
+@torch.library.custom_op("ksa::decode_partials", mutates_args=())
+def decode_partials_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor,
+    scale: float,
+    group: int,
+    columns: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(o [N, H, X, M, D] float32, lse [N, H, X, M] float32, natural log) of one key part, per split."""
+    _require_backend(q)
+    _check(q, k, v, bias, group, columns)
+    return _partials(q, k, v, bias, scale, group, columns)
+
+
+@decode_partials_op.register_fake
+def _(q, k, v, bias, scale, group, columns):
+    n, h, m, d = q.shape
+    x = _splits(k.shape[2])
+    return q.new_empty((n, h, x, m, d), dtype=torch.float32), q.new_empty((n, h, x, m), dtype=torch.float32)
+
+
+def decode_partials(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor,
+    scale: float,
+    group: int,
+    columns: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(o [N, H, X, M, D] float32, lse [N, H, X, M] float32) of q [N, H, M, D] over one key part k, v
+    [N, H, S, D] with bias [N, Wd, C, S] (query m = (w * group + g) * columns + c reads bias[n, w, c]),
+    per split of SPLIT keys, X = ceil(S / SPLIT). k, v, bias may be strided views (never copied)."""
+    return decode_partials_op(q, k, v, bias, float(scale), int(group), int(columns))
+
+
+def stacked_to_rows(o: torch.Tensor, lse: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partials of stacked queries, o [blocks, H, X, width * M', D] and lse [blocks, H, X, width * M'],
+    as per-row partials [blocks * width, H, X, M', ...]: row r = block * width + w holds the block's
+    queries w * M' + m' (so they can be concatenated on axis 2 with the rows' own parts)."""
+    o_rows = o.unflatten(3, (width, -1)).movedim(3, 1).flatten(0, 1)
+    return o_rows, lse.unflatten(3, (width, -1)).movedim(3, 1).flatten(0, 1)
+
+
+def merge_partials(o: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """out [N, H, M, D] float32 = sum_x exp(lse_x - mx) o_x / sum_x exp(lse_x - mx) over axis 2, mx =
+    max_x lse_x (clamped finite). Queries whose every key is hidden (all lse -inf) get 0."""
+    mx = lse.amax(2, keepdim=True).clamp_min(-1.0e30)
+    w = torch.exp(lse - mx)  # -inf -> 0; the largest term is 1, so the sum is >= 1 unless all hidden
+    num = (w.unsqueeze(-1) * o.float()).sum(2)
+    den = w.sum(2).clamp_min(1.0e-30)
+    return num / den.unsqueeze(-1)
