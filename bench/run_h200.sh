@@ -58,6 +58,8 @@
 #   prefixksa  prefix_decode at 0.6B / 8K with compile_decode for the KSA hybrid, profiled: where the KSA decode
 #              step's time goes (2.15 s of decode a GRPO step against full attention's 1.34 s, H100)
 #   ksarep1    ksarep with seed 1 (models into /tmp/ksa_models_seed1, tars into $OUT/models_seed1)
+#   learnerprof  fused32k's row with step 3's learner profiled (--profile-learner 3): where the loop's learner time
+#              goes at 30-32% MFU against bench/learner.py's 47% on one sequence (~4 min)
 #   decodekernel  bench/decode_kernel.py: the split-K Triton decode kernel alone against the torch path (~1 min)
 #   triton8k   fused8k's two rows (full, KSA) with rollout.decode_kernel=triton: decode attention as one split-K
 #              Triton kernel per key part (ksa/triton_decode.py) instead of matmul / softmax / matmul
@@ -81,7 +83,8 @@
 #                         rollout.decode_kernel=triton (<= 560 s; compare with fused8k on the same machine if time)
 #   2. ksatriton32k       KSA 1.7B 32K with the kernel (~540 s) against this session's 31.4 s (same card type)
 #   3. triton32k fused32k full attention 1.7B 32K with and without the kernel (<= 490 s)
-#   4. ksarep1            #17's second replication seed (<= 560 s), if time is left
+#   4. learnerprof        #15's MFU: the learner's GPU time by op at 1.7B 32K (<= 245 s)
+#   5. ksarep1            #17's second replication seed (<= 560 s), if time is left
 #   later: ksa8k (KSA without compile_decode), groupckpt, prefixtune, ksagroup, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
@@ -178,6 +181,9 @@ for s in "$@"; do
     ksatriton32k) stage ksatriton32k 560 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:ksa:fused --budget-s 500 --steps 10 \
                     --set model.checkpoint_policy=save_attention --set rollout.decode_kernel=triton --append \
                     --out "$OUT/train_gpu_triton32k.json" ;;
+    learnerprof) stage learnerprof 245 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:fused --budget-s 200 --steps 4 \
+                   --set model.checkpoint_policy=save_attention --profile-learner 3 --append \
+                   --out "$OUT/train_gpu_learnerprof.json" ;;
     triton32k) stage triton32k 245 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:fused --budget-s 200 --steps 10 \
                  --set model.checkpoint_policy=save_attention --set rollout.decode_kernel=triton --append \
                  --out "$OUT/train_gpu_triton32k.json" ;;

@@ -24,6 +24,9 @@ compiled nothing new (`steady_steps` of them; a step meeting a new length bucket
 time, rollout (engine prefill and decode apart), learner, weight sync, tokens/s (prompt + response
 tokens of all P*G sequences per second of step), learner MFU, peak GPU memory, and the graphs
 torch.compile has built for this configuration so far (a run that settles stops adding them).
+With --profile-learner STEP, that step's learner phase runs under torch.profiler: where its GPU
+time goes (top ops by self time on the device), to find what keeps the loop's MFU below
+bench/learner.py's on one sequence.
 
   learner FLOPs = 6 * (N_layers * packed + V*H * response) + 12 * (Hq*D) * sum over layers of pairs
       packed = tokens through the model (a shared prompt once, padding not counted), response =
@@ -263,6 +266,9 @@ class Run:
 
         def observed(samples):  # the step's samples, for the FLOP count (the learner runs as it is)
             seen[:] = [((hash(tuple(s.prompt_ids)), len(s.prompt_ids)), len(s.response_ids)) for s in samples]
+            if args.profile_learner == trainer.step + 1:
+                out, self.record["learner_profile"] = profiled(train_step, samples)
+                return out
             return train_step(samples)
 
         cluster.train_step = observed
@@ -288,11 +294,38 @@ class Run:
             rec["learner_tflop"] = flops / 1e12
             rec["mfu"] = flops / max(rec["train_time"], 1e-9) / PEAK_FLOPS
             rec["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+            rec["profiled"] = float(args.profile_learner == trainer.step)
             self.record["steps"].append({k: sig(v) for k, v in rec.items()})
             self.write()
             print(f"{c['name']} step {trainer.step}: {rec['step_time']:.2f}s (rollout {rec['rollout_time']:.2f}: prefill "
                   f"{rec['prefill_s']:.2f} decode {rec['decode_s']:.2f}, learner {rec['train_time']:.2f}, "
                   f"graphs {rec['compiled_graphs']:.0f}, mem {rec['peak_mem_gib']} GiB)", flush=True)
+
+
+def profiled(fn, *inputs, top: int = 30):
+    """fn(*inputs) under torch.profiler (CPU, and CUDA where there is one): (its result, a dict with the
+    wall time, the summed self time of all ops on the device that ran them (the GPU's kernels, else the
+    CPU's ops) and the `top` ops by that self time: name, calls, ms, share of the total)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        out = fn(*inputs)
+        if cuda:
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    ops = [(e.key, e.count, getattr(e, attr, 0.0) / 1e3) for e in prof.key_averages()]
+    ops = sorted((o for o in ops if o[2] > 0), key=lambda o: -o[2])
+    total = sum(ms for _, _, ms in ops)
+    rows = [{"op": name[:120], "calls": calls, "ms": sig(ms), "share": sig(ms / max(total, 1e-9))}
+            for name, calls, ms in ops[:top]]
+    print(f"learner profile: wall {wall:.2f} s, {'GPU kernels' if cuda else 'CPU ops'} {total / 1e3:.2f} s", flush=True)
+    for r in rows[:15]:
+        print(f"  {r['ms']:9.1f} ms {r['share']:6.1%} {r['calls']:6d}x  {r['op']}", flush=True)
+    return out, {"wall_s": sig(wall), "busy_s": sig(total / 1e3), "on": "cuda" if cuda else "cpu", "top": rows}
 
 
 def sig(x: float) -> float:
@@ -307,7 +340,8 @@ def summarize(steps: list[dict]) -> dict:
     (`steady_steps` 0 says so); all steps when only one ran."""
     if not steps:
         return {}
-    quiet = [b for a, b in itertools.pairwise(steps) if b["compiled_graphs"] == a["compiled_graphs"]]
+    quiet = [b for a, b in itertools.pairwise(steps)
+             if b["compiled_graphs"] == a["compiled_graphs"] and not b.get("profiled")]  # a profile slows its step
     later = quiet or steps[1:] or steps
     out = {"first_step_s": steps[0]["step_time"], "steps": len(steps), "steady_steps": len(quiet)}
     for k in ("step_time", "rollout_time", "prefill_s", "decode_s", "decode_floor_s", "prefill_floor_s", "train_time",
@@ -349,6 +383,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="wall-clock budget of each configuration, setup included (one value for all, or one each)")
     ap.add_argument("--micro-batch-tokens", type=int, default=None,
                     help="optim.micro_batch_tokens (default: max(16384, prompt + G * new): one group per micro-batch)")
+    ap.add_argument("--profile-learner", type=int, default=0, metavar="STEP",
+                    help="profile the learner phase of step STEP (torch.profiler): its top ops by GPU time go into "
+                         "the JSON (learner_profile) and print; that step is left out of the medians")
     ap.add_argument("--set", action="append", default=[], help="one more recipe override key=value (repeatable)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_gpu.json"))

@@ -39,7 +39,7 @@ def check_run(record: dict, *, first_s: float, step_s: float, graphs: int, growt
 
 def test_smoke_runs_the_trainer_and_reports_every_phase(train_gpu, tmp_path):
     out = tmp_path / "train.json"
-    results = train_gpu.main(["--smoke", "--out", str(out)])
+    results = train_gpu.main(["--smoke", "--profile-learner", "2", "--out", str(out)])
     assert json.loads(out.read_text())["configs"] == json.loads(json.dumps(results["configs"]))
     (record,) = results["configs"].values()
     assert record["status"] == "ok" and len(record["steps"]) == 3
@@ -58,6 +58,11 @@ def test_smoke_runs_the_trainer_and_reports_every_phase(train_gpu, tmp_path):
     assert summary["steps"] == 3 and summary["first_step_s"] == record["steps"][0]["step_time"]
     assert summary["decode_over_floor"] > 1 and summary["compiled_graphs"] == 0  # eager: nothing compiled
     assert summary["reward_errors"] == 0  # every reward function ran (9 tasks; a missing package shows here)
+    # step 2's learner profiled (CPU ops here), and left out of the medians
+    assert [s["profiled"] for s in record["steps"]] == [0.0, 1.0, 0.0] and summary["steady_steps"] == 1
+    profile = record["learner_profile"]
+    assert profile["on"] == "cpu" and 0 < profile["busy_s"] and profile["top"][0]["ms"] > 0
+    assert any("mm" in r["op"] or "linear" in r["op"] for r in profile["top"])  # the model's matmuls are there
 
 
 def test_over_budget_records_where_the_step_was(tmp_path):
