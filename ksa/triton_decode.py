@@ -163,28 +163,6 @@ def _partials(q, k, v, bias, scale, group, columns):
 
 
 @torch.library.custom_op("ksa::decode_partials", mutates_args=())
-def decode_partials_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    bias: torch.Tensor,
-    scale: float,
-    group: int,
-    columns: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(o [N, H, X, M, D] float32, lse [N, H, X, M] float32, natural log) of one key part, per split."""
-    _require_backend(q)
-    _check(q, k, v, bias, group, columns)
-    return _partials(q, k, v, bias, scale, group, columns)
-
-
-@decode_partials_op.register_fake
-def _(q, k, v, bias, scale, group, columns):
-    n, h, m, d = q.shape
-    x = _splits(k.shape[2])
-    return q.new_empty((n, h, x, m, d), dtype=torch.float32), q.new_empty((n, h, x, m), dtype=torch.float32)
-
-
 def decode_partials(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -194,10 +172,20 @@ def decode_partials(
     group: int,
     columns: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(o [N, H, X, M, D] float32, lse [N, H, X, M] float32) of q [N, H, M, D] over one key part k, v
-    [N, H, S, D] with bias [N, Wd, C, S] (query m = (w * group + g) * columns + c reads bias[n, w, c]),
-    per split of SPLIT keys, X = ceil(S / SPLIT). k, v, bias may be strided views (never copied)."""
-    return decode_partials_op(q, k, v, bias, float(scale), int(group), int(columns))
+    """(o [N, H, X, M, D] float32, lse [N, H, X, M] float32, natural log) of q [N, H, M, D] over one key
+    part k, v [N, H, S, D] with bias [N, Wd, C, S] (query m = (w * group + g) * columns + c reads
+    bias[n, w, c]), per split of SPLIT keys, X = ceil(S / SPLIT). k, v, bias may be strided views
+    (never copied). A torch custom op: torch.compile calls it as one opaque op."""
+    _require_backend(q)
+    _check(q, k, v, bias, group, columns)
+    return _partials(q, k, v, bias, scale, group, columns)
+
+
+@decode_partials.register_fake
+def _(q, k, v, bias, scale, group, columns):
+    n, h, m, d = q.shape
+    x = _splits(k.shape[2])
+    return q.new_empty((n, h, x, m, d), dtype=torch.float32), q.new_empty((n, h, x, m), dtype=torch.float32)
 
 
 def stacked_to_rows(o: torch.Tensor, lse: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:

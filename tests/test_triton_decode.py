@@ -21,7 +21,6 @@ from ksa import triton_decode  # noqa: E402
 from ksa.triton_decode import (  # noqa: E402
     SPLIT,
     decode_partials,
-    decode_partials_op,
     merge_partials,
     stacked_to_rows,
 )
@@ -273,14 +272,14 @@ def test_fake_impl_shapes():
 
     with FakeTensorMode():
         q, k, v = torch.empty(3, 2, 6, 32), torch.empty(3, 2, 1100, 32), torch.empty(3, 2, 1100, 32)
-        o, lse = decode_partials_op(q, k, v, torch.empty(3, 3, 1, 1100), 0.1, 2, 1)
+        o, lse = decode_partials(q, k, v, torch.empty(3, 3, 1, 1100), 0.1, 2, 1)
     assert o.shape == (3, 2, 3, 6, 32) and lse.shape == (3, 2, 3, 6) and o.dtype == lse.dtype == torch.float32
 
 
 def test_opcheck():
     q, k, v = _qkv(2, 1, 4, SPLIT + 10)
     torch.library.opcheck(
-        decode_partials_op, (q, k, v, _ksa_bias(2, SPLIT + 10, [SPLIT + 10, 9])[:, None], 0.25, 2, 2)
+        decode_partials, (q, k, v, _ksa_bias(2, SPLIT + 10, [SPLIT + 10, 9])[:, None], 0.25, 2, 2)
     )
 
 
