@@ -276,12 +276,11 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
     kt, vt = kc[:b, :, :t_span], vc[:b, :, :t_span]
     bias_t, bias_s = biases
     if kernel == "triton":
-        from ksa.triton_decode import decode_partials, merge_partials
+        from ksa.triton_decode import decode_partials, merge_key_parts
 
         parts = [decode_partials(qg, kk, vv, bias[:, None], scale, groups, n)
                  for kk, vv, bias in ((kt, vt, bias_t), (sum_k, sum_v, bias_s)) if kk.shape[2]]
-        out = merge_partials(torch.cat([o for o, _ in parts], 2), torch.cat([lse for _, lse in parts], 2))
-        return out.to(q.dtype).reshape(b, hq, n, d)
+        return merge_key_parts(parts).to(q.dtype).reshape(b, hq, n, d)
 
     def scores(keys, bias):
         s = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale

@@ -223,13 +223,12 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
         masks.insert(1, biases[1])
     keys, masks = zip(*[(kv, m) for kv, m in zip(keys, masks, strict=True) if kv[0].shape[2]], strict=True)
     if kernel == "triton":
-        from ksa.triton_decode import decode_partials, merge_partials, stacked_to_rows
+        from ksa.triton_decode import decode_partials, merge_key_parts, stacked_to_rows
 
         parts = [stacked_to_rows(*decode_partials(stacked, kk, vv, m.view(blocks, width, n, -1), scale, g, n), width)
                  if shared else decode_partials(qg, kk, vv, m[:, None], scale, g, n)
                  for (kk, vv, shared), m in zip(keys, masks, strict=True)]
-        out = merge_partials(torch.cat([o for o, _ in parts], 2), torch.cat([lse for _, lse in parts], 2))
-        return out.to(q.dtype).reshape(b, hq, n, d)
+        return merge_key_parts(parts).to(q.dtype).reshape(b, hq, n, d)
     scores = [shared_scores(kk, m) if shared else own_scores(kk, m) for (kk, _, shared), m in zip(keys, masks, strict=True)]
     probs = torch.softmax(torch.cat(scores, -1), -1).to(vc.dtype).split([s.shape[-1] for s in scores], -1)
     out = None

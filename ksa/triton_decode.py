@@ -204,3 +204,9 @@ def merge_partials(o: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     num = (w.unsqueeze(-1) * o.float()).sum(2)
     den = w.sum(2).clamp_min(1.0e-30)
     return num / den.unsqueeze(-1)
+
+
+def merge_key_parts(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """merge_partials over several key parts' per-row partials [(o [N, H, X_i, M, D], lse [N, H, X_i, M]), ...]:
+    their splits side by side on axis 2, then one log-sum-exp merge; [N, H, M, D] float32."""
+    return merge_partials(torch.cat([o for o, _ in parts], 2), torch.cat([lse for _, lse in parts], 2))

@@ -68,12 +68,12 @@ def cascade_attention(q: torch.Tensor, k_prefix: torch.Tensor, v_prefix: torch.T
     width = b // blocks
     stacked = q.view(blocks, width, kv_heads, g, d).transpose(1, 2).reshape(blocks, kv_heads, width * g, d)
     if kernel == "triton":
-        from ksa.triton_decode import decode_partials, merge_partials, stacked_to_rows
+        from ksa.triton_decode import decode_partials, merge_key_parts, stacked_to_rows
 
         bias_a = prefix_bias[:, None, None, :].expand(blocks, width, 1, prefix_bias.shape[-1])
-        o_a, lse_a = stacked_to_rows(*decode_partials(stacked, k_prefix, v_prefix, bias_a, scale, g, 1), width)
-        o_b, lse_b = decode_partials(q, k_own, v_own, own_bias[:, None, None, :], scale, g, 1)
-        return merge_partials(torch.cat([o_a, o_b], 2), torch.cat([lse_a, lse_b], 2)).to(q.dtype)
+        prefix = stacked_to_rows(*decode_partials(stacked, k_prefix, v_prefix, bias_a, scale, g, 1), width)
+        own = decode_partials(q, k_own, v_own, own_bias[:, None, None, :], scale, g, 1)
+        return merge_key_parts([prefix, own]).to(q.dtype)
     o_a, lse_a = partial_attention(stacked, k_prefix, v_prefix, prefix_bias, scale)
     o_a = o_a.view(blocks, kv_heads, width, g, d).transpose(1, 2).reshape(b, kv_heads, g, d)
     lse_a = lse_a.view(blocks, kv_heads, width, g).transpose(1, 2).reshape(b, kv_heads, g)

@@ -142,7 +142,7 @@ def decode_attention(qg: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, attn:
     storage); or (k_prefix, v_prefix, prefix_bias [blocks, P], own_bias [B, R]): cascade_attention
     over prefix rows 0..blocks-1 (first P positions) and own rows (first R) (share_prefix).
     kernel: "torch" (matmul, softmax, matmul) or "triton" (ksa/triton_decode.py, one split-K kernel
-    a key part)."""
+    per key part)."""
     b = qg.shape[0]
     if len(attn) == 1:
         (bias,) = attn
