@@ -6,6 +6,7 @@ Imported as `benchutil` (the scripts run as `python bench/NAME.py`, which puts b
 from __future__ import annotations
 
 import copy
+import time
 
 import torch
 from transformers import AutoModelForCausalLM, Qwen3Config
@@ -32,6 +33,38 @@ def free(device: str) -> None:
     """Give cached GPU memory back between configurations."""
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
+
+
+def graph_time(fn, reps: int, device: str) -> float:
+    """Seconds of one call of fn. On a GPU: fn captured in one CUDA graph (after warm-up calls on a
+    side stream, as capture requires) and replayed `reps` times between CUDA events, so launch
+    overhead counts as in a captured decode step, no more (eager calls of small kernels measure the
+    host's launch time instead). On the CPU: the median of `reps` wall-clock calls after one warm-up."""
+    if not device.startswith("cuda"):
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / reps
 
 
 def qwen3_06b_model(tiny: bool, device: str, tiny_layers: int = 2):

@@ -8,7 +8,8 @@ Per (keys S, stacked queries M): q [N, H, M, D] against K/V [N, H, S, D] that ar
 - torch: softmax(q k^T * scale + bias) v as matmul, float32 softmax, matmul (the engine's
   `rollout.decode_kernel: torch` for one part).
 - triton: merge_partials(decode_partials(...)) (ksa/triton_decode.py; `decode_kernel: triton`).
-Median of CUDA-event timings after warm-up; K/V bytes over time as TB/s; the speed-up torch / triton;
+On a GPU each path is captured in a CUDA graph and timed over replays (as the engine runs it: no
+host launch time); on the CPU the median wall clock; K/V bytes over time as TB/s; the speed-up torch / triton;
 each path's largest error against a float32 reference. Prints a table, writes JSON.
 """
 
@@ -18,16 +19,17 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+for _dir in Path(__file__).resolve().parents[1::-1]:  # the checkout (ksa) and bench/ (benchutil), uninstalled
+    sys.path.insert(0, str(_dir))
+
+from benchutil import graph_time  # noqa: E402
 
 from ksa.triton_decode import decode_partials, merge_partials  # noqa: E402
 
@@ -39,25 +41,6 @@ def torch_path(q, k, v, bias, scale):
 
 def triton_path(q, k, v, bias, scale):
     return merge_partials(*decode_partials(q, k, v, bias[:, None, None, :], scale, q.shape[2], 1)).to(q.dtype)
-
-
-def timed(fn, reps: int, device: str) -> float:
-    """Median seconds of one call (CUDA events on a GPU, wall clock on the CPU), after one warm-up."""
-    fn()
-    times = []
-    for _ in range(reps):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def case(n: int, h: int, m: int, s: int, d: int, dtype, device: str, reps: int) -> dict:
@@ -72,7 +55,7 @@ def case(n: int, h: int, m: int, s: int, d: int, dtype, device: str, reps: int) 
     ref = torch_path(q.float(), k.float(), v.float(), bias, scale)
     row = {"rows": n, "heads": h, "queries": m, "keys": s, "dim": d}
     for name, fn in (("torch", torch_path), ("triton", triton_path)):
-        row[f"{name}_s"] = timed(lambda fn=fn: fn(q, k, v, bias, scale), reps, device)
+        row[f"{name}_s"] = graph_time(lambda fn=fn: fn(q, k, v, bias, scale), reps, device)
         row[f"{name}_err"] = float((fn(q, k, v, bias, scale).float() - ref).abs().max())
         row[f"{name}_tbs"] = 2 * k.numel() * k.element_size() / row[f"{name}_s"] / 1e12
     row["speedup"] = row["torch_s"] / row["triton_s"]
@@ -94,7 +77,7 @@ def show(rows: list[dict], title: str) -> None:
         t.add_column(c, justify="right")
     for r in rows:
         t.add_row(*(f"{r[c] * 1e6:.0f} us" if c.endswith("_s") else f"{r[c]:.3g}" for c in cols))
-    Console().print(t)
+    Console(width=150).print(t)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -87,13 +87,14 @@ def profile_steps(model, prompts: list[list[int]], args, compiled: bool) -> dict
     events = sorted(events, key=lambda e: getattr(e, attr), reverse=True)
     busy = sum(getattr(e, attr) for e in events) / 1e3  # ms over the whole call (prefill included)
     top = [{"name": e.key[:90], "ms_per_step": getattr(e, attr) / 1e3 / steps, "calls_per_step": e.count / steps}
-           for e in events[:20]]
+           for e in events[:30]]
+    calls = sum(e.count for e in events) / steps
     print(f"profile ({'compiled' if compiled else 'eager'} layers): wall {engine.stats['decode_s'] / steps * 1e3:.2f} "
-          f"ms/step, prefill {engine.stats['prefill_s']:.2f} s, kernels {busy:.1f} ms in all")
+          f"ms/step, prefill {engine.stats['prefill_s']:.2f} s, kernels {busy:.1f} ms in all, {calls:.0f} calls/step")
     for t in top:
         print(f"  {t['ms_per_step']:7.3f} ms/step {t['calls_per_step']:7.1f} calls/step  {t['name']}")
     return {"wall_ms_per_step": engine.stats["decode_s"] / steps * 1e3, "prefill_s": engine.stats["prefill_s"],
-            "kernel_ms_total": busy, "steps": steps, "top": top}
+            "kernel_ms_total": busy, "calls_per_step": calls, "steps": steps, "top": top}
 
 
 def token_match(a: list, b: list) -> float:
@@ -117,6 +118,8 @@ def main() -> None:
     ap.add_argument("--decode-kernel", choices=("torch", "triton"), default="torch",
                     help="decode attention: torch ops or the split-K Triton kernel (ksa/triton_decode.py)")
     ap.add_argument("--profile", action="store_true", help="profile one more shared-layout call (kernels per step)")
+    ap.add_argument("--only", choices=("shared", "shared+compile"), default=None,
+                    help="run this layout alone (no token comparison; --profile then profiles it alone)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     model = tiny_model(args.device) if args.shape == "tiny" else qwen3_06b_model(False, args.device)[0]
@@ -127,21 +130,25 @@ def main() -> None:
                for _ in range(args.prompts)]
     result = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "settings": vars(args)}
     tokens = {}
-    for compiled in (False, True) if args.compile_decode else (False,):
-        for share in (False, True):
-            name = ("shared" if share else "unshared") + ("+compile" if compiled else "")
-            result[name], tokens[name] = run(model, prompts, args, share, compiled)
-            r = result[name]
-            read = "" if r["kv_read_mib_per_step"] is None else f"  read {r['kv_read_mib_per_step']:8.1f} MiB/step"
-            print(f"{name:17s} {r['ms_per_step']:8.2f} ms/step  {r['steps']} steps  K/V stored {r['kv_storage_mib']:8.1f} "
-                  f"MiB{read}  warm-up {r['warmup_s']:.1f} s")
-    result["same_tokens"] = tokens["shared"] == tokens["unshared"]
-    for layout in ("unshared", "shared") if args.compile_decode else ():  # compiled vs not, same layout
-        result[f"token_match_{layout}+compile"] = token_match(tokens[layout], tokens[layout + "+compile"])
-    print(f"same tokens shared / unshared: {result['same_tokens']}",
-          *(f"{k} {v:.3f}" for k, v in result.items() if k.startswith("token_match")))
+    layouts = [(share, compiled) for compiled in ((False, True) if args.compile_decode else (False,))
+               for share in (False, True)]
+    if args.only:
+        layouts = [(True, args.only.endswith("+compile"))]
+    for share, compiled in layouts:
+        name = ("shared" if share else "unshared") + ("+compile" if compiled else "")
+        result[name], tokens[name] = run(model, prompts, args, share, compiled)
+        r = result[name]
+        read = "" if r["kv_read_mib_per_step"] is None else f"  read {r['kv_read_mib_per_step']:8.1f} MiB/step"
+        print(f"{name:17s} {r['ms_per_step']:8.2f} ms/step  {r['steps']} steps  K/V stored {r['kv_storage_mib']:8.1f} "
+              f"MiB{read}  warm-up {r['warmup_s']:.1f} s")
+    if not args.only:
+        result["same_tokens"] = tokens["shared"] == tokens["unshared"]
+        for layout in ("unshared", "shared") if args.compile_decode else ():  # compiled vs not, same layout
+            result[f"token_match_{layout}+compile"] = token_match(tokens[layout], tokens[layout + "+compile"])
+        print(f"same tokens shared / unshared: {result['same_tokens']}",
+              *(f"{k} {v:.3f}" for k, v in result.items() if k.startswith("token_match")))
     if args.profile:
-        for compiled in (False, True) if args.compile_decode else (False,):
+        for compiled in sorted({c for share, c in layouts}):
             result["profile" + ("+compile" if compiled else "")] = profile_steps(model, prompts, args, compiled)
     if args.out:
         with open(args.out, "w") as f:

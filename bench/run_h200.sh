@@ -65,6 +65,14 @@
 #              Triton kernel per key part (ksa/triton_decode.py) instead of matmul / softmax / matmul
 #   triton32k  fused32k (full attention, 1.7B 32K) with the Triton decode kernel (245 s)
 #   ksatriton32k  ksafused32k with the Triton decode kernel (560 s)
+#   gemm       bench/decode_gemm.py: a decode step's weight GEMMs (M = 16-64 rows) at 0.6B / 1.7B, each projection
+#              alone vs q/k/v and gate/up fused, in CUDA graphs: whether fused projections move decode toward its floor
+#   ksaprof8k  prefix_decode 0.6B / 8K, the KSA hybrid's trainer layout (shared, compile_decode, Triton kernel) alone,
+#              profiled; the inductor code of its compiled layers copied into $OUT/inductor_code (the profile of
+#              2026-12-05 showed a triton_poi_fused_copy__view kernel 49 times a step, 0.43 ms: what it copies)
+#   prof32k    bench/prefix_decode.py 0.6B, 2 prompts of 32K, G=8, 256 new, the trainer's decode layout alone (shared
+#              prompts, compile_decode, Triton decode kernel), profiled: full attention (ksaprof32k: the KSA hybrid). Where
+#              the KSA decode step's time goes at 32K (1.7B: 20.2 s of decode a GRPO step against a floor of 4.8)
 
 # Issue 15 in two device calls (a call runs 600 s at most; each of these ends within ~550 s), each
 # with carry [".whl"] after scripts/fetch_gpu_wheels.sh here, timeout_s 600:
@@ -113,6 +121,11 @@
 #   OUT=$OUT bench/run_h200.sh ksarep    then, carry ["out/ksa_models"] (the tars from $OUT/models), one call
 #   each (their limits, 420 + 450 s, no longer fit one 600 s call together):
 #   OUT=$OUT bench/run_h200.sh ksaconv   and   OUT=$OUT bench/run_h200.sh ksagrpo
+#
+# Since 2026-12-05 (tenth session) the GPU recipes set rollout.compile_decode: true and rollout.decode_kernel: triton,
+# so train / train32k / trainksa* / learnerprof run those; base8k (compile_decode off), fused8k, ksa8k, fused32k,
+# pieces32k and ksafused32k pin decode_kernel=torch (the rows they were written to compare; triton8k, triton32k and
+# ksatriton32k are their Triton counterparts).
 #
 # Missing pure-Python dependencies can travel as wheels in .whl/ (installed into /tmp/site).
 set -uo pipefail
@@ -205,31 +218,42 @@ for s in "$@"; do
         stage "$s" $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 8 --append \
           --out "$OUT/train_gpu_ksa.json"
       done ;;
-    base8k) stage base8k 160 python3 bench/train_gpu.py 0.6b:8k:8x4:256 --budget-s 120 --steps 20 --append \
-              --out "$OUT/train_gpu_fused.json" ;;  # the GPU-recipe row of `train` alone: fused8k's baseline
+    base8k) stage base8k 160 python3 bench/train_gpu.py 0.6b:8k:8x4:256:unfused --budget-s 120 --steps 20 --append \
+              --set rollout.decode_kernel=torch --out "$OUT/train_gpu_fused.json" ;;  # fused8k's baseline
     fused8k) for run in "0.6b:8k:8x4:256:fused 120" "0.6b:8k:8x4:256:ksa:fused 180"; do
                read -r cfg secs <<<"$run"  # KSA: a first step of 73-94 s on the H100 (2026-12-05)
                stage fused8k $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 20 --append \
-                 --out "$OUT/train_gpu_fused.json"
+                 --set rollout.decode_kernel=torch --out "$OUT/train_gpu_fused.json"
              done ;;
     ksa8k) stage ksa8k 220 python3 bench/train_gpu.py 0.6b:8k:8x4:256:ksa:unfused --budget-s 180 --steps 20 --append \
-             --out "$OUT/train_gpu_fused.json" ;;  # fused8k's KSA row without compile_decode, same machine
+             --set rollout.decode_kernel=torch --out "$OUT/train_gpu_fused.json" ;;  # fused8k's KSA row without compile_decode, same machine
     prefixtune) TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 stage prefixtune 330 python3 bench/prefix_decode.py --shape 0.6b \
                   --prompt-len 8192 --prompts 4 --new-tokens 256 --reps 1 --compile-decode --profile \
                   --out "$OUT/prefix_decode_tuned.json" ;;
     prefixfuse2) stage prefixfuse 250 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
                    --new-tokens 256 --reps 1 --compile-decode --profile --out "$OUT/prefix_decode_fused.json" ;;
     fused32k) stage fused32k 245 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:fused --budget-s 200 --steps 10 \
-                --set model.checkpoint_policy=save_attention --append --out "$OUT/train_gpu_fused32k.json" ;;
+                --set model.checkpoint_policy=save_attention --set rollout.decode_kernel=torch --append --out "$OUT/train_gpu_fused32k.json" ;;
     piecestest) stage piecestest 90 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_packing_pieces.py ;;
     pieces32k) stage pieces32k 245 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:fused --budget-s 200 --steps 10 \
                  --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa --append \
-                 --out "$OUT/train_gpu_pieces32k.json" ;;
+                 --set rollout.decode_kernel=torch --out "$OUT/train_gpu_pieces32k.json" ;;
     ksafused32k) stage ksafused32k 560 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:ksa:fused --budget-s 500 --steps 10 \
-                   --set model.checkpoint_policy=save_attention --append --out "$OUT/train_gpu_fused32k.json" ;;
+                   --set model.checkpoint_policy=save_attention --set rollout.decode_kernel=torch --append --out "$OUT/train_gpu_fused32k.json" ;;
     groupckpt) stage groupckpt 420 python3 bench/learner.py --group 8 --response 2048 --steps 3 \
                  --runs 1.7b:32768:golong_optmaster_sac_compile,1.7b:32768:golong_optmaster_full_compile \
                  --out "$OUT/learner_group_ckpt.json" ;;
+    prof32k|ksaprof32k) ksa=${s%prof32k}; ksa=${ksa:+--ksa}  # ~2 min each: the trainer's decode layout, profiled
+               stage "$s" 200 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 32768 --prompts 2 --group 8 \
+                 --new-tokens 256 --reps 1 --compile-decode --only shared+compile --decode-kernel triton $ksa --profile \
+                 --out "$OUT/prefix_decode_prof32k${ksa/--/_}.json" ;;
+    gemm) stage gemm 90 python3 bench/decode_gemm.py --shapes 0.6b 1.7b --rows 16 32 64 --out "$OUT/decode_gemm.json" ;;
+    ksaprof8k) stage ksaprof8k 150 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
+                 --new-tokens 256 --reps 1 --compile-decode --only shared+compile --decode-kernel triton --ksa --profile \
+                 --out "$OUT/prefix_decode_prof8k_ksa.json"
+               mkdir -p "$OUT/inductor_code"  # the compiled decode layers' code, for the copy kernels in the profile
+               grep -rl --include='*.py' "def call" /tmp/torchinductor_* 2>/dev/null | xargs -r grep -l "copy" \
+                 | head -n 12 | xargs -r cp -t "$OUT/inductor_code" ;;
     prefixksa) stage prefixksa 300 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
                  --new-tokens 256 --reps 1 --compile-decode --ksa --profile --out "$OUT/prefix_decode_ksa_fused.json" ;;
     ksarep1) stage ksarep1 560 python3 bench/ksa_replication.py --budget-s 420 --seed 1 --out "$OUT/rep_seed1" \

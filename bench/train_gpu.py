@@ -140,7 +140,8 @@ def make_recipe(c: dict, path: Path, out: Path, args):
         "trainer.steps": args.steps, "trainer.output_dir": str(out), "trainer.save_every": 10**6,
     }
     if cpu:  # float32 on the CPU (no bf16 autocast there worth timing)
-        sets.update({"model.dtype": "float32", "model.attn_implementation": None})
+        sets.update({"model.dtype": "float32", "model.attn_implementation": None,  # and no decode compiles or
+                     "rollout.compile_decode": False, "rollout.decode_kernel": "torch"})  # Triton interpreter
     if c.get("fused") is not None:
         sets["rollout.compile_decode"] = c["fused"]
     overrides = [f"{k}={json.dumps(v)}" for k, v in sets.items()] + list(args.set)
