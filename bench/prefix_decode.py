@@ -51,7 +51,7 @@ def run(model, prompts: list[list[int]], args, share: bool, compiled: bool = Fal
     new = args.new_tokens
     engine = StaticEngine(model, tok, max_batch=len(prompts) * args.group, max_len=len(prompts[0]) + new,
                           prefill_chunk=32768, share_prefix=share, compile_decode=compiled,
-                          decode_kernel=args.decode_kernel)
+                          decode_kernel=args.decode_kernel, fuse_projections=args.fuse_projections and compiled)
     greedy = SamplingParams(max_new_tokens=new, temperature=args.temperature)
     t0 = time.perf_counter()
     out = engine.generate(prompts, args.group, greedy)  # warm-up (graph capture, compiles)
@@ -75,7 +75,7 @@ def profile_steps(model, prompts: list[list[int]], args, compiled: bool) -> dict
     tok = IdTokenizer(model.config.vocab_size)
     engine = StaticEngine(model, tok, max_batch=len(prompts) * args.group, max_len=len(prompts[0]) + args.new_tokens,
                           prefill_chunk=32768, share_prefix=True, compile_decode=compiled,
-                          decode_kernel=args.decode_kernel)
+                          decode_kernel=args.decode_kernel, fuse_projections=args.fuse_projections and compiled)
     greedy = SamplingParams(max_new_tokens=args.new_tokens, temperature=0)
     engine.generate(prompts, args.group, greedy)  # capture outside the profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
@@ -118,6 +118,8 @@ def main() -> None:
     ap.add_argument("--decode-kernel", choices=("torch", "triton"), default="torch",
                     help="decode attention: torch ops or the split-K Triton kernel (ksa/triton_decode.py)")
     ap.add_argument("--profile", action="store_true", help="profile one more shared-layout call (kernels per step)")
+    ap.add_argument("--fuse-projections", action="store_true",
+                    help="StaticEngine(fuse_projections=True): q/k/v and gate/up stacked (compiled layouts only)")
     ap.add_argument("--only", choices=("shared", "shared+compile"), default=None,
                     help="run this layout alone (no token comparison; --profile then profiles it alone)")
     ap.add_argument("--out", default=None)

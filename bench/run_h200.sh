@@ -70,6 +70,9 @@
 #   ksaprof8k  prefix_decode 0.6B / 8K, the KSA hybrid's trainer layout (shared, compile_decode, Triton kernel) alone,
 #              profiled; the inductor code of its compiled layers copied into $OUT/inductor_code (the profile of
 #              2026-12-05 showed a triton_poi_fused_copy__view kernel 49 times a step, 0.43 ms: what it copies)
+#   fusedecode prefix_decode 0.6B / 8K, the trainer's decode layout (shared, compile_decode, Triton kernel), projections
+#              separate then stacked (rollout.fuse_projections: q/k/v and gate/up one GEMM each): ms per decode step
+#   fuse8k     triton8k's two rows (the GPU recipe: compile_decode, Triton kernel) with rollout.fuse_projections
 #   prof32k    bench/prefix_decode.py 0.6B, 2 prompts of 32K, G=8, 256 new, the trainer's decode layout alone (shared
 #              prompts, compile_decode, Triton decode kernel), profiled: full attention (ksaprof32k: the KSA hybrid). Where
 #              the KSA decode step's time goes at 32K (1.7B: 20.2 s of decode a GRPO step against a floor of 4.8)
@@ -85,15 +88,19 @@
 # Ninth session (2026-12-05, an H100, bench/results/h100_2026-12-05e/): fused32k pieces32k (SDPA pieces: learner 5%
 # faster), ksafused32k (KSA 31.4 s a step, 1.17x full: decode 1.49x slower, learner 0.66x), prefixksa gputest
 # (the KSA decode step bound by its kernels), fused8k (full 2.77 s, KSA 3.49 s).
+# Tenth session (2026-12-05, an H100, bench/results/h100_2026-12-05f/): gputest decodekernel triton8k (full 8K 2.77 s a
+# step; the KSA 8K row spent its budget on a cold-cache first step), ksatriton32k (KSA 1.7B 32K 26.8 s a step, decode
+# 20.2 s: 0.85x / 0.81x the ninth session's torch path). Then the machine was taken back and none came again.
 # Next GPU session, in this order (30 min of device time, of which the machine's start may take 3-13;
 # each line one call of <= 600 s, carry [".whl"]):
-#   1. gputest decodekernel triton8k   the GPU tests (the Triton decode kernel's included), then fused8k's rows with
-#                         rollout.decode_kernel=triton (<= 560 s; compare with fused8k on the same machine if time)
-#   2. ksatriton32k       KSA 1.7B 32K with the kernel (~540 s) against this session's 31.4 s (same card type)
-#   3. triton32k fused32k full attention 1.7B 32K with and without the kernel (<= 490 s)
+#   1. gemm fusedecode ksaprof8k  (~6 min) whether stacked projections pay (the GEMMs alone, then the decode step);
+#                         where the KSA decode step's time goes with the Triton kernel, and the copy kernels' code.
+#                         If fusedecode wins, set rollout.fuse_projections: true in the recipes before call 2.
+#   2. triton32k fused32k full attention 1.7B 32K with and without the kernel (<= 490 s)
+#   3. ksatriton32k       KSA 1.7B 32K (<= 560 s) on the same machine as 2: issue 16's 32K ratio
 #   4. learnerprof        #15's MFU: the learner's GPU time by op at 1.7B 32K (<= 245 s)
 #   5. ksarep1            #17's second replication seed (<= 560 s), if time is left
-#   later: ksa8k (KSA without compile_decode), groupckpt, prefixtune, ksagroup, prefix32k
+#   later: fuse8k, ksa8k (KSA without compile_decode), groupckpt, prefixtune, ksagroup, prefix32k, ksaprof32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
 # machine (`base8k fused8k` in one call, ~490 s): the README's H200 rows do not compare with
@@ -254,6 +261,16 @@ for s in "$@"; do
                mkdir -p "$OUT/inductor_code"  # the compiled decode layers' code, for the copy kernels in the profile
                grep -rl --include='*.py' "def call" /tmp/torchinductor_* 2>/dev/null | xargs -r grep -l "copy" \
                  | head -n 12 | xargs -r cp -t "$OUT/inductor_code" ;;
+    fusedecode) for fuse in "" --fuse-projections; do  # ~1 min each: decode alone, separate then stacked projections
+                  stage fusedecode 120 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
+                    --new-tokens 256 --reps 2 --compile-decode --only shared+compile --decode-kernel triton $fuse \
+                    --out "$OUT/prefix_decode_fuse${fuse:+d}.json"
+                done ;;
+    fuse8k) for run in "0.6b:8k:8x4:256 110" "0.6b:8k:8x4:256:ksa 150"; do  # triton8k's rows with stacked projections
+              read -r cfg secs <<<"$run"
+              stage fuse8k $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 20 --append \
+                --set rollout.fuse_projections=true --out "$OUT/train_gpu_fuse.json"
+            done ;;
     prefixksa) stage prefixksa 300 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
                  --new-tokens 256 --reps 1 --compile-decode --ksa --profile --out "$OUT/prefix_decode_ksa_fused.json" ;;
     ksarep1) stage ksarep1 560 python3 bench/ksa_replication.py --budget-s 420 --seed 1 --out "$OUT/rep_seed1" \

@@ -84,7 +84,15 @@ class RolloutConfig(_Section):
     kv_budget_gb: float | None = Field(None, gt=0, description="static / loop engines: decode K/V memory budget (GiB); as many sequences run at once as their K/V fits (KSA ring layers need less, so more run at once). None = off (batch_size alone).")
     share_prefix: bool = Field(True, description="static engine: the G responses of a prompt decode against one stored copy of its K/V, read once per step for the group (cascade attention, golong/rollout/prefix.py): ~G x less K/V read and stored at long prompts. False = each row keeps its own copy of the prompt (the older layout). KSA policies share too (ksa/static_shared.py: the prompt's visible text and whole-chunk summaries once per group).")
     compile_decode: bool = Field(False, description="static engine: run each decode layer (full attention or KSA) through one torch.compile'd (inductor) function so its norms / RoPE / residual / SiLU*mul / attention softmax fuse, then capture that in the CUDA graph; costs a compile per step shape (bucket) on first use.")
+    fuse_projections: bool = Field(False, description="static engine with compile_decode: the decode layers read q/k/v and gate/up stacked into one weight each (copies refreshed from the model at every generate, ~0.7x the decoder weights' memory more), so a step runs 4 GEMMs a layer instead of 7, each with more output columns (bench/decode_gemm.py times the two).")
     decode_kernel: Literal["torch", "triton"] = Field("torch", description="static engine: decode attention as matmul, softmax, matmul ('torch'; under compile_decode inductor fuses what it can) or one split-K Triton kernel per key part ('triton', ksa/triton_decode.py: K/V read once, scores kept on chip, parts merged by log-sum-exp) for full attention, shared prompts and KSA layers alike. 'triton' needs CUDA (on a CPU it runs in Triton's interpreter: tests only).")
+
+    @model_validator(mode="after")
+    def _check(self) -> RolloutConfig:
+        if self.fuse_projections and not self.compile_decode:
+            raise ValueError("rollout.fuse_projections needs rollout.compile_decode=true (only the compiled decode "
+                             "layers read the stacked weights)")
+        return self
 
 
 class RewardConfig(_Section):

@@ -207,3 +207,69 @@ def test_engine_sharing_a_compiled_learner_runs_compile_decode(tiny_model_dir, t
         assert tokens(out) == tokens(plain)
     finally:
         cluster.shutdown()
+
+
+def test_fused_layer_weights_stack_the_projections_in_place(tiny_tokenizer):
+    """q/k/v (and their biases, Qwen2) and gate/up stacked in the q and gate slots, their own slots
+    None, the rest the parameters themselves; a refresh into an earlier result keeps its tensors."""
+    from golong.rollout.static import fused_layer_weights
+
+    model = make_model(tiny_tokenizer, "qwen2")
+    layer = model.model.layers[0]
+    a, m = layer.self_attn, layer.mlp
+    w = fused_layer_weights(layer)
+    assert torch.equal(w[1], torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
+    assert torch.equal(w[2], torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]))
+    assert torch.equal(w[12], torch.cat([m.gate_proj.weight, m.up_proj.weight])) and w[13] is None
+    assert all(w[i] is None for i in (3, 4, 5, 6, 14, 15))
+    assert w[9] is a.o_proj.weight and w[16] is m.down_proj.weight and w[0] is layer.input_layernorm.weight
+    with torch.no_grad():
+        a.k_proj.weight.add_(1.0)
+    again = fused_layer_weights(layer, w)
+    assert again[1] is w[1] and again[12] is w[12]
+    q_rows, k_rows = a.q_proj.weight.shape[0], a.k_proj.weight.shape[0]
+    assert torch.equal(w[1][q_rows : q_rows + k_rows], a.k_proj.weight)
+
+
+def test_fuse_projections_equals_separate_and_follows_weight_updates(tiny_tokenizer, stop_prompts):
+    """compile_decode with q/k/v and gate/up stacked (a Qwen2: q/k/v biases) against the same compiled
+    engine with separate projections: equal sampled tokens and log-probs within float rounding; after an
+    in-place change of the model's weights (a colocated learner's step) still equal, and changed."""
+    model = make_model(tiny_tokenizer, "qwen2")
+    params = SamplingParams(max_new_tokens=NEW, temperature=1.0, top_p=0.95, seed=3)
+    engines = {f: StaticEngine(model, tiny_tokenizer, max_batch=4, max_len=40, share_prefix=True, compile_decode=True,
+                               fuse_projections=f) for f in (True, False)}
+
+    def run():
+        outs = {f: e.generate(stop_prompts[:2], 2, params) for f, e in engines.items()}
+        assert tokens(outs[True]) == tokens(outs[False])
+        for a, b in zip(sum(outs[True], []), sum(outs[False], []), strict=True):
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=1e-5)
+        return tokens(outs[True])
+
+    before = run()
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(5)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+    assert run() != before
+    with pytest.raises(ValueError, match="fuse_projections needs rollout.compile_decode"):
+        StaticEngine(model, tiny_tokenizer, fuse_projections=True)
+    assert make_engine(EngineConfig("static", compile_decode=True, fuse_projections=True), model,
+                       tiny_tokenizer).fuse_projections
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["summary_qkv_mix", "summary_norm"])
+def test_ksa_fuse_projections_equals_separate(tiny_tokenizer, case):
+    """KSA policies with summary projections mixed in (the summary columns' own q/k/v stay separate)
+    or a summary norm: greedy tokens of the stacked projections equal the whole KSA recomputation's."""
+    from tests.test_rollout_static_ksa import CASES, LENGTHS, TEXT, ksa_model, recompute_greedy
+
+    model = ksa_model(tiny_tokenizer, **CASES[case])
+    ids = tiny_tokenizer.encode(TEXT)
+    prompts = [ids[:k] for k in LENGTHS]
+    engine = StaticEngine(model, tiny_tokenizer, max_batch=4, max_len=64, compile_decode=True, fuse_projections=True)
+    out = engine.generate(prompts, 2, SamplingParams(max_new_tokens=14, temperature=0))
+    refs = [recompute_greedy(model, p, 14, {tiny_tokenizer.eos_token_id}) for p in prompts]
+    assert tokens(out) == [[r, r] for r in refs]

@@ -82,6 +82,7 @@ class EngineConfig:
     share_prefix: bool = True  # static, full attention: a group's prompt K/V stored and read once (rollout/prefix.py)
     compile_decode: bool = False  # static: decode layers through torch.compile (rollout/static.py)
     decode_kernel: str = "torch"  # static: decode attention as torch ops or one Triton kernel per key part
+    fuse_projections: bool = False  # static + compile_decode: q/k/v and gate/up each one stacked weight
     device: str | None = None  # static / loop; None = where the model's weights are
     dtype: str = "auto"  # vllm: weight dtype
     seed: int = 0  # vllm: engine seed
@@ -100,7 +101,7 @@ def engine_config(recipe: Any, device: str | None = None) -> EngineConfig:
     return EngineConfig(
         name=r.engine, ksa=m.ksa is not None or _ksa_folder(m.path), batch_size=r.batch_size, max_len=limit,
         kv_budget_gb=r.kv_budget_gb, share_prefix=r.share_prefix, compile_decode=r.compile_decode,
-        decode_kernel=r.decode_kernel, device=device,
+        decode_kernel=r.decode_kernel, fuse_projections=r.fuse_projections, device=device,
         dtype=m.dtype, seed=recipe.trainer.seed, trust_remote_code=m.trust_remote_code,
     )
 
@@ -138,7 +139,7 @@ def make_engine(config: EngineConfig, model: Any, tokenizer: Any) -> RolloutEngi
             return StaticEngine(model, tokenizer, max_batch=config.batch_size, max_len=config.max_len,
                                 device=config.device, kv_budget_gb=config.kv_budget_gb,
                                 share_prefix=config.share_prefix, compile_decode=config.compile_decode,
-                                decode_kernel=config.decode_kernel)
+                                decode_kernel=config.decode_kernel, fuse_projections=config.fuse_projections)
         log.info("the static engine cannot run this model (%s); the loop engine generates instead", problem)
     from golong.rollout.loop import LoopEngine
 

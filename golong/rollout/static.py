@@ -135,6 +135,23 @@ def layer_weights(layer: Any) -> tuple[torch.Tensor | None, ...]:
             layer.post_attention_layernorm.weight, *pairs[4], *pairs[5], *pairs[6])
 
 
+def fused_layer_weights(layer: Any, out: tuple | None = None) -> tuple:
+    """layer_weights with q / k / v stacked into one weight [q + k + v rows, hidden] (and bias) in the
+    q slots, gate / up into one [2 x intermediate, hidden] in the gate slots, the k / v / up slots
+    None: a decode step then runs 4 GEMMs a layer instead of 7, each with more output columns (more
+    of the GPU busy at a step's few rows). The stacks are copies, written into `out` (an earlier
+    result, so captured CUDA graphs keep their addresses) when given."""
+    w = list(layer_weights(layer))
+    with torch.no_grad():
+        for into, parts in ((1, (1, 3, 5)), (2, (2, 4, 6)), (12, (12, 14)), (13, (13, 15))):  # layer_weights' order
+            if w[parts[0]] is not None:
+                tensors = [w[i] for i in parts]
+                w[into] = torch.cat(tensors) if out is None else torch.cat(tensors, out=out[into])
+            for i in parts[1:]:
+                w[i] = None
+    return tuple(w)
+
+
 def decode_attention(qg: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, attn: tuple, scale: float,
                      kernel: str = "torch") -> torch.Tensor:
     """Decode attention of qg [B, Hkv, G, D] over rows 0..B-1 of kc / vc [rows, Hkv, cap, D]; [B, Hkv, G, D].
@@ -218,25 +235,34 @@ def make_decode_layer(heads: int, kv_heads: int, head_dim: int, eps: float, head
         x = rms(h, n_in, eps)
         if n_sum and sw[0] is not None:
             x = torch.cat([x[:, :-n_sum], rms(h[:, -n_sum:], sw[0], eps)], 1)
+        if kw is None:  # q / k / v in one weight (fused_layer_weights): one GEMM, its output split
+            qx, kx, vx = F.linear(x, qw, qb).split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], -1)
+        else:
+            qx, kx, vx = F.linear(x, qw, qb), F.linear(x, kw, kb), F.linear(x, vw, vb)
 
-        def project(weight, bias, norm, extra):
-            def run(wt, bs, inp):
-                y = F.linear(inp, wt, bs).view(b, inp.shape[1], -1, head_dim)
-                return y if norm is None else rms(y, norm, head_eps)
+        def split_heads(y, norm):  # [B, n, X] -> [B, n, X / D, D], then the head norm (if any)
+            y = y.view(b, y.shape[1], -1, head_dim)
+            return y if norm is None else rms(y, norm, head_eps)
 
-            out = run(weight, bias, x)
+        def project(out, norm, extra):
+            out = split_heads(out, norm)
             if not n_sum or extra[0] is None:
                 return out
-            return torch.cat([out[:, :-n_sum], mix_summary(run(*extra, x[:, -n_sum:]), out[:, -n_sum:], mix)], 1)
+            summary = split_heads(F.linear(x[:, -n_sum:], *extra), norm)
+            return torch.cat([out[:, :-n_sum], mix_summary(summary, out[:, -n_sum:], mix)], 1)
 
         none = (None, None)
-        q = rope(project(qw, qb, qn, sw[1:3] if n_sum else none).transpose(1, 2), cos, sin)  # [B, H, n, D]
-        k = rope(project(kw, kb, kn, sw[3:5] if n_sum else none).transpose(1, 2), cos, sin)  # [B, Hkv, n, D]
-        v = project(vw, vb, None, sw[5:7] if n_sum else none).transpose(1, 2)
+        q = rope(project(qx, qn, sw[1:3] if n_sum else none).transpose(1, 2), cos, sin)  # [B, H, n, D]
+        k = rope(project(kx, kn, sw[3:5] if n_sum else none).transpose(1, 2), cos, sin)  # [B, Hkv, n, D]
+        v = project(vx, None, sw[5:7] if n_sum else none).transpose(1, 2)
         o = attend(q, k, v, store, scale)
         h = h + F.linear(o.transpose(1, 2).reshape(b, t, -1), ow, ob)
         x = rms(h, n_post, eps)
-        return h + F.linear(act(F.linear(x, gw, gb)) * F.linear(x, uw, ub), dw, db)
+        if uw is None:  # gate / up in one weight (fused_layer_weights)
+            gate, up = F.linear(x, gw, gb).chunk(2, -1)
+        else:
+            gate, up = F.linear(x, gw, gb), F.linear(x, uw, ub)
+        return h + F.linear(act(gate) * up, dw, db)
 
     return decode_layer
 
@@ -300,6 +326,7 @@ class StaticEngine(RolloutEngine):
         share_prefix: bool = True,
         compile_decode: bool = False,
         decode_kernel: str = "torch",
+        fuse_projections: bool = False,
     ):
         """`max_batch` sequences decode at once at most; `max_len` (default: the model's
         max_position_embeddings) bounds prompt + response tokens.
@@ -315,6 +342,9 @@ class StaticEngine(RolloutEngine):
         `decode_kernel`: "torch" (decode attention as matmul, softmax, matmul) or "triton" (one split-K
         kernel per key part, ksa/triton_decode.py: K/V read once, scores kept on chip; needs CUDA, on
         a CPU it runs in Triton's interpreter, for tests).
+        `fuse_projections` (with compile_decode): the compiled layers read q / k / v and gate / up
+        stacked into one weight each (fused_layer_weights; copies refreshed from the parameters at
+        every `generate`, ~0.7x the decoder weights' memory more) and run 4 GEMMs a layer instead of 7.
         A model it cannot run (`unsupported_reason`) is a ValueError naming the reason."""
         problem = unsupported_reason(model)
         if problem is not None:
@@ -341,6 +371,11 @@ class StaticEngine(RolloutEngine):
         if decode_kernel not in ("torch", "triton"):
             raise ValueError(f"rollout.decode_kernel={decode_kernel!r}: use 'torch' or 'triton'")
         self.decode_kernel = decode_kernel
+        if fuse_projections and not compile_decode:
+            raise ValueError("rollout.fuse_projections needs rollout.compile_decode=true (the stacked weights are "
+                             "read by the compiled decode layer only)")
+        self.fuse_projections = fuse_projections
+        self._stacked: list[tuple] | None = None  # fuse_projections: fused_layer_weights per layer
         if self.compile_decode:
             self._fused_layer = self._compile_layer()
         self.rows = self.cap_len = 0  # allocated storage: rows x text tokens (sharing: response tokens)
@@ -478,12 +513,13 @@ class StaticEngine(RolloutEngine):
         copy_weights_into(self.model, state_dict)
 
     def free_cache(self) -> None:
-        """Drop graphs and the K/V storage on an accelerator (re-made by the next `generate`), keep the
-        weights: for an engine sharing its model with a colocated learner."""
+        """Drop graphs, the K/V storage and fuse_projections' stacked weight copies on an accelerator
+        (re-made by the next `generate`), keep the model: for an engine sharing it with a colocated learner."""
         if self.device.type == "cpu":
             return
         self._drop_storage()
         self._pool = None
+        self._stacked = None
 
     def sleep(self) -> None:
         """Drop graphs and the KV cache, park the weights on the CPU (graphs are re-captured on wake)."""
@@ -528,7 +564,8 @@ class StaticEngine(RolloutEngine):
         cos, sin = inner.rotary_emb(h, positions)
         with torch._dynamo.config.patch(recompile_limit=RECOMPILES, accumulated_recompile_limit=RECOMPILES):
             for i, layer in enumerate(inner.layers):
-                h = self._fused_layer(h, cos, sin, layer_weights(layer), summary_weights(layer, n_sum, self.mix),
+                w = self._stacked[i] if self._stacked else layer_weights(layer)
+                h = self._fused_layer(h, cos, sin, w, summary_weights(layer, n_sum, self.mix),
                                       *attention(i))
         return self._logits(rms_norm(inner.norm, h)[:, 0])
 
@@ -861,6 +898,10 @@ class StaticEngine(RolloutEngine):
             width = 1
             self._ensure_cache(len(prompts) * n, longest + params.max_new_tokens)
             slots = [None] * self.rows
+        if self.fuse_projections:  # the parameters may have changed since the last call (a colocated learner)
+            layers = self.model.model.layers
+            self._stacked = [fused_layer_weights(layer, self._stacked[i] if self._stacked else None)
+                             for i, layer in enumerate(layers)]
         # `prefills` prompts (`prefill_tokens` text tokens) in `prefill_batches` forwards of <= `prefill_max_prompts`
         stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "rows_x_steps": 0, "prefills": 0,
                  "prefill_batches": 0, "prefill_tokens": 0, "prefill_max_prompts": 0, "moves": 0, "prompt_copies": 0,
