@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from ksa.static_cache import store_prompts
+from ksa.static_cache import store_prompts, write_slots
 
 NEG_INF = float("-inf")
 
@@ -189,19 +189,16 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
     hkv = k.shape[1]
     g = hq // hkv
     blocks = b // width
-    base = torch.arange(b, device=pos.device)[:, None] * hkv + torch.arange(hkv, device=pos.device)  # [B, Hkv]
     own = pos - plen
-    flat = (base * kc.shape[2] + (own if full else own % R)[:, None]).reshape(-1)
-    kc.view(-1, d).index_copy_(0, flat, k[:, :, 0].reshape(-1, d))
-    vc.view(-1, d).index_copy_(0, flat, v[:, :, 0].reshape(-1, d))
+    write_slots(kc, own if full else own % R, k[:, :, 0])
+    write_slots(vc, own if full else own % R, v[:, :, 0])
     if full:
         own_sk, own_sv = k[:, :, 1:], v[:, :, 1:]
     else:
         if n > 1:
             s_idx = (pos // C - plen // C)[:, None] * S + torch.arange(n - 1, device=pos.device)  # [B, S]
-            sflat = (base[:, :, None] * skc.shape[2] + s_idx[:, None, :]).reshape(-1)
-            skc.view(-1, d).index_copy_(0, sflat, k[:, :, 1:].reshape(-1, d))
-            svc.view(-1, d).index_copy_(0, sflat, v[:, :, 1:].reshape(-1, d))
+            write_slots(skc, s_idx, k[:, :, 1:])
+            write_slots(svc, s_idx, v[:, :, 1:])
         own_sk, own_sv = skc[:b, :, :os_], svc[:b, :, :os_]
     qg = q.reshape(b, hkv, g * n, d)
     stacked = q.reshape(blocks, width, hkv, g * n, d).transpose(1, 2).reshape(blocks, hkv, width * g * n, d)

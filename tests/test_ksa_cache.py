@@ -139,3 +139,25 @@ def test_greedy_generate_with_cache_on_gpu(tiny_tokenizer):
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
     assert torch.equal(out, greedy_by_recomputation(model, ids, mask, 60))
+
+
+def test_write_slots_equals_a_loop_eager_and_compiled():
+    """ksa.static_cache.write_slots (the decode write of every static KSA layout): store[b, h, slots[b]]
+    (or [b, h, slots[b, j]]) = values for rows b < B and every head, rows >= B untouched, in place,
+    also through torch.compile (the decode layers' path)."""
+    from ksa.static_cache import write_slots
+
+    gen = torch.Generator().manual_seed(0)
+    cases = [(torch.tensor([4, 0, 8]), torch.randn(3, 2, 3, generator=gen)),
+             (torch.tensor([[1, 2], [5, 6], [7, 3]]), torch.randn(3, 2, 2, 3, generator=gen))]
+    for slots, values in cases:
+        ref = torch.randn(5, 2, 9, 3, generator=gen)
+        stores = [ref.clone(), ref.clone()]
+        for b in range(3):
+            for h in range(2):
+                ref[b, h, slots[b]] = values[b, h]
+        write_slots(stores[0], slots, values)
+        compiled = torch.compile(write_slots, fullgraph=True)
+        ptr = stores[1].data_ptr()
+        compiled(stores[1], slots, values)
+        assert torch.equal(stores[0], ref) and torch.equal(stores[1], ref) and stores[1].data_ptr() == ptr

@@ -79,7 +79,7 @@ from golong.rollout.base import Completion, RolloutEngine, SamplingParams, copy_
 from golong.rollout.prefix import cascade_attention, fit_budget, length_bias
 from golong.rollout.sampling import eos_ids, row_key, sample_rows
 from ksa import completes_chunk, is_ksa, mix_summary, step_inputs
-from ksa.static_cache import PackedPrefill, StaticKSALayer
+from ksa.static_cache import PackedPrefill, StaticKSALayer, write_slots
 from ksa.static_cache import decode_attention as ksa_decode_attention
 from ksa.static_shared import SharedKSALayer, slot_counts
 from ksa.static_shared import decode_attention as shared_ksa_decode_attention
@@ -195,9 +195,8 @@ def full_step_attention(q, k, v, store, scale):
     written at own index at[row] of kc / vc, then decode_attention; [B, Hq, 1, D]."""
     kc, vc, at, attn, kernel = store
     b, kv_heads, d = q.shape[0], k.shape[1], q.shape[-1]
-    where = (torch.arange(b, device=q.device)[:, None], torch.arange(kv_heads, device=q.device)[None], at[:, None])
-    kc.index_put_(where, k[:, :, 0])
-    vc.index_put_(where, v[:, :, 0])
+    write_slots(kc, at, k[:, :, 0])
+    write_slots(vc, at, v[:, :, 0])
     return decode_attention(q.reshape(b, kv_heads, -1, d), kc, vc, attn, scale, kernel).reshape(q.shape)
 
 
