@@ -6,7 +6,10 @@ Imported as `benchutil` (the scripts run as `python bench/NAME.py`, which puts b
 from __future__ import annotations
 
 import copy
+import datetime
+import json
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, Qwen3Config
@@ -65,6 +68,42 @@ def graph_time(fn, reps: int, device: str) -> float:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / 1e3 / reps
+
+
+def print_rows(rows: list[dict], cols: list[str], title: str, heads: list[str] | None = None) -> None:
+    """A table of `rows` (dicts) in columns `cols` (headed `heads`, default the keys): text as it is,
+    keys ending in _s as microseconds, other numbers to 3 digits. Plain lines where rich is missing."""
+    heads = heads or cols
+
+    def cell(c: str, v) -> str:
+        return v if isinstance(v, str) else f"{v * 1e6:.0f} us" if c.endswith("_s") else f"{v:.3g}"
+
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(title)
+        for r in rows:
+            print("  ".join(f"{h}={cell(c, r[c])}" for h, c in zip(heads, cols, strict=True)))
+        return
+    t = Table(title=title)
+    for h in heads:
+        t.add_column(h, justify="right")
+    for r in rows:
+        t.add_row(*(cell(c, r[c]) for c in cols))
+    Console(width=150).print(t)
+
+
+def save_rows(rows: list[dict], args, device: str, dtype) -> dict:
+    """A micro-benchmark's result (date, device, dtype, its arguments, its rows), written as JSON to
+    args.out when that is set."""
+    result = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "device": device, "dtype": str(dtype), "args": vars(args), "rows": rows}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
+    return result
 
 
 def qwen3_06b_model(tiny: bool, device: str, tiny_layers: int = 2):

@@ -17,13 +17,10 @@ bytes over time (TB/s) and the speed-up separate / fused. Prints a table, writes
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from benchutil import graph_time
+from benchutil import graph_time, print_rows, save_rows
 
 # hidden, q width (heads x head_dim), k / v width (kv heads x head_dim), intermediate, layers
 SHAPES = {"tiny": (256, 256, 128, 512, 2), "0.6b": (1024, 2048, 1024, 3072, 28), "1.7b": (2048, 2048, 1024, 6144, 28),
@@ -76,25 +73,6 @@ def case(shape: str, m: int, layers: list[dict], dtype, device: str, reps: int) 
     return row
 
 
-def show(rows: list[dict], title: str) -> None:
-    cols = ["shape", "rows", "separate_us_per_layer", "fused_us_per_layer", "speedup", "separate_tbs", "fused_tbs"]
-    heads = ["shape", "M", "separate us/layer", "fused us/layer", "speed-up", "separate TB/s", "fused TB/s"]
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        print(title)
-        for r in rows:
-            print("  ".join(f"{h}={r[c]}" for h, c in zip(heads, cols, strict=True)))
-        return
-    t = Table(title=title)
-    for h in heads:
-        t.add_column(h, justify="right")
-    for r in rows:
-        t.add_row(*(r[c] if isinstance(r[c], str) else f"{r[c]:.3g}" for c in cols))
-    Console(width=140).print(t)
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -111,14 +89,10 @@ def main(argv: list[str] | None = None) -> dict:
         rows += [case(shape, m, layers, dtype, args.device, args.reps) for m in args.rows]
         del layers
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    show(rows, f"decode-step weight GEMMs, separate vs fused projections ({device}, {dtype})")
-    result = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-              "device": device, "dtype": str(dtype), "args": vars(args), "rows": rows}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.out}")
-    return result
+    print_rows(rows, ["shape", "rows", "separate_us_per_layer", "fused_us_per_layer", "speedup", "separate_tbs", "fused_tbs"],
+               f"decode-step weight GEMMs, separate vs fused projections ({device}, {dtype})",
+               ["shape", "M", "separate us/layer", "fused us/layer", "speed-up", "separate TB/s", "fused TB/s"])
+    return save_rows(rows, args, device, dtype)
 
 
 if __name__ == "__main__":

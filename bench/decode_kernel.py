@@ -16,8 +16,6 @@ each path's largest error against a float32 reference. Prints a table, writes JS
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import sys
 from pathlib import Path
@@ -29,7 +27,7 @@ if not torch.cuda.is_available():
 for _dir in Path(__file__).resolve().parents[1::-1]:  # the checkout (ksa) and bench/ (benchutil), uninstalled
     sys.path.insert(0, str(_dir))
 
-from benchutil import graph_time  # noqa: E402
+from benchutil import graph_time, print_rows, save_rows  # noqa: E402
 
 from ksa.triton_decode import decode_partials, merge_partials  # noqa: E402
 
@@ -62,24 +60,6 @@ def case(n: int, h: int, m: int, s: int, d: int, dtype, device: str, reps: int) 
     return row
 
 
-def show(rows: list[dict], title: str) -> None:
-    cols = ["rows", "queries", "keys", "torch_s", "triton_s", "speedup", "torch_tbs", "triton_tbs", "torch_err", "triton_err"]
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        print(title)
-        for r in rows:
-            print("  ".join(f"{c}={r[c]:.4g}" for c in cols))
-        return
-    t = Table(title=title)
-    for c in cols:
-        t.add_column(c, justify="right")
-    for r in rows:
-        t.add_row(*(f"{r[c] * 1e6:.0f} us" if c.endswith("_s") else f"{r[c]:.3g}" for c in cols))
-    Console(width=150).print(t)
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -95,14 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [case(args.rows, args.heads, m, s, args.dim, dtype, args.device, args.reps)
             for s in args.keys for m in args.queries]
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (Triton interpreter)"
-    show(rows, f"decode attention, one key part: torch vs split-K Triton ({device}, {dtype})")
-    result = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-              "device": device, "dtype": str(dtype), "args": vars(args), "rows": rows}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.out}")
-    return result
+    print_rows(rows, ["rows", "queries", "keys", "torch_s", "triton_s", "speedup", "torch_tbs", "triton_tbs", "torch_err",
+                      "triton_err"], f"decode attention, one key part: torch vs split-K Triton ({device}, {dtype})")
+    return save_rows(rows, args, device, dtype)
 
 
 if __name__ == "__main__":
