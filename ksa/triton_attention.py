@@ -463,9 +463,9 @@ def _backward(q, k, v, o, lse, do, seq_lens, chunk, summaries, window, scale, vi
     return dq, dk, dv
 
 
-def _interpreted() -> bool:
-    """True when these kernels *and* triton's own library functions were defined in interpreter mode."""
-    return all(type(f).__name__ == "InterpretedFunction" for f in (_q_side_kernel, tl.zeros))
+def interpreted(kernel) -> bool:
+    """True when `kernel` *and* triton's own library functions were defined in interpreter mode."""
+    return all(type(f).__name__ == "InterpretedFunction" for f in (kernel, tl.zeros))
 
 
 # ---------------------------------------------------------------- the kernels as torch ops
@@ -473,10 +473,11 @@ def _interpreted() -> bool:
 # implementations) and fuses everything around them; autograd goes through register_autograd.
 
 
-def _require_backend(q: torch.Tensor) -> None:
-    if q.device.type != "cuda" and not _interpreted():
+def require_backend(q: torch.Tensor, kernel, what: str) -> None:
+    """A clear error where `kernel` cannot run on q's device (shared by the KSA Triton kernels)."""
+    if q.device.type != "cuda" and not interpreted(kernel):
         raise RuntimeError(
-            "impl='triton' needs CUDA tensors, or (slow, for tests) TRITON_INTERPRET=1 set in the "
+            f"{what} needs CUDA tensors, or (slow, for tests) TRITON_INTERPRET=1 set in the "
             "environment before anything imports triton (e.g. at the top of conftest.py)"
         )
 
@@ -487,7 +488,7 @@ def triton_attention_op(
     chunk: int, summaries: int, window: int, scale: float, summaries_visible: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(out [B, Hq, L, D], lse [B, Hq, L] float32, base 2) of KSA attention on the interleaved layout."""
-    _require_backend(q)
+    require_backend(q, _q_side_kernel, "impl='triton'")
     q, k, v = (x.contiguous() for x in (q, k, v))
     return _forward(q, k, v, tuple(seq_lens), chunk, summaries, window, scale, summaries_visible)
 
@@ -503,7 +504,7 @@ def triton_attention_backward_op(
     seq_lens: list[int], chunk: int, summaries: int, window: int, scale: float, summaries_visible: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(dq, dk, dv) of `triton_attention_op` given the gradient of its output."""
-    _require_backend(q)
+    require_backend(q, _q_side_kernel, "impl='triton'")
     q, k, v, out, grad_out = (x.contiguous() for x in (q, k, v, out, grad_out))
     return _backward(q, k, v, out, lse.contiguous(), grad_out, tuple(seq_lens), chunk, summaries, window, scale, summaries_visible)
 

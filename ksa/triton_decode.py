@@ -40,6 +40,8 @@ if not torch.cuda.is_available():
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+from ksa.triton_attention import require_backend  # noqa: E402
+
 SPLIT = 512  # keys per split (one program each)
 BLOCK_N = 64  # keys per tile inside a split
 LOG2E = 1.4426950408889634
@@ -110,19 +112,6 @@ def _decode_kernel(
     tl.store(LSE + part + rows, lse, mask=row_ok)
 
 
-def _interpreted() -> bool:
-    """True when the kernel *and* triton's own library functions were defined in interpreter mode."""
-    return all(type(f).__name__ == "InterpretedFunction" for f in (_decode_kernel, tl.zeros))
-
-
-def _require_backend(q: torch.Tensor) -> None:
-    if q.device.type != "cuda" and not _interpreted():
-        raise RuntimeError(
-            "ksa.triton_decode needs CUDA tensors, or (slow, for tests) TRITON_INTERPRET=1 set in the "
-            "environment before anything imports triton (e.g. at the top of conftest.py)"
-        )
-
-
 def _splits(s):
     """X = ceil(S / SPLIT) by floor division (S may be a SymInt under torch.compile)."""
     return (s + SPLIT - 1) // SPLIT
@@ -176,7 +165,7 @@ def decode_partials(
     part k, v [N, H, S, D] with bias [N, Wd, C, S] (query m = (w * group + g) * columns + c reads
     bias[n, w, c]), per split of SPLIT keys, X = ceil(S / SPLIT). k, v, bias may be strided views
     (never copied). A torch custom op: torch.compile calls it as one opaque op."""
-    _require_backend(q)
+    require_backend(q, _decode_kernel, "ksa.triton_decode")
     _check(q, k, v, bias, group, columns)
     return _partials(q, k, v, bias, scale, group, columns)
 

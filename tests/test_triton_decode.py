@@ -18,6 +18,7 @@ if not torch.cuda.is_available():  # before anything imports triton
 import pytest  # noqa: E402
 
 from ksa import triton_decode  # noqa: E402
+from ksa.triton_attention import interpreted  # noqa: E402
 from ksa.triton_decode import (  # noqa: E402
     SPLIT,
     decode_partials,
@@ -37,7 +38,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def _on_device():
     """Tensors made in a test live on the GPU where there is one (the compiled kernel), else on the
     CPU (the interpreter)."""
-    if DEVICE == "cpu" and not triton_decode._interpreted():
+    if DEVICE == "cpu" and not interpreted(triton_decode._decode_kernel):
         pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (set it in conftest.py)")
     with torch.device(DEVICE):
         yield
