@@ -70,6 +70,18 @@ def graph_time(fn, reps: int, device: str) -> float:
     return start.elapsed_time(end) / 1e3 / reps
 
 
+def op_times(prof, cuda: bool) -> list[tuple[str, int, float]]:
+    """(name, calls, ms) of each op in a finished torch.profiler profile, most time first. On a GPU the
+    kernels alone (device-side events): the aten ops that launch them and the host-side events that
+    inductor's launchers name after their kernels carry the same time, so summing every event
+    counts a kernel twice. On the CPU: each op's self time."""
+    if cuda:
+        events = [(e.key, e.count, e.device_time_total / 1e3) for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    else:
+        events = [(e.key, e.count, e.self_cpu_time_total / 1e3) for e in prof.key_averages()]
+    return sorted((e for e in events if e[2] > 0), key=lambda e: -e[2])
+
+
 def print_rows(rows: list[dict], cols: list[str], title: str, heads: list[str] | None = None) -> None:
     """A table of `rows` (dicts) in columns `cols` (headed `heads`, default the keys): text as it is,
     keys ending in _s as microseconds, other numbers to 3 digits. Plain lines where rich is missing."""

@@ -30,7 +30,7 @@ import statistics
 import time
 
 import torch
-from benchutil import IdTokenizer, ksa_hybrid, qwen3_06b_model
+from benchutil import IdTokenizer, ksa_hybrid, op_times, qwen3_06b_model
 from transformers import AutoModelForCausalLM, Qwen3Config
 
 from golong.rollout.base import SamplingParams
@@ -82,13 +82,10 @@ def profile_steps(model, prompts: list[list[int]], args, compiled: bool) -> dict
     with profile(activities=activities) as prof:
         engine.generate(prompts, args.group, greedy)
     steps = engine.stats["decode_steps"]
-    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or args.device != "cuda"]
-    attr = "device_time_total" if args.device == "cuda" else "self_cpu_time_total"
-    events = sorted(events, key=lambda e: getattr(e, attr), reverse=True)
-    busy = sum(getattr(e, attr) for e in events) / 1e3  # ms over the whole call (prefill included)
-    top = [{"name": e.key[:90], "ms_per_step": getattr(e, attr) / 1e3 / steps, "calls_per_step": e.count / steps}
-           for e in events[:30]]
-    calls = sum(e.count for e in events) / steps
+    events = op_times(prof, args.device == "cuda")
+    busy = sum(ms for _, _, ms in events)  # ms over the whole call (prefill included)
+    top = [{"name": name[:90], "ms_per_step": ms / steps, "calls_per_step": calls / steps} for name, calls, ms in events[:30]]
+    calls = sum(c for _, c, _ in events) / steps
     print(f"profile ({'compiled' if compiled else 'eager'} layers): wall {engine.stats['decode_s'] / steps * 1e3:.2f} "
           f"ms/step, prefill {engine.stats['prefill_s']:.2f} s, kernels {busy:.1f} ms in all, {calls:.0f} calls/step")
     for t in top:

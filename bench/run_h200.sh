@@ -73,6 +73,9 @@
 #   fusedecode prefix_decode 0.6B / 8K, the trainer's decode layout (shared, compile_decode, Triton kernel), projections
 #              separate then stacked (rollout.fuse_projections: q/k/v and gate/up one GEMM each): ms per decode step
 #   fuse8k     triton8k's two rows (the GPU recipe: compile_decode, Triton kernel) with rollout.fuse_projections
+#   pair32k    issue 16's 0.6B / 32K pair at the GPU recipe's settings (compile_decode, Triton kernel, stacked
+#              projections, save_attention): full (140 s) then KSA (230 s), G=8 x 2, 2K new
+#   pair8k     the same at 8K, G=8 x 4, 256 new: full (70 s) then KSA (190 s: its first step compiles ~2 min)
 #   prof32k    bench/prefix_decode.py 0.6B, 2 prompts of 32K, G=8, 256 new, the trainer's decode layout alone (shared
 #              prompts, compile_decode, Triton decode kernel), profiled: full attention (ksaprof32k: the KSA hybrid). Where
 #              the KSA decode step's time goes at 32K (1.7B: 20.2 s of decode a GRPO step against a floor of 4.8)
@@ -224,6 +227,14 @@ for s in "$@"; do
         read -r cfg secs <<<"$run"
         stage "$s" $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 8 --append \
           --out "$OUT/train_gpu_ksa.json"
+      done ;;
+    pair32k|pair8k)  # issue 16's 0.6B rows at the GPU recipe's settings, full then KSA, save_attention
+      if [ "$s" = pair32k ]; then runs=("0.6b:32k:8x2:2048 140" "0.6b:32k:8x2:2048:ksa 230")
+      else runs=("0.6b:8k:8x4:256 70" "0.6b:8k:8x4:256:ksa 190"); fi
+      for run in "${runs[@]}"; do
+        read -r cfg secs <<<"$run"
+        stage "$s" $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 12 --append \
+          --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_06b.json"
       done ;;
     base8k) stage base8k 160 python3 bench/train_gpu.py 0.6b:8k:8x4:256:unfused --budget-s 120 --steps 20 --append \
               --set rollout.decode_kernel=torch --out "$OUT/train_gpu_fused.json" ;;  # fused8k's baseline

@@ -12,7 +12,7 @@ Configurations, as SHAPE:PROMPT:GxP:NEW[:flag...], PROMPT one length (8k) or sev
 data source each, so prompts of different lengths meet in a step), flags compile|eager,
 share|noshare, ksa (the 3:1 KSA hybrid of recipes/ksa*.yaml: chunk 8, one summary, windows of 128
 chunks in three layers of four, the fourth full), fused|unfused (rollout.compile_decode: decode layers
-through torch.compile; default: the recipe's); defaults for both policies: compiled, shared:
+through torch.compile; default: the recipe's; unfused also turns rollout.fuse_projections off); defaults for both policies: compiled, shared:
 
     python bench/train_gpu.py 0.6b:8k:8x4:256 0.6b:8k:8x4:256:eager 0.6b:8k:8x4:256:noshare --budget-s 240
     python bench/train_gpu.py 0.6b:8k:8x4:256:eager --budget-s 100 --append --out r.json   # a process each
@@ -65,6 +65,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from benchutil import op_times  # noqa: E402
 from learner import PEAK_FLOPS, SHAPES, VOCAB, qwen3_config  # noqa: E402  (bench/learner.py)
 
 GPU_RECIPE = ROOT / "recipes" / "golongrl_qwen3_4b_tmn.yaml"
@@ -141,9 +142,12 @@ def make_recipe(c: dict, path: Path, out: Path, args):
     }
     if cpu:  # float32 on the CPU (no bf16 autocast there worth timing)
         sets.update({"model.dtype": "float32", "model.attn_implementation": None,  # and no decode compiles or
-                     "rollout.compile_decode": False, "rollout.decode_kernel": "torch"})  # Triton interpreter
+                     "rollout.compile_decode": False, "rollout.decode_kernel": "torch",  # Triton interpreter
+                     "rollout.fuse_projections": False})
     if c.get("fused") is not None:
         sets["rollout.compile_decode"] = c["fused"]
+        if not c["fused"]:  # stacked projections need the compiled decode layers
+            sets["rollout.fuse_projections"] = False
     overrides = [f"{k}={json.dumps(v)}" for k, v in sets.items()] + list(args.set)
     return load_recipe(GPU_RECIPE, overrides)
 
@@ -317,9 +321,7 @@ def profiled(fn, *inputs, top: int = 30):
         if cuda:
             torch.cuda.synchronize()
     wall = time.perf_counter() - t0
-    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
-    ops = [(e.key, e.count, getattr(e, attr, 0.0) / 1e3) for e in prof.key_averages()]
-    ops = sorted((o for o in ops if o[2] > 0), key=lambda o: -o[2])
+    ops = op_times(prof, cuda)
     total = sum(ms for _, _, ms in ops)
     rows = [{"op": name[:120], "calls": calls, "ms": sig(ms), "share": sig(ms / max(total, 1e-9))}
             for name, calls, ms in ops[:top]]
