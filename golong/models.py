@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from golong.checkpointing import save_attention_context
 from golong.config import ModelConfig
 from golong.distributed import decoder_layers
 
@@ -283,31 +284,6 @@ def prepare_policy(model: Any, cfg: ModelConfig, device: str | torch.device | No
     return model
 
 
-# Attention kernels whose outputs "save_attention" keeps: recomputing them in backward is the
-# costliest part of the recompute at long lengths (O(T^2)), keeping them costs O(T) per layer.
-# The KSA Triton kernel (ksa/triton_attention.py, a custom op) is matched by name in the policy.
-_ATTENTION_OPS = tuple(
-    getattr(torch.ops.aten, name)
-    for name in (
-        "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-        "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
-    )
-    if hasattr(torch.ops.aten, name)
-)
-
-
-def _save_attention_context():
-    """Selective checkpointing contexts: attention kernel outputs are kept, everything else recomputed."""
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
-
-    def policy(ctx, op, *args, **kwargs):
-        packet = getattr(op, "_overloadpacket", op)
-        saved = packet in _ATTENTION_OPS or getattr(packet, "_qualified_op_name", "") == "ksa::triton_attention"
-        return CheckpointPolicy.MUST_SAVE if saved else CheckpointPolicy.PREFER_RECOMPUTE
-
-    return create_selective_checkpoint_contexts(policy)
-
-
 def enable_checkpointing(model: Any, policy: str = "full", layers: int | None = None) -> None:
     """Checkpoint the decoder layers: "full" recomputes each layer's forward in backward;
     "save_attention" keeps the attention outputs (and softmax statistics) and recomputes only the
@@ -315,7 +291,7 @@ def enable_checkpointing(model: Any, policy: str = "full", layers: int | None = 
     all activations: faster where memory allows); None = all."""
     kwargs: dict[str, Any] = {"use_reentrant": False}  # non-reentrant: no input grads needed (LoRA)
     if policy == "save_attention":
-        kwargs["context_fn"] = _save_attention_context
+        kwargs["context_fn"] = save_attention_context
     elif policy != "full":
         raise ModelLoadError(f"unknown checkpoint_policy {policy!r}; use 'full' or 'save_attention'")
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name

@@ -40,6 +40,7 @@ from functools import lru_cache
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from golong.checkpointing import kept_through_recompute
 from ksa import is_ksa
 from ksa.flex_attention import (  # bucket lengths: multiples of TILE
     TILE,
@@ -237,8 +238,9 @@ def _shared_prompt_attention(module, query, key, value, attention_mask, dropout=
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=golong_mask, scale=scaling, enable_gqa=gqa)
     elif isinstance(golong_mask, SharedPieces):
         out = pieces_attention(query, key, value, golong_mask, scaling, gqa)
-    else:  # outside the compiled layer's graph, compiled static once per bucket length
-        out = flex_between_graphs(query, key, value, golong_mask, scaling, gqa)
+    else:  # outside the compiled layer's graph, compiled static once per bucket length; not rerun by
+        # save_attention's recompute (golong.checkpointing: the policy cannot see this kernel)
+        out = kept_through_recompute(flex_between_graphs, query, key, value, golong_mask, scaling, gqa)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -332,7 +334,8 @@ def pieces_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pieces: 
     front of its own (a transient [1, Hkv, P + R_i, D] per response). Outside the compiled layers'
     graphs (the pieces are Python numbers that differ row to row). Its kernels are dispatcher ops,
     so checkpoint_policy save_attention keeps their outputs; FlexAttention compiled by inductor is a
-    generated kernel that the policy does not see, and is recomputed in backward."""
+    generated kernel that the policy does not see, kept instead with its saved tensors
+    (golong.checkpointing.kept_through_recompute)."""
     out = []
     for (ps, p), responses in pieces.units:
         kp, vp = k[:, :, ps : ps + p], v[:, :, ps : ps + p]

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from golong.checkpointing import ATTENTION_OPS
 from golong.config import AlgoConfig, LoraConfig, ModelConfig, OptimConfig
 from golong.learner import Learner, Sample
-from golong.models import _ATTENTION_OPS, enable_checkpointing
+from golong.models import enable_checkpointing
 from golong.packing import pack, packed_logprobs
 
 
@@ -24,7 +25,7 @@ class _CountAttention(TorchDispatchMode):
         self.calls = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func._overloadpacket in _ATTENTION_OPS:
+        if func._overloadpacket in ATTENTION_OPS:
             self.calls += 1
         return func(*args, **(kwargs or {}))
 

@@ -1,0 +1,81 @@
+"""golong.checkpointing: under checkpoint_policy save_attention an attention call the selective policy
+cannot see (kept_through_recompute: the shared-prompt FlexAttention on CUDA) runs once per layer, not
+again in the layer's recompute, and the gradients equal an uncheckpointed model's. Checked through a
+real transformers model whose attention function goes through kept_through_recompute."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AttentionInterface, Qwen3Config, Qwen3ForCausalLM
+from transformers.masking_utils import AttentionMaskInterface
+
+from golong.checkpointing import kept_through_recompute
+from golong.models import enable_checkpointing
+
+IMPL = "golong_test_kept"
+calls = {"n": 0}
+
+
+def _counted_attention(q, k, v, scale):
+    calls["n"] += 1
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+
+
+def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    out = kept_through_recompute(_counted_attention, query, key, value, scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+@pytest.fixture(scope="module")
+def model():
+    AttentionInterface.register(IMPL, _attention)
+    AttentionMaskInterface.register(IMPL, lambda *args, **kwargs: None)
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=8, max_position_embeddings=128)
+    m = Qwen3ForCausalLM(cfg).float()
+    m.config._attn_implementation = IMPL
+    return m
+
+
+def _grads(model, policy: str | None, ids: torch.Tensor) -> tuple[int, int, dict[str, torch.Tensor]]:
+    """(attention calls in forward, calls in forward + backward, gradients) of one loss."""
+    model = copy.deepcopy(model)
+    model.train()
+    if policy is not None:
+        enable_checkpointing(model, policy)
+    calls["n"] = 0
+    logits = model(input_ids=ids).logits
+    forward = calls["n"]
+    torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).backward()
+    return forward, calls["n"], {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_kept_call_runs_once_and_gradients_equal_an_uncheckpointed_model(model):
+    ids = torch.randint(0, 64, (1, 24), generator=torch.Generator().manual_seed(1))
+    layers = model.config.num_hidden_layers
+    plain = _grads(model, None, ids)
+    kept = _grads(model, "save_attention", ids)
+    full = _grads(model, "full", ids)
+    assert plain[:2] == (layers, layers)
+    assert kept[:2] == (layers, layers)  # the recompute returned the recorded outputs
+    assert full[:2] == (layers, 2 * layers)  # policy full: the whole layer again, attention included
+    assert plain[2].keys() == kept[2].keys() == full[2].keys()
+    for name, g in plain[2].items():
+        torch.testing.assert_close(kept[2][name], g, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(full[2][name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_kept_call_outside_a_checkpoint_or_without_grad_is_a_plain_call(model):
+    ids = torch.arange(16)[None]
+    m = copy.deepcopy(model)
+    enable_checkpointing(m, "save_attention")
+    m.train()
+    calls["n"] = 0
+    with torch.no_grad():
+        m(input_ids=ids)
+    assert calls["n"] == m.config.num_hidden_layers
+    assert kept_through_recompute(lambda x: x + 1, torch.ones(2)).tolist() == [2.0, 2.0]
