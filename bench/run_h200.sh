@@ -74,7 +74,7 @@
 #              separate then stacked (rollout.fuse_projections: q/k/v and gate/up one GEMM each): ms per decode step
 #   fuse8k     triton8k's two rows (the GPU recipe: compile_decode, Triton kernel) with rollout.fuse_projections
 #   pair32k    issue 16's 0.6B / 32K pair at the GPU recipe's settings (compile_decode, Triton kernel, stacked
-#              projections, save_attention): full (140 s) then KSA (230 s), G=8 x 2, 2K new
+#              projections, save_attention): full (100 s) then KSA (170 s), G=8 x 2, 2K new
 #   pair8k     the same at 8K, G=8 x 4, 256 new: full (70 s) then KSA (190 s: its first step compiles ~2 min)
 #   prof32k    bench/prefix_decode.py 0.6B, 2 prompts of 32K, G=8, 256 new, the trainer's decode layout alone (shared
 #              prompts, compile_decode, Triton decode kernel), profiled: full attention (ksaprof32k: the KSA hybrid). Where
@@ -229,7 +229,7 @@ for s in "$@"; do
           --out "$OUT/train_gpu_ksa.json"
       done ;;
     pair32k|pair8k)  # issue 16's 0.6B rows at the GPU recipe's settings, full then KSA, save_attention
-      if [ "$s" = pair32k ]; then runs=("0.6b:32k:8x2:2048 140" "0.6b:32k:8x2:2048:ksa 230")
+      if [ "$s" = pair32k ]; then runs=("0.6b:32k:8x2:2048 100" "0.6b:32k:8x2:2048:ksa 170")
       else runs=("0.6b:8k:8x4:256 70" "0.6b:8k:8x4:256:ksa 190"); fi
       for run in "${runs[@]}"; do
         read -r cfg secs <<<"$run"
