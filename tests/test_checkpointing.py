@@ -79,3 +79,41 @@ def test_kept_call_outside_a_checkpoint_or_without_grad_is_a_plain_call(model):
         m(input_ids=ids)
     assert calls["n"] == m.config.num_hidden_layers
     assert kept_through_recompute(lambda x: x + 1, torch.ones(2)).tolist() == [2.0, 2.0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_shared_prompt_flex_attention_runs_once_under_save_attention(tiny_model_dir, monkeypatch):
+    """On CUDA a shared-prompt row's attention is the compiled FlexAttention (a BlockMask, called
+    between the layers' graphs). Under save_attention it runs once per layer in forward + backward,
+    and log-probs and gradients equal the uncheckpointed model's (float32)."""
+    import random
+
+    from transformers import AutoModelForCausalLM
+
+    import golong.packing
+    from golong.packing import bucket_length, pack_shared
+    from tests.test_packing_buckets import _random_units, logprobs_and_grads
+
+    real = golong.packing.flex_between_graphs
+    count = {"n": 0}
+
+    def counted(*args):
+        count["n"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(golong.packing, "flex_between_graphs", counted)
+    units = _random_units(random.Random(5), vocab=100)
+    row = pack_shared(units, pad_to=bucket_length(pack_shared(units).input_ids.shape[1]))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).cuda()
+    results = {}
+    for policy in (None, "save_attention"):
+        model = copy.deepcopy(base)
+        model.train()
+        if policy:
+            enable_checkpointing(model, policy)
+        count["n"] = 0
+        results[policy] = logprobs_and_grads(model, row)
+        assert count["n"] == model.config.num_hidden_layers, policy
+    torch.testing.assert_close(results["save_attention"][0], results[None][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(results["save_attention"][1], results[None][1], atol=1e-5, rtol=1e-4)
