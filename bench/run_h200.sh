@@ -73,7 +73,8 @@
 #   fusedecode prefix_decode 0.6B / 8K, the trainer's decode layout (shared, compile_decode, Triton kernel), projections
 #              separate then stacked (rollout.fuse_projections: q/k/v and gate/up one GEMM each): ms per decode step
 #   fuse8k     triton8k's two rows (the GPU recipe: compile_decode, Triton kernel) with rollout.fuse_projections
-#   keptgpu    the GPU test of save_attention keeping the shared-prompt FlexAttention (tests/test_checkpointing.py)
+#   keptgpu    the GPU tests of save_attention keeping the shared-prompt FlexAttention (tests/test_checkpointing.py)
+#              and of the compiled decode with its compiled sampler in CUDA graphs (tests/test_rollout_compile.py)
 #   pair32k    issue 16's 0.6B / 32K pair at the GPU recipe's settings (compile_decode, Triton kernel, stacked
 #              projections, save_attention): full (100 s) then KSA (170 s), G=8 x 2, 2K new
 #   pair8k     the same at 8K, G=8 x 4, 256 new: full (70 s) then KSA (190 s: its first step compiles ~2 min)
@@ -253,7 +254,7 @@ for s in "$@"; do
                    --new-tokens 256 --reps 1 --compile-decode --profile --out "$OUT/prefix_decode_fused.json" ;;
     fused32k) stage fused32k 245 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:fused --budget-s 200 --steps 10 \
                 --set model.checkpoint_policy=save_attention --set rollout.decode_kernel=torch --append --out "$OUT/train_gpu_fused32k.json" ;;
-    keptgpu) stage keptgpu 120 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_checkpointing.py ;;
+    keptgpu) stage keptgpu 150 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_checkpointing.py tests/test_rollout_compile.py ;;
     piecestest) stage piecestest 90 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_packing_pieces.py ;;
     pieces32k) stage pieces32k 245 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:fused --budget-s 200 --steps 10 \
                  --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa --append \

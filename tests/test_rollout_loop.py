@@ -11,7 +11,7 @@ import torch
 from golong.rollout import check_available
 from golong.rollout.base import SamplingParams, encode_chat
 from golong.rollout.loop import LoopEngine
-from golong.rollout.sampling import row_key, sample_rows
+from golong.rollout.sampling import noise_columns, row_key, sample_rows, uniform_noise
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +114,19 @@ def test_sample_filters_top_k_and_top_p_and_returns_filtered_logprobs():
     assert int(tok) == 0 and abs(float(lp)) < 1e-6
     tok, lp = draw(SamplingParams(temperature=0))
     assert int(tok) == 0 and math.isclose(float(lp), math.log(0.5), rel_tol=1e-5)
+
+
+def test_noise_from_kept_columns_equals_the_computed_stream():
+    """The compiled sampler's input noise_columns gives the same numbers, hence the same draws."""
+    keys = torch.tensor([row_key(3, p, j) for p in range(3) for j in range(2)], dtype=torch.int64)
+    steps = torch.arange(6, dtype=torch.int64) * 7
+    vocab = 1000
+    assert torch.equal(uniform_noise(keys, steps, vocab, noise_columns(vocab)), uniform_noise(keys, steps, vocab))
+    logits = torch.randn(6, vocab, generator=torch.Generator().manual_seed(0))
+    params = SamplingParams(temperature=0.8, top_p=0.9)
+    for a, b in zip(sample_rows(logits, params, keys, steps), sample_rows(logits, params, keys, steps, noise_columns(vocab)),
+                    strict=True):
+        assert torch.equal(a, b)
 
 
 def test_vllm_engine_is_a_clear_error_until_it_exists():

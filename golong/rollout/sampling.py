@@ -33,12 +33,19 @@ def row_key(seed: int, prompt: int, sample: int) -> int:
     return mix32(mix32(mix32(seed & MASK32) ^ (prompt & MASK32)) ^ (sample & MASK32))
 
 
-def uniform_noise(keys: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
+def noise_columns(vocab: int, device: Any = None) -> torch.Tensor:
+    """v * golden for every token id v < vocab (int64): the per-column offsets of uniform_noise's hash.
+    A compiled sampler takes them as an input rather than computing them from an index (inductor
+    multiplied its int32 index by the 32-bit constant, which Triton rejected: H200, torch 2.11)."""
+    return torch.arange(vocab, device=device, dtype=torch.int64) * 0x9E3779B1
+
+
+def uniform_noise(keys: torch.Tensor, steps: torch.Tensor, vocab: int, columns: torch.Tensor | None = None) -> torch.Tensor:
     """u[b, v] in (0, 1) from h(h(key_b ^ h(step_b)) + v * golden): the same numbers for a row whatever
-    else is in the batch."""
+    else is in the batch. `columns`: noise_columns(vocab), when the caller keeps them."""
     r = mix32(keys ^ mix32(steps & MASK32))
-    idx = torch.arange(vocab, device=keys.device, dtype=torch.int64)
-    h = mix32((r[:, None] + idx[None, :] * 0x9E3779B1) & MASK32)
+    cols = noise_columns(vocab, keys.device) if columns is None else columns
+    h = mix32((r[:, None] + cols[None, :]) & MASK32)
     return ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
 
 
@@ -63,15 +70,16 @@ def processed_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Te
 
 
 def sample_rows(
-    logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor, steps: torch.Tensor
+    logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor, steps: torch.Tensor,
+    columns: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(token, log p(token)) per row. Sampling is Gumbel-max, token = argmax(log p + g),
-    g = -log(-log u), an exact draw from p; greedy takes argmax(log p)."""
+    g = -log(-log u), an exact draw from p; greedy takes argmax(log p). `columns`: see uniform_noise."""
     logp = processed_logprobs(logits.float(), params)
     if params.temperature == 0:
         token = logp.argmax(-1)
     else:
-        u = uniform_noise(keys, steps, logp.shape[-1])
+        u = uniform_noise(keys, steps, logp.shape[-1], columns)
         token = (logp - torch.log(-torch.log(u))).argmax(-1)
     return token, logp.gather(-1, token[:, None]).squeeze(-1)
 

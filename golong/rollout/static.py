@@ -77,7 +77,7 @@ import torch.nn.functional as F
 
 from golong.rollout.base import Completion, RolloutEngine, SamplingParams, copy_weights_into
 from golong.rollout.prefix import cascade_attention, fit_budget, length_bias
-from golong.rollout.sampling import eos_ids, row_key, sample_rows
+from golong.rollout.sampling import eos_ids, noise_columns, row_key, sample_rows
 from ksa import completes_chunk, is_ksa, mix_summary, step_inputs
 from ksa.static_cache import PackedPrefill, StaticKSALayer, write_slots
 from ksa.static_cache import decode_attention as ksa_decode_attention
@@ -377,6 +377,10 @@ class StaticEngine(RolloutEngine):
         self._stacked: list[tuple] | None = None  # fuse_projections: fused_layer_weights per layer
         if self.compile_decode:
             self._fused_layer = self._compile_layer()
+        # compile_decode also compiles the step's sampling: eager, the noise hash and Gumbel-max over
+        # [B, vocab] int64 are ~20 kernels of ~B x vocab x 8 bytes each
+        self._sample = torch.compile(sample_rows, dynamic=None, fullgraph=True) if compile_decode else sample_rows
+        self._noise_columns: torch.Tensor | None = None  # noise_columns(vocab) on the device
         self.rows = self.cap_len = 0  # allocated storage: rows x text tokens (sharing: response tokens)
         self.k_cache: list[torch.Tensor] = []  # full attention: [rows, kv_heads, cap_len, head_dim] per layer
         self.v_cache: list[torch.Tensor] = []
@@ -806,9 +810,10 @@ class StaticEngine(RolloutEngine):
         """(token, log p) [B] of one decode step: the model's logits sampled on the device
         (sampling.sample_rows; inputs = the step's inputs, then each row's sampler key and step)."""
         *model_inputs, keys, steps = inputs
-        # Not compiled: inductor writes the noise hash's 32-bit multiplier against an int32 vocabulary
-        # index, which Triton rejects (H200, torch 2.11, 2026-12-05); inside the graph it is ~20 kernels.
-        return sample_rows(self._run_decode(shape, *model_inputs), params, keys, steps)
+        logits = self._run_decode(shape, *model_inputs)
+        if self._noise_columns is None or self._noise_columns.shape[0] != logits.shape[-1]:
+            self._noise_columns = noise_columns(logits.shape[-1], self.device)
+        return self._sample(logits, params, keys, steps, self._noise_columns)
 
     def _decode_step(self, shape: tuple[int, ...], params: SamplingParams,
                      inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
