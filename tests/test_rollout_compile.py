@@ -273,3 +273,21 @@ def test_ksa_fuse_projections_equals_separate(tiny_tokenizer, case):
     out = engine.generate(prompts, 2, SamplingParams(max_new_tokens=14, temperature=0))
     refs = [recompute_greedy(model, p, 14, {tiny_tokenizer.eos_token_id}) for p in prompts]
     assert tokens(out) == [[r, r] for r in refs]
+
+
+@pytest.mark.slow
+def test_a_sampler_that_fails_to_compile_falls_back_to_the_eager_one(tiny_tokenizer, stop_prompts):
+    """If inductor / Triton cannot build the compiled sampler (as once on the H200), the engine warns
+    once and samples uncompiled: the same tokens as an uncompiled engine, no crash."""
+    model = make_model(tiny_tokenizer, "qwen3")
+    params = SamplingParams(max_new_tokens=NEW, temperature=1.0, seed=3)
+    engine = StaticEngine(model, tiny_tokenizer, max_batch=4, max_len=40, compile_decode=True)
+
+    def broken(*args):
+        raise RuntimeError("triton: incompatible types\nmore detail")
+
+    engine._sample = broken
+    with pytest.warns(UserWarning, match="compiling the sampler failed .RuntimeError: triton: incompatible types"):
+        out = engine.generate(stop_prompts, 2, params)
+    reference = StaticEngine(model, tiny_tokenizer, max_batch=4, max_len=40).generate(stop_prompts, 2, params)
+    assert tokens(out) == tokens(reference)

@@ -68,6 +68,7 @@ rollout/loop.py) and logs the reason; `StaticEngine` itself refuses such a model
 from __future__ import annotations
 
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -813,7 +814,15 @@ class StaticEngine(RolloutEngine):
         logits = self._run_decode(shape, *model_inputs)
         if self._noise_columns is None or self._noise_columns.shape[0] != logits.shape[-1]:
             self._noise_columns = noise_columns(logits.shape[-1], self.device)
-        return self._sample(logits, params, keys, steps, self._noise_columns)
+        if self._sample is sample_rows:
+            return sample_rows(logits, params, keys, steps, self._noise_columns)
+        try:  # a new shape or sampler setting compiles here, in the warm-up before a graph capture
+            return self._sample(logits, params, keys, steps, self._noise_columns)
+        except Exception as e:  # noqa: BLE001  an inductor / Triton failure: the eager sampler is exact, only slower
+            warnings.warn(f"rollout.compile_decode: compiling the sampler failed ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); sampling uncompiled", stacklevel=2)
+            self._sample = sample_rows
+            return sample_rows(logits, params, keys, steps, self._noise_columns)
 
     def _decode_step(self, shape: tuple[int, ...], params: SamplingParams,
                      inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
