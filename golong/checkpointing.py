@@ -14,8 +14,9 @@ and the layer's recompute used to run its forward kernel a second time (the lear
     recompute:  the recorded out, in call order (fn does not run); backward reaches fn's own
                 backward through the forward's graph
 
-It costs fn's saved tensors (for FlexAttention q, k, v, out and the log-sum-exp) for the layer's
-lifetime in place of its output alone.
+It costs fn's saved tensors (for FlexAttention q, k, v, out and the log-sum-exp) until backward. Measured
+in `golong train` at 1.7B / 32K on an H100 (2026-12-05): learner 6.59 s instead of 7.79, peak memory 63.6
+instead of 48.0 GiB.
 """
 
 from __future__ import annotations

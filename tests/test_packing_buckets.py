@@ -114,7 +114,7 @@ def logprobs_and_grads(model, row) -> tuple[torch.Tensor, torch.Tensor]:
     with shared_attention(model, row):
         lps, _ = packed_logprobs(model, row, chunk=64)
         lp = torch.cat(lps)
-        (lp * torch.linspace(-1, 1, lp.numel())).sum().backward()
+        (lp * torch.linspace(-1, 1, lp.numel(), device=lp.device)).sum().backward()
     return lp.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
