@@ -96,16 +96,19 @@
 # Tenth session (2026-12-05, an H100, bench/results/h100_2026-12-05f/): gputest decodekernel triton8k (full 8K 2.77 s a
 # step; the KSA 8K row spent its budget on a cold-cache first step), ksatriton32k (KSA 1.7B 32K 26.8 s a step, decode
 # 20.2 s: 0.85x / 0.81x the ninth session's torch path). Then the machine was taken back and none came again.
-# Next GPU session, in this order (30 min of device time, of which the machine's start may take 3-13;
+# Eleventh session (2026-12-05, two H100s, bench/results/h100_2026-12-05g/): ksaprof32k prof32k fusedecode (stacked
+# projections 0.91x a decode step), triton32k + ksatriton32k (1.7B 32K: full 23.5 s, KSA 18.1 s = 0.77x), learnerprof
+# (FlexAttention's forward recomputed: 112 calls), then on a fresh machine keptgpu learnerprof (learner 7.79 -> 6.59 s,
+# MFU 36.7%, peak 63.6 GiB; keptgpu failed on its helper's CPU tensor, fixed after).
+# Next GPU session, in this order (30 min of device time, of which the machine's start may take 1-13;
 # each line one call of <= 600 s, carry [".whl"]):
-#   1. gemm fusedecode ksaprof8k  (~6 min) whether stacked projections pay (the GEMMs alone, then the decode step);
-#                         where the KSA decode step's time goes with the Triton kernel, and the copy kernels' code.
-#                         If fusedecode wins, set rollout.fuse_projections: true in the recipes before call 2.
-#   2. triton32k fused32k full attention 1.7B 32K with and without the kernel (<= 490 s)
-#   3. ksatriton32k       KSA 1.7B 32K (<= 560 s) on the same machine as 2: issue 16's 32K ratio
-#   4. learnerprof        #15's MFU: the learner's GPU time by op at 1.7B 32K (<= 245 s)
-#   5. ksarep1            #17's second replication seed (<= 560 s), if time is left
-#   later: fuse8k, ksa8k (KSA without compile_decode), groupckpt, prefixtune, ksagroup, prefix32k, ksaprof32k
+#   1. keptgpu gputest      this session's GPU tests (kept FlexAttention, compiled sampler) and the trainer's (~4 min)
+#   2. triton32k            full attention 1.7B 32K at the recipes' settings (stacked projections, compiled sampler,
+#                           FlexAttention kept): the baseline of 3 (<= 245 s)
+#   3. ksatriton32k         the KSA row on the same machine: issue 16's 32K ratio (<= 560 s)
+#   4. pair32k, pair8k      issue 16's 0.6B rows (<= 450 s each)
+#   5. ksarep1              #17's second replication seed (<= 560 s), if time is left
+#   later: groupckpt, prefixtune, ksagroup, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
 # machine (`base8k fused8k` in one call, ~490 s): the README's H200 rows do not compare with
