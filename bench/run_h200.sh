@@ -60,6 +60,9 @@
 #   ksarep1    ksarep with seed 1 (models into /tmp/ksa_models_seed1, tars into $OUT/models_seed1)
 #   learnerprof  fused32k's row with step 3's learner profiled (--profile-learner 3): where the loop's learner time
 #              goes at 30-32% MFU against bench/learner.py's 47% on one sequence (~4 min)
+#   ksalearnerprof  learnerprof for the KSA hybrid (~6 min, its first step compiles ~2 min): whether the compiled
+#              KSA layers' Triton attention runs once per layer call under save_attention on the GPU (on the CPU,
+#              with transformers 5.2x, it does: 2 forward calls for 2 layers, compiled or eager)
 #   decodekernel  bench/decode_kernel.py: the split-K Triton decode kernel alone against the torch path (~1 min)
 #   triton8k   fused8k's two rows (full, KSA) with rollout.decode_kernel=triton: decode attention as one split-K
 #              Triton kernel per key part (ksa/triton_decode.py) instead of matmul / softmax / matmul
@@ -108,7 +111,7 @@
 #   3. ksatriton32k         the KSA row on the same machine: issue 16's 32K ratio (<= 560 s)
 #   4. pair32k, pair8k      issue 16's 0.6B rows (<= 450 s each)
 #   5. ksarep1              #17's second replication seed (<= 560 s), if time is left
-#   later: groupckpt, prefixtune, ksagroup, prefix32k
+#   later: ksalearnerprof, groupckpt, prefixtune, ksagroup, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
 # machine (`base8k fused8k` in one call, ~490 s): the README's H200 rows do not compare with
@@ -212,6 +215,9 @@ for s in "$@"; do
     learnerprof) stage learnerprof 245 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:fused --budget-s 200 --steps 4 \
                    --set model.checkpoint_policy=save_attention --profile-learner 3 --append \
                    --out "$OUT/train_gpu_learnerprof.json" ;;
+    ksalearnerprof) stage ksalearnerprof 400 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:ksa:fused --budget-s 350 --steps 4 \
+                      --set model.checkpoint_policy=save_attention --profile-learner 3 --append \
+                      --out "$OUT/train_gpu_learnerprof.json" ;;
     triton32k) stage triton32k 245 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:fused --budget-s 200 --steps 10 \
                  --set model.checkpoint_policy=save_attention --set rollout.decode_kernel=triton --append \
                  --out "$OUT/train_gpu_triton32k.json" ;;
