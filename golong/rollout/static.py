@@ -815,13 +815,13 @@ class StaticEngine(RolloutEngine):
         logits = self._run_decode(shape, *model_inputs)
         if self._noise_columns is None or self._noise_columns.shape[0] != logits.shape[-1]:
             self._noise_columns = noise_columns(logits.shape[-1], self.device)
-        if self._sample is sample_rows:
-            return sample_rows(logits, params, keys, steps, self._noise_columns)
         try:  # a new shape or sampler setting compiles here, in the warm-up before a graph capture
             return self._sample(logits, params, keys, steps, self._noise_columns)
         except Exception as e:  # noqa: BLE001  an inductor / Triton failure: the eager sampler is exact, only slower
+            if self._sample is sample_rows:
+                raise
             warnings.warn(f"rollout.compile_decode: compiling the sampler failed ({type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); sampling uncompiled", stacklevel=2)
+                          f"{(str(e).strip().splitlines() or [''])[0]}); sampling uncompiled", stacklevel=2)
             self._sample = sample_rows
             return sample_rows(logits, params, keys, steps, self._noise_columns)
 
