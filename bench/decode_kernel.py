@@ -7,7 +7,9 @@ Per (keys S, stacked queries M): q [N, H, M, D] against K/V [N, H, S, D] that ar
 (as in the engine), a length bias hiding the last keys of each row.
 - torch: softmax(q k^T * scale + bias) v as matmul, float32 softmax, matmul (the engine's
   `rollout.decode_kernel: torch` for one part).
-- triton: merge_partials(decode_partials(...)) (ksa/triton_decode.py; `decode_kernel: triton`).
+- triton: merge_partials(decode_partials(...)) (ksa/triton_decode.py; `decode_kernel: triton`), its split
+  size chosen by split_size (more, shorter splits where N x H x splits would leave SMs idle);
+- triton512: the same with every split SPLIT = 512 keys (the kernel before split_size), to see the gain.
 On a GPU each path is captured in a CUDA graph and timed over replays (as the engine runs it: no
 host launch time); on the CPU the median wall clock; K/V bytes over time as TB/s; the speed-up torch / triton;
 each path's largest error against a float32 reference. Prints a table, writes JSON.
@@ -29,7 +31,7 @@ for _dir in Path(__file__).resolve().parents[1::-1]:  # the checkout (ksa) and b
 
 from benchutil import graph_time, print_rows, save_rows  # noqa: E402
 
-from ksa.triton_decode import decode_partials, merge_partials  # noqa: E402
+from ksa.triton_decode import SPLIT, decode_partials, merge_partials, split_size  # noqa: E402
 
 
 def torch_path(q, k, v, bias, scale):
@@ -37,8 +39,12 @@ def torch_path(q, k, v, bias, scale):
     return torch.matmul(torch.softmax(scores, -1).to(v.dtype), v)
 
 
-def triton_path(q, k, v, bias, scale):
-    return merge_partials(*decode_partials(q, k, v, bias[:, None, None, :], scale, q.shape[2], 1)).to(q.dtype)
+def triton_path(q, k, v, bias, scale, split=0):
+    return merge_partials(*decode_partials(q, k, v, bias[:, None, None, :], scale, q.shape[2], 1, split)).to(q.dtype)
+
+
+def triton512_path(q, k, v, bias, scale):
+    return triton_path(q, k, v, bias, scale, SPLIT)
 
 
 def case(n: int, h: int, m: int, s: int, d: int, dtype, device: str, reps: int) -> dict:
@@ -51,19 +57,21 @@ def case(n: int, h: int, m: int, s: int, d: int, dtype, device: str, reps: int) 
     bias = torch.zeros(n, s, device=device).masked_fill(hidden, float("-inf"))
     scale = d**-0.5
     ref = torch_path(q.float(), k.float(), v.float(), bias, scale)
-    row = {"rows": n, "heads": h, "queries": m, "keys": s, "dim": d}
-    for name, fn in (("torch", torch_path), ("triton", triton_path)):
+    row = {"rows": n, "heads": h, "queries": m, "keys": s, "dim": d, "split": split_size(n * h, s)}
+    for name, fn in (("torch", torch_path), ("triton", triton_path), ("triton512", triton512_path)):
         row[f"{name}_s"] = graph_time(lambda fn=fn: fn(q, k, v, bias, scale), reps, device)
         row[f"{name}_err"] = float((fn(q, k, v, bias, scale).float() - ref).abs().max())
         row[f"{name}_tbs"] = 2 * k.numel() * k.element_size() / row[f"{name}_s"] / 1e12
     row["speedup"] = row["torch_s"] / row["triton_s"]
+    row["split_gain"] = row["triton512_s"] / row["triton_s"]
     return row
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--rows", type=int, default=32, help="N: rows (per-row keys) or blocks (a shared prompt)")
+    ap.add_argument("--rows", type=int, nargs="+", default=[32],
+                    help="N: rows (per-row keys) or blocks (a shared prompt)")
     ap.add_argument("--heads", type=int, default=8, help="KV heads")
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--keys", type=int, nargs="+", default=[2048, 16384, 32768])
@@ -72,11 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32  # the interpreter has no bf16 dot
-    rows = [case(args.rows, args.heads, m, s, args.dim, dtype, args.device, args.reps)
-            for s in args.keys for m in args.queries]
+    rows = [case(n, args.heads, m, s, args.dim, dtype, args.device, args.reps)
+            for n in args.rows for s in args.keys for m in args.queries]
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (Triton interpreter)"
-    print_rows(rows, ["rows", "queries", "keys", "torch_s", "triton_s", "speedup", "torch_tbs", "triton_tbs", "torch_err",
-                      "triton_err"], f"decode attention, one key part: torch vs split-K Triton ({device}, {dtype})")
+    print_rows(rows, ["rows", "queries", "keys", "split", "torch_s", "triton_s", "triton512_s", "speedup", "split_gain",
+                      "torch_tbs", "triton_tbs", "torch_err", "triton_err"], f"decode attention, one key part: torch vs split-K Triton ({device}, {dtype})")
     return save_rows(rows, args, device, dtype)
 
 

@@ -63,7 +63,16 @@
 #   ksalearnerprof  learnerprof for the KSA hybrid (~6 min, its first step compiles ~2 min): whether the compiled
 #              KSA layers' Triton attention runs once per layer call under save_attention on the GPU (on the CPU,
 #              with transformers 5.2x, it does: 2 forward calls for 2 layers, compiled or eager)
-#   decodekernel  bench/decode_kernel.py: the split-K Triton decode kernel alone against the torch path (~1 min)
+#   decodekernel  bench/decode_kernel.py: the split-K Triton decode kernel alone against the torch path, its split
+#              size chosen by split_size against a fixed 512 (the KSA parts' shapes: 2 blocks or 16 rows x 8 KV
+#              heads, 256-32K keys) (~1 min)
+#   verify     the GPU tests of the decode kernel (split sizes), the rollout's Triton decode, save_attention keeping
+#              FlexAttention and the compiled decode with its compiled sampler, without -x (~3 min)
+#   ratio32k   issue 16's 1.7B / 32K pair at the GPU recipe's settings (Triton decode with split_size, stacked
+#              projections, compiled sampler, FlexAttention kept): full (170 s) then KSA (300 s), 8 steps at most
+#   flexauto   bench/learner.py --group 8 (one 32K GRPO group, 1.7B, the GPU recipe's learner) with and without
+#              optim.flex_autotune: does inductor's tile search speed FlexAttention's backward (3.1 of the
+#              learner's 6.6 s at 32K, H100)
 #   triton8k   fused8k's two rows (full, KSA) with rollout.decode_kernel=triton: decode attention as one split-K
 #              Triton kernel per key part (ksa/triton_decode.py) instead of matmul / softmax / matmul
 #   triton32k  fused32k (full attention, 1.7B 32K) with the Triton decode kernel (245 s)
@@ -202,8 +211,18 @@ for s in "$@"; do
                done ;;
     gputest) stage gputest 200 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_train_gpu.py tests/test_packing_pieces.py \
                tests/test_triton_decode.py tests/test_rollout_triton_decode.py tests/test_checkpointing.py ;;
-    decodekernel) stage decodekernel 120 python3 bench/decode_kernel.py --rows 32 --keys 2048 8192 32768 \
-                    --queries 2 4 16 32 --out "$OUT/decode_kernel.json" ;;
+    decodekernel) stage decodekernel 150 python3 bench/decode_kernel.py --rows 2 16 --keys 256 1024 4096 32768 \
+                    --queries 2 16 32 --out "$OUT/decode_kernel.json" ;;
+    verify) stage verify 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_decode.py \
+              tests/test_rollout_triton_decode.py tests/test_checkpointing.py tests/test_rollout_compile.py ;;
+    ratio32k) for run in "1.7b:32k:8x2:2048 170" "1.7b:32k:8x2:2048:ksa 300"; do
+                read -r cfg secs <<<"$run"
+                stage ratio32k $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 8 --append \
+                  --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_ratio32k.json"
+              done ;;
+    flexauto) stage flexauto 420 python3 bench/learner.py --group 8 --response 2048 --steps 3 \
+                --runs 1.7b:32768:golong_optmaster_sac_compile,1.7b:32768:golong_optmaster_sac_compile_autotune \
+                --out "$OUT/learner_group_autotune.json" ;;
     triton8k) for run in "0.6b:8k:8x4:256:fused 110" "0.6b:8k:8x4:256:ksa:fused 150"; do
                 set -- $run
                 stage triton8k $(($2 + 40)) python3 bench/train_gpu.py "$1" --budget-s "$2" --steps 20 --append \

@@ -55,6 +55,7 @@ from golong.packing import (
     uses_ksa_layout,
 )
 from golong.precision import precision
+from ksa.flex_attention import set_compile_mode as set_flex_compile_mode
 
 
 @dataclass
@@ -125,6 +126,7 @@ class Learner:
                 self._roots[id(self._ref)] = gdist.shard(self._ref, self.dist)
         if model.compile:
             compile_layers(self._model, self.device)
+        set_flex_compile_mode("max-autotune-no-cudagraphs" if optim.flex_autotune else None)
         self._build_optimizer(optim)
         self.step = 0
 

@@ -70,13 +70,24 @@ def flex_between_graphs(q, k, v, block_mask: BlockMask, scale: float | None, gqa
     with static shapes, once per row length: callers pad rows to a few bucket lengths, and keep
     Python numbers that differ between layers (a KSA window) out of the mask_mod, whose closure the
     compiled kernel is specialised on (tensors there are inputs)."""
-    return compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
+    return compiled_flex_attention(_compile_mode)(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
 
 
-@lru_cache(maxsize=1)
-def compiled_flex_attention():
-    """FlexAttention through torch.compile (its fused kernels), built once per process."""
-    return torch.compile(flex_attention, dynamic=False)
+_compile_mode: str | None = None
+
+
+def set_compile_mode(mode: str | None) -> None:
+    """The torch.compile mode of flex_between_graphs for this process: None (inductor's default tile
+    configuration) or "max-autotune-no-cudagraphs" (inductor times several forward and backward tile
+    configurations once per shape and keeps the fastest: slower first compiles)."""
+    global _compile_mode
+    _compile_mode = mode
+
+
+@lru_cache(maxsize=2)
+def compiled_flex_attention(mode: str | None = None):
+    """FlexAttention through torch.compile (its fused kernels), built once per process and mode."""
+    return torch.compile(flex_attention, dynamic=False, mode=mode)
 
 
 def slot_tables(seq_lens: tuple[int, ...], chunk: int, summaries: int, device) -> tuple[torch.Tensor, ...]:

@@ -9,7 +9,9 @@ part by part and merged by log-sum-exp. For one part, per batch entry n and kv h
 
       s[n, h, m, j] = (q[n, h, m] . k[n, h, j]) * scale + bias[n, w(m), c(m), j]
 
-  X = ceil(S / SPLIT) splits of the key axis; split x holds keys [x * SPLIT, min(x * SPLIT + SPLIT, S)):
+  X = ceil(S / split) splits of the key axis; split x holds keys [x * split, min(x * split + split, S)),
+  split = split_size(N * H, S) unless the caller names one (a power of two, 128..512: the largest that
+  gives at least TARGET_PROGRAMS programs, so that a short key part or few (n, h) still fill the GPU):
 
       lse[n, h, x, m]    = log sum_{j in x} exp(s[n, h, m, j])              (-inf: every key hidden)
       o[n, h, x, m, :]   = sum_{j in x} exp(s[n, h, m, j] - lse[n, h, x, m]) v[n, h, j, :]   (0 then)
@@ -42,13 +44,25 @@ import triton.language as tl  # noqa: E402
 
 from ksa.triton_attention import require_backend  # noqa: E402
 
-SPLIT = 512  # keys per split (one program each)
+SPLIT = 512  # most keys per split (one program each)
+MIN_SPLIT = 128  # fewest: below, writing a split's partials costs more than a quarter of reading its K/V
+TARGET_PROGRAMS = 256  # about two programs per SM of an H100 / H200 (132 SMs)
 BLOCK_N = 64  # keys per tile inside a split
 LOG2E = 1.4426950408889634
 _LOG2E = tl.constexpr(LOG2E)
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max
 
-assert SPLIT % BLOCK_N == 0
+assert SPLIT % MIN_SPLIT == 0 and MIN_SPLIT % BLOCK_N == 0
+
+
+def split_size(programs: int, keys: int) -> int:
+    """Keys per split for `programs` = N * H (batch entries x KV heads) over `keys` keys: SPLIT, halved
+    while fewer than TARGET_PROGRAMS programs would run and the split stays >= MIN_SPLIT. (A part of
+    1,024 keys over 2 x 8 (n, h) runs 128 programs of 128 keys, not 32 of 512 on a 132-SM GPU.)"""
+    split = SPLIT
+    while split > MIN_SPLIT and programs * -(-keys // split) < TARGET_PROGRAMS:
+        split //= 2
+    return split
 
 
 @triton.jit
@@ -112,9 +126,11 @@ def _decode_kernel(
     tl.store(LSE + part + rows, lse, mask=row_ok)
 
 
-def _splits(s):
-    """X = ceil(S / SPLIT) by floor division (S may be a SymInt under torch.compile)."""
-    return (s + SPLIT - 1) // SPLIT
+def _split_and_count(nh: int, s, split: int) -> tuple[int, int]:
+    """(split, X = ceil(S / split)); split 0 means split_size(nh, S). S may be a SymInt under torch.compile
+    (the engine's key parts have fixed sizes: a guard on them costs nothing)."""
+    split = split or split_size(int(nh), int(s))
+    return split, (s + split - 1) // split
 
 
 def _check(q, k, v, bias, group, columns) -> None:
@@ -133,10 +149,10 @@ def _check(q, k, v, bias, group, columns) -> None:
     assert m == wd * group * columns, f"M = {m} stacked queries but Wd * G * C = {wd} * {group} * {columns}"
 
 
-def _partials(q, k, v, bias, scale, group, columns):
+def _partials(q, k, v, bias, scale, group, columns, split):
     n, h, m, d = q.shape
     s = k.shape[2]
-    x = _splits(s)
+    split, x = _split_and_count(n * h, s, split)
     o = q.new_empty((n, h, x, m, d), dtype=torch.float32)
     lse = q.new_empty((n, h, x, m), dtype=torch.float32)
     if o.numel() == 0:
@@ -145,7 +161,7 @@ def _partials(q, k, v, bias, scale, group, columns):
     _decode_kernel[(n * h, x)](
         q, k, v, bias, o, lse, h, m, s, x, group, columns, scale * LOG2E,
         *k.stride(), *v.stride(), *bias.stride(),
-        SPLIT_=SPLIT, BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N_=BLOCK_N, D=d,
+        SPLIT_=split, BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N_=BLOCK_N, D=d,
         PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4,
     )  # fmt: skip
     return o, lse
@@ -160,20 +176,22 @@ def decode_partials(
     scale: float,
     group: int,
     columns: int,
+    split: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(o [N, H, X, M, D] float32, lse [N, H, X, M] float32, natural log) of q [N, H, M, D] over one key
     part k, v [N, H, S, D] with bias [N, Wd, C, S] (query m = (w * group + g) * columns + c reads
-    bias[n, w, c]), per split of SPLIT keys, X = ceil(S / SPLIT). k, v, bias may be strided views
-    (never copied). A torch custom op: torch.compile calls it as one opaque op."""
+    bias[n, w, c]), per split of `split` keys (0: split_size(N * H, S)), X = ceil(S / split). k, v,
+    bias may be strided views (never copied). A torch custom op: torch.compile calls it as one opaque op."""
     require_backend(q, _decode_kernel, "ksa.triton_decode")
     _check(q, k, v, bias, group, columns)
-    return _partials(q, k, v, bias, scale, group, columns)
+    assert split == 0 or (split % BLOCK_N == 0 and split > 0), f"split must be 0 or a multiple of {BLOCK_N}"
+    return _partials(q, k, v, bias, scale, group, columns, split)
 
 
 @decode_partials.register_fake
-def _(q, k, v, bias, scale, group, columns):
+def _(q, k, v, bias, scale, group, columns, split=0):
     n, h, m, d = q.shape
-    x = _splits(k.shape[2])
+    _, x = _split_and_count(n * h, k.shape[2], split)
     return q.new_empty((n, h, x, m, d), dtype=torch.float32), q.new_empty((n, h, x, m), dtype=torch.float32)
 
 

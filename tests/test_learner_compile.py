@@ -154,7 +154,7 @@ def test_block_mask_path_compiles_once_per_bucket(tiny_model_dir, ksa, shared, m
     monkeypatch.setattr(kmodeling, "shared_mask", lambda layout, window, impl, visible=True, block=None:
                         kshared.shared_block_mask(layout, window, visible))
     flex = torch.compile(flex_attention, backend="aot_eager", dynamic=False)
-    monkeypatch.setattr(kflex, "compiled_flex_attention", lambda: flex)
+    monkeypatch.setattr(kflex, "compiled_flex_attention", lambda mode=None: flex)
     model, _ = load_policy(ModelConfig(path=str(tiny_model_dir), ksa=ksa), device="cpu")
     model.eval()
     g = torch.Generator().manual_seed(0)

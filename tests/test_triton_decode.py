@@ -20,9 +20,12 @@ import pytest  # noqa: E402
 from ksa import triton_decode  # noqa: E402
 from ksa.triton_attention import interpreted  # noqa: E402
 from ksa.triton_decode import (  # noqa: E402
+    MIN_SPLIT,
     SPLIT,
+    TARGET_PROGRAMS,
     decode_partials,
     merge_partials,
+    split_size,
     stacked_to_rows,
 )
 
@@ -71,24 +74,24 @@ def reference(q, k, v, bias, scale, group):
     return torch.softmax(_scores(q, k, bias, scale, group), -1) @ v.double()
 
 
-def reference_splits(q, k, v, bias, scale, group):
+def reference_splits(q, k, v, bias, scale, group, split):
     """Per-split (o [N, H, X, M, D], lse [N, H, X, M]) in float64; o = 0 where every key is hidden."""
     s = _scores(q, k, bias, scale, group)
     os_, lses = [], []
-    for lo in range(0, k.shape[2], SPLIT):
-        part = s[..., lo : lo + SPLIT]
+    for lo in range(0, k.shape[2], split):
+        part = s[..., lo : lo + split]
         lse = torch.logsumexp(part, -1)
-        o = torch.softmax(part, -1) @ v[:, :, lo : lo + SPLIT].double()
+        o = torch.softmax(part, -1) @ v[:, :, lo : lo + split].double()
         os_.append(torch.where(torch.isinf(lse)[..., None], 0.0, o))
         lses.append(lse)
     return torch.stack(os_, 2), torch.stack(lses, 2)
 
 
-def _check(q, k, v, bias, scale, group, columns, atol=1e-5, rtol=1e-5):
+def _check(q, k, v, bias, scale, group, columns, atol=1e-5, rtol=1e-5, split=0):
     """Kernel partials equal the per-split reference and their merge the softmax over the whole part;
-    returns the merge."""
-    o, lse = decode_partials(q, k, v, bias, scale, group, columns)
-    ref_o, ref_lse = reference_splits(q, k, v, bias, scale, group)
+    returns the merge. split 0: the kernel's own choice (split_size of N * H and S)."""
+    o, lse = decode_partials(q, k, v, bias, scale, group, columns, split)
+    ref_o, ref_lse = reference_splits(q, k, v, bias, scale, group, split or split_size(q.shape[0] * q.shape[1], k.shape[2]))
     assert o.dtype == lse.dtype == torch.float32
     assert not o.isnan().any() and not lse.isnan().any()
     torch.testing.assert_close(lse.double(), ref_lse, atol=atol, rtol=rtol)
@@ -114,10 +117,31 @@ def test_per_row_keys_with_length_bias():
     assert out.shape == (3, 2, group, 16)
 
 
+def test_split_size_fills_the_gpu_within_its_bounds():
+    """The largest split in MIN_SPLIT..SPLIT giving >= TARGET_PROGRAMS programs, else MIN_SPLIT."""
+    assert split_size(TARGET_PROGRAMS, 10 * SPLIT) == SPLIT  # enough (n, h) for one split each
+    assert split_size(16, 32768) == SPLIT  # 16 x 64 programs
+    assert split_size(16, 4096) == 256  # a KSA prompt's summaries: 16 x 16, not 16 x 8
+    assert split_size(16, 1024) == MIN_SPLIT  # a KSA window: 16 x 8 (as few as that allows), not 16 x 2
+    assert split_size(1, 5) == MIN_SPLIT
+
+
+@pytest.mark.parametrize("split", [SPLIT, MIN_SPLIT, 64])
+def test_named_split_sizes_give_the_same_attention(split):
+    """A split named by the caller (the benchmark's fixed SPLIT against the chosen one): partials per
+    its splits, the merge equal."""
+    s, group = 2 * SPLIT + 77, 2
+    q, k, v = _qkv(2, 2, group, s, seed=21)
+    bias = _lengths_bias([s, SPLIT + 3], s)[:, None, None, :]
+    o, lse = decode_partials(q, k, v, bias, 0.25, group, 1, split)
+    assert lse.shape[2] == -(-s // split)
+    _check(q, k, v, bias, 0.25, group, 1, split=split)
+
+
 def test_exact_multiple_short_and_empty_key_parts():
     q, k, v = _qkv(1, 1, 3, 2 * SPLIT)
     bias = torch.zeros(1, 1, 1, 2 * SPLIT)
-    assert decode_partials(q, k, v, bias, 0.3, 3, 1)[1].shape == (1, 1, 2, 3)
+    assert decode_partials(q, k, v, bias, 0.3, 3, 1)[1].shape == (1, 1, 2 * SPLIT // MIN_SPLIT, 3)
     _check(q, k, v, bias, 0.3, 3, 1)
     _check(q, k[:, :, :5], v[:, :, :5], bias[..., :5], 0.3, 3, 1)  # fewer keys than one tile
     o, lse = decode_partials(q, k[:, :, :0], v[:, :, :0], bias[..., :0], 0.3, 3, 1)
@@ -238,7 +262,7 @@ def test_strided_cache_slices_read_in_place_and_never_past_s(monkeypatch):
     ((k_arg, v_arg, b_arg),) = seen
     for arg, view in ((k_arg, k), (v_arg, v), (b_arg, bias)):
         assert arg.data_ptr() == view.data_ptr() and arg.stride() == view.stride()
-    ref_o, ref_lse = reference_splits(q, k.clone(), v.clone(), bias.clone(), 0.25, 2)
+    ref_o, ref_lse = reference_splits(q, k.clone(), v.clone(), bias.clone(), 0.25, 2, split_size(n * h, s))
     assert not o.isnan().any()
     torch.testing.assert_close(lse.double(), ref_lse, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(o.double(), ref_o, atol=1e-5, rtol=1e-5)
@@ -274,7 +298,8 @@ def test_fake_impl_shapes():
     with FakeTensorMode():
         q, k, v = torch.empty(3, 2, 6, 32), torch.empty(3, 2, 1100, 32), torch.empty(3, 2, 1100, 32)
         o, lse = decode_partials(q, k, v, torch.empty(3, 3, 1, 1100), 0.1, 2, 1)
-    assert o.shape == (3, 2, 3, 6, 32) and lse.shape == (3, 2, 3, 6) and o.dtype == lse.dtype == torch.float32
+    x = -(-1100 // split_size(6, 1100))
+    assert o.shape == (3, 2, x, 6, 32) and lse.shape == (3, 2, x, 6) and o.dtype == lse.dtype == torch.float32
 
 
 def test_opcheck():
@@ -288,7 +313,7 @@ def test_opcheck():
 def test_compiled_equals_eager():
     """The op inside torch.compile(fullgraph=True) with the merge, k, v, bias sliced from caches in the
     graph: the first length compiles with static shapes, the second recompiles with the key count a
-    SymInt (X = (S + SPLIT - 1) // SPLIT in the fake implementation)."""
+    SymInt (the fake implementation specialises on it: its split size depends on S)."""
     n, h = 2, 2
     q, kc, vc = _qkv(n, h, 2, 700, seed=41)
     bias = _lengths_bias([700, 80], 700)[:, None, None, :]
