@@ -288,11 +288,10 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
     kt, vt = kc[:b, :, :t_span], vc[:b, :, :t_span]
     bias_t, bias_s = biases
     if kernel == "triton":
-        from ksa.triton_decode import decode_partials, merge_key_parts
+        from ksa.triton_decode import decode_key_parts, merge_partials
 
-        parts = [decode_partials(qg, kk, vv, bias[:, None], scale, groups, n)
-                 for kk, vv, bias in ((kt, vt, bias_t), (sum_k, sum_v, bias_s)) if kk.shape[2]]
-        return merge_key_parts(parts).to(q.dtype).reshape(b, hq, n, d)
+        parts = [(kk, vv, bias[:, None]) for kk, vv, bias in ((kt, vt, bias_t), (sum_k, sum_v, bias_s)) if kk.shape[2]]
+        return merge_partials(*decode_key_parts(qg, parts, scale, groups, n)).to(q.dtype).reshape(b, hq, n, d)
 
     def scores(keys, bias):
         s = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale

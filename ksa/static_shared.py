@@ -219,13 +219,16 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
         keys.insert(1, (psk[:blocks, :, :ps], psv[:blocks, :, :ps], True))
         masks.insert(1, biases[1])
     keys, masks = zip(*[(kv, m) for kv, m in zip(keys, masks, strict=True) if kv[0].shape[2]], strict=True)
-    if kernel == "triton":
-        from ksa.triton_decode import decode_partials, merge_key_parts, stacked_to_rows
+    if kernel == "triton":  # one launch for the prompt's parts (queries stacked), one for the row's own
+        from ksa.triton_decode import decode_key_parts, merge_key_parts, stacked_to_rows
 
-        parts = [stacked_to_rows(*decode_partials(stacked, kk, vv, m.view(blocks, width, n, -1), scale, g, n), width)
-                 if shared else decode_partials(qg, kk, vv, m[:, None], scale, g, n)
-                 for (kk, vv, shared), m in zip(keys, masks, strict=True)]
-        return merge_key_parts(parts).to(q.dtype).reshape(b, hq, n, d)
+        parts = list(zip(keys, masks, strict=True))
+        prompt = [(kk, vv, m.view(blocks, width, n, -1)) for (kk, vv, shared), m in parts if shared]
+        rows = [(kk, vv, m[:, None]) for (kk, vv, shared), m in parts if not shared]
+        partials = [stacked_to_rows(*decode_key_parts(stacked, prompt, scale, g, n), width)] if prompt else []
+        if rows:
+            partials.append(decode_key_parts(qg, rows, scale, g, n))
+        return merge_key_parts(partials).to(q.dtype).reshape(b, hq, n, d)
     scores = [shared_scores(kk, m) if shared else own_scores(kk, m) for (kk, _, shared), m in zip(keys, masks, strict=True)]
     probs = torch.softmax(torch.cat(scores, -1), -1).to(vc.dtype).split([s.shape[-1] for s in scores], -1)
     out = None

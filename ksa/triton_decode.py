@@ -16,6 +16,9 @@ part by part and merged by log-sum-exp. For one part, per batch entry n and kv h
       lse[n, h, x, m]    = log sum_{j in x} exp(s[n, h, m, j])              (-inf: every key hidden)
       o[n, h, x, m, :]   = sum_{j in x} exp(s[n, h, m, j] - lse[n, h, x, m]) v[n, h, j, :]   (0 then)
 
+  One launch may take a second key part of the same queries (k2, v2, bias2 over S2 keys): its splits
+  follow the first's (X = X1 + X2), so a KSA layer's window text and summaries cost one launch, not two.
+
   merge_partials combines any number of splits (of one part or several parts concatenated on axis 2):
 
       out = sum_x exp(lse_x - mx) o_x / sum_x exp(lse_x - mx),   mx = max_x lse_x
@@ -82,12 +85,14 @@ def _key_tile(q, k_base, v_base, b_rows, bias_ptr, cols, hi, row_ok, sk_s, sk_d,
 
 @triton.jit
 def _decode_kernel(
-    Q, K, V, Bias, Out, LSE,
-    H, M, S, X, G, C, qk_scale,
+    Q, K, V, Bias, K2, V2, Bias2, Out, LSE,
+    H, M, S, S2, X1, X, G, C, qk_scale,
     sk_n, sk_h, sk_s, sk_d, sv_n, sv_h, sv_s, sv_d, sb_n, sb_w, sb_c, sb_s,
+    sk2_n, sk2_h, sk2_s, sk2_d, sv2_n, sv2_h, sv2_s, sv2_d, sb2_n, sb2_w, sb2_c, sb2_s,
     SPLIT_: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N_: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    """One (n, h) and one split x: (o, lse) of its M queries. Grid: (N * H, X)."""
+    """One (n, h) and one split x: (o, lse) of its M queries. Grid: (N * H, X). Splits x < X1 are the
+    first key part's (K, V, Bias over S keys), the others the second's (K2, V2, Bias2 over S2)."""
     nh = tl.program_id(0)
     x = tl.program_id(1)
     n = (nh // H).to(tl.int64)
@@ -97,18 +102,31 @@ def _decode_kernel(
     row_ok = rows < M
     q_ptr = Q + nh.to(tl.int64) * M * D + rows[:, None] * D + offs_d[None, :]
     q = tl.load(q_ptr, mask=row_ok[:, None], other=0.0)
-    b_rows = n * sb_n + (rows // (G * C)) * sb_w + (rows % C) * sb_c  # query m -> bias row (n, w, c)
-    k_base = K + n * sk_n + h * sk_h
-    v_base = V + n * sv_n + h * sv_h
+    w_row = rows // (G * C)  # query m -> bias row (n, w, c)
+    c_row = rows % C
+    if x < X1:
+        k_base = K + n * sk_n + h * sk_h
+        v_base = V + n * sv_n + h * sv_h
+        b_rows = n * sb_n + w_row * sb_w + c_row * sb_c
+        bias_ptr = Bias
+        ks, kd, vs, vd, bs = sk_s, sk_d, sv_s, sv_d, sb_s
+        lo = x * SPLIT_
+        hi = tl.minimum(lo + SPLIT_, S)
+    else:
+        k_base = K2 + n * sk2_n + h * sk2_h
+        v_base = V2 + n * sv2_n + h * sv2_h
+        b_rows = n * sb2_n + w_row * sb2_w + c_row * sb2_c
+        bias_ptr = Bias2
+        ks, kd, vs, vd, bs = sk2_s, sk2_d, sv2_s, sv2_d, sb2_s
+        lo = (x - X1) * SPLIT_
+        hi = tl.minimum(lo + SPLIT_, S2)
 
     m_i = tl.full([BLOCK_M], _NEG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    lo = x * SPLIT_
-    hi = tl.minimum(lo + SPLIT_, S)
     for j0 in range(lo, hi, BLOCK_N_):
         cols = j0 + tl.arange(0, BLOCK_N_)
-        s, v = _key_tile(q, k_base, v_base, b_rows, Bias, cols, hi, row_ok, sk_s, sk_d, sv_s, sv_d, sb_s,
+        s, v = _key_tile(q, k_base, v_base, b_rows, bias_ptr, cols, hi, row_ok, ks, kd, vs, vd, bs,
                          qk_scale, D, PREC)  # fmt: skip
         m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: starts at -1e30
         alpha = tl.math.exp2(m_i - m_new)
@@ -126,11 +144,11 @@ def _decode_kernel(
     tl.store(LSE + part + rows, lse, mask=row_ok)
 
 
-def _split_and_count(nh: int, s, split: int) -> tuple[int, int]:
-    """(split, X = ceil(S / split)); split 0 means split_size(nh, S). S may be a SymInt under torch.compile
-    (the engine's key parts have fixed sizes: a guard on them costs nothing)."""
-    split = split or split_size(int(nh), int(s))
-    return split, (s + split - 1) // split
+def _split_and_count(nh: int, s, s2, split: int) -> tuple[int, int, int]:
+    """(split, X1 = ceil(S / split), X2 = ceil(S2 / split)); split 0 means split_size(nh, S + S2). S may be
+    a SymInt under torch.compile (the engine's key parts have fixed sizes: a guard on them costs nothing)."""
+    split = split or split_size(int(nh), int(s) + int(s2))
+    return split, (s + split - 1) // split, (s2 + split - 1) // split
 
 
 def _check(q, k, v, bias, group, columns) -> None:
@@ -149,18 +167,19 @@ def _check(q, k, v, bias, group, columns) -> None:
     assert m == wd * group * columns, f"M = {m} stacked queries but Wd * G * C = {wd} * {group} * {columns}"
 
 
-def _partials(q, k, v, bias, scale, group, columns, split):
+def _partials(q, k, v, bias, k2, v2, bias2, scale, group, columns, split):
     n, h, m, d = q.shape
-    s = k.shape[2]
-    split, x = _split_and_count(n * h, s, split)
-    o = q.new_empty((n, h, x, m, d), dtype=torch.float32)
-    lse = q.new_empty((n, h, x, m), dtype=torch.float32)
+    split, x1, x2 = _split_and_count(n * h, k.shape[2], 0 if k2 is None else k2.shape[2], split)
+    o = q.new_empty((n, h, x1 + x2, m, d), dtype=torch.float32)
+    lse = q.new_empty((n, h, x1 + x2, m), dtype=torch.float32)
     if o.numel() == 0:
         return o, lse
+    if k2 is None:  # one part: the kernel's second part is never reached (x < X1 everywhere)
+        k2, v2, bias2 = k, v, bias
     q = q.contiguous()  # small; k, v, bias stay where they are (read through their strides)
-    _decode_kernel[(n * h, x)](
-        q, k, v, bias, o, lse, h, m, s, x, group, columns, scale * LOG2E,
-        *k.stride(), *v.stride(), *bias.stride(),
+    _decode_kernel[(n * h, x1 + x2)](
+        q, k, v, bias, k2, v2, bias2, o, lse, h, m, k.shape[2], k2.shape[2], x1, x1 + x2, group, columns,
+        scale * LOG2E, *k.stride(), *v.stride(), *bias.stride(), *k2.stride(), *v2.stride(), *bias2.stride(),
         SPLIT_=split, BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N_=BLOCK_N, D=d,
         PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4,
     )  # fmt: skip
@@ -177,22 +196,42 @@ def decode_partials(
     group: int,
     columns: int,
     split: int = 0,
+    k2: torch.Tensor | None = None,
+    v2: torch.Tensor | None = None,
+    bias2: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(o [N, H, X, M, D] float32, lse [N, H, X, M] float32, natural log) of q [N, H, M, D] over one key
     part k, v [N, H, S, D] with bias [N, Wd, C, S] (query m = (w * group + g) * columns + c reads
     bias[n, w, c]), per split of `split` keys (0: split_size(N * H, S)), X = ceil(S / split). k, v,
-    bias may be strided views (never copied). A torch custom op: torch.compile calls it as one opaque op."""
+    bias may be strided views (never copied). A torch custom op: torch.compile calls it as one opaque op.
+
+    k2, v2, bias2: a second key part of the same queries ([N, H, S2, D], [N, Wd, C, S2]) in the same
+    launch: its splits follow the first's on axis 2 (X = X1 + X2, the split size chosen for S + S2),
+    as merge_key_parts would concatenate the two calls' partials."""
     require_backend(q, _decode_kernel, "ksa.triton_decode")
     _check(q, k, v, bias, group, columns)
+    if k2 is not None:
+        assert v2 is not None and bias2 is not None, "a second key part needs k2, v2 and bias2"
+        _check(q, k2, v2, bias2, group, columns)
     assert split == 0 or (split % BLOCK_N == 0 and split > 0), f"split must be 0 or a multiple of {BLOCK_N}"
-    return _partials(q, k, v, bias, scale, group, columns, split)
+    return _partials(q, k, v, bias, k2, v2, bias2, scale, group, columns, split)
 
 
 @decode_partials.register_fake
-def _(q, k, v, bias, scale, group, columns, split=0):
+def _(q, k, v, bias, scale, group, columns, split=0, k2=None, v2=None, bias2=None):
     n, h, m, d = q.shape
-    _, x = _split_and_count(n * h, k.shape[2], split)
-    return q.new_empty((n, h, x, m, d), dtype=torch.float32), q.new_empty((n, h, x, m), dtype=torch.float32)
+    _, x1, x2 = _split_and_count(n * h, k.shape[2], 0 if k2 is None else k2.shape[2], split)
+    return (q.new_empty((n, h, x1 + x2, m, d), dtype=torch.float32),
+            q.new_empty((n, h, x1 + x2, m), dtype=torch.float32))
+
+
+def decode_key_parts(q: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], scale: float,
+                     group: int, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """decode_partials of q over one or two key parts [(k, v, bias), ...] in one launch: the partials
+    of the first part's splits, then the second's, on axis 2."""
+    assert 1 <= len(parts) <= 2, f"one or two key parts per launch, got {len(parts)}"
+    second = dict(zip(("k2", "v2", "bias2"), parts[1], strict=True)) if len(parts) == 2 else {}
+    return decode_partials(q, *parts[0], scale, group, columns, **second)
 
 
 def stacked_to_rows(o: torch.Tensor, lse: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -327,3 +327,28 @@ def test_compiled_equals_eager():
         torch.testing.assert_close(
             compiled(q, kc, vc, bias, s), attend(q, kc, vc, bias, s), atol=1e-6, rtol=1e-6
         )
+
+
+@pytest.mark.parametrize("lengths", [(SPLIT + 40, 300), (0, 200), (150, 0)])
+def test_two_key_parts_in_one_launch_equal_two_launches(lengths):
+    """k2 / v2 / bias2: a second key part in the same launch gives the two parts' partials side by side
+    on the split axis, equal to one call per part with the same split size (so merge_key_parts of the
+    two calls equals merge_partials of the one); a part may be empty. The second part is a strided
+    slice with a bias of KSA columns, the first a contiguous one."""
+    s1, s2 = lengths
+    n, h, group, cols = 2, 2, 2, 2
+    q = _randn(n, h, group * cols, 16, seed=61)
+    k1, v1 = _randn(n, h, s1, 16, seed=62), _randn(n, h, s1, 16, seed=63)
+    kc, vc = _randn(n + 1, h, s2 + 9, 16, seed=64), _randn(n + 1, h, s2 + 9, 16, seed=65)
+    k2, v2 = kc[:n, :, :s2], vc[:n, :, :s2]
+    b1 = _ksa_bias(n, s1, [s1, s1 // 2])[:, None]
+    b2 = _ksa_bias(n, s2, [s2 // 3, s2])[:, None]
+    split = split_size(n * h, s1 + s2)
+    o, lse = decode_partials(q, k1, v1, b1, 0.25, group, cols, 0, k2, v2, b2)
+    first = decode_partials(q, k1, v1, b1, 0.25, group, cols, split)
+    second = decode_partials(q, k2, v2, b2, 0.25, group, cols, split)
+    assert lse.shape[2] == first[1].shape[2] + second[1].shape[2]
+    torch.testing.assert_close(o, torch.cat([first[0], second[0]], 2), atol=0, rtol=0)
+    torch.testing.assert_close(lse, torch.cat([first[1], second[1]], 2), atol=0, rtol=0)
+    ref = reference(q, torch.cat([k1, k2], 2), torch.cat([v1, v2], 2), torch.cat([b1, b2], -1), 0.25, group)
+    torch.testing.assert_close(merge_partials(o, lse).double(), ref, atol=1e-5, rtol=1e-5)
