@@ -144,6 +144,9 @@
 #            full policy learned the needle (reward 0.49 -> 0.93) and the KSA policy did not, at 1e-3 the
 #            KSA policy lost accuracy. Groups are mostly all-right or all-wrong (0-7 of 16 kept), hence
 #            twice the prompts.
+#   ksaconv8k ksaconv with 8K-token distillation text (2 sequences a step: the tokens of a step unchanged). At 4K
+#            (2026-12-05) the student kept 69% at 8K: count fell 1.00 -> 0.08 (the teacher counts right at 8K
+#            alone, the curriculum's last length, a length the 4K text never shows), needle 1.00 -> 0.69
 #   ksaconv and ksagrpo read /tmp/ksa_models, or unpack out/ksa_models/*.tar (carried) on a fresh machine:
 #   OUT=$OUT bench/run_h200.sh ksarep    then, carry ["out/ksa_models"] (the tars from $OUT/models), one call
 #   each (their limits, 420 + 450 s, no longer fit one 600 s call together):
@@ -321,6 +324,8 @@ for s in "$@"; do
               --save-models /tmp/ksa_models --pack-models "$OUT/models" ;;
     ksaconv) ksa_models && stage ksaconv 420 python3 bench/ksa_conversion.py --models /tmp/ksa_models \
                --out "$OUT/conv" --budget-s 300 --student-dir /tmp/ksa_conv ;;
+    ksaconv8k) ksa_models && stage ksaconv8k 420 python3 bench/ksa_conversion.py --models /tmp/ksa_models \
+                 --out "$OUT/conv8k" --budget-s 300 --seq-len 8192 --batch-size 2 --student-dir /tmp/ksa_conv8k ;;
     ksagrpo) ksa_models && stage ksagrpo 450 python3 bench/ksa_grpo.py --models /tmp/ksa_models --out "$OUT/grpo" \
                --budget-s 320 --steps 60 --lr 3e-4 --prompts-per-task 8 ;;
     *) echo "unknown stage $s" ;;

@@ -126,7 +126,7 @@ class Learner:
                 self._roots[id(self._ref)] = gdist.shard(self._ref, self.dist)
         if model.compile:
             compile_layers(self._model, self.device)
-        set_flex_compile_mode("max-autotune-no-cudagraphs" if optim.flex_autotune else None)
+        set_flex_compile_mode("max-autotune-no-cudagraphs" if optim.flex_autotune and self.device.type == "cuda" else None)
         self._build_optimizer(optim)
         self.step = 0
 
