@@ -85,6 +85,9 @@ VARIANTS: dict[str, dict] = {
     # the same with optim.flex_autotune: FlexAttention's forward / backward tiles timed per shape (--group)
     "golong_optmaster_sac_compile_autotune": dict(ckpt="save_attention", master="optimizer", fused=True, compile=True,
                                                   autotune=True),
+    # ... and with optim.shared_prompt_kernel sdpa (the shared rows piece by piece through SDPA, kept outputs)
+    "golong_optmaster_sac_compile_sdpa": dict(ckpt="save_attention", master="optimizer", fused=True, compile=True,
+                                              kernel="sdpa"),
     "golong_optmaster_full_compile": dict(ckpt="full", master="optimizer", fused=True, compile=True),
     "golong_lora_sac_compile": dict(ckpt="save_attention", master=True, fused=True, lora=True, compile=True),
     "ksa_sac": dict(ckpt="save_attention", master=True, fused=True, ksa=True),
@@ -207,7 +210,8 @@ def golong_step_fn(shape: str, tokens: int, response: int, device: str, v: dict,
     held = v["master"] == "optimizer"  # float32 copies in the optimizer, bf16 model
     budget = tokens - response + group * response if share else tokens  # one group, or one sequence, per micro-batch
     ocfg = OptimConfig(lr=1e-6, micro_batch_tokens=budget, share_prompts=share, fp32_master_weights=bool(v["master"]),
-                       master_weights="optimizer" if held else "model", flex_autotune=bool(v.get("autotune")))
+                       master_weights="optimizer" if held else "model", flex_autotune=bool(v.get("autotune")),
+                       shared_prompt_kernel=v.get("kernel", "flex"))
     # the learner casts to the dtype it trains in; building in bf16 keeps the transient small
     fp32_model = v["master"] is True and not v.get("lora")
     base = build_model(shape, device, torch.float32 if fp32_model else torch.bfloat16)

@@ -73,6 +73,7 @@
 #   flexauto   bench/learner.py --group 8 (one 32K GRPO group, 1.7B, the GPU recipe's learner) with and without
 #              optim.flex_autotune: does inductor's tile search speed FlexAttention's backward (3.1 of the
 #              learner's 6.6 s at 32K, H100)
+#   flexsdpa   the same, flex (kept by kept_through_recompute) against optim.shared_prompt_kernel sdpa
 #   triton8k   fused8k's two rows (full, KSA) with rollout.decode_kernel=triton: decode attention as one split-K
 #              Triton kernel per key part (ksa/triton_decode.py) instead of matmul / softmax / matmul
 #   triton32k  fused32k (full attention, 1.7B 32K) with the Triton decode kernel (245 s)
@@ -226,6 +227,9 @@ for s in "$@"; do
     flexauto) stage flexauto 420 python3 bench/learner.py --group 8 --response 2048 --steps 3 \
                 --runs 1.7b:32768:golong_optmaster_sac_compile,1.7b:32768:golong_optmaster_sac_compile_autotune \
                 --out "$OUT/learner_group_autotune.json" ;;
+    flexsdpa) stage flexsdpa 300 python3 bench/learner.py --group 8 --response 2048 --steps 3 \
+                --runs 1.7b:32768:golong_optmaster_sac_compile,1.7b:32768:golong_optmaster_sac_compile_sdpa \
+                --out "$OUT/learner_group_sdpa.json" ;;
     triton8k) for run in "0.6b:8k:8x4:256:fused 110" "0.6b:8k:8x4:256:ksa:fused 150"; do
                 set -- $run
                 stage triton8k $(($2 + 40)) python3 bench/train_gpu.py "$1" --budget-s "$2" --steps 20 --append \
