@@ -68,8 +68,9 @@
 #              heads, 256-32K keys) (~1 min)
 #   verify     the GPU tests of the decode kernel (split sizes), the rollout's Triton decode, save_attention keeping
 #              FlexAttention and the compiled decode with its compiled sampler, without -x (~3 min)
+#   kernelcheck  the decode kernel's GPU tests alone (~1 min): verify's first two files
 #   ratio32k   issue 16's 1.7B / 32K pair at the GPU recipe's settings (Triton decode with split_size, stacked
-#              projections, compiled sampler, FlexAttention kept): full (170 s) then KSA (300 s), 8 steps at most
+#              projections, compiled sampler, FlexAttention kept): full (160 s) then KSA (290 s), 8 steps at most
 #   flexauto   bench/learner.py --group 8 (one 32K GRPO group, 1.7B, the GPU recipe's learner) with and without
 #              optim.flex_autotune: does inductor's tile search speed FlexAttention's backward (3.1 of the
 #              learner's 6.6 s at 32K, H100)
@@ -219,7 +220,9 @@ for s in "$@"; do
                     --queries 2 16 32 --out "$OUT/decode_kernel.json" ;;
     verify) stage verify 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_decode.py \
               tests/test_rollout_triton_decode.py tests/test_checkpointing.py tests/test_rollout_compile.py ;;
-    ratio32k) for run in "1.7b:32k:8x2:2048 170" "1.7b:32k:8x2:2048:ksa 300"; do
+    kernelcheck) stage kernelcheck 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_decode.py \
+                   tests/test_rollout_triton_decode.py ;;
+    ratio32k) for run in "1.7b:32k:8x2:2048 160" "1.7b:32k:8x2:2048:ksa 290"; do
                 read -r cfg secs <<<"$run"
                 stage ratio32k $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 8 --append \
                   --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_ratio32k.json"
