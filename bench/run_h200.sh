@@ -68,6 +68,7 @@
 #              heads, 256-32K keys) (~1 min)
 #   verify     the GPU tests of the decode kernel (split sizes), the rollout's Triton decode, save_attention keeping
 #              FlexAttention and the compiled decode with its compiled sampler, without -x (~3 min)
+#   ratio32ks  ratio32k within less device time: full 110 s, KSA 210 s (2-5 steady steps each)
 #   kernelcheck  the decode kernel's GPU tests alone (~1 min): verify's first two files
 #   ratio32k   issue 16's 1.7B / 32K pair at the GPU recipe's settings (Triton decode with split_size, stacked
 #              projections, compiled sampler, FlexAttention kept): full (160 s) then KSA (290 s), 8 steps at most
@@ -222,7 +223,9 @@ for s in "$@"; do
               tests/test_rollout_triton_decode.py tests/test_checkpointing.py tests/test_rollout_compile.py ;;
     kernelcheck) stage kernelcheck 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_decode.py \
                    tests/test_rollout_triton_decode.py ;;
-    ratio32k) for run in "1.7b:32k:8x2:2048 160" "1.7b:32k:8x2:2048:ksa 290"; do
+    ratio32k|ratio32ks) if [ "$s" = ratio32k ]; then runs=("1.7b:32k:8x2:2048 160" "1.7b:32k:8x2:2048:ksa 290")
+              else runs=("1.7b:32k:8x2:2048 110" "1.7b:32k:8x2:2048:ksa 210"); fi
+              for run in "${runs[@]}"; do
                 read -r cfg secs <<<"$run"
                 stage ratio32k $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 8 --append \
                   --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_ratio32k.json"
