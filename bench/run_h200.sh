@@ -115,14 +115,18 @@
 # projections 0.91x a decode step), triton32k + ksatriton32k (1.7B 32K: full 23.5 s, KSA 18.1 s = 0.77x), learnerprof
 # (FlexAttention's forward recomputed: 112 calls), then on a fresh machine keptgpu learnerprof (learner 7.79 -> 6.59 s,
 # MFU 36.7%, peak 63.6 GiB; keptgpu failed on its helper's CPU tensor, fixed after).
+# Twelfth session (2026-12-05/06): no machine. Every start failed (H100 and H200, 90-180 s of device time
+# each, refusals 15 s); the 1,800 s ran out in failed starts. Code changed without GPU measurement: the decode
+# kernel's split size per part (split_size) and two key parts per launch (KSA layers 4 launches a step -> 2),
+# optim.flex_autotune, bench/learner.py variants (autotune, sdpa).
 # Next GPU session, in this order (30 min of device time, of which the machine's start may take 1-13;
-# each line one call of <= 600 s, carry [".whl"]):
-#   1. keptgpu gputest      this session's GPU tests (kept FlexAttention, compiled sampler) and the trainer's (~4 min)
-#   2. triton32k            full attention 1.7B 32K at the recipes' settings (stacked projections, compiled sampler,
-#                           FlexAttention kept): the baseline of 3 (<= 245 s)
-#   3. ksatriton32k         the KSA row on the same machine: issue 16's 32K ratio (<= 560 s)
-#   4. pair32k, pair8k      issue 16's 0.6B rows (<= 450 s each)
-#   5. ksarep1              #17's second replication seed (<= 560 s), if time is left
+# each line one call of <= 600 s, carry [".whl"]). A failed start cost 90-180 s of device time here, so after
+# two failures the 32K pair (~570 s) no longer fits: try it first, space tries ~10 min apart:
+#   1. kernelcheck ratio32k  the decode kernel's GPU tests (the two-part launch compiles on CUDA?), then issue 16's
+#                           1.7B / 32K pair on one machine: full then KSA (<= 600 s)
+#   2. decodekernel flexauto  split_size against a fixed 512; FlexAttention autotuned or not (issue 15's MFU) (<= 570 s)
+#   3. verify pair8k        the remaining GPU tests (kept FlexAttention, compiled sampler); issue 15/16's 0.6B 8K rows
+#   4. pair32k, ksarep1, ksaconv8k (carry out/ksa_models), flexsdpa
 #   later: ksalearnerprof, groupckpt, prefixtune, ksagroup, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same

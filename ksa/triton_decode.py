@@ -69,16 +69,17 @@ def split_size(programs: int, keys: int) -> int:
 
 
 @triton.jit
-def _key_tile(q, k_base, v_base, b_rows, bias_ptr, cols, hi, row_ok, sk_s, sk_d, sv_s, sv_d, sb_s,
+def _key_tile(q, k_base, v_base, bias_rows, cols, hi, row_ok, sk_s, sk_d, sv_s, sv_d, sb_s,
               qk_scale, D: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
     """Base-2 scores [BLOCK_M, BLOCK_N] of one key tile and its values: q.k * scale * log2(e) +
-    bias * log2(e); keys >= hi (and padded query rows) -inf, never loaded."""
+    bias * log2(e) (bias_rows [BLOCK_M]: each query's bias row); keys >= hi (and padded query rows)
+    -inf, never loaded."""
     offs_d = tl.arange(0, D)
     key_ok = cols < hi
     k = tl.load(k_base + cols[:, None] * sk_s + offs_d[None, :] * sk_d, mask=key_ok[:, None], other=0.0)
     v = tl.load(v_base + cols[:, None] * sv_s + offs_d[None, :] * sv_d, mask=key_ok[:, None], other=0.0)
     vis = row_ok[:, None] & key_ok[None, :]
-    bias = tl.load(bias_ptr + b_rows[:, None] + cols[None, :] * sb_s, mask=vis, other=float("-inf"))
+    bias = tl.load(bias_rows[:, None] + cols[None, :] * sb_s, mask=vis, other=float("-inf"))
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale + bias.to(tl.float32) * _LOG2E
     return s, v
 
@@ -87,12 +88,15 @@ def _key_tile(q, k_base, v_base, b_rows, bias_ptr, cols, hi, row_ok, sk_s, sk_d,
 def _decode_kernel(
     Q, K, V, Bias, K2, V2, Bias2, Out, LSE,
     H, M, S, S2, X1, X, G, C, qk_scale,
-    sk_n, sk_h, sk_s, sk_d, sv_n, sv_h, sv_s, sv_d, sb_n, sb_w, sb_c, sb_s,
-    sk2_n, sk2_h, sk2_s, sk2_d, sv2_n, sv2_h, sv2_s, sv2_d, sb2_n, sb2_w, sb2_c, sb2_s,
+    sk_s, sk_d, sv_s, sv_d, sb_s,
+    sk_n, sk_h, sv_n, sv_h, sb_n, sb_w, sb_c,
+    sk2_n, sk2_h, sv2_n, sv2_h, sb2_n, sb2_w, sb2_c,
     SPLIT_: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N_: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """One (n, h) and one split x: (o, lse) of its M queries. Grid: (N * H, X). Splits x < X1 are the
-    first key part's (K, V, Bias over S keys), the others the second's (K2, V2, Bias2 over S2)."""
+    first key part's (K, V, Bias over S keys), the others the second's (K2, V2, Bias2 over S2). The
+    parts share their key and head-dim strides (sk_s ... sb_s: the caller checks), so the branch below
+    picks only base addresses and bounds, never a stride Triton may have specialised in one part alone."""
     nh = tl.program_id(0)
     x = tl.program_id(1)
     n = (nh // H).to(tl.int64)
@@ -102,22 +106,18 @@ def _decode_kernel(
     row_ok = rows < M
     q_ptr = Q + nh.to(tl.int64) * M * D + rows[:, None] * D + offs_d[None, :]
     q = tl.load(q_ptr, mask=row_ok[:, None], other=0.0)
-    w_row = rows // (G * C)  # query m -> bias row (n, w, c)
-    c_row = rows % C
+    w_row = (rows // (G * C)).to(tl.int64)  # query m -> bias row (n, w, c)
+    c_row = (rows % C).to(tl.int64)
     if x < X1:
-        k_base = K + n * sk_n + h * sk_h
-        v_base = V + n * sv_n + h * sv_h
-        b_rows = n * sb_n + w_row * sb_w + c_row * sb_c
-        bias_ptr = Bias
-        ks, kd, vs, vd, bs = sk_s, sk_d, sv_s, sv_d, sb_s
+        k_base = K + (n * sk_n + h * sk_h)
+        v_base = V + (n * sv_n + h * sv_h)
+        bias_ptr = Bias + (n * sb_n + w_row * sb_w + c_row * sb_c)
         lo = x * SPLIT_
         hi = tl.minimum(lo + SPLIT_, S)
     else:
-        k_base = K2 + n * sk2_n + h * sk2_h
-        v_base = V2 + n * sv2_n + h * sv2_h
-        b_rows = n * sb2_n + w_row * sb2_w + c_row * sb2_c
-        bias_ptr = Bias2
-        ks, kd, vs, vd, bs = sk2_s, sk2_d, sv2_s, sv2_d, sb2_s
+        k_base = K2 + (n * sk2_n + h * sk2_h)
+        v_base = V2 + (n * sv2_n + h * sv2_h)
+        bias_ptr = Bias2 + (n * sb2_n + w_row * sb2_w + c_row * sb2_c)
         lo = (x - X1) * SPLIT_
         hi = tl.minimum(lo + SPLIT_, S2)
 
@@ -126,7 +126,7 @@ def _decode_kernel(
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     for j0 in range(lo, hi, BLOCK_N_):
         cols = j0 + tl.arange(0, BLOCK_N_)
-        s, v = _key_tile(q, k_base, v_base, b_rows, bias_ptr, cols, hi, row_ok, ks, kd, vs, vd, bs,
+        s, v = _key_tile(q, k_base, v_base, bias_ptr, cols, hi, row_ok, sk_s, sk_d, sv_s, sv_d, sb_s,
                          qk_scale, D, PREC)  # fmt: skip
         m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: starts at -1e30
         alpha = tl.math.exp2(m_i - m_new)
@@ -176,10 +176,18 @@ def _partials(q, k, v, bias, k2, v2, bias2, scale, group, columns, split):
         return o, lse
     if k2 is None:  # one part: the kernel's second part is never reached (x < X1 everywhere)
         k2, v2, bias2 = k, v, bias
+    inner = (k.stride(2), k.stride(3), v.stride(2), v.stride(3), bias.stride(3))
+    if inner != (k2.stride(2), k2.stride(3), v2.stride(2), v2.stride(3), bias2.stride(3)):
+        # the kernel takes one set of key / head-dim strides: parts laid out differently launch apart
+        first = _partials(q, k, v, bias, None, None, None, scale, group, columns, split)
+        second = _partials(q, k2, v2, bias2, None, None, None, scale, group, columns, split)
+        return torch.cat([first[0], second[0]], 2), torch.cat([first[1], second[1]], 2)
     q = q.contiguous()  # small; k, v, bias stay where they are (read through their strides)
     _decode_kernel[(n * h, x1 + x2)](
         q, k, v, bias, k2, v2, bias2, o, lse, h, m, k.shape[2], k2.shape[2], x1, x1 + x2, group, columns,
-        scale * LOG2E, *k.stride(), *v.stride(), *bias.stride(), *k2.stride(), *v2.stride(), *bias2.stride(),
+        scale * LOG2E, *inner,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1), bias.stride(0), bias.stride(1), bias.stride(2),
+        k2.stride(0), k2.stride(1), v2.stride(0), v2.stride(1), bias2.stride(0), bias2.stride(1), bias2.stride(2),
         SPLIT_=split, BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N_=BLOCK_N, D=d,
         PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4,
     )  # fmt: skip

@@ -330,7 +330,7 @@ def test_compiled_equals_eager():
 
 
 @pytest.mark.parametrize("lengths", [(SPLIT + 40, 300), (0, 200), (150, 0)])
-def test_two_key_parts_in_one_launch_equal_two_launches(lengths):
+def test_two_key_parts_in_one_launch_equal_two_launches(lengths, monkeypatch):
     """k2 / v2 / bias2: a second key part in the same launch gives the two parts' partials side by side
     on the split axis, equal to one call per part with the same split size (so merge_key_parts of the
     two calls equals merge_partials of the one); a part may be empty. The second part is a strided
@@ -344,7 +344,10 @@ def test_two_key_parts_in_one_launch_equal_two_launches(lengths):
     b1 = _ksa_bias(n, s1, [s1, s1 // 2])[:, None]
     b2 = _ksa_bias(n, s2, [s2 // 3, s2])[:, None]
     split = split_size(n * h, s1 + s2)
+    launches = []
+    monkeypatch.setattr(triton_decode._decode_kernel, "pre_run_hooks", [lambda *args, **kwargs: launches.append(1)])
     o, lse = decode_partials(q, k1, v1, b1, 0.25, group, cols, 0, k2, v2, b2)
+    assert len(launches) == 1
     first = decode_partials(q, k1, v1, b1, 0.25, group, cols, split)
     second = decode_partials(q, k2, v2, b2, 0.25, group, cols, split)
     assert lse.shape[2] == first[1].shape[2] + second[1].shape[2]
@@ -352,3 +355,25 @@ def test_two_key_parts_in_one_launch_equal_two_launches(lengths):
     torch.testing.assert_close(lse, torch.cat([first[1], second[1]], 2), atol=0, rtol=0)
     ref = reference(q, torch.cat([k1, k2], 2), torch.cat([v1, v2], 2), torch.cat([b1, b2], -1), 0.25, group)
     torch.testing.assert_close(merge_partials(o, lse).double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_two_key_parts_with_different_key_strides_launch_apart(monkeypatch):
+    """Parts whose key strides differ (here the second is a [N, S, H, D] buffer seen as [N, H, S, D]):
+    the kernel takes one set of key strides, so they run as two launches, with the same partials as
+    one call per part at the shared split size."""
+    n, h, group = 2, 2, 2
+    q = _randn(n, h, group, 16, seed=71)
+    k1, v1 = _randn(n, h, 300, 16, seed=72), _randn(n, h, 300, 16, seed=73)
+    k2, v2 = (_randn(n, 140, h, 16, seed=seed).transpose(1, 2) for seed in (74, 75))
+    assert k2.stride(2) != k1.stride(2)
+    b1, b2 = _lengths_bias([300, 200], 300)[:, None, None, :], _lengths_bias([140, 3], 140)[:, None, None, :]
+    launches = []
+    kernel = triton_decode._decode_kernel
+    monkeypatch.setattr(kernel, "pre_run_hooks", [lambda *args, **kwargs: launches.append(1)])
+    o, lse = decode_partials(q, k1, v1, b1, 0.25, group, 1, 0, k2, v2, b2)
+    assert len(launches) == 2
+    split = split_size(n * h, 440)
+    first = decode_partials(q, k1, v1, b1, 0.25, group, 1, split)
+    second = decode_partials(q, k2, v2, b2, 0.25, group, 1, split)
+    torch.testing.assert_close(o, torch.cat([first[0], second[0]], 2), atol=0, rtol=0)
+    torch.testing.assert_close(lse, torch.cat([first[1], second[1]], 2), atol=0, rtol=0)
