@@ -237,7 +237,7 @@ def decode_key_parts(q: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tens
                      group: int, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
     """decode_partials of q over one or two key parts [(k, v, bias), ...] in one launch: the partials
     of the first part's splits, then the second's, on axis 2."""
-    assert 1 <= len(parts) <= 2, f"one or two key parts per launch, got {len(parts)}"
+    assert len(parts) in (1, 2), f"one or two key parts per launch, got {len(parts)}"
     second = dict(zip(("k2", "v2", "bias2"), parts[1], strict=True)) if len(parts) == 2 else {}
     return decode_partials(q, *parts[0], scale, group, columns, **second)
 
