@@ -51,32 +51,18 @@ def _attrs(rows, IS_SUM: tl.constexpr, C: tl.constexpr, S: tl.constexpr):
 
 
 @triton.jit
-def _allowed(q_rows, k_rows, W, Q_SUM: tl.constexpr, K_SUM: tl.constexpr, C: tl.constexpr, S: tl.constexpr):
-    """The KSA rule for a [BM, BN] tile (q and k rows in their own region's coordinates)."""
+def _allowed(q_rows, k_rows, W, Q_SUM: tl.constexpr, K_SUM: tl.constexpr, C: tl.constexpr, S: tl.constexpr,
+             KEYS_DOWN: tl.constexpr):  # fmt: skip
+    """The KSA rule for a [BM, BN] tile (q and k rows in their own region's coordinates), or with
+    KEYS_DOWN for the transposed [BN, BM] tile (keys down, queries across) of the backward."""
     qc, qp = _attrs(q_rows, Q_SUM, C, S)
     kc, kp = _attrs(k_rows, K_SUM, C, S)
-    qc, qp = qc[:, None], qp[:, None]
-    kc, kp = kc[None, :], kp[None, :]
-    if Q_SUM:
-        if K_SUM:
-            ok = (kc == qc) & (kp <= qp)
-        else:
-            ok = kc == qc
+    if KEYS_DOWN:
+        qc, qp = qc[None, :], qp[None, :]
+        kc, kp = kc[:, None], kp[:, None]
     else:
-        if K_SUM:
-            ok = kc < qc - W
-        else:
-            ok = (kp <= qp) & (kc >= qc - W)
-    return ok
-
-
-@triton.jit
-def _allowed_t(q_rows, k_rows, W, Q_SUM: tl.constexpr, K_SUM: tl.constexpr, C: tl.constexpr, S: tl.constexpr):
-    """The KSA rule for a transposed [BN, BM] tile (keys down, queries across)."""
-    qc, qp = _attrs(q_rows, Q_SUM, C, S)
-    kc, kp = _attrs(k_rows, K_SUM, C, S)
-    qc, qp = qc[None, :], qp[None, :]
-    kc, kp = kc[:, None], kp[:, None]
+        qc, qp = qc[:, None], qp[:, None]
+        kc, kp = kc[None, :], kp[None, :]
     if Q_SUM:
         if K_SUM:
             ok = (kc == qc) & (kp <= qp)
@@ -139,7 +125,7 @@ def _q_visit(
         v = tl.load(v_base + ptr, mask=ld, other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         if MASKED:
-            qk = tl.where(_allowed(q_rows, rows, W, Q_SUM, K_SUM, C, S), qk, NEG)
+            qk = tl.where(_allowed(q_rows, rows, W, Q_SUM, K_SUM, C, S, False), qk, NEG)
         if MODE == 0:
             m_new = tl.maximum(m_i, tl.max(qk, 1))
             alpha = tl.math.exp2(m_i - m_new)
@@ -276,7 +262,7 @@ def _kv_visit(
         # keys along M (BN = 128 rows) keeps the Hopper MMAs at M >= 64 even for short query tiles
         qk_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # [BN, BM]
         if MASKED:
-            qk_t = tl.where(_allowed_t(rows, k_rows, W, Q_SUM, K_SUM, C, S), qk_t, NEG)
+            qk_t = tl.where(_allowed(rows, k_rows, W, Q_SUM, K_SUM, C, S, True), qk_t, NEG)
         p_t = tl.math.exp2(qk_t - lse[None, :])
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=PREC)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PREC)
