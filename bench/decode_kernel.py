@@ -1,6 +1,7 @@
 """Benchmark: decode attention over one key part, the split-K Triton kernel vs the engine's torch path.
 
     python bench/decode_kernel.py [--rows 32] [--keys 2048 16384 32768] [--queries 4 16 32] [--out F.json]
+    python bench/decode_kernel.py --rows 2 16 --keys 1024 --second-keys 4096 --queries 2 16 32   (two parts)
     python bench/decode_kernel.py --device cpu --rows 2 --keys 600 --queries 2 --dim 32 --reps 1   (smoke)
 
 Per (keys S, stacked queries M): q [N, H, M, D] against K/V [N, H, S, D] that are slices of a larger cache
@@ -10,6 +11,9 @@ Per (keys S, stacked queries M): q [N, H, M, D] against K/V [N, H, S, D] that ar
 - triton: merge_partials(decode_partials(...)) (ksa/triton_decode.py; `decode_kernel: triton`), its split
   size chosen by split_size (more, shorter splits where N x H x splits would leave SMs idle);
 - triton512: the same with every split SPLIT = 512 keys (the kernel before split_size), to see the gain.
+With --second-keys S2, each case also has a second key part of S2 keys (a KSA layer's summaries after its
+window text) and times both parts in one launch (`one_launch`: decode_partials with k2 / v2 / bias2)
+against one launch per part at the same split (`two_launches`), each merged; `launch_gain` is their ratio.
 On a GPU each path is captured in a CUDA graph and timed over replays (as the engine runs it: no
 host launch time); on the CPU the median wall clock; K/V bytes over time as TB/s; the speed-up torch / triton;
 each path's largest error against a float32 reference. Prints a table, writes JSON.
@@ -47,10 +51,27 @@ def triton512_path(q, k, v, bias, scale):
     return triton_path(q, k, v, bias, scale, SPLIT)
 
 
-def case(n: int, h: int, m: int, s: int, d: int, dtype, device: str, reps: int) -> dict:
-    gen = torch.Generator(device=device).manual_seed(0)
+def one_launch_path(q, k, v, bias, k2, v2, bias2, scale):
+    o, lse = decode_partials(q, k, v, bias[:, None, None, :], scale, q.shape[2], 1, 0, k2, v2, bias2[:, None, None, :])
+    return merge_partials(o, lse).to(q.dtype)
+
+
+def two_launches_path(q, k, v, bias, k2, v2, bias2, scale):
+    split = split_size(q.shape[0] * q.shape[1], k.shape[2] + k2.shape[2])
+    parts = [decode_partials(q, kk, vv, bb[:, None, None, :], scale, q.shape[2], 1, split)
+             for kk, vv, bb in ((k, v, bias), (k2, v2, bias2))]  # fmt: skip
+    return merge_partials(torch.cat([p[0] for p in parts], 2), torch.cat([p[1] for p in parts], 2)).to(q.dtype)
+
+
+def cache_slices(gen, n: int, h: int, s: int, d: int, dtype, device: str):
+    """k, v [n, h, s, d] as slices of larger caches, as the engine reads them."""
     cache_k, cache_v = (torch.randn(n + 2, h, s + 64, d, generator=gen, device=device).to(dtype) for _ in range(2))
-    k, v = cache_k[:n, :, :s], cache_v[:n, :, :s]  # slices, as the engine reads them
+    return cache_k[:n, :, :s], cache_v[:n, :, :s]
+
+
+def case(n: int, h: int, m: int, s: int, d: int, dtype, device: str, reps: int, s2: int = 0) -> dict:
+    gen = torch.Generator(device=device).manual_seed(0)
+    k, v = cache_slices(gen, n, h, s, d, dtype, device)
     q = torch.randn(n, h, m, d, generator=gen, device=device).to(dtype)
     lengths = s - torch.arange(n, device=device) % 7  # the last few keys of some rows hidden
     hidden = torch.arange(s, device=device)[None] >= lengths[:, None]
@@ -64,6 +85,16 @@ def case(n: int, h: int, m: int, s: int, d: int, dtype, device: str, reps: int) 
         row[f"{name}_tbs"] = 2 * k.numel() * k.element_size() / row[f"{name}_s"] / 1e12
     row["speedup"] = row["torch_s"] / row["triton_s"]
     row["split_gain"] = row["triton512_s"] / row["triton_s"]
+    if s2:
+        k2, v2 = cache_slices(gen, n, h, s2, d, dtype, device)
+        bias2 = torch.zeros(n, s2, device=device)
+        ref2 = torch_path(q.float(), torch.cat([k, k2], 2).float(), torch.cat([v, v2], 2).float(),
+                          torch.cat([bias, bias2], 1), scale)  # fmt: skip
+        row["second_keys"] = s2
+        for name, fn in (("one_launch", one_launch_path), ("two_launches", two_launches_path)):
+            row[f"{name}_s"] = graph_time(lambda fn=fn: fn(q, k, v, bias, k2, v2, bias2, scale), reps, device)
+            row[f"{name}_err"] = float((fn(q, k, v, bias, k2, v2, bias2, scale).float() - ref2).abs().max())
+        row["launch_gain"] = row["two_launches_s"] / row["one_launch_s"]
     return row
 
 
@@ -76,15 +107,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--keys", type=int, nargs="+", default=[2048, 16384, 32768])
     ap.add_argument("--queries", type=int, nargs="+", default=[4, 16, 32], help="M: stacked queries per (row, KV head)")
+    ap.add_argument("--second-keys", type=int, default=0,
+                    help="S2: also time a second key part of S2 keys in one launch vs one launch per part")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32  # the interpreter has no bf16 dot
-    rows = [case(n, args.heads, m, s, args.dim, dtype, args.device, args.reps)
+    rows = [case(n, args.heads, m, s, args.dim, dtype, args.device, args.reps, args.second_keys)
             for n in args.rows for s in args.keys for m in args.queries]
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (Triton interpreter)"
     print_rows(rows, ["rows", "queries", "keys", "split", "torch_s", "triton_s", "triton512_s", "speedup", "split_gain",
                       "torch_tbs", "triton_tbs", "torch_err", "triton_err"], f"decode attention, one key part: torch vs split-K Triton ({device}, {dtype})")
+    if args.second_keys:
+        print_rows(rows, ["rows", "queries", "keys", "second_keys", "one_launch_s", "two_launches_s", "launch_gain",
+                          "one_launch_err", "two_launches_err"], f"two key parts: one launch vs one launch each ({device}, {dtype})")
     return save_rows(rows, args, device, dtype)
 
 

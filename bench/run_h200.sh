@@ -66,10 +66,13 @@
 #   decodekernel  bench/decode_kernel.py: the split-K Triton decode kernel alone against the torch path, its split
 #              size chosen by split_size against a fixed 512 (the KSA parts' shapes: 2 blocks or 16 rows x 8 KV
 #              heads, 256-32K keys) (~1 min)
+#   twopart    bench/decode_kernel.py --second-keys: a KSA layer's window text (1,024 keys) and summaries (4,096)
+#              in one launch against one launch each, merged (~1 min)
 #   verify     the GPU tests of the decode kernel (split sizes), the rollout's Triton decode, save_attention keeping
 #              FlexAttention and the compiled decode with its compiled sampler, without -x (~3 min)
 #   ratio32ks  ratio32k within less device time: full 110 s, KSA 210 s (2-5 steady steps each)
-#   kernelcheck  the decode kernel's GPU tests alone (~1 min): verify's first two files
+#   kernelcheck  the decode kernel's and the KSA attention kernel's GPU tests (~2.5 min): verify's first two files and
+#              tests/test_ksa_attention.py
 #   ratio32k   issue 16's 1.7B / 32K pair at the GPU recipe's settings (Triton decode with split_size, stacked
 #              projections, compiled sampler, FlexAttention kept): full (160 s) then KSA (290 s), 8 steps at most
 #   flexauto   bench/learner.py --group 8 (one 32K GRPO group, 1.7B, the GPU recipe's learner) with and without
@@ -119,12 +122,16 @@
 # each, refusals 15 s); the 1,800 s ran out in failed starts. Code changed without GPU measurement: the decode
 # kernel's split size per part (split_size) and two key parts per launch (KSA layers 4 launches a step -> 2),
 # optim.flex_autotune, bench/learner.py variants (autotune, sdpa).
+# Thirteenth session (2026-12-06, an H100, bench/results/h100_2026-12-06/): four starts failed, one machine was taken
+# back after ~8 min of `kernelcheck ratio32k` (nothing came back); then kernelcheck (passed: the two-part launch
+# compiles and is right on CUDA), the KSA attention GPU tests (passed), decodekernel (split_size's target of 256
+# programs lost 0.86-0.89x at 4K keys of 2 rows: now 128, gains 1.13-1.22x at 1K keys) and a two-part probe
+# (one launch 1.04-1.16x two, CUDA graphs). Issue 16's 32K pair still not rerun.
 # Next GPU session, in this order (30 min of device time, of which the machine's start may take 1-13;
-# each line one call of <= 600 s, carry [".whl"]). A failed start cost 90-180 s of device time here, so after
-# two failures the 32K pair (~570 s) no longer fits: try it first, space tries ~10 min apart:
-#   1. kernelcheck ratio32k  the decode kernel's GPU tests (the two-part launch compiles on CUDA?), then issue 16's
-#                           1.7B / 32K pair on one machine: full then KSA (<= 600 s)
-#   2. decodekernel flexauto  split_size against a fixed 512; FlexAttention autotuned or not (issue 15's MFU) (<= 570 s)
+# each line one call of <= 600 s, carry [".whl"]). A failed start cost 90-180 s of device time, and a machine
+# taken back mid-call returns nothing, so the 32K pair goes first and alone:
+#   1. ratio32k             issue 16's 1.7B / 32K pair on one machine: full then KSA (~530 s)
+#   2. twopart flexauto     the two-part launch merged, by bench/decode_kernel.py; FlexAttention autotuned or not
 #   3. verify pair8k        the remaining GPU tests (kept FlexAttention, compiled sampler); issue 15/16's 0.6B 8K rows
 #   4. pair32k, ksarep1, ksaconv8k (carry out/ksa_models), flexsdpa
 #   later: ksalearnerprof, groupckpt, prefixtune, ksagroup, prefix32k
@@ -225,10 +232,12 @@ for s in "$@"; do
                tests/test_triton_decode.py tests/test_rollout_triton_decode.py tests/test_checkpointing.py ;;
     decodekernel) stage decodekernel 150 python3 bench/decode_kernel.py --rows 2 16 --keys 256 1024 4096 32768 \
                     --queries 2 16 32 --out "$OUT/decode_kernel.json" ;;
+    twopart) stage twopart 120 python3 bench/decode_kernel.py --rows 2 16 --keys 1024 --second-keys 4096 \
+               --queries 2 16 32 --out "$OUT/decode_two_parts.json" ;;
     verify) stage verify 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_decode.py \
               tests/test_rollout_triton_decode.py tests/test_checkpointing.py tests/test_rollout_compile.py ;;
-    kernelcheck) stage kernelcheck 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_decode.py \
-                   tests/test_rollout_triton_decode.py
+    kernelcheck) stage kernelcheck 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_decode.py \
+                   tests/test_rollout_triton_decode.py tests/test_ksa_attention.py
                  # a decode kernel that fails on CUDA must not cost the stages after it their run: they fall back
                  [ "$LAST_RC" = 0 ] || { DECODE_SET=(--set rollout.decode_kernel=torch); echo "decode kernel failed: torch decode"; } ;;
     ratio32k|ratio32ks) if [ "$s" = ratio32k ]; then runs=("1.7b:32k:8x2:2048 160" "1.7b:32k:8x2:2048:ksa 290")

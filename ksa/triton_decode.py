@@ -49,7 +49,7 @@ from ksa.triton_attention import require_backend  # noqa: E402
 
 SPLIT = 512  # most keys per split (one program each)
 MIN_SPLIT = 128  # fewest: below, writing a split's partials costs more than a quarter of reading its K/V
-TARGET_PROGRAMS = 256  # about two programs per SM of an H100 / H200 (132 SMs)
+TARGET_PROGRAMS = 128  # about one program per SM of an H100 / H200 (132 SMs); see split_size
 BLOCK_N = 64  # keys per tile inside a split
 LOG2E = 1.4426950408889634
 _LOG2E = tl.constexpr(LOG2E)
@@ -61,7 +61,9 @@ assert SPLIT % MIN_SPLIT == 0 and MIN_SPLIT % BLOCK_N == 0
 def split_size(programs: int, keys: int) -> int:
     """Keys per split for `programs` = N * H (batch entries x KV heads) over `keys` keys: SPLIT, halved
     while fewer than TARGET_PROGRAMS programs would run and the split stays >= MIN_SPLIT. (A part of
-    1,024 keys over 2 x 8 (n, h) runs 128 programs of 128 keys, not 32 of 512 on a 132-SM GPU.)"""
+    1,024 keys over 2 x 8 (n, h) runs 128 programs of 128 keys, not 32 of 512 on a 132-SM GPU: 1.13-1.22x
+    faster on an H100. A target of 256 programs, two per SM, halved 4,096 keys over 2 x 8 to 256-key splits
+    and ran 0.86-0.89x with 16-32 queries: bench/results/h100_2026-12-06/decode_kernel_target256.json.)"""
     split = SPLIT
     while split > MIN_SPLIT and programs * -(-keys // split) < TARGET_PROGRAMS:
         split //= 2

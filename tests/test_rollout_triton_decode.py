@@ -112,7 +112,8 @@ def test_cuda_bf16_triton_decode_matches_torch(tiny_tokenizer, stop_prompts):
 
 def test_decode_kernel_bench_smoke(tmp_path):
     """bench/decode_kernel.py on the CPU (interpreter, float32): both paths agree with the float32
-    reference and the JSON holds a row per (keys, queries)."""
+    reference and the JSON holds a row per (keys, queries); with a second key part, one launch and one
+    launch per part agree with the reference over both parts."""
     import importlib.util
     import json
     from pathlib import Path
@@ -123,7 +124,8 @@ def test_decode_kernel_bench_smoke(tmp_path):
     spec.loader.exec_module(bench)
     out = tmp_path / "dk.json"
     result = bench.main(["--device", "cpu", "--rows", "2", "--heads", "2", "--keys", "600", "--queries", "2", "4",
-                   "--dim", "32", "--reps", "1", "--out", str(out)])
+                   "--dim", "32", "--reps", "1", "--second-keys", "200", "--out", str(out)])
     rows = json.loads(out.read_text())["rows"]
     assert [(r["keys"], r["queries"]) for r in rows] == [(600, 2), (600, 4)] and rows == result["rows"]
     assert all(r["torch_err"] < 1e-5 and r["triton_err"] < 1e-5 and r["speedup"] > 0 for r in rows)
+    assert all(r["one_launch_err"] < 1e-5 and r["two_launches_err"] < 1e-5 and r["launch_gain"] > 0 for r in rows)

@@ -121,7 +121,8 @@ def test_split_size_fills_the_gpu_within_its_bounds():
     """The largest split in MIN_SPLIT..SPLIT giving >= TARGET_PROGRAMS programs, else MIN_SPLIT."""
     assert split_size(TARGET_PROGRAMS, 10 * SPLIT) == SPLIT  # enough (n, h) for one split each
     assert split_size(16, 32768) == SPLIT  # 16 x 64 programs
-    assert split_size(16, 4096) == 256  # a KSA prompt's summaries: 16 x 16, not 16 x 8
+    assert split_size(16, 4096) == SPLIT  # a KSA prompt's summaries: 16 x 8 programs are enough
+    assert split_size(16, 2048) == 256  # 16 x 8, not 16 x 4
     assert split_size(16, 1024) == MIN_SPLIT  # a KSA window: 16 x 8 (as few as that allows), not 16 x 2
     assert split_size(1, 5) == MIN_SPLIT
 
@@ -233,6 +234,28 @@ def test_bfloat16_cache_slices_at_model_size():
     bias3 = _ksa_bias(n * 2, s, [s, 1000, 3 * SPLIT, 17, 2 * SPLIT, s - 1])
     k, v = kc[:n, :, :s], vc[:n, :, :s]
     _check(q, k, v, bias3.view(n, 2, 2, s), 128**-0.5, group, 2, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+def test_bfloat16_two_key_parts_in_one_launch_at_model_size():
+    """bfloat16, D = 128, 8 kv heads: a KSA layer's window text (a ring cache's slice, 1,024 keys) and its
+    summaries (a summary cache's slice, 4,096 keys) in one launch: the partials of one call per part at
+    the same split size, and the merged attention within bf16 error of the reference."""
+    n, h, group, cols = 2, 8, 8, 2
+    q = _randn(n, h, group * cols, 128, seed=81, dtype=torch.bfloat16)
+    ring_k, ring_v = (_randn(n + 1, h, 1100, 128, seed=seed, dtype=torch.bfloat16) for seed in (82, 83))
+    sum_k, sum_v = (_randn(n + 1, h, 5000, 128, seed=seed, dtype=torch.bfloat16) for seed in (84, 85))
+    k1, v1, k2, v2 = ring_k[:n, :, :1024], ring_v[:n, :, :1024], sum_k[:n, :, :4096], sum_v[:n, :, :4096]
+    b1, b2 = _ksa_bias(n, 1024, [1024, 700])[:, None], _ksa_bias(n, 4096, [4096, 2500])[:, None]
+    scale = 128**-0.5
+    o, lse = decode_partials(q, k1, v1, b1, scale, group, cols, 0, k2, v2, b2)
+    split = split_size(n * h, 1024 + 4096)
+    first = decode_partials(q, k1, v1, b1, scale, group, cols, split)
+    second = decode_partials(q, k2, v2, b2, scale, group, cols, split)
+    torch.testing.assert_close(o, torch.cat([first[0], second[0]], 2), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, torch.cat([first[1], second[1]], 2), atol=1e-5, rtol=1e-5)
+    ref = reference(q, torch.cat([k1, k2], 2), torch.cat([v1, v2], 2), torch.cat([b1, b2], -1), scale, group)
+    torch.testing.assert_close(merge_partials(o, lse).double(), ref, atol=2e-2, rtol=2e-2)
 
 
 def test_fully_hidden_queries_merge_to_zero():
