@@ -12,7 +12,7 @@ Per (keys S, stacked queries M): q [N, H, M, D] against K/V [N, H, S, D] that ar
   size chosen by split_size (more, shorter splits where N x H x splits would leave SMs idle);
 - triton512: the same with every split SPLIT = 512 keys (the kernel before split_size), to see the gain.
 With --second-keys S2, each case also has a second key part of S2 keys (a KSA layer's summaries after its
-window text) and times both parts in one launch (`one_launch`: decode_partials with k2 / v2 / bias2)
+window text) and times both parts in one launch (`one_launch`: decode_key_parts, as the engine's KSA layers call it)
 against one launch per part at the same split (`two_launches`), each merged; `launch_gain` is their ratio.
 On a GPU each path is captured in a CUDA graph and timed over replays (as the engine runs it: no
 host launch time); on the CPU the median wall clock; K/V bytes over time as TB/s; the speed-up torch / triton;
@@ -35,7 +35,14 @@ for _dir in Path(__file__).resolve().parents[1::-1]:  # the checkout (ksa) and b
 
 from benchutil import graph_time, print_rows, save_rows  # noqa: E402
 
-from ksa.triton_decode import SPLIT, decode_partials, merge_partials, split_size  # noqa: E402
+from ksa.triton_decode import (  # noqa: E402
+    SPLIT,
+    decode_key_parts,
+    decode_partials,
+    merge_key_parts,
+    merge_partials,
+    split_size,
+)
 
 
 def torch_path(q, k, v, bias, scale):
@@ -52,15 +59,14 @@ def triton512_path(q, k, v, bias, scale):
 
 
 def one_launch_path(q, k, v, bias, k2, v2, bias2, scale):
-    o, lse = decode_partials(q, k, v, bias[:, None, None, :], scale, q.shape[2], 1, 0, k2, v2, bias2[:, None, None, :])
-    return merge_partials(o, lse).to(q.dtype)
+    parts = [(k, v, bias[:, None, None, :]), (k2, v2, bias2[:, None, None, :])]
+    return merge_partials(*decode_key_parts(q, parts, scale, q.shape[2], 1)).to(q.dtype)
 
 
 def two_launches_path(q, k, v, bias, k2, v2, bias2, scale):
     split = split_size(q.shape[0] * q.shape[1], k.shape[2] + k2.shape[2])
-    parts = [decode_partials(q, kk, vv, bb[:, None, None, :], scale, q.shape[2], 1, split)
-             for kk, vv, bb in ((k, v, bias), (k2, v2, bias2))]  # fmt: skip
-    return merge_partials(torch.cat([p[0] for p in parts], 2), torch.cat([p[1] for p in parts], 2)).to(q.dtype)
+    return merge_key_parts([decode_partials(q, kk, vv, bb[:, None, None, :], scale, q.shape[2], 1, split)
+                            for kk, vv, bb in ((k, v, bias), (k2, v2, bias2))]).to(q.dtype)  # fmt: skip
 
 
 def cache_slices(gen, n: int, h: int, s: int, d: int, dtype, device: str):

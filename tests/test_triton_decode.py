@@ -352,6 +352,13 @@ def test_compiled_equals_eager():
         )
 
 
+def _count_launches(monkeypatch) -> list:
+    """A list that gets one entry per launch of the decode kernel (a pre-run hook) for the test's span."""
+    launches = []
+    monkeypatch.setattr(triton_decode._decode_kernel, "pre_run_hooks", [lambda *args, **kwargs: launches.append(1)])
+    return launches
+
+
 @pytest.mark.parametrize("lengths", [(SPLIT + 40, 300), (0, 200), (150, 0)])
 def test_two_key_parts_in_one_launch_equal_two_launches(lengths, monkeypatch):
     """k2 / v2 / bias2: a second key part in the same launch gives the two parts' partials side by side
@@ -367,8 +374,7 @@ def test_two_key_parts_in_one_launch_equal_two_launches(lengths, monkeypatch):
     b1 = _ksa_bias(n, s1, [s1, s1 // 2])[:, None]
     b2 = _ksa_bias(n, s2, [s2 // 3, s2])[:, None]
     split = split_size(n * h, s1 + s2)
-    launches = []
-    monkeypatch.setattr(triton_decode._decode_kernel, "pre_run_hooks", [lambda *args, **kwargs: launches.append(1)])
+    launches = _count_launches(monkeypatch)
     o, lse = decode_partials(q, k1, v1, b1, 0.25, group, cols, 0, k2, v2, b2)
     assert len(launches) == 1
     first = decode_partials(q, k1, v1, b1, 0.25, group, cols, split)
@@ -390,9 +396,7 @@ def test_two_key_parts_with_different_key_strides_launch_apart(monkeypatch):
     k2, v2 = (_randn(n, 140, h, 16, seed=seed).transpose(1, 2) for seed in (74, 75))
     assert k2.stride(2) != k1.stride(2)
     b1, b2 = _lengths_bias([300, 200], 300)[:, None, None, :], _lengths_bias([140, 3], 140)[:, None, None, :]
-    launches = []
-    kernel = triton_decode._decode_kernel
-    monkeypatch.setattr(kernel, "pre_run_hooks", [lambda *args, **kwargs: launches.append(1)])
+    launches = _count_launches(monkeypatch)
     o, lse = decode_partials(q, k1, v1, b1, 0.25, group, 1, 0, k2, v2, b2)
     assert len(launches) == 2
     split = split_size(n * h, 440)
