@@ -45,6 +45,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -222,7 +223,8 @@ def golong_step_fn(shape: str, tokens: int, response: int, device: str, v: dict,
                                               foreach=device.startswith("cuda"))
         learner.scheduler = torch.optim.lr_scheduler.LambdaLR(learner.optimizer, lambda s: 1.0)
     prompt, _ = _tokens(shape, tokens, response)
-    samples = [Sample(prompt_ids=prompt, response_ids=_tokens(shape, tokens, response, seed=g)[1], advantage=1.0 - g % 2)
+    samples = [Sample(prompt_ids=prompt, response_ids=_tokens(shape, tokens, response, seed=g)[1], advantage=1.0 - g % 2,
+                      group_id=0 if share else None)
                for g in range(group)]
     trainable = sum(p.numel() for p in learner.model.parameters() if p.requires_grad)
 
@@ -343,7 +345,9 @@ def main() -> None:
             except torch.OutOfMemoryError as e:
                 rec.update(status="oom", error=str(e).splitlines()[0][:300])
             except Exception as e:  # noqa: BLE001  (one failing configuration must not lose the others)
-                rec.update(status="error", error=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+                rec.update(status="error", error=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
+                           detail=str(e)[:4000])
+                traceback.print_exc()
             if args.device.startswith("cuda") and rec["status"] != "ok":
                 rec["peak_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
         _cleanup(args.device)

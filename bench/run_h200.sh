@@ -73,6 +73,8 @@
 #   ratio32ks  ratio32k within less device time: full 110 s, KSA 210 s (2-5 steady steps each)
 #   kernelcheck  the decode kernel's and the KSA attention kernel's GPU tests (~2.5 min): verify's first two files and
 #              tests/test_ksa_attention.py
+#   full32kpair, ksa32kpair  ratio32k's two rows, one call each on one warm machine (full 250 s, KSA 520 s; on
+#              2026-12-06 full's first step took 102 s and KSA's did not end in 290 s), into the same JSON
 #   ratio32k   issue 16's 1.7B / 32K pair at the GPU recipe's settings (Triton decode with split_size, stacked
 #              projections, compiled sampler, FlexAttention kept): full (160 s) then KSA (290 s), 8 steps at most
 #   flexauto   bench/learner.py --group 8 (one 32K GRPO group, 1.7B, the GPU recipe's learner) with and without
@@ -130,10 +132,15 @@
 # Next GPU session, in this order (30 min of device time, of which the machine's start may take 1-13;
 # each line one call of <= 600 s, carry [".whl"]). A failed start cost 90-180 s of device time, and a machine
 # taken back mid-call returns nothing, so the 32K pair goes first and alone:
-#   1. ratio32k             issue 16's 1.7B / 32K pair on one machine: full then KSA (~530 s)
-#   2. twopart flexauto     the two-part launch merged, by bench/decode_kernel.py; FlexAttention autotuned or not
-#   3. verify pair8k        the remaining GPU tests (kept FlexAttention, compiled sampler); issue 15/16's 0.6B 8K rows
-#   4. pair32k, ksarep1, ksaconv8k (carry out/ksa_models), flexsdpa
+# Fourteenth session (2026-12-06, two H100s, bench/results/h100_2026-12-06b/notes.md): ratio32k: full's first step
+# 102 s (decode 63.7 s), no steady step in 160 s; KSA's first step unfinished at 290 s. ksagroup: the compiled KSA
+# learner failed with CheckpointError (graph breaks inside its checkpointed layers: the within-window prefix order
+# built in the layer). Fixed; after it, one 32K group's learner: KSA 2.52 s, full 3.38 s (0.75x).
+#   1. full32kpair          (~290 s) then, on the same warm machine,
+#   2. ksa32kpair           (~560 s): issue 16's 1.7B / 32K pair with room for steady steps
+#   3. twopart flexauto     the two-part launch merged, by bench/decode_kernel.py; FlexAttention autotuned or not
+#   4. verify pair8k        the remaining GPU tests (kept FlexAttention, compiled sampler); issue 15/16's 0.6B 8K rows
+#   5. pair32k, ksarep1, ksaconv8k (carry out/ksa_models), flexsdpa
 #   later: ksalearnerprof, groupckpt, prefixtune, ksagroup, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
@@ -240,8 +247,13 @@ for s in "$@"; do
                    tests/test_rollout_triton_decode.py tests/test_ksa_attention.py
                  # a decode kernel that fails on CUDA must not cost the stages after it their run: they fall back
                  [ "$LAST_RC" = 0 ] || { DECODE_SET=(--set rollout.decode_kernel=torch); echo "decode kernel failed: torch decode"; } ;;
-    ratio32k|ratio32ks) if [ "$s" = ratio32k ]; then runs=("1.7b:32k:8x2:2048 160" "1.7b:32k:8x2:2048:ksa 290")
-              else runs=("1.7b:32k:8x2:2048 110" "1.7b:32k:8x2:2048:ksa 210"); fi
+    ratio32k|ratio32ks|full32kpair|ksa32kpair)
+              case $s in
+                ratio32k) runs=("1.7b:32k:8x2:2048 160" "1.7b:32k:8x2:2048:ksa 290") ;;
+                ratio32ks) runs=("1.7b:32k:8x2:2048 110" "1.7b:32k:8x2:2048:ksa 210") ;;
+                full32kpair) runs=("1.7b:32k:8x2:2048 250") ;;
+                ksa32kpair) runs=("1.7b:32k:8x2:2048:ksa 520") ;;
+              esac
               for run in "${runs[@]}"; do
                 read -r cfg secs <<<"$run"
                 stage ratio32k $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 8 --append \

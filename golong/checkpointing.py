@@ -73,6 +73,11 @@ def save_attention_context():
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
     forward, recompute = create_selective_checkpoint_contexts(_policy)
+    if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.PROXY) is not None:
+        # a checkpoint traced into a compiled layer's graph (AOTAutograd, torch.utils.checkpoint's own
+        # test): the partitioner applies the policy and takes only its two dispatch modes; no
+        # kept_through_recompute call runs inside a traced graph (it is compiler-disabled)
+        return forward, recompute
     record = {"outputs": [], "next": 0}
     return _Phase(forward, record, False), _Phase(recompute, record, True)
 

@@ -346,6 +346,12 @@ def compile_layers(model: Any, device: torch.device) -> None:
     if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
         raise ModelLoadError("model.compile on the CPU needs a C++ compiler (install g++), or set model.compile: false")
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    if hasattr(torch._dynamo.config, "skip_fwd_side_effects_in_bwd_under_checkpoint"):
+        # transformers 5.2x's hub-kernel wrapper sets and resets a context variable in each decorated
+        # forward; inside a checkpointed layer dynamo takes that for a side effect the recompute would
+        # replay, and runs the whole layer eagerly (no graph; torch 2.13, CPU). The pair leaves nothing
+        # behind (nor does the KSA layers' context slot), so the recompute need not replay it.
+        torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
     # compile in this process: inductor's pool of forked compile workers once held a benchmark's exit
     # for its 300 s shutdown timeout on an H200 machine (set TORCHINDUCTOR_COMPILE_THREADS to override)
     if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:

@@ -29,6 +29,7 @@ and keys are permuted together and the mask follows, so the outputs are gathered
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +72,8 @@ def ksa_attention(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     opts = dict(chunk=chunk, summaries=summaries, window=window, scale=scale, summaries_visible=summaries_visible)
     if impl != "reference" and covers_sequence(seq_lens, chunk, window):
-        return _within_window(q, k, v, seq_lens[0], chunk, summaries, scale)
+        order = mask if mask is not None else window_order(seq_lens[0], chunk, summaries, q.device)
+        return _within_window(q, k, v, order, seq_lens[0], chunk, summaries, scale)
     if mask is None and impl != "triton":
         mask = ksa_mask(tuple(seq_lens), chunk, summaries, window, impl, summaries_visible, q.device)
     if impl == "reference":
@@ -101,14 +103,28 @@ def covers_sequence(seq_lens, chunk: int, window: int) -> bool:
     return len(seq_lens) == 1 and window >= (seq_lens[0] - 1) // chunk
 
 
-def _within_window(q, k, v, text_len: int, chunk: int, summaries: int, scale: float) -> torch.Tensor:
+class WindowOrder(NamedTuple):
+    """What `_within_window` reads besides q, k, v: one sequence's prefix order and its inverse, built
+    before the layers run (`ksa_mask`), so a compiled layer has no data-dependent op in its graph (a
+    graph break inside a checkpointed compiled layer makes its recompute differ from its forward)."""
+
+    perm: torch.Tensor
+    inv: torch.Tensor
+
+
+def window_order(text_len: int, chunk: int, summaries: int, device) -> WindowOrder:
+    """The `WindowOrder` of one sequence of `text_len` tokens (the prefix order is cached per length)."""
+    perm = prefix_order((text_len,), chunk, summaries, device)
+    return WindowOrder(perm, inverse_order(perm))
+
+
+def _within_window(q, k, v, order: WindowOrder, text_len: int, chunk: int, summaries: int, scale: float) -> torch.Tensor:
     """KSA attention of one sequence that its window covers: causal SDPA over the text slots, and for the
     summaries of each full chunk attention to that chunk's C text and S summary slots (summary j sees
     summaries up to j). Slots are gathered into the prefix order (summaries, then text) and back."""
     b, hq, _, d = q.shape
     n_chunks, n_sum = text_len // chunk, (text_len // chunk) * summaries
-    perm = prefix_order((text_len,), chunk, summaries, q.device)
-    inv = inverse_order(perm)
+    perm, inv = order
     qp, kp, vp = (_Permute.apply(x, perm, inv) for x in (q, k, v))
     out = F.scaled_dot_product_attention(qp[:, :, n_sum:], kp[:, :, n_sum:], vp[:, :, n_sum:], is_causal=True, scale=scale,
                                          enable_gqa=q.shape[1] != k.shape[1])  # fmt: skip
@@ -127,10 +143,11 @@ def _within_window(q, k, v, text_len: int, chunk: int, summaries: int, scale: fl
 
 def ksa_mask(seq_lens: tuple[int, ...], chunk: int, summaries: int, window: int, impl: str, summaries_visible: bool, device):
     """What kernel `impl` reads besides q, k, v for one window: the dense [L, L] mask ("reference"), the
-    prefix order, its inverse and the BlockMask ("flex"), nothing ("triton": index arithmetic)."""
+    prefix order, its inverse and the BlockMask ("flex"), nothing ("triton": index arithmetic); where
+    the window covers the one sequence, "flex" and "triton" read the `WindowOrder` of `_within_window`."""
     seq_lens = tuple(int(t) for t in seq_lens)
     if impl != "reference" and covers_sequence(seq_lens, chunk, window):
-        return None  # ksa_attention takes the within-window path
+        return window_order(seq_lens[0], chunk, summaries, device)  # ksa_attention takes the within-window path
     if impl == "reference":
         return packed_dense_mask(seq_lens, chunk, summaries, window, summaries_visible, device)
     if impl == "flex":

@@ -95,8 +95,7 @@ def test_compiled_learner_settles_over_many_lengths(tiny_model_dir, ksa):
     in the length; the layers share them) and not added to with new lengths, and at every step the
     compiled log-probs equal the same model's run eagerly."""
     torch._dynamo.reset()
-    # (no activation checkpointing: with the CPU machine's transformers 5.2x a checkpointed layer
-    # graph-breaks inside the checkpoint and trains eagerly; see tests/test_train_gpu.py)
+    # (no activation checkpointing here: test_checkpointed_ksa_layers_compile_without_a_break has it)
     cfg = ModelConfig(path=str(tiny_model_dir), compile=True, ksa=ksa)
     learner = Learner(cfg, OptimConfig(lr=1e-3, micro_batch_tokens=4096), AlgoConfig(), device="cpu")
     rng = random.Random(0)
@@ -186,3 +185,34 @@ def test_block_mask_path_compiles_once_per_bucket(tiny_model_dir, ksa, shared, m
         eager = [_forward(model, row) for row in rows]
     for a, b in zip(compiled, eager, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+@needs_compiler
+@pytest.mark.parametrize("policy", [pytest.param("full", marks=pytest.mark.slow), "save_attention"])
+def test_checkpointed_ksa_layers_compile_without_a_break(tiny_model_dir, policy):
+    """A compiled, checkpointed KSA layer traces whole: no graph break, so the checkpoint is part of the
+    graph, and a train step equals the eager one. A break inside a checkpointed layer ran its forward
+    compiled and its recompute eagerly on the GPU, and backward failed with CheckpointError (H100,
+    torch 2.11, 2026-12-06: the within-window path built its prefix order, a nonzero, inside the layer).
+    Under a traced checkpoint the save_attention context must be torch's own two dispatch modes, and
+    transformers 5.2x's hub-kernel wrapper (a context variable set and reset in the attention's forward)
+    must not count as a side effect (golong.models.compile_layers)."""
+    from torch._dynamo.utils import counters
+
+    ksa = {"chunk": 4, "windows": [2, 1000], "impl": "triton"}  # a KSA layer and a within-window one
+    rng = random.Random(0)
+    samples = [Sample([rng.randrange(5, 400) for _ in range(rng.randint(30, 90))],
+                      [rng.randrange(5, 400) for _ in range(rng.randint(5, 30))], advantage=1.0 - 2 * (i % 2))
+               for i in range(3)]  # fmt: skip
+    metrics = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        cfg = ModelConfig(path=str(tiny_model_dir), ksa=ksa, compile=compiled, gradient_checkpointing=True,
+                          checkpoint_policy=policy)  # fmt: skip
+        learner = Learner(cfg, OptimConfig(lr=1e-3, micro_batch_tokens=4096, share_prompts=False), AlgoConfig(), device="cpu")
+        metrics[compiled] = learner.train_step(samples)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert metrics[True]["compiled_graphs"] >= 1
+    for name in ("loss", "grad_norm"):
+        assert metrics[True][name] == pytest.approx(metrics[False][name], rel=1e-4, abs=1e-6), name
