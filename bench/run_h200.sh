@@ -138,10 +138,11 @@
 # built in the layer). Fixed; after it, one 32K group's learner: KSA 2.52 s, full 3.38 s (0.75x).
 #   1. full32kpair          (~290 s) then, on the same warm machine,
 #   2. ksa32kpair           (~560 s): issue 16's 1.7B / 32K pair with room for steady steps
-#   3. twopart flexauto     the two-part launch merged, by bench/decode_kernel.py; FlexAttention autotuned or not
+#   3. ksagroup twopart     the KSA learner on one 32K group with its FlexAttention kept through recompute (before
+#                           that: 2.52 s, full 3.38 s); the two-part decode launch merged (bench/decode_kernel.py)
 #   4. verify pair8k        the remaining GPU tests (kept FlexAttention, compiled sampler); issue 15/16's 0.6B 8K rows
-#   5. pair32k, ksarep1, ksaconv8k (carry out/ksa_models), flexsdpa
-#   later: ksalearnerprof, groupckpt, prefixtune, ksagroup, prefix32k
+#   5. pair32k, ksarep1, ksaconv8k (carry out/ksa_models), flexsdpa, flexauto
+#   later: ksalearnerprof, groupckpt, prefixtune, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
 # machine (`base8k fused8k` in one call, ~490 s): the README's H200 rows do not compare with

@@ -19,7 +19,8 @@ through torch.compile; default: the recipe's; unfused also turns rollout.fuse_pr
     python bench/train_gpu.py --smoke          # CPU, tiny shape, seconds (part of the test suite)
 
 Reported per configuration (a table at the end; JSON after every step, so a run cut short keeps what
-it measured): first-step time (compilation included), then medians over the later steps that
+it measured; a step cut short by the budget leaves where it was, `stuck_at`, and, once its rollout
+ended, `in_flight`: when its learner began and the rollout's prefill and decode seconds): first-step time (compilation included), then medians over the later steps that
 compiled nothing new (`steady_steps` of them; a step meeting a new length bucket compiles) of step
 time, rollout (engine prefill and decode apart), learner, weight sync, tokens/s (prompt + response
 tokens of all P*G sequences per second of step), learner MFU, peak GPU memory, and the graphs
@@ -269,8 +270,15 @@ class Run:
         seen: list = []
         train_step = cluster.train_step
 
+        step_t0 = [0.0]
+
         def observed(samples):  # the step's samples, for the FLOP count (the learner runs as it is)
             seen[:] = [((hash(tuple(s.prompt_ids)), len(s.prompt_ids)), len(s.response_ids)) for s in samples]
+            # the rollout is done: a step that then runs over budget still says how long it took
+            stats = dict(getattr(cluster.engine, "stats", {}) or {})
+            self.record["in_flight"] = {"step": trainer.step + 1, "learner_started_at_s": round(time.perf_counter() - step_t0[0], 2),
+                                        **{k: float(stats[k]) for k in ("prefill_s", "decode_s") if k in stats}}
+            self.write()
             if args.profile_learner == trainer.step + 1:
                 out, self.record["learner_profile"] = profiled(train_step, samples)
                 return out
@@ -283,8 +291,10 @@ class Run:
         while trainer.step < args.steps and time.perf_counter() - t0 + last < c["budget_s"]:
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
+            step_t0[0] = time.perf_counter()
             m = trainer.train_one_step()
             trainer.step += 1
+            self.record.pop("in_flight", None)
             last = m["step_time"]
             stats = dict(getattr(cluster.engine, "stats", {}) or {})
             prompt_lens = [p for _, p in {key for key, _ in seen}]  # one prefill per prompt

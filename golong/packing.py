@@ -457,7 +457,8 @@ def _ksa_shared_hidden(model, row: PackedRow) -> torch.Tensor:
     """Final hidden states [L, H] of a shared-prompt row through a KSA model (ksa/shared.py), its
     layout padded by `row.layout_padding` slots."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.shared_prompt_hidden(row.input_ids[0].to(base.device), _ksa_units(row), pad=row.layout_padding)
+    return base.shared_prompt_hidden(row.input_ids[0].to(base.device), _ksa_units(row), pad=row.layout_padding,
+                                     attention_call=kept_through_recompute)  # fmt: skip
 
 
 def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, scale: float, softcap: float | None):

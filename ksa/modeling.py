@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -69,6 +70,7 @@ class KSAContext:
     needs_sum: torch.Tensor | None = None  # [B] the token completes a chunk
     summary_slots: torch.Tensor | None = None  # [B, L] bool, for summary q/k/v projections
     layout: SharedLayout | None = None  # "shared" mode: the row's slots (ksa/shared.py)
+    attention_call: Callable | None = None  # "shared" mode: how its FlexAttention is called (shared_ksa_attention)
     masks: dict = field(default_factory=dict)  # window -> what its layers' kernel reads, built before the layers run
     window: int = 0  # the current layer's window and mask ("ksa" / "shared" modes, set by `at_layer`)
     mask: object = None
@@ -95,7 +97,7 @@ def ksa_attention_forward(module, query, key, value, attention_mask, scaling=Non
     elif ctx.mode == "decode":
         out = ctx.cache.layers[module.layer_idx].step(query, key, value, ctx.pos, ctx.needs_sum, scaling)
     elif ctx.mode == "shared":
-        out = shared_ksa_attention(query, key, value, ctx.mask, scaling)
+        out = shared_ksa_attention(query, key, value, ctx.mask, scaling, call=ctx.attention_call)
     else:
         out = ksa_attention(
             query, key, value, chunk=ctx.chunk, summaries=ctx.summaries, window=ctx.window,
@@ -306,14 +308,15 @@ class KSAMixin:
             cache.columns_seen = T
         return hidden
 
-    def shared_prompt_hidden(self, input_ids: torch.Tensor, units, pad: int = 0) -> torch.Tensor:
+    def shared_prompt_hidden(self, input_ids: torch.Tensor, units, pad: int = 0, attention_call=None) -> torch.Tensor:
         """Final hidden states [N, D] of a shared-prompt row (ksa/shared.py), no LM head.
 
         input_ids [N]: unit after unit, each its prompt's tokens then its responses' tokens;
         units: (prompt length, [response lengths]) per unit. Each response's states equal those of
         its (prompt, response) run alone through `forward`. `pad` padding slots (zero inputs, a unit
         of their own, outputs dropped) lengthen the layout to a length the caller chooses: a compiled
-        attention kernel then meets a few lengths (buckets) instead of one per row."""
+        attention kernel then meets a few lengths (buckets) instead of one per row. `attention_call`: see
+        `shared_ksa_attention`."""
         C, S = self.config.ksa_chunk, self.config.ksa_summaries
         layout = shared_layout(units, C, S, device=input_ids.device, pad=pad)
         text_emb = self.model.embed_tokens(input_ids)
@@ -321,7 +324,7 @@ class KSAMixin:
         hidden[0, layout.text_slots] = text_emb
         is_sum = layout.is_summary.bool()
         hidden[0, is_sum] = self.summary_embed.weight[layout.pos[is_sum].long()].to(hidden.dtype)
-        ctx = self._context("shared", layout=layout)
+        ctx = self._context("shared", layout=layout, attention_call=attention_call)
         ctx.masks = {w: shared_mask(layout, w, ctx.impl, ctx.visible) for w in set(ctx.windows)}
         if self._uses_summary_slots():
             ctx.summary_slots = is_sum[None]

@@ -40,7 +40,15 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from ksa.flex_attention import TILE, intervals_block_mask, pad_table, prefix_rule, rule_mask_mod, run_flex
+from ksa.flex_attention import (
+    TILE,
+    flex_between_graphs,
+    intervals_block_mask,
+    pad_table,
+    prefix_rule,
+    rule_mask_mod,
+    run_flex,
+)
 
 
 @dataclass(eq=False)
@@ -234,12 +242,19 @@ def shared_mask(layout: SharedLayout, window: int, impl: str, summaries_visible:
     return shared_block_mask(layout, window, summaries_visible)
 
 
-def shared_ksa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float | None = None) -> torch.Tensor:
-    """Attention of a shared-prompt row: q [B, Hq, L, D], k/v [B, Hkv, L, D] under `shared_mask(...)`."""
+def shared_ksa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float | None = None,
+                         call=None) -> torch.Tensor:  # fmt: skip
+    """Attention of a shared-prompt row: q [B, Hq, L, D], k/v [B, Hkv, L, D] under `shared_mask(...)`.
+
+    `call(fn, *args)`, if given, runs the FlexAttention of a BlockMask row (between a compiled layer's
+    graphs): a trainer passes one that keeps its output through a checkpoint's recompute (golong's
+    kept_through_recompute), since a selective checkpoint policy cannot see that compiled kernel."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if isinstance(mask, torch.Tensor):
         groups = q.shape[1] // k.shape[1]
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if call is not None:
+        return call(flex_between_graphs, q, k, v, mask, scale, q.shape[1] != k.shape[1])
     return run_flex(q, k, v, mask, scale, between_graphs=True)  # rows of bucket lengths (ksa_layout_padding)

@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from torch.nn.attention.flex_attention import create_mask
 from transformers import AttentionInterface, Qwen3Config, Qwen3ForCausalLM
 from transformers.masking_utils import AttentionMaskInterface
 
@@ -117,3 +118,63 @@ def test_cuda_shared_prompt_flex_attention_runs_once_under_save_attention(tiny_m
         assert count["n"] == model.config.num_hidden_layers, policy
     torch.testing.assert_close(results["save_attention"][0], results[None][0], atol=1e-5, rtol=0)
     torch.testing.assert_close(results["save_attention"][1], results[None][1], atol=1e-5, rtol=1e-4)
+
+
+def test_ksa_shared_flex_attention_runs_once_under_save_attention(tiny_tokenizer, monkeypatch):
+    """A KSA policy's shared row with BlockMasks (the CUDA path) calls its FlexAttention through the
+    trainer's attention_call (kept_through_recompute): under save_attention once per layer in forward +
+    backward, gradients equal the uncheckpointed model's; without it the recompute runs it again. On the
+    CPU FlexAttention has no backward, so each call runs the BlockMask's rule as a dense mask through SDPA."""
+    import ksa.modeling
+    import ksa.shared
+    from tests.test_ksa_model import ksa_tiny
+
+    count = {"n": 0}
+
+    def dense_flex(q, k, v, block_mask, scale, gqa):
+        count["n"] += 1
+        mask = create_mask(block_mask.mask_mod, 1, 1, q.shape[2], k.shape[2], device=q.device)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+
+    real_mask = ksa.shared.shared_mask
+    monkeypatch.setattr(ksa.modeling, "shared_mask", lambda *args, **kw: real_mask(*args, **kw, block=True))
+    monkeypatch.setattr(ksa.shared, "flex_between_graphs", dense_flex)  # the trainer's call
+    monkeypatch.setattr(ksa.shared, "run_flex", lambda q, k, v, block_mask, scale, between_graphs=False:
+                        dense_flex(q, k, v, block_mask, scale, True))  # without it
+    _, base = ksa_tiny(tiny_tokenizer, windows=(2, 1000, 2), chunk=4)
+    units = [(13, [3, 11, 6]), (8, [5, 9])]
+    ids = torch.randint(5, base.config.vocab_size, (sum(p + sum(rs) for p, rs in units),),
+                        generator=torch.Generator().manual_seed(3))  # fmt: skip
+    layers = base.config.num_hidden_layers
+    results = {}
+    for policy, call in ((None, kept_through_recompute), ("save_attention", kept_through_recompute), ("save_attention", None)):
+        model = copy.deepcopy(base).train()
+        if policy:
+            enable_checkpointing(model, policy)
+        count["n"] = 0
+        hidden = model.shared_prompt_hidden(ids, units, attention_call=call)
+        (hidden * torch.linspace(-1, 1, hidden.numel()).view_as(hidden)).sum().backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        results[policy, call is not None] = (count["n"], hidden.detach(), grads)
+    plain, kept, unkept = results[None, True], results["save_attention", True], results["save_attention", False]
+    assert (plain[0], kept[0], unkept[0]) == (layers, layers, 2 * layers)
+    torch.testing.assert_close(kept[1], plain[1])
+    assert kept[2].keys() == plain[2].keys()
+    for name, g in plain[2].items():
+        torch.testing.assert_close(kept[2][name], g, rtol=1e-5, atol=1e-6, msg=name)
+    # the trainer's log-probs pass the call: one per layer through forward and backward
+    from golong.packing import pack_shared, packed_logprobs
+
+    groups, start = [], 0
+    for p, rs in units:
+        prompt, start = ids[start : start + p].tolist(), start + p
+        responses = []
+        for r in rs:
+            responses.append(ids[start : start + r].tolist())
+            start += r
+        groups.append((prompt, responses))
+    model = copy.deepcopy(base).train()
+    enable_checkpointing(model, "save_attention")
+    count["n"] = 0
+    torch.cat(packed_logprobs(model, pack_shared(groups))[0]).sum().backward()
+    assert count["n"] == layers

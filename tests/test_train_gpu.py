@@ -43,6 +43,7 @@ def test_smoke_runs_the_trainer_and_reports_every_phase(train_gpu, tmp_path):
     assert json.loads(out.read_text())["configs"] == json.loads(json.dumps(results["configs"]))
     (record,) = results["configs"].values()
     assert record["status"] == "ok" and len(record["steps"]) == 3
+    assert "in_flight" not in record  # a step's rollout record (for a step cut off mid-learner) goes when it ends
     settings = record["settings"]
     sequences = settings["group"] * settings["prompts"]
     for s in record["steps"]:
