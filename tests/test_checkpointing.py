@@ -128,6 +128,7 @@ def test_ksa_shared_flex_attention_runs_once_under_save_attention(tiny_tokenizer
     import ksa.modeling
     import ksa.shared
     from tests.test_ksa_model import ksa_tiny
+    from tests.test_ksa_shared import _groups
 
     count = {"n": 0}
 
@@ -143,8 +144,8 @@ def test_ksa_shared_flex_attention_runs_once_under_save_attention(tiny_tokenizer
                         dense_flex(q, k, v, block_mask, scale, True))  # without it
     _, base = ksa_tiny(tiny_tokenizer, windows=(2, 1000, 2), chunk=4)
     units = [(13, [3, 11, 6]), (8, [5, 9])]
-    ids = torch.randint(5, base.config.vocab_size, (sum(p + sum(rs) for p, rs in units),),
-                        generator=torch.Generator().manual_seed(3))  # fmt: skip
+    groups = _groups(units, base.config.vocab_size, seed=3)
+    ids = torch.tensor([t for prompt, responses in groups for t in prompt + [x for r in responses for x in r]])
     layers = base.config.num_hidden_layers
     results = {}
     for policy, call in ((None, kept_through_recompute), ("save_attention", kept_through_recompute), ("save_attention", None)):
@@ -165,14 +166,6 @@ def test_ksa_shared_flex_attention_runs_once_under_save_attention(tiny_tokenizer
     # the trainer's log-probs pass the call: one per layer through forward and backward
     from golong.packing import pack_shared, packed_logprobs
 
-    groups, start = [], 0
-    for p, rs in units:
-        prompt, start = ids[start : start + p].tolist(), start + p
-        responses = []
-        for r in rs:
-            responses.append(ids[start : start + r].tolist())
-            start += r
-        groups.append((prompt, responses))
     model = copy.deepcopy(base).train()
     enable_checkpointing(model, "save_attention")
     count["n"] = 0
