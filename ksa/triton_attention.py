@@ -39,6 +39,10 @@ import triton.language as tl  # noqa: E402
 
 LOG2E = 1.4426950408889634
 NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": a row that has seen only masked keys stays finite
+# Integer arguments that follow the sequence lengths. Triton compiles a kernel again for each new pattern
+# of its integer arguments being 1 or a multiple of 16; these only bound loops and masks (addresses scale
+# by D, a constexpr), so they are left unspecialised: one compile serves every length and packing.
+LENGTH_ARGS = ["BASE", "T", "NS", "W", "n_tiles", "L"]
 
 
 @triton.jit
@@ -141,7 +145,7 @@ def _q_visit(
     return acc, m_i, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=LENGTH_ARGS)
 def _q_side_kernel(
     Q, K, V, Out, LSE, DO, DELTA, DQ,
     BASE, T, NS, W, n_tiles, L, HQ, GROUP, qk_scale, scale,
@@ -271,7 +275,7 @@ def _kv_visit(
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=[a for a in LENGTH_ARGS if a != "n_tiles"])
 def _dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV,
     BASE, T, NS, W, L, HQ, GROUP, qk_scale, scale,
@@ -351,7 +355,7 @@ def _dkdv_kernel(
     tl.store(DV + o_ptr, dv.to(DV.dtype.element_ty), mask=o_ld)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])
 def _delta_kernel(Out, DO, DELTA, n_rows, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr):
     """delta = rowsum(dO * Out) in fp32 (the softmax-backward correction term)."""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)

@@ -6,6 +6,7 @@ is no CUDA), "flex" forward only (FlexAttention has no CPU backward). GPU tests:
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -199,6 +200,76 @@ def test_packed_sequences_are_independent(impl):
         start = sl.stop
 
 
+# Packings whose lengths, summary counts, offsets, windows and tile counts differ in being 1 or a
+# multiple of 16 (Triton's pattern for integer arguments): chunk 4, S 1, window 2, 16-row tiles.
+SPECIALIZING_PACKS = [[32], [33], [16, 9], [7, 40, 4]]
+
+
+def _launches(monkeypatch, packs, device="cpu", d=32):
+    """Forward + backward of the Triton kernel for each packing of text lengths; every kernel launch
+    as (kernel, its arguments by name), recorded by wrapping the module's kernels."""
+    from ksa import triton_attention
+
+    seen = []
+
+    class Recorded:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                names = list(inspect.signature(self.kernel.fn).parameters)
+                seen.append((self.kernel, dict(zip(names, args, strict=False)) | kwargs))
+                return self.kernel[grid](*args, **kwargs)
+
+            return launch
+
+    for name in ("_q_side_kernel", "_dkdv_kernel", "_delta_kernel"):
+        monkeypatch.setattr(triton_attention, name, Recorded(getattr(triton_attention, name)))
+    check = triton_attention.require_backend  # the backend check, on the kernel inside the wrapper
+    monkeypatch.setattr(triton_attention, "require_backend", lambda q, kernel, what: check(q, kernel.kernel, what))
+    for lens in packs:
+        length = sum(expanded_length(t, 4, 1) for t in lens)
+        q, k, v = (torch.randn(1, 2, length, d, device=device, requires_grad=True) for _ in range(3))
+        out = ksa_attention(q, k, v, impl="triton", seq_lens=lens, chunk=4, summaries=1, window=2)
+        out.sum().backward()
+    return seen
+
+
+def test_triton_kernels_need_one_compile_for_every_length(monkeypatch):
+    """Triton compiles a kernel again for each new specialization key of its arguments (an integer's key:
+    whether it is 1, or a multiple of 16). Over packings whose lengths differ in exactly that, each
+    kernel and compile-time setting launches under one key (computed by triton's own function with the
+    kernel's do_not_specialize), so a new prompt length costs the engine's prefill and the learner no
+    compile. On the GPU the compiled variants are counted (the gpu test below)."""
+    _needs_triton()
+    libtriton = pytest.importorskip("triton._C.libtriton")
+    from triton.backends.compiler import BaseBackend
+
+    def key(kernel, args):
+        declared = getattr(kernel, "do_not_specialize", None)
+        if declared is None:  # the interpreter keeps the decorator's arguments
+            declared = kernel.kwargs.get("do_not_specialize") or []
+        params = inspect.signature(kernel.fn).parameters
+        out = []
+        for name, value in args.items():
+            if name not in params:  # num_warps, num_stages
+                continue
+            if "constexpr" in str(params[name].annotation):
+                out.append((name, value))
+            elif isinstance(value, int) and not isinstance(value, bool):
+                out.append((name, libtriton.native_specialize_impl(BaseBackend, value, False, name not in declared, True)))
+        return tuple(out)
+
+    keys: dict[tuple, set] = {}
+    for kernel, args in _launches(monkeypatch, SPECIALIZING_PACKS):
+        k = key(kernel, args)
+        settings = tuple(x for x in k if x[0] in ("MODE", "Q_SUM", "K_SUM", "VIS", "BLOCK_M", "BLOCK_N"))
+        keys.setdefault((kernel.fn.__name__, settings), set()).add(k)
+    assert {name for name, _ in keys} == {"_q_side_kernel", "_dkdv_kernel", "_delta_kernel"}
+    assert all(len(v) == 1 for v in keys.values()), {k: len(v) for k, v in keys.items() if len(v) > 1}
+
+
 # (chunk, summaries, window, text_len, Hq, Hkv) whose window covers the sequence: the last chunk exactly
 # at the window, S = 2, GQA, a trailing partial chunk, a sequence shorter than one chunk, batch rows.
 WITHIN_WINDOW = [(4, 1, 5, 21, 2, 1), (4, 2, 6, 27, 4, 2), (8, 1, 100, 64, 1, 1), (4, 1, 1, 3, 2, 2), (3, 1, 4, 15, 2, 1)]
@@ -295,3 +366,22 @@ def test_gpu_bf16_matches_fp32_reference(impl, text_len, hkv):
     for what, a, floor, b in zip(("out", "dq", "dk", "dv"), got[impl], got["reference"], exact, strict=True):
         assert torch.isfinite(a).all(), what
         assert _rel(a, b) <= 1.25 * _rel(floor, b) + 1e-3, (what, _rel(a, b), _rel(floor, b))
+
+
+@pytest.mark.gpu
+def test_gpu_one_compile_serves_every_length(monkeypatch):
+    """The compiled variants of each kernel after forward + backward over packings whose lengths differ
+    in being 1 or a multiple of 16: one per kernel and compile-time setting, as the first packing made."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from ksa import triton_attention
+
+    kernels = [triton_attention._q_side_kernel, triton_attention._dkdv_kernel, triton_attention._delta_kernel]
+
+    def variants():
+        return sum(len(cache[0]) for k in kernels for cache in k.device_caches.values())
+
+    _launches(monkeypatch, SPECIALIZING_PACKS[:1], device="cuda", d=64)
+    first = variants()
+    _launches(monkeypatch, SPECIALIZING_PACKS[1:], device="cuda", d=64)
+    assert variants() == first
