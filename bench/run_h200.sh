@@ -75,6 +75,9 @@
 #              tests/test_ksa_attention.py
 #   full32kpair, ksa32kpair  ratio32k's two rows, one call each on one warm machine (full 250 s, KSA 520 s; on
 #              2026-12-06 full's first step took 102 s and KSA's did not end in 290 s), into the same JSON
+#   ksaspec    the KSA attention GPU test that counts compiled variants over lengths of every 1 / multiple-of-16
+#              pattern, then bench/ksa_attention.py at 8K / 32K with the length arguments unspecialised (the code's
+#              default) and specialised (KSA_TRITON_SPECIALIZE_LENGTHS=1), 30 reps each (~4 min)
 #   ratio32k   issue 16's 1.7B / 32K pair at the GPU recipe's settings (Triton decode with split_size, stacked
 #              projections, compiled sampler, FlexAttention kept): full (160 s) then KSA (290 s), 8 steps at most
 #   flexauto   bench/learner.py --group 8 (one 32K GRPO group, 1.7B, the GPU recipe's learner) with and without
@@ -129,19 +132,23 @@
 # compiles and is right on CUDA), the KSA attention GPU tests (passed), decodekernel (split_size's target of 256
 # programs lost 0.86-0.89x at 4K keys of 2 rows: now 128, gains 1.13-1.22x at 1K keys) and a two-part probe
 # (one launch 1.04-1.16x two, CUDA graphs). Issue 16's 32K pair still not rerun.
-# Next GPU session, in this order (30 min of device time, of which the machine's start may take 1-13;
-# each line one call of <= 600 s, carry [".whl"]). A failed start cost 90-180 s of device time, and a machine
-# taken back mid-call returns nothing, so the 32K pair goes first and alone:
 # Fourteenth session (2026-12-06, two H100s, bench/results/h100_2026-12-06b/notes.md): ratio32k: full's first step
 # 102 s (decode 63.7 s), no steady step in 160 s; KSA's first step unfinished at 290 s. ksagroup: the compiled KSA
 # learner failed with CheckpointError (graph breaks inside its checkpointed layers: the within-window prefix order
 # built in the layer). Fixed; after it, one 32K group's learner: KSA 2.52 s, full 3.38 s (0.75x).
-#   1. full32kpair          (~290 s) then, on the same warm machine,
-#   2. ksa32kpair           (~560 s): issue 16's 1.7B / 32K pair with room for steady steps
-#   3. ksagroup twopart     the KSA learner on one 32K group with its FlexAttention kept through recompute (before
-#                           that: 2.52 s, full 3.38 s); the two-part decode launch merged (bench/decode_kernel.py)
-#   4. verify pair8k        the remaining GPU tests (kept FlexAttention, compiled sampler); issue 15/16's 0.6B 8K rows
-#   5. pair32k, ksarep1, ksaconv8k (carry out/ksa_models), flexsdpa, flexauto
+# Fifteenth session (2026-12-06, one H100, bench/results/h100_2026-12-06c/notes.md): full32kpair ksa32kpair (KSA twice:
+# cold cache 286 s first step, then warm) pair8k (twice) verify twopart. 1.7B / 32K: full 22.6 s, KSA 17.7 s = 0.78x
+# (decode 0.84x at 2.35x its floor, learner 0.70x); 0.6B / 8K: full 2.63 s, KSA 2.99 s = 1.14x; verify passed; two
+# parts in one launch 1.09-1.35x. Then the KSA attention kernel's length arguments unspecialised (one A/B, 5 reps:
+# 7-15% slower fwd+bwd, not settled; the compile-count GPU test cut off by its limit): ksaspec re-times it.
+# Next GPU session, in this order (carry [".whl"], kind nvidia-h100-x1, one call each unless noted):
+#   1. ksaspec              (~4 min) the compile-count GPU test; the kernel with lengths unspecialised vs specialised,
+#                           30 reps each: if the unspecialised kernel is slower beyond SDPA's drift, keep T / NS / L
+#                           specialised and pad them instead
+#   2. prof32k ksaprof32k   where the KSA decode step goes at 32K (2.35x its floor against full's 1.74x: issue 16's
+#                           0.7x needs ~1.9 s off the KSA step, and decode is 11.4 of its 17.7 s)
+#   3. pair32k              issue 16's 0.6B / 32K rows (the KSA row needs a warm cache: run it twice on one machine)
+#   4. ksarep1, ksaconv8k (carry [".whl","out/ksa_models"]), flexsdpa, flexauto
 #   later: ksalearnerprof, groupckpt, prefixtune, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
@@ -242,6 +249,11 @@ for s in "$@"; do
                     --queries 2 16 32 --out "$OUT/decode_kernel.json" ;;
     twopart) stage twopart 120 python3 bench/decode_kernel.py --rows 2 16 --keys 1024 --second-keys 4096 \
                --queries 2 16 32 --out "$OUT/decode_two_parts.json" ;;
+    ksaspec) stage ksaspec 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_ksa_attention.py -k one_compile
+             for spec in 0 1; do  # the KSA attention kernel with its length arguments unspecialised (0), then specialised
+               KSA_TRITON_SPECIALIZE_LENGTHS=$spec stage ksaspec 90 python3 bench/ksa_attention.py --lengths 8192 32768 \
+                 --impls triton --reps 30 --out "$OUT/ksa_attention_specialize$spec.json"
+             done ;;
     verify) stage verify 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_decode.py \
               tests/test_rollout_triton_decode.py tests/test_checkpointing.py tests/test_rollout_compile.py ;;
     kernelcheck) stage kernelcheck 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_decode.py \

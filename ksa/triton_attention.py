@@ -42,7 +42,9 @@ NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": a row that has seen only
 # Integer arguments that follow the sequence lengths. Triton compiles a kernel again for each new pattern
 # of its integer arguments being 1 or a multiple of 16; these only bound loops and masks (addresses scale
 # by D, a constexpr), so they are left unspecialised: one compile serves every length and packing.
-LENGTH_ARGS = ["BASE", "T", "NS", "W", "n_tiles", "L"]
+# KSA_TRITON_SPECIALIZE_LENGTHS=1 (read at import) specialises them again, for timing the two against
+# each other (bench/run_h200.sh ksaspec).
+LENGTH_ARGS = [] if os.environ.get("KSA_TRITON_SPECIALIZE_LENGTHS") == "1" else ["BASE", "T", "NS", "W", "n_tiles", "L"]
 
 
 @triton.jit
