@@ -78,6 +78,8 @@
 #   ksaspec    the KSA attention GPU test that counts compiled variants over lengths of every 1 / multiple-of-16
 #              pattern, then bench/ksa_attention.py at 8K / 32K with the length arguments unspecialised (the code's
 #              default) and specialised (KSA_TRITON_SPECIALIZE_LENGTHS=1), 30 reps each (~4 min)
+#   sumcols    the 0.6B / 8K KSA row by default, then with rollout.ksa_summaries_every_step (summary columns in every
+#              decode step: one step shape, half the decode compiles and graphs), each on empty caches (~8 min)
 #   ratio32k   issue 16's 1.7B / 32K pair at the GPU recipe's settings (Triton decode with split_size, stacked
 #              projections, compiled sampler, FlexAttention kept): full (160 s) then KSA (290 s), 8 steps at most
 #   flexauto   bench/learner.py --group 8 (one 32K GRPO group, 1.7B, the GPU recipe's learner) with and without
@@ -145,10 +147,13 @@
 #   1. ksaspec              (~4 min) the compile-count GPU test; the kernel with lengths unspecialised vs specialised,
 #                           30 reps each: if the unspecialised kernel is slower beyond SDPA's drift, keep T / NS / L
 #                           specialised and pad them instead
-#   2. prof32k ksaprof32k   where the KSA decode step goes at 32K (2.35x its floor against full's 1.74x: issue 16's
+#   2. sumcols              (~8 min) whether summary columns in every decode step cost the steady KSA step anything,
+#                           and what they save of its cold first step (CPU, tiny KSA model: 48.3 -> 32.8 s first
+#                           generate, 5 -> 3 graphs); if the step is no slower, the KSA recipes set it
+#   3. prof32k ksaprof32k   where the KSA decode step goes at 32K (2.35x its floor against full's 1.74x: issue 16's
 #                           0.7x needs ~1.9 s off the KSA step, and decode is 11.4 of its 17.7 s)
-#   3. pair32k              issue 16's 0.6B / 32K rows (the KSA row needs a warm cache: run it twice on one machine)
-#   4. ksarep1, ksaconv8k (carry [".whl","out/ksa_models"]), flexsdpa, flexauto
+#   4. pair32k              issue 16's 0.6B / 32K rows (the KSA row needs a warm cache: run it twice on one machine)
+#   5. ksarep1, ksaconv8k (carry [".whl","out/ksa_models"]), flexsdpa, flexauto
 #   later: ksalearnerprof, groupckpt, prefixtune, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
@@ -320,6 +325,14 @@ for s in "$@"; do
         read -r cfg secs <<<"$run"
         stage "$s" $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 12 --append \
           --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_06b.json"
+      done ;;
+    sumcols)  # the 0.6B / 8K KSA row (GPU recipe, save_attention) by default, then with summary columns in every
+              # decode step; each on its own empty inductor and Triton caches, so both first steps are a fresh machine's
+      for every in false true; do
+        TORCHINDUCTOR_CACHE_DIR=/tmp/ind_sumcols_$every TRITON_CACHE_DIR=/tmp/triton_sumcols_$every \
+          stage sumcols 230 python3 bench/train_gpu.py 0.6b:8k:8x4:256:ksa --budget-s 190 --steps 12 \
+          --set model.checkpoint_policy=save_attention --set rollout.ksa_summaries_every_step=$every \
+          --out "$OUT/train_gpu_sumcols_$every.json"
       done ;;
     base8k) stage base8k 160 python3 bench/train_gpu.py 0.6b:8k:8x4:256:unfused --budget-s 120 --steps 20 --append \
               --set rollout.decode_kernel=torch --out "$OUT/train_gpu_fused.json" ;;  # fused8k's baseline

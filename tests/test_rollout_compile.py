@@ -182,6 +182,30 @@ def test_ksa_compiled_equals_uncompiled_and_recomputation(tiny_tokenizer, case, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("share", [True, False])
+def test_ksa_summaries_every_step_compiles_one_step_shape(tiny_tokenizer, share):
+    """A KSA policy (one ring layer, one full layer) decoded with summary columns in every step compiles
+    fewer graphs than by default, where each layer kind also compiles its variants for steps without
+    summary columns (on 2026-12-06: 6 against 10 here); greedy tokens equal a whole KSA recomputation's."""
+    from tests.test_rollout_static_ksa import CASES, LENGTHS, TEXT, ksa_model, recompute_greedy
+
+    model = ksa_model(tiny_tokenizer, **CASES["summary_qkv_mix"])
+    ids = tiny_tokenizer.encode(TEXT)
+    prompts = [ids[:k] for k in LENGTHS]
+    greedy = SamplingParams(max_new_tokens=14, temperature=0)
+    counts = {}
+    for every in (True, False):
+        torch._dynamo.reset()
+        start = compiled_graphs()
+        engine = StaticEngine(model, tiny_tokenizer, max_batch=4, max_len=64, compile_decode=True, share_prefix=share,
+                              ksa_summaries_every_step=every)
+        out = tokens(engine.generate(prompts, 2, greedy))
+        counts[every] = compiled_graphs() - start
+        assert out == [[r, r] for r in (recompute_greedy(model, p, 14, {tiny_tokenizer.eos_token_id}) for p in prompts)]
+    assert counts[True] < counts[False], counts
+
+
+@pytest.mark.slow
 def test_engine_sharing_a_compiled_learner_runs_compile_decode(tiny_model_dir, tiny_tokenizer):
     """Inline cluster, engine on the learner's own model, model.compile (each decoder layer compiled
     for the learner) and rollout.compile_decode: the decode layers compile (the cluster forces eager

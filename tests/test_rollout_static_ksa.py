@@ -96,6 +96,35 @@ def test_ksa_greedy_equals_recomputation_and_loop_engine(tiny_tokenizer, prompts
                 torch.testing.assert_close(torch.tensor(ca.logprobs), torch.tensor(cb.logprobs), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("case", ["two_summaries", "summary_norm", "two_ring_layers"])
+def test_ksa_summaries_every_step_changes_no_token(tiny_tokenizer, prompts, case, share):
+    """ksa_summaries_every_step: every step carries the summary columns (rows that complete no chunk
+    discard theirs). Greedy tokens equal re-running the whole KSA forward; sampled tokens and log-probs
+    equal the engine's default steps (summary columns only where some row ends a chunk); every step
+    has 1 + S query columns, where by default some steps have 1."""
+    model = ksa_model(tiny_tokenizer, **CASES[case])
+    eos = {tiny_tokenizer.eos_token_id}
+    greedy = SamplingParams(max_new_tokens=NEW, temperature=0)
+    sampled = SamplingParams(max_new_tokens=NEW, temperature=1.0, top_p=0.9, seed=4)
+    runs, columns = {}, {}
+    for every in (True, False):
+        engine = StaticEngine(model, tiny_tokenizer, max_batch=3, max_len=64, share_prefix=share,
+                              ksa_summaries_every_step=every)
+        seen = []
+        step = engine._step_columns
+        engine._step_columns = lambda pos, step=step, seen=seen: seen.append(step(pos)) or seen[-1]
+        runs[every] = [engine.generate(prompts, 2, p) for p in (greedy, sampled)]
+        columns[every] = set(seen)
+    S = model.config.ksa_summaries
+    assert columns == {True: {1 + S}, False: {1, 1 + S}}
+    refs = [recompute_greedy(model, p, NEW, eos) for p in prompts]
+    assert [[c.response_ids for c in g] for g in runs[True][0]] == [[r, r] for r in refs]
+    for a, b in zip(sum(runs[True][1], []), sum(runs[False][1], []), strict=True):
+        assert a.response_ids == b.response_ids
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=1e-5)
+
+
 def test_ksa_sampling_reproducible_whatever_the_batch(tiny_tokenizer, prompts):
     """A sample's tokens depend on (seed, prompt, sample) only: not on the slot count, and the same as
     the loop engine draws (both use the same counter-based streams)."""

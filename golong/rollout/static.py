@@ -11,7 +11,8 @@ prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engin
 - KSA policies (ksa_qwen3 / ksa_qwen2 / ksa_llama) keep a text ring of (W+1)*C slots plus a summary
   store in their windowed layers (ksa/static_cache.py), so their storage per row is a fraction of
   full attention's and the same budget admits more rows; a decode step feeds the chunk's summary
-  slots as extra query columns whenever any row completes a chunk (a second graph per bucket; the
+  slots as extra query columns whenever any row completes a chunk (a second graph per bucket, or, with
+  ksa_summaries_every_step, in every step: one graph per bucket, rows without a chunk end discard them; the
   step's inputs and the summary q/k/v blend come from ksa/decode.py, as in the model's own cached
   decode); prompts are prefilled by the same layer loop, several per forward (below), each attended
   on its own KSA layout by the model's kernel (ksa/static_cache.py, PackedPrefill);
@@ -328,6 +329,7 @@ class StaticEngine(RolloutEngine):
         compile_decode: bool = False,
         decode_kernel: str = "torch",
         fuse_projections: bool = False,
+        ksa_summaries_every_step: bool = False,
     ):
         """`max_batch` sequences decode at once at most; `max_len` (default: the model's
         max_position_embeddings) bounds prompt + response tokens.
@@ -346,6 +348,9 @@ class StaticEngine(RolloutEngine):
         `fuse_projections` (with compile_decode): the compiled layers read q / k / v and gate / up
         stacked into one weight each (fused_layer_weights; copies refreshed from the parameters at
         every `generate`, ~0.7x the decoder weights' memory more) and run 4 GEMMs a layer instead of 7.
+        `ksa_summaries_every_step` (KSA policies): every decode step carries the summary columns, so
+        steps have one shape (half the compiled variants and graphs); rows that complete no chunk
+        discard theirs, as they do in any step where another row completes one.
         A model it cannot run (`unsupported_reason`) is a ValueError naming the reason."""
         problem = unsupported_reason(model)
         if problem is not None:
@@ -376,6 +381,7 @@ class StaticEngine(RolloutEngine):
             raise ValueError("rollout.fuse_projections needs rollout.compile_decode=true (the stacked weights are "
                              "read by the compiled decode layer only)")
         self.fuse_projections = fuse_projections
+        self.summaries_every_step = ksa_summaries_every_step
         self._stacked: list[tuple] | None = None  # fuse_projections: fused_layer_weights per layer
         if self.compile_decode:
             self._fused_layer = self._compile_layer()
@@ -793,11 +799,13 @@ class StaticEngine(RolloutEngine):
         return self._decode_layers(h, positions, lambda i: (ksa_step_attention, store(i)))
 
     def _step_columns(self, pos: list[int]) -> int:
-        """Query columns of a decode step: 1, or 1 + S when any row's token completes a KSA chunk."""
+        """Query columns of a decode step: 1, or 1 + S when any row's token completes a KSA chunk (every
+        step with summaries_every_step)."""
         if not self.ksa:
             return 1
         C = self.model.config.ksa_chunk
-        return 1 + self.model.config.ksa_summaries if any(completes_chunk(p, C) for p in pos) else 1
+        every = self.summaries_every_step or any(completes_chunk(p, C) for p in pos)
+        return 1 + self.model.config.ksa_summaries if every else 1
 
     # A step's shape, which names its CUDA graph: (B, span, query columns), or when sharing prompts
     # (B, width, prefix span, own span); its inputs: (tok, pos), sharing (tok, pos, prefix length).
