@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ class Trainer:
         golong.runs.resume_recipe). The folder's run.json and recipe.yaml are written first, so a run
         stopped at any later point can be resumed."""
         self.recipe, self.quiet = recipe, quiet
+        self.phase: Callable[[str], None] = lambda what: None  # the progress bar's "what the step is doing"
         self.out = Path(resume) if resume else Path(recipe.trainer.output_dir)
         self._saved_step = -1
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM: save after this step and stop
@@ -140,16 +142,19 @@ class Trainer:
         try:
             if self.warm_done < self.recipe.trainer.warm_start_steps:
                 self.warm_start()
-            with self._progress(total) as advance:
+            with self._progress(total) as bar:
+                first, hint = self.step, first_step_hint(self.recipe)
+                self.phase = lambda what: bar.phase(f"{what} ({hint})" if hint and self.step == first else what)
                 while self.step < total and self.stop_signal is None:
                     record = self.train_one_step()
                     self.step += 1
                     if self.recipe.eval.every and (self.step % self.recipe.eval.every == 0 or self.step == total):
+                        self.phase("held-out evaluation")
                         record.update(self.evaluate())
                     if self.recipe.data.skip_invalid:
                         record["skipped_invalid_rows"] = float(self.mixture.skipped_invalid)
                     self.log.log(self.step, record)
-                    advance(metrics.summary_line(self.step, total, record))
+                    bar.advance(metrics.summary_line(self.step, total, record))
                     if self.step % self.recipe.trainer.save_every == 0 or self.step == total or self.stop_signal:
                         self.save()
             if self.stop_signal is not None:
@@ -179,8 +184,10 @@ class Trainer:
         batch = self.collect()
         t1 = time.perf_counter()
         samples, advantages = self.make_samples(batch.kept)
+        self.phase("learner")
         train = self.cluster.train_step(samples) if samples else {}
         t2 = time.perf_counter()
+        self.phase("weight sync")
         self.cluster.sync_weights()
         t3 = time.perf_counter()
         return self.step_metrics(batch, samples, advantages, train,
@@ -286,7 +293,9 @@ class Trainer:
         r = self.recipe.rollout
         params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k,
                                 seed=step_seed(self.recipe.trainer.seed, self.step, round_ + 1))
+        self.phase(f"rollout: {len(prompts)} prompts x {r.group_size}" + (f", round {round_ + 1}" if round_ else ""))
         outputs = self.cluster.generate([p.ids for p in prompts], r.group_size, params)
+        self.phase("rewards")
         return self.score(prompts, outputs)
 
     def score(self, prompts: list[Prompt], outputs: list[list[Completion]]) -> list[Group]:
@@ -406,29 +415,41 @@ class Trainer:
 
 
 class _Progress:
-    """A rich progress bar with one printed summary line per step (plain no-op when quiet)."""
+    """A rich progress bar with one printed summary line per step and, beside the bar, what the current
+    step is doing (`phase`: rollout, rewards, learner, weight sync); no-ops when quiet."""
 
     def __init__(self, total: int, done: int, quiet: bool):
         self.total, self.done, self.quiet = total, done, quiet
 
-    def __enter__(self):
+    def __enter__(self) -> _Progress:
         if self.quiet:
-            return lambda line: None
+            return self
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        self.bar = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.fields[phase]}"))
         self.bar.__enter__()
-        task = self.bar.add_task("train", total=self.total, completed=self.done)
+        self.task = self.bar.add_task("train", total=self.total, completed=self.done, phase="")
+        return self
 
-        def advance(line: str) -> None:
+    def advance(self, line: str) -> None:
+        if not self.quiet:
             self.bar.console.print(line)
-            self.bar.advance(task)
+            self.bar.update(self.task, advance=1, phase="")
 
-        return advance
+    def phase(self, what: str) -> None:
+        if not self.quiet:
+            self.bar.update(self.task, phase=what)
 
     def __exit__(self, *exc: Any) -> None:
         if not self.quiet:
             self.bar.__exit__(*exc)
+
+
+def first_step_hint(recipe: Recipe) -> str:
+    """What the progress bar adds to each phase of a run's first step: with compiled layers or decode,
+    that it compiles (minutes for a long-context policy on a fresh machine); else nothing."""
+    return "first step: compiling, minutes on a fresh machine" if recipe.model.compile or recipe.rollout.compile_decode else ""
 
 
 def warm_start_answer(oracle: str) -> str:

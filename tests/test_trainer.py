@@ -280,3 +280,27 @@ def test_fast_engine_trains_inline(tiny_model_dir, tmp_path):
     hist = train(recipe(tiny_model_dir, tmp_path / "fast", rollout__engine="fast"), rewards=pool(), quiet=True)
     assert [h["step"] for h in hist] == [1, 2]
     assert all(h["samples_trained"] == 6 and h["drift"] < 1e-3 for h in hist)
+
+
+def test_progress_bar_says_what_each_step_is_doing(tiny_model_dir, tmp_path, monkeypatch):
+    """Beside the bar: each step's phases in order (rollout, rewards, learner, weight sync, and held-out
+    evaluation where it runs); during a run's first step, the first-step note (with compiled layers or
+    decode: that it compiles) on every phase, and on no later step's."""
+    import golong.trainer as trainer_mod
+
+    said = []
+
+    class Recording(trainer_mod._Progress):
+        def phase(self, what):
+            said.append(what)
+
+    monkeypatch.setattr(trainer_mod, "_Progress", Recording)
+    r = recipe(tiny_model_dir, tmp_path / "run", eval__every=2, eval__tasks=["precise_retrieval"], eval__lengths=[100],
+               eval__n=2, eval__max_new_tokens=4)
+    assert trainer_mod.first_step_hint(recipe(tiny_model_dir, tmp_path / "c", rollout__compile_decode=True))
+    assert trainer_mod.first_step_hint(recipe(tiny_model_dir, tmp_path / "c", model__compile=True))
+    assert not trainer_mod.first_step_hint(r)  # nothing compiles: no note
+    monkeypatch.setattr(trainer_mod, "first_step_hint", lambda recipe: "note")
+    Trainer(r, rewards=pool(), quiet=True).run()
+    step = ["rollout: 2 prompts x 3", "rewards", "learner", "weight sync"]
+    assert said == [f"{p} (note)" for p in step] + step + ["held-out evaluation"]

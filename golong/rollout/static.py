@@ -269,6 +269,16 @@ def make_decode_layer(heads: int, kv_heads: int, head_dim: int, eps: float, head
     return decode_layer
 
 
+def check_decode_settings(decode_kernel: str, fuse_projections: bool, compile_decode: bool) -> None:
+    """A ValueError naming the setting to change, for a decode kernel that does not exist or stacked
+    projections without the compiled decode layers (the only ones that read them)."""
+    if decode_kernel not in ("torch", "triton"):
+        raise ValueError(f"rollout.decode_kernel={decode_kernel!r}: use 'torch' or 'triton'")
+    if fuse_projections and not compile_decode:
+        raise ValueError("rollout.fuse_projections needs rollout.compile_decode=true (the stacked weights are "
+                         "read by the compiled decode layer only)")
+
+
 def unsupported_reason(model: Any) -> str | None:
     """Why `StaticEngine` cannot run this model, or None when it can."""
     if hasattr(model, "peft_config"):
@@ -374,13 +384,8 @@ class StaticEngine(RolloutEngine):
         self.mix = float(getattr(cfg, "ksa_mix_coeff", 1.0))
         self.share = share_prefix
         self.compile_decode = compile_decode
-        if decode_kernel not in ("torch", "triton"):
-            raise ValueError(f"rollout.decode_kernel={decode_kernel!r}: use 'torch' or 'triton'")
-        self.decode_kernel = decode_kernel
-        if fuse_projections and not compile_decode:
-            raise ValueError("rollout.fuse_projections needs rollout.compile_decode=true (the stacked weights are "
-                             "read by the compiled decode layer only)")
-        self.fuse_projections = fuse_projections
+        check_decode_settings(decode_kernel, fuse_projections, compile_decode)
+        self.decode_kernel, self.fuse_projections = decode_kernel, fuse_projections
         self.summaries_every_step = ksa_summaries_every_step
         self._stacked: list[tuple] | None = None  # fuse_projections: fused_layer_weights per layer
         if self.compile_decode:
