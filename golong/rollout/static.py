@@ -269,6 +269,12 @@ def make_decode_layer(heads: int, kv_heads: int, head_dim: int, eps: float, head
     return decode_layer
 
 
+def layer_biases(layer: Any, *args: Any) -> tuple[torch.Tensor, ...]:
+    """layer.biases(*args): the additive masks of one KSA layer kind for a decode step, as a function of
+    the layer (StaticKSALayer or SharedKSALayer), so that torch.compile can take it whole."""
+    return layer.biases(*args)
+
+
 def check_decode_settings(decode_kernel: str, fuse_projections: bool, compile_decode: bool) -> None:
     """A ValueError naming the setting to change, for a decode kernel that does not exist or stacked
     projections without the compiled decode layers (the only ones that read them)."""
@@ -390,6 +396,9 @@ class StaticEngine(RolloutEngine):
         self._stacked: list[tuple] | None = None  # fuse_projections: fused_layer_weights per layer
         if self.compile_decode:
             self._fused_layer = self._compile_layer()
+        # a KSA step's masks, once per layer kind: ~65-80 small tensor ops a kind, each its own kernel when
+        # eager (a CUDA graph replays them all); compiled with the layers, a few fused kernels
+        self._biases = torch.compile(layer_biases, dynamic=None, fullgraph=True) if compile_decode else layer_biases
         # compile_decode also compiles the step's sampling: eager, the noise hash and Gumbel-max over
         # [B, vocab] int64 are ~20 kernels of ~B x vocab x 8 bytes each
         self._sample = torch.compile(sample_rows, dynamic=None, fullgraph=True) if compile_decode else sample_rows
@@ -781,7 +790,7 @@ class StaticEngine(RolloutEngine):
             layer = self.ksa_layers[i]
             layout = layer.layout(width, prefix_span, own_span)
             if layer.kind() not in masks:
-                masks[layer.kind()] = layer.biases(pos, prefix, n, layout)
+                masks[layer.kind()] = self._biases(layer, pos, prefix, n, layout)
             return pos, prefix, layer.storage(), masks[layer.kind()], layout, self.decode_kernel
 
         return self._decode_layers(h, positions, lambda i: (shared_ksa_step_attention, store(i)))
@@ -794,7 +803,7 @@ class StaticEngine(RolloutEngine):
 
         def masks(layer: StaticKSALayer) -> tuple[torch.Tensor, torch.Tensor]:
             if layer.kind() not in biases:
-                biases[layer.kind()] = layer.biases(pos, n, span)
+                biases[layer.kind()] = self._biases(layer, pos, n, span)
             return biases[layer.kind()]
 
         def store(i: int) -> tuple:
