@@ -148,8 +148,10 @@
 #                           30 reps each: if the unspecialised kernel is slower beyond SDPA's drift, keep T / NS / L
 #                           specialised and pad them instead
 #   2. sumcols              (~8 min) whether summary columns in every decode step cost the steady KSA step anything,
-#                           and what they save of its cold first step (CPU, tiny KSA model: 48.3 -> 32.8 s first
-#                           generate, 5 -> 3 graphs); if the step is no slower, the KSA recipes set it
+#                           and what they save of its cold first step (CPU, tiny KSA model: 51.6 -> 33.2 s first
+#                           generate, 9 -> 5 graphs); if the step is no slower, the KSA recipes set it. Its default
+#                           row is also the first GPU timing of the compiled KSA masks (layer_biases): against
+#                           pair8k's KSA row of 2026-12-06 (2.99 s a step, decode 1.05 s), other machine
 #   3. prof32k ksaprof32k   where the KSA decode step goes at 32K (2.35x its floor against full's 1.74x: issue 16's
 #                           0.7x needs ~1.9 s off the KSA step, and decode is 11.4 of its 17.7 s)
 #   4. pair32k              issue 16's 0.6B / 32K rows (the KSA row needs a warm cache: run it twice on one machine)
