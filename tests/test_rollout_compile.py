@@ -348,3 +348,23 @@ def test_a_sampler_that_fails_to_compile_falls_back_to_the_eager_one(tiny_tokeni
         out = engine.generate(stop_prompts, 2, params)
     reference = StaticEngine(model, tiny_tokenizer, max_batch=4, max_len=40).generate(stop_prompts, 2, params)
     assert tokens(out) == tokens(reference)
+
+
+@pytest.mark.slow
+def test_ksa_masks_that_fail_to_compile_fall_back_to_eager_ones(tiny_tokenizer):
+    """The same for a KSA step's masks: a warning, then the eager masks; tokens equal an uncompiled engine's."""
+    from tests.test_rollout_static_ksa import LENGTHS, TEXT, ksa_model
+
+    model = ksa_model(tiny_tokenizer)
+    prompts = [tiny_tokenizer.encode(TEXT)[:k] for k in LENGTHS]
+    params = SamplingParams(max_new_tokens=14, temperature=1.0, seed=3)
+    engine = StaticEngine(model, tiny_tokenizer, max_batch=4, max_len=64, compile_decode=True)
+
+    def broken(*args):
+        raise RuntimeError("inductor: lowering failed\nmore detail")
+
+    engine._biases = broken
+    with pytest.warns(UserWarning, match="compiling the KSA masks failed .RuntimeError: inductor: lowering failed"):
+        out = engine.generate(prompts, 2, params)
+    reference = StaticEngine(model, tiny_tokenizer, max_batch=4, max_len=64).generate(prompts, 2, params)
+    assert tokens(out) == tokens(reference)

@@ -396,11 +396,9 @@ class StaticEngine(RolloutEngine):
         self._stacked: list[tuple] | None = None  # fuse_projections: fused_layer_weights per layer
         if self.compile_decode:
             self._fused_layer = self._compile_layer()
-        # a KSA step's masks, once per layer kind: ~65-80 small tensor ops a kind, each its own kernel when
-        # eager (a CUDA graph replays them all); compiled with the layers, a few fused kernels
+        # compile_decode also compiles a KSA step's masks (eager: ~65-80 one-kernel ops per layer kind) and the
+        # sampling (eager: ~20 kernels over [B, vocab] int64 for the noise hash and Gumbel-max)
         self._biases = torch.compile(layer_biases, dynamic=None, fullgraph=True) if compile_decode else layer_biases
-        # compile_decode also compiles the step's sampling: eager, the noise hash and Gumbel-max over
-        # [B, vocab] int64 are ~20 kernels of ~B x vocab x 8 bytes each
         self._sample = torch.compile(sample_rows, dynamic=None, fullgraph=True) if compile_decode else sample_rows
         self._noise_columns: torch.Tensor | None = None  # noise_columns(vocab) on the device
         self.rows = self.cap_len = 0  # allocated storage: rows x text tokens (sharing: response tokens)
@@ -790,7 +788,7 @@ class StaticEngine(RolloutEngine):
             layer = self.ksa_layers[i]
             layout = layer.layout(width, prefix_span, own_span)
             if layer.kind() not in masks:
-                masks[layer.kind()] = self._biases(layer, pos, prefix, n, layout)
+                masks[layer.kind()] = self._compiled("_biases", layer_biases, "the KSA masks", layer, pos, prefix, n, layout)
             return pos, prefix, layer.storage(), masks[layer.kind()], layout, self.decode_kernel
 
         return self._decode_layers(h, positions, lambda i: (shared_ksa_step_attention, store(i)))
@@ -803,7 +801,7 @@ class StaticEngine(RolloutEngine):
 
         def masks(layer: StaticKSALayer) -> tuple[torch.Tensor, torch.Tensor]:
             if layer.kind() not in biases:
-                biases[layer.kind()] = self._biases(layer, pos, n, span)
+                biases[layer.kind()] = self._compiled("_biases", layer_biases, "the KSA masks", layer, pos, n, span)
             return biases[layer.kind()]
 
         def store(i: int) -> tuple:
@@ -837,15 +835,21 @@ class StaticEngine(RolloutEngine):
         logits = self._run_decode(shape, *model_inputs)
         if self._noise_columns is None or self._noise_columns.shape[0] != logits.shape[-1]:
             self._noise_columns = noise_columns(logits.shape[-1], self.device)
-        try:  # a new shape or sampler setting compiles here, in the warm-up before a graph capture
-            return self._sample(logits, params, keys, steps, self._noise_columns)
-        except Exception as e:  # noqa: BLE001  an inductor / Triton failure: the eager sampler is exact, only slower
-            if self._sample is sample_rows:
+        return self._compiled("_sample", sample_rows, "the sampler", logits, params, keys, steps, self._noise_columns)
+
+    def _compiled(self, name: str, eager: Any, what: str, *args: Any) -> Any:
+        """self.<name>(*args): the compiled function where compile_decode made one. A new shape compiles
+        here, in the warm-up before a graph capture; if inductor / Triton fails there, the engine warns
+        once and runs `eager` from then on (exact, only slower)."""
+        try:
+            return getattr(self, name)(*args)
+        except Exception as e:  # noqa: BLE001  an inductor / Triton failure
+            if getattr(self, name) is eager:
                 raise
-            warnings.warn(f"rollout.compile_decode: compiling the sampler failed ({type(e).__name__}: "
-                          f"{(str(e).strip().splitlines() or [''])[0]}); sampling uncompiled", stacklevel=2)
-            self._sample = sample_rows
-            return sample_rows(logits, params, keys, steps, self._noise_columns)
+            warnings.warn(f"rollout.compile_decode: compiling {what} failed ({type(e).__name__}: "
+                          f"{(str(e).strip().splitlines() or [''])[0]}); running it uncompiled", stacklevel=3)
+            setattr(self, name, eager)
+            return eager(*args)
 
     def _decode_step(self, shape: tuple[int, ...], params: SamplingParams,
                      inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
