@@ -102,7 +102,7 @@
 #              and of the compiled decode with its compiled sampler in CUDA graphs (tests/test_rollout_compile.py)
 #   pair32k    issue 16's 0.6B / 32K pair at the GPU recipe's settings (compile_decode, Triton kernel, stacked
 #              projections, save_attention): full (100 s) then KSA (170 s), G=8 x 2, 2K new
-#   pair8k     the same at 8K, G=8 x 4, 256 new: full (70 s) then KSA (190 s: its first step compiles ~2 min)
+#   pair8k     the same at 8K, G=8 x 4, 256 new: full (70 s) then KSA (260 s: its first step took 98 s on an empty cache)
 #   prof32k    bench/prefix_decode.py 0.6B, 2 prompts of 32K, G=8, 256 new, the trainer's decode layout alone (shared
 #              prompts, compile_decode, Triton decode kernel), profiled: full attention (ksaprof32k: the KSA hybrid). Where
 #              the KSA decode step's time goes at 32K (1.7B: 20.2 s of decode a GRPO step against a floor of 4.8)
@@ -143,19 +143,22 @@
 # (decode 0.84x at 2.35x its floor, learner 0.70x); 0.6B / 8K: full 2.63 s, KSA 2.99 s = 1.14x; verify passed; two
 # parts in one launch 1.09-1.35x. Then the KSA attention kernel's length arguments unspecialised (one A/B, 5 reps:
 # 7-15% slower fwd+bwd, not settled; the compile-count GPU test cut off by its limit): ksaspec re-times it.
+# After those runs (not yet on a GPU): the KSA decode step's masks compiled with compile_decode (eager, ~65-80
+# one-kernel ops per layer kind a step: on the CPU a compiled KSA step's eager aten ops 549-584 -> 240-271, full
+# attention 249), and rollout.ksa_summaries_every_step (off by default).
 # Next GPU session, in this order (carry [".whl"], kind nvidia-h100-x1, one call each unless noted):
-#   1. ksaspec              (~4 min) the compile-count GPU test; the kernel with lengths unspecialised vs specialised,
+#   1. pair8k               (~7 min) issue 16's 8K pair with the compiled masks (before: KSA 2.99 s = 1.14x full)
+#   2. full32kpair, then ksa32kpair twice on the same warm machine (~5 + 6 + 5 min): the 32K pair with the
+#                           compiled masks (before: 0.78x; KSA decode 11.4 s at 2.35x its floor)
+#   3. ksaspec              (~4 min) the compile-count GPU test; the kernel with lengths unspecialised vs specialised,
 #                           30 reps each: if the unspecialised kernel is slower beyond SDPA's drift, keep T / NS / L
 #                           specialised and pad them instead
-#   2. sumcols              (~8 min) whether summary columns in every decode step cost the steady KSA step anything,
+#   4. sumcols              (~8 min) whether summary columns in every decode step cost the steady KSA step anything,
 #                           and what they save of its cold first step (CPU, tiny KSA model: 51.6 -> 33.2 s first
-#                           generate, 9 -> 5 graphs); if the step is no slower, the KSA recipes set it. Its default
-#                           row is also the first GPU timing of the compiled KSA masks (layer_biases): against
-#                           pair8k's KSA row of 2026-12-06 (2.99 s a step, decode 1.05 s), other machine
-#   3. prof32k ksaprof32k   where the KSA decode step goes at 32K (2.35x its floor against full's 1.74x: issue 16's
-#                           0.7x needs ~1.9 s off the KSA step, and decode is 11.4 of its 17.7 s)
-#   4. pair32k              issue 16's 0.6B / 32K rows (the KSA row needs a warm cache: run it twice on one machine)
-#   5. ksarep1, ksaconv8k (carry [".whl","out/ksa_models"]), flexsdpa, flexauto
+#                           generate, 9 -> 5 graphs); if the step is no slower, the KSA recipes set it
+#   5. prof32k ksaprof32k   where the KSA decode step goes at 32K
+#   6. pair32k (the KSA row twice, for a warm cache), ksarep1, ksaconv8k (carry [".whl","out/ksa_models"]), flexsdpa,
+#      flexauto
 #   later: ksalearnerprof, groupckpt, prefixtune, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
@@ -322,7 +325,7 @@ for s in "$@"; do
       done ;;
     pair32k|pair8k)  # issue 16's 0.6B rows at the GPU recipe's settings, full then KSA, save_attention
       if [ "$s" = pair32k ]; then runs=("0.6b:32k:8x2:2048 100" "0.6b:32k:8x2:2048:ksa 170")
-      else runs=("0.6b:8k:8x4:256 70" "0.6b:8k:8x4:256:ksa 190"); fi
+      else runs=("0.6b:8k:8x4:256 70" "0.6b:8k:8x4:256:ksa 260"); fi  # KSA: 98 s first step on an empty cache
       for run in "${runs[@]}"; do
         read -r cfg secs <<<"$run"
         stage "$s" $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 12 --append \
