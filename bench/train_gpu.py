@@ -302,7 +302,8 @@ class Run:
             rec = {k: float(m.get(k, 0.0)) for k in (
                 "step_time", "rollout_time", "train_time", "sync_time", "learner_time_s", "tokens", "tokens_per_s",
                 "packed_tokens", "pad_tokens", "response_tokens", "compiled_graphs")}
-            rec.update({k: float(stats.get(k, 0.0)) for k in ("prefill_s", "decode_s", "decode_steps", "prefills")})
+            rec.update({k: float(stats.get(k, 0.0)) for k in ("prefill_s", "decode_s", "decode_steps", "summary_steps",
+                                                              "prefills")})
             # a reward that cannot run (a package missing on the GPU machine) would only be counted, not raised
             rec["reward_errors"] = float(m.get("reward_errors/all", 0.0) + m.get("reward_timeouts/all", 0.0))
             rec.update(rollout_floors(c["shape"], prompt_lens, stats, weight_bytes))

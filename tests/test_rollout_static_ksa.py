@@ -118,6 +118,12 @@ def test_ksa_summaries_every_step_changes_no_token(tiny_tokenizer, prompts, case
         columns[every] = set(seen)
     S = model.config.ksa_summaries
     assert columns == {True: {1 + S}, False: {1, 1 + S}}
+    for every in (True, False):  # the engine's count of steps that carried summary columns
+        engine = StaticEngine(model, tiny_tokenizer, max_batch=3, max_len=64, share_prefix=share,
+                              ksa_summaries_every_step=every)
+        engine.generate(prompts, 2, greedy)
+        summary, steps = engine.stats["summary_steps"], engine.stats["decode_steps"]
+        assert (summary == steps) if every else (0 < summary < steps)
     refs = [recompute_greedy(model, p, NEW, eos) for p in prompts]
     assert [[c.response_ids for c in g] for g in runs[True][0]] == [[r, r] for r in refs]
     for a, b in zip(sum(runs[True][1], []), sum(runs[False][1], []), strict=True):

@@ -943,7 +943,8 @@ class StaticEngine(RolloutEngine):
             self._stacked = [fused_layer_weights(layer, self._stacked[i] if self._stacked else None)
                              for i, layer in enumerate(layers)]
         # `prefills` prompts (`prefill_tokens` text tokens) in `prefill_batches` forwards of <= `prefill_max_prompts`
-        stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "rows_x_steps": 0, "prefills": 0,
+        # `summary_steps`: decode steps that carried KSA summary columns (their own, wider step shape)
+        stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "summary_steps": 0, "rows_x_steps": 0, "prefills": 0,
                  "prefill_batches": 0, "prefill_tokens": 0, "prefill_max_prompts": 0, "moves": 0, "prompt_copies": 0,
                  "concurrency": 0, "kv_bytes": self.cache_bytes(), "kv_tokens_read": 0, "kv_bytes_read": 0}
         waiting = deque((p, range(j, min(j + width, n))) for p in range(len(prompts)) for j in range(0, n, width))
@@ -975,6 +976,7 @@ class StaticEngine(RolloutEngine):
             toks, lps = new_tok.tolist(), new_lp.tolist()
             stats["decode_s"] += time.perf_counter() - t0
             stats["decode_steps"] += 1
+            stats["summary_steps"] += self._step_columns([s.length for s in live]) > 1
             stats["rows_x_steps"] += len(live)
             # what the step must read (its floor): each row's own K/V, each live block's prefix once
             stats["kv_tokens_read"] += sum(s.length - s.prefix for s in live) + sum(
