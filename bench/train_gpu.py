@@ -19,7 +19,7 @@ through torch.compile; default: the recipe's; unfused also turns rollout.fuse_pr
     python bench/train_gpu.py --smoke          # CPU, tiny shape, seconds (part of the test suite)
 
 Reported per configuration (a table at the end; JSON after every step, so a run cut short keeps what
-it measured; a step cut short by the budget leaves where it was, `stuck_at`, and, once its rollout
+it measured; `compile_cache_files`: inductor's cache files when it started, 0 = a fresh machine's first step; a step cut short by the budget leaves where it was, `stuck_at`, and, once its rollout
 ended, `in_flight`: when its learner began and the rollout's prefill and decode seconds): first-step time (compilation included), then medians over the later steps that
 compiled nothing new (`steady_steps` of them; a step meeting a new length bucket compiles) of step
 time, rollout (engine prefill and decode apart), learner, weight sync, tokens/s (prompt + response
@@ -214,12 +214,24 @@ def rollout_floors(shape: str, prompt_lens: list[int], stats: dict, weight_bytes
     return {"decode_floor_s": (steps * weight_bytes + kv_read) / bandwidth, "prefill_floor_s": prefill}
 
 
+def compile_cache_files() -> int | None:
+    """Files in inductor's on-disk cache when a configuration starts: 0 means its first step compiles as
+    on a fresh machine, more that an earlier run left compiled code it may reuse (None: not found)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        return sum(1 for p in Path(cache_dir()).rglob("*") if p.is_file())
+    except (ImportError, OSError):
+        return None
+
+
 class Run:
     """One configuration: its Trainer, its step records, and its share of the JSON file."""
 
     def __init__(self, c: dict, args, results: dict, write):
         self.c, self.args, self.results, self.write = c, args, results, write
-        self.record = results["configs"][c["name"]] = {"settings": c, "status": "starting", "steps": []}
+        self.record = results["configs"][c["name"]] = {"settings": c, "status": "starting", "steps": [],
+                                                       "compile_cache_files": compile_cache_files()}
 
     def over_budget(self) -> None:  # from the watchdog thread: the step in flight did not finish in time
         self.record["status"] = f"over budget: step {len(self.record['steps']) + 1} unfinished at {self.c['budget_s']:.0f} s"
