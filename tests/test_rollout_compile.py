@@ -333,38 +333,26 @@ def test_ksa_fuse_projections_equals_separate(tiny_tokenizer, case):
 
 
 @pytest.mark.slow
-def test_a_sampler_that_fails_to_compile_falls_back_to_the_eager_one(tiny_tokenizer, stop_prompts):
-    """If inductor / Triton cannot build the compiled sampler (as once on the H200), the engine warns
-    once and samples uncompiled: the same tokens as an uncompiled engine, no crash."""
-    model = make_model(tiny_tokenizer, "qwen3")
-    params = SamplingParams(max_new_tokens=NEW, temperature=1.0, seed=3)
-    engine = StaticEngine(model, tiny_tokenizer, max_batch=4, max_len=40, compile_decode=True)
-
-    def broken(*args):
-        raise RuntimeError("triton: incompatible types\nmore detail")
-
-    engine._sample = broken
-    with pytest.warns(UserWarning, match="compiling the sampler failed .RuntimeError: triton: incompatible types"):
-        out = engine.generate(stop_prompts, 2, params)
-    reference = StaticEngine(model, tiny_tokenizer, max_batch=4, max_len=40).generate(stop_prompts, 2, params)
-    assert tokens(out) == tokens(reference)
-
-
-@pytest.mark.slow
-def test_ksa_masks_that_fail_to_compile_fall_back_to_eager_ones(tiny_tokenizer):
-    """The same for a KSA step's masks: a warning, then the eager masks; tokens equal an uncompiled engine's."""
+@pytest.mark.parametrize("what", ["the sampler", "the KSA masks"])
+def test_a_part_that_fails_to_compile_falls_back_to_the_eager_one(tiny_tokenizer, stop_prompts, what):
+    """If inductor / Triton cannot build a compiled part (the sampler, as once on the H200; a KSA step's
+    masks), the engine warns once and runs that part uncompiled: the same tokens as an uncompiled
+    engine, no crash."""
     from tests.test_rollout_static_ksa import LENGTHS, TEXT, ksa_model
 
-    model = ksa_model(tiny_tokenizer)
-    prompts = [tiny_tokenizer.encode(TEXT)[:k] for k in LENGTHS]
+    if what == "the sampler":
+        model, prompts, attr = make_model(tiny_tokenizer, "qwen3"), stop_prompts, "_sample"
+    else:
+        model, attr = ksa_model(tiny_tokenizer), "_biases"
+        prompts = [tiny_tokenizer.encode(TEXT)[:k] for k in LENGTHS]
     params = SamplingParams(max_new_tokens=14, temperature=1.0, seed=3)
     engine = StaticEngine(model, tiny_tokenizer, max_batch=4, max_len=64, compile_decode=True)
 
     def broken(*args):
-        raise RuntimeError("inductor: lowering failed\nmore detail")
+        raise RuntimeError("triton: incompatible types\nmore detail")
 
-    engine._biases = broken
-    with pytest.warns(UserWarning, match="compiling the KSA masks failed .RuntimeError: inductor: lowering failed"):
+    setattr(engine, attr, broken)
+    with pytest.warns(UserWarning, match=f"compiling {what} failed .RuntimeError: triton: incompatible types"):
         out = engine.generate(prompts, 2, params)
     reference = StaticEngine(model, tiny_tokenizer, max_batch=4, max_len=64).generate(prompts, 2, params)
     assert tokens(out) == tokens(reference)

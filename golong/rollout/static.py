@@ -972,11 +972,12 @@ class StaticEngine(RolloutEngine):
             stats["moves"] += self._compact(slots, width)
             t0 = time.perf_counter()
             stats["concurrency"] = max(stats["concurrency"], len(live))
-            new_tok, new_lp = self._step(live, width, len(slots) // width, params)
+            columns = self._step_columns([s.length for s in live])
+            new_tok, new_lp = self._step(live, width, len(slots) // width, columns, params)
             toks, lps = new_tok.tolist(), new_lp.tolist()
             stats["decode_s"] += time.perf_counter() - t0
             stats["decode_steps"] += 1
-            stats["summary_steps"] += self._step_columns([s.length for s in live]) > 1
+            stats["summary_steps"] += columns > 1
             stats["rows_x_steps"] += len(live)
             # what the step must read (its floor): each row's own K/V, each live block's prefix once
             stats["kv_tokens_read"] += sum(s.length - s.prefix for s in live) + sum(
@@ -990,9 +991,10 @@ class StaticEngine(RolloutEngine):
         self.stats = stats
         return [[self._completion(prompts[p], s) for s in group if s is not None] for p, group in enumerate(done)]
 
-    def _step(self, live: list[_Seq], width: int, blocks: int,
+    def _step(self, live: list[_Seq], width: int, blocks: int, columns: int,
               params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decode step over the batch bucket of blocks holding every live row: each row's next
+        """One decode step (`columns` query columns a row: _step_columns) over the batch bucket of blocks
+        holding every live row: each row's next
         token and its log p, drawn with the row's sampler key and step. A row below B without a sequence decodes a dummy token: at
         position 0 of its unused slot, or, beside live rows of its block, at own index 0 of its
         finished row (never read again)."""
@@ -1009,10 +1011,10 @@ class StaticEngine(RolloutEngine):
             shape = (b, width, length_bucket(max(s.prefix for s in live), self.prefix_cap),
                      length_bucket(max(s.length - s.prefix for s in live) + 1, self.cap_len))
             if self.ksa:
-                shape += (self._step_columns([s.length for s in live]),)
+                shape += (columns,)
             return self._decode_step(shape, params, (tok, pos, prefix, keys, steps))
         span = length_bucket(max(s.length for s in live) + 1, self.cap_len)
-        return self._decode_step((b, span, self._step_columns([s.length for s in live])), params, (tok, pos, keys, steps))
+        return self._decode_step((b, span, columns), params, (tok, pos, keys, steps))
 
     def _admit(self, prompts: list[list[int]], n: int, params: SamplingParams, waiting: deque, slots: list,
                width: int, first_logits: dict[int, torch.Tensor], started: dict[int, int], stats: dict) -> list[_Seq]:
