@@ -81,13 +81,14 @@ def replication_md(r: dict) -> str:
 
 def grpo_md(g: dict) -> str:
     c = g["config"]
+    tasks = c.get("tasks", TASKS)  # the tasks the run trained on
     out = [f"**GRPO + TMN-Reweight** ({g.get('scale', '?')}, {g['machine'].get('gpu') or 'CPU'}; {c['length']} tokens, "
            f"{c['prompts_per_task']} prompts/task × G={c['group']}, lr {c['lr']}). Mean reward, first → last quarter "
-           "of the steps:", "", "| policy | steps | " + " | ".join(TASKS) + " | held-out all, before → after | s/step (gen + train) |",
-           "|---|---|" + "---|" * len(TASKS) + "---|---|"]
+           "of the steps:", "", "| policy | steps | " + " | ".join(tasks) + " | held-out all, before → after | s/step (gen + train) |",
+           "|---|---|" + "---|" * len(tasks) + "---|---|"]
     for name, row in g["policies"].items():
         rise = reward_change(row)
-        cells = [f"{_fmt(a)} → {_fmt(b)}" for a, b in (rise.get(t, (None, None)) for t in TASKS)]
+        cells = [f"{_fmt(a)} → {_fmt(b)}" for a, b in (rise.get(t, (None, None)) for t in tasks)]
         after = row.get("acc_after", {}).get("all")
         out.append(f"| {name} | {len(row['steps'])} | " + " | ".join(cells) +
                    f" | {_fmt(row['acc_before']['all'])} → {_fmt(after)} | {_fmt(row.get('mean_step_s'))} "
@@ -102,7 +103,7 @@ def reward_change(row: dict) -> dict[str, tuple[float, float]]:
         return {}
     k = max(1, len(steps) // 4)
     return {t: (float(np.mean([s["reward"][t] for s in steps[:k]])), float(np.mean([s["reward"][t] for s in steps[-k:]])))
-            for t in TASKS}
+            for t in TASKS if t in steps[0]["reward"]}  # the tasks the run trained on (ksa_grpo.py --tasks)
 
 
 def conversion_md(c: dict) -> str:
@@ -215,8 +216,10 @@ def plot_replication(r: dict, path: Path) -> Path:
 
 def plot_grpo(g: dict, path: Path) -> Path:
     plt = _plt()
-    fig, axes = plt.subplots(1, len(TASKS) + 1, figsize=(4.4 * (len(TASKS) + 1), 3.8))
-    for ax, task in zip(axes, TASKS, strict=False):
+    tasks = g["config"].get("tasks", TASKS)
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.4 * (len(tasks) + 1), 3.8), squeeze=False)
+    axes = axes[0]
+    for ax, task in zip(axes, tasks, strict=False):
         for name, row in g["policies"].items():
             ax.plot([s["step"] for s in row["steps"]], [s["reward"][task] for s in row["steps"]], marker=".", label=name)
         ax.set(ylim=(-0.02, 1.02), title=f"mean reward: {task}", xlabel="GRPO step")

@@ -102,7 +102,8 @@
 #              and of the compiled decode with its compiled sampler in CUDA graphs (tests/test_rollout_compile.py)
 #   pair32k    issue 16's 0.6B / 32K pair at the GPU recipe's settings (compile_decode, Triton kernel, stacked
 #              projections, save_attention): full (100 s) then KSA (170 s), G=8 x 2, 2K new
-#   pair8k     the same at 8K, G=8 x 4, 256 new: full (70 s) then KSA (260 s: its first step took 98 s on an empty cache)
+#   pair8k     the same at 8K, G=8 x 4, 256 new: full (110 s) then KSA (300 s); on an empty cache their first steps took
+#              44.8 s and 143 s (2026-12-06), and with 70 / 260 s each row stopped after its first step
 #   prof32k    bench/prefix_decode.py 0.6B, 2 prompts of 32K, G=8, 256 new, the trainer's decode layout alone (shared
 #              prompts, compile_decode, Triton decode kernel), profiled: full attention (ksaprof32k: the KSA hybrid). Where
 #              the KSA decode step's time goes at 32K (1.7B: 20.2 s of decode a GRPO step against a floor of 4.8)
@@ -186,6 +187,10 @@
 #   ksaconv8k ksaconv with 8K-token distillation text (2 sequences a step: the tokens of a step unchanged). At 4K
 #            (2026-12-05) the student kept 69% at 8K: count fell 1.00 -> 0.08 (the teacher counts right at 8K
 #            alone, the curriculum's last length, a length the 4K text never shows), needle 1.00 -> 0.69
+#   ksagrpo32k  ksagrpo on kv alone at 32K prompts, 4x the 8K the policies trained to, where both start with room
+#            (held-out kv at 32K: full 0.45, KSA 0.41): equal room on one task, which the 4K run lacked (there full
+#            was right on needle and kv in every sample, KSA on two-hop). 8 prompts x G = 8, lr 3e-4, 40 steps
+#            or 190 s a policy. Limit 540 s
 #   ksaconv and ksagrpo read /tmp/ksa_models, or unpack out/ksa_models/*.tar (carried) on a fresh machine:
 #   OUT=$OUT bench/run_h200.sh ksarep    then, carry ["out/ksa_models"] (the tars from $OUT/models), one call
 #   each (their limits, 420 + 450 s, no longer fit one 600 s call together):
@@ -325,7 +330,7 @@ for s in "$@"; do
       done ;;
     pair32k|pair8k)  # issue 16's 0.6B rows at the GPU recipe's settings, full then KSA, save_attention
       if [ "$s" = pair32k ]; then runs=("0.6b:32k:8x2:2048 100" "0.6b:32k:8x2:2048:ksa 170")
-      else runs=("0.6b:8k:8x4:256 70" "0.6b:8k:8x4:256:ksa 260"); fi  # KSA: 98 s first step on an empty cache
+      else runs=("0.6b:8k:8x4:256 110" "0.6b:8k:8x4:256:ksa 300"); fi  # first steps on an empty cache: 45 s, 143 s
       for run in "${runs[@]}"; do
         read -r cfg secs <<<"$run"
         stage "$s" $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 12 --append \
@@ -398,6 +403,9 @@ for s in "$@"; do
                  --out "$OUT/conv8k" --budget-s 300 --seq-len 8192 --batch-size 2 --student-dir /tmp/ksa_conv8k ;;
     ksagrpo) ksa_models && stage ksagrpo 450 python3 bench/ksa_grpo.py --models /tmp/ksa_models --out "$OUT/grpo" \
                --budget-s 320 --steps 60 --lr 3e-4 --prompts-per-task 8 ;;
+    ksagrpo32k) ksa_models && stage ksagrpo32k 540 python3 bench/ksa_grpo.py --models /tmp/ksa_models --out "$OUT/grpo32k" \
+                  --tasks kv --length 32768 --prompts-per-task 8 --group 8 --steps 40 --lr 3e-4 \
+                  --micro-batch-tokens 36864 --budget-s 380 ;;
     *) echo "unknown stage $s" ;;
   esac
 done

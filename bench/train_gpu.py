@@ -24,7 +24,9 @@ ended, `in_flight`: when its learner began and the rollout's prefill and decode 
 compiled nothing new (`steady_steps` of them; a step meeting a new length bucket compiles) of step
 time, rollout (engine prefill and decode apart), learner, weight sync, tokens/s (prompt + response
 tokens of all P*G sequences per second of step), learner MFU, peak GPU memory, and the graphs
-torch.compile has built for this configuration so far (a run that settles stops adding them).
+torch.compile has built for this configuration so far (a run that settles stops adding them). Each
+step also records its compile work (compile_counters): FX-graph and AOTAutograd cache hits, misses and
+bypasses, and dynamo's compile seconds, so a slow first step on a warm cache says whether it recompiled.
 With --profile-learner STEP, that step's learner phase runs under torch.profiler: where its GPU
 time goes (top ops by self time on the device), to find what keeps the loop's MFU below
 bench/learner.py's on one sequence.
@@ -96,6 +98,24 @@ def parse_config(spec: str) -> dict:
     return {"name": spec, "shape": shape, "prompt_lens": lengths, "group": g, "prompts": p, "new": int(new),
             "ksa": ksa, "compile": "eager" not in flags, "share": "noshare" not in flags,
             "fused": True if "fused" in flags else False if "unfused" in flags else None}
+
+
+COMPILE_COUNTERS = {"fx_cache_hit": ("inductor", "fxgraph_cache_hit"), "fx_cache_miss": ("inductor", "fxgraph_cache_miss"),
+                    "fx_cache_bypass": ("inductor", "fxgraph_cache_bypass"),
+                    "aot_cache_hit": ("aot_autograd", "autograd_cache_hit"),
+                    "aot_cache_miss": ("aot_autograd", "autograd_cache_miss"),
+                    "aot_cache_bypass": ("aot_autograd", "autograd_cache_bypass")}
+
+
+def compile_counters() -> dict[str, float]:
+    """This process's compile work so far: inductor's FX-graph cache and AOTAutograd's cache hits, misses and
+    bypasses, and compile_s, the seconds dynamo spent compiling frames (tracing and the backend's compile of
+    the forward; a backward compiled lazily at its first call and Triton's own JIT compiles are not in it)."""
+    from torch._dynamo.utils import compilation_time_metrics, counters
+
+    out = {name: float(counters[group][key]) for name, (group, key) in COMPILE_COUNTERS.items()}
+    out["compile_s"] = float(sum(compilation_time_metrics.get("_compile.compile_inner", [])))
+    return out
 
 
 def policy_folder(shape: str, root: Path, device: str) -> Path:
@@ -304,6 +324,7 @@ class Run:
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             step_t0[0] = time.perf_counter()
+            compiled_before = compile_counters()
             m = trainer.train_one_step()
             trainer.step += 1
             self.record.pop("in_flight", None)
@@ -323,6 +344,7 @@ class Run:
             rec["mfu"] = flops / max(rec["train_time"], 1e-9) / PEAK_FLOPS
             rec["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
             rec["profiled"] = float(args.profile_learner == trainer.step)
+            rec.update({k: v - compiled_before[k] for k, v in compile_counters().items()})  # this step's compile work
             self.record["steps"].append({k: sig(v) for k, v in rec.items()})
             self.write()
             print(f"{c['name']} step {trainer.step}: {rec['step_time']:.2f}s (rollout {rec['rollout_time']:.2f}: prefill "

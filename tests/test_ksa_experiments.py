@@ -391,6 +391,28 @@ def test_report_from_the_smoke_results(replication, tmp_path):
     assert "KSA ≥ SCA on retrieval at ≥ 512 tokens" in text
 
 
+def test_grpo_on_one_task_trains_that_task_alone_and_reports_it(tmp_path):
+    """--tasks kv: every step's prompts are the kv prompts an all-task run draws (the same rows, nothing
+    else), the rewards and the report name kv alone, and the held-out accuracy still covers every task."""
+    import ksa_grpo
+    import ksa_report
+
+    every = ksa_grpo.step_prompts(0, 3, 2, 256)
+    assert ksa_grpo.step_prompts(0, 3, 2, 256, ["kv"]) == [item for item in every if item[0] == "kv"]
+    result = ksa_grpo.main(["--smoke", "--device", "cpu", "--tasks", "kv", "--out", str(tmp_path)])
+    for row in result["policies"].values():
+        assert [set(s["reward"]) for s in row["steps"]] == [{"kv"}] * 3
+        assert [s["groups"] for s in row["steps"]] == [2] * 3  # 2 prompts of one task
+        assert set(row["acc_before"]) == {"needle", "kv", "hop2", "count", "all"}
+    assert set(ksa_report.reward_change(result["policies"]["ksa"])) == {"kv"}
+    head, _, *rows = ksa_report.grpo_md(result).split("\n")[2:]
+    assert head.startswith("| policy | steps | kv | held-out")
+    assert [r.count(" → ") for r in rows] == [2, 2]  # per policy: kv's reward, the held-out accuracy
+    assert ksa_report.plot_grpo(result, tmp_path / "g.png").stat().st_size > 5_000
+    with pytest.raises(SystemExit):
+        ksa_grpo.parse_args(["--smoke", "--tasks", "kv,recall"])
+
+
 def test_goal_verdicts_say_not_decided_when_grpo_moved_nothing():
     """The GRPO goal is vacuous when the full policy's reward rose on no task: 'not decided', not 'no'; the
     conversion line names what each retrieval task kept (distilled / teacher)."""

@@ -59,6 +59,7 @@ def test_smoke_runs_the_trainer_and_reports_every_phase(train_gpu, tmp_path):
     assert summary["steps"] == 3 and summary["first_step_s"] == record["steps"][0]["step_time"]
     assert summary["decode_over_floor"] > 1 and summary["compiled_graphs"] == 0  # eager: nothing compiled
     assert summary["reward_errors"] == 0  # every reward function ran (9 tasks; a missing package shows here)
+    assert all(s[k] == 0 for s in record["steps"] for k in train_gpu.compile_counters())  # eager: no compile work
     # step 2's learner profiled (CPU ops here), and left out of the medians
     assert [s["profiled"] for s in record["steps"]] == [0.0, 1.0, 0.0] and summary["steady_steps"] == 1
     profile = record["learner_profile"]
@@ -147,6 +148,8 @@ def test_compiled_steps_with_prompts_of_different_lengths_settle_on_cpu(train_gp
                               "--set", "model.gradient_checkpointing=false", "--out", str(tmp_path / "r.json")])
     (record,) = results["configs"].values()
     check_run(record, first_s=600, step_s=120, graphs=12, growth=4)
+    first = record["steps"][0]  # the first step's compiles are on record: seconds, and inductor's cache lookups
+    assert first["compile_s"] > 0 and first["fx_cache_hit"] + first["fx_cache_miss"] + first["fx_cache_bypass"] > 0
 
 
 @pytest.mark.gpu
