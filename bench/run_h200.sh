@@ -33,7 +33,8 @@
 #              full attention (120 s) then KSA (180 s), both sharing prompts
 #   ksa8k      fused8k's KSA row without compile_decode (180 s): which decode setting KSA recipes should take
 #   prefixfuse2  prefixfuse with one repetition, within 250 s (to follow fused8k in one call)
-#   prefixtune prefixfuse2 with inductor's GEMM autotuning (TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1): the compiled
+#   prefixtune the trainer's decode layout (shared, compile_decode, Triton kernel, stacked projections) at 0.6B / 8K,
+#              profiled, without then with inductor's GEMM autotuning (TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1): the compiled
 #              step's GEMMs are M = 32 rows against weights of 1K-3K columns; in the profile of
 #              2026-12-05 they took ~2.4 of the step's 4.2 ms of kernels, the projections 5-19 us each
 #              where their 2-6 MB of weights need 0.4-1.3 us at HBM speed (two NN-layout kernels, ~0.75 ms,
@@ -79,7 +80,10 @@
 #              pattern, then bench/ksa_attention.py at 8K / 32K with the length arguments unspecialised (the code's
 #              default) and specialised (KSA_TRITON_SPECIALIZE_LENGTHS=1), 30 reps each (~4 min)
 #   sumcols    the 0.6B / 8K KSA row by default, then with rollout.ksa_summaries_every_step (summary columns in every
-#              decode step: one step shape, half the decode compiles and graphs), each on empty caches (~8 min)
+#              decode step: one step shape, half the decode compiles and graphs), each on empty caches (~8 min);
+#              TORCH_LOGS=recompiles: why each graph compiled again (the 1.7B / 32K KSA row counts 49 graphs
+#              against full attention's 16; a tiny KSA model on the CPU compiles 8 decode variants, one per
+#              layer kind and column count for the layer and its masks)
 #   ratio32k   issue 16's 1.7B / 32K pair at the GPU recipe's settings (Triton decode with split_size, stacked
 #              projections, compiled sampler, FlexAttention kept): full (160 s) then KSA (290 s), 8 steps at most
 #   flexauto   bench/learner.py --group 8 (one 32K GRPO group, 1.7B, the GPU recipe's learner) with and without
@@ -144,23 +148,26 @@
 # (decode 0.84x at 2.35x its floor, learner 0.70x); 0.6B / 8K: full 2.63 s, KSA 2.99 s = 1.14x; verify passed; two
 # parts in one launch 1.09-1.35x. Then the KSA attention kernel's length arguments unspecialised (one A/B, 5 reps:
 # 7-15% slower fwd+bwd, not settled; the compile-count GPU test cut off by its limit): ksaspec re-times it.
-# After those runs (not yet on a GPU): the KSA decode step's masks compiled with compile_decode (eager, ~65-80
-# one-kernel ops per layer kind a step: on the CPU a compiled KSA step's eager aten ops 549-584 -> 240-271, full
-# attention 249), and rollout.ksa_summaries_every_step (off by default).
-# Next GPU session, in this order (carry [".whl"], kind nvidia-h100-x1, one call each unless noted):
-#   1. pair8k               (~7 min) issue 16's 8K pair with the compiled masks (before: KSA 2.99 s = 1.14x full)
-#   2. full32kpair, then ksa32kpair twice on the same warm machine (~5 + 6 + 5 min): the 32K pair with the
-#                           compiled masks (before: 0.78x; KSA decode 11.4 s at 2.35x its floor)
-#   3. ksaspec              (~4 min) the compile-count GPU test; the kernel with lengths unspecialised vs specialised,
-#                           30 reps each: if the unspecialised kernel is slower beyond SDPA's drift, keep T / NS / L
-#                           specialised and pad them instead
-#   4. sumcols              (~8 min) whether summary columns in every decode step cost the steady KSA step anything,
-#                           and what they save of its cold first step (CPU, tiny KSA model: 51.6 -> 33.2 s first
-#                           generate, 9 -> 5 graphs); if the step is no slower, the KSA recipes set it
-#   5. prof32k ksaprof32k   where the KSA decode step goes at 32K
-#   6. pair32k (the KSA row twice, for a warm cache), ksarep1, ksaconv8k (carry [".whl","out/ksa_models"]), flexsdpa,
-#      flexauto
-#   later: ksalearnerprof, groupckpt, prefixtune, prefix32k
+# After those runs: the KSA decode step's masks compiled with compile_decode, and rollout.ksa_summaries_every_step
+# (off by default).
+# Sixteenth session (2026-12-06, one H100 after one failed H200 start, bench/results/h100_2026-12-06d/notes.md): pair8k
+# (cold: each row stopped after its first step, budgets now 110 / 300 s; then warm), full32kpair, ksa32kpair, ksaconv8k.
+# With the compiled masks and unspecialised kernel lengths: 0.6B / 8K KSA 2.57 s = 0.92x full (2.79 s); 1.7B / 32K
+# KSA 16.3 s = 0.74x full (21.9 s), decode 10.3 s at 2.13x its floor, no slow early prefills. Conversion on 8K text:
+# 62% of the teacher at 8K (4K text: 69%). New: ksa_grpo.py --tasks, stage ksagrpo32k; train_gpu.py records each
+# step's compile work (fx_cache_hit / miss / bypass, aot_cache_*, compile_s).
+# Next GPU session, in this order (carry [".whl"], kind nvidia-h100-x1 after one H200 try, one call each):
+#   1. ksagrpo32k           (~9 min, carry [".whl","out/ksa_models"]) issue 17: GRPO on kv at 32K, where both
+#                           policies start near 0.4: does GRPO raise KSA's reward where it raises full's
+#   2. flexsdpa             (~5 min) issue 15's learner MFU (36% in the loop; FlexAttention is 67% of the 1.7B / 32K
+#                           learner, 2026-12-05 profile): SDPA pieces against the kept FlexAttention on one 32K
+#                           group; if the pieces win, the GPU recipe sets optim.shared_prompt_kernel: sdpa
+#   3. prefixtune           (~5 min) issue 15's decode (2.51x its floor at 0.6B / 8K): the trainer's decode layout
+#                           profiled, GEMM autotuning off then on; if on wins, the engine compiles decode with it
+#   4. sumcols              (~8 min) every-step summary columns: steady cost, cold first step, recompile reasons
+#   then: pair32k (0.6B / 32K pair, issue 16), trainksa2 (64K rows, issue 16), ksaspec, prof32k ksaprof32k, ksarep1,
+#   ksalearnerprof (the KSA learner's ~45 s first step on a warm cache: its compile counters say whether it recompiled)
+#   later: groupckpt, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
 # machine (`base8k fused8k` in one call, ~490 s): the README's H200 rows do not compare with
@@ -339,7 +346,7 @@ for s in "$@"; do
     sumcols)  # the 0.6B / 8K KSA row (GPU recipe, save_attention) by default, then with summary columns in every
               # decode step; each on its own empty inductor and Triton caches, so both first steps are a fresh machine's
       for every in false true; do
-        TORCHINDUCTOR_CACHE_DIR=/tmp/ind_sumcols_$every TRITON_CACHE_DIR=/tmp/triton_sumcols_$every \
+        TORCHINDUCTOR_CACHE_DIR=/tmp/ind_sumcols_$every TRITON_CACHE_DIR=/tmp/triton_sumcols_$every TORCH_LOGS=recompiles \
           stage sumcols 230 python3 bench/train_gpu.py 0.6b:8k:8x4:256:ksa --budget-s 190 --steps 12 \
           --set model.checkpoint_policy=save_attention --set rollout.ksa_summaries_every_step=$every \
           --out "$OUT/train_gpu_sumcols_$every.json"
@@ -353,9 +360,11 @@ for s in "$@"; do
              done ;;
     ksa8k) stage ksa8k 220 python3 bench/train_gpu.py 0.6b:8k:8x4:256:ksa:unfused --budget-s 180 --steps 20 --append \
              --set rollout.decode_kernel=torch --out "$OUT/train_gpu_fused.json" ;;  # fused8k's KSA row without compile_decode, same machine
-    prefixtune) TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 stage prefixtune 330 python3 bench/prefix_decode.py --shape 0.6b \
-                  --prompt-len 8192 --prompts 4 --new-tokens 256 --reps 1 --compile-decode --profile \
-                  --out "$OUT/prefix_decode_tuned.json" ;;
+    prefixtune) for tune in 0 1; do  # the trainer's decode layout, inductor's GEMM autotuning off (0) then on (1)
+                  TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=$tune stage prefixtune 200 python3 bench/prefix_decode.py --shape 0.6b \
+                    --prompt-len 8192 --prompts 4 --new-tokens 256 --reps 2 --compile-decode --only shared+compile \
+                    --decode-kernel triton --fuse-projections --profile --out "$OUT/prefix_decode_tune$tune.json"
+                done ;;
     prefixfuse2) stage prefixfuse 250 python3 bench/prefix_decode.py --shape 0.6b --prompt-len 8192 --prompts 4 \
                    --new-tokens 256 --reps 1 --compile-decode --profile --out "$OUT/prefix_decode_fused.json" ;;
     fused32k) stage fused32k 245 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:fused --budget-s 200 --steps 10 \
