@@ -79,6 +79,8 @@
 #   ksaspec    the KSA attention GPU test that counts compiled variants over lengths of every 1 / multiple-of-16
 #              pattern, then bench/ksa_attention.py at 8K / 32K with the length arguments unspecialised (the code's
 #              default) and specialised (KSA_TRITON_SPECIALIZE_LENGTHS=1), 30 reps each (~4 min)
+#   tune8k     pair8k's full-attention row with inductor's GEMM autotuning (TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1: the learner's
+#              and the decode layers' GEMMs alike), to follow pair8k on the same machine (its baseline) (~3 min)
 #   sumcols    the 0.6B / 8K KSA row by default, then with rollout.ksa_summaries_every_step (summary columns in every
 #              decode step: one step shape, half the decode compiles and graphs), each on empty caches (~8 min);
 #              TORCH_LOGS=recompiles: why each graph compiled again (the 1.7B / 32K KSA row counts 49 graphs
@@ -163,7 +165,8 @@
 #                           learner, 2026-12-05 profile): SDPA pieces against the kept FlexAttention on one 32K
 #                           group; if the pieces win, the GPU recipe sets optim.shared_prompt_kernel: sdpa
 #   3. prefixtune           (~5 min) issue 15's decode (2.51x its floor at 0.6B / 8K): the trainer's decode layout
-#                           profiled, GEMM autotuning off then on; if on wins, the engine compiles decode with it
+#                           profiled, GEMM autotuning off then on; if on wins, tune8k (after pair8k's full row, its
+#                           baseline) says what it gives a GRPO step, and the engine compiles decode with it
 #   4. sumcols              (~8 min) every-step summary columns: steady cost, cold first step, recompile reasons
 #   then: pair32k (0.6B / 32K pair, issue 16), trainksa2 (64K rows, issue 16), ksaspec, prof32k ksaprof32k, ksarep1,
 #   ksalearnerprof (the KSA learner's ~45 s first step on a warm cache: its compile counters say whether it recompiled)
@@ -343,6 +346,8 @@ for s in "$@"; do
         stage "$s" $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 12 --append \
           --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_06b.json"
       done ;;
+    tune8k) TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 stage tune8k 150 python3 bench/train_gpu.py 0.6b:8k:8x4:256 --budget-s 110 \
+              --steps 12 --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_tune8k.json" ;;
     sumcols)  # the 0.6B / 8K KSA row (GPU recipe, save_attention) by default, then with summary columns in every
               # decode step; each on its own empty inductor and Triton caches, so both first steps are a fresh machine's
       for every in false true; do
