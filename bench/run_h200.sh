@@ -84,8 +84,11 @@
 #   sumcols    the 0.6B / 8K KSA row by default, then with rollout.ksa_summaries_every_step (summary columns in every
 #              decode step: one step shape, half the decode compiles and graphs), each on empty caches (~8 min);
 #              TORCH_LOGS=recompiles: why each graph compiled again (the 1.7B / 32K KSA row counts 49 graphs
-#              against full attention's 16; a tiny KSA model on the CPU compiles 8 decode variants, one per
-#              layer kind and column count for the layer and its masks)
+#              against full attention's 16). CPU, tiny KSA model (3 ring layers + 1 full), two generates of
+#              2 prompts x 8 rows and 1,200 new tokens: the decode layer compiled 11 times and the masks 9,
+#              full attention's layer 5. The KSA variants (layer kind x summary columns x which storage exists)
+#              each compile static first, then again as a span bucket (the layout's integers, the own-summary
+#              storage) or the row count changes, until those sizes are symbolic
 #   ratio32k   issue 16's 1.7B / 32K pair at the GPU recipe's settings (Triton decode with split_size, stacked
 #              projections, compiled sampler, FlexAttention kept): full (160 s) then KSA (290 s), 8 steps at most
 #   flexauto   bench/learner.py --group 8 (one 32K GRPO group, 1.7B, the GPU recipe's learner) with and without
