@@ -110,7 +110,7 @@ COMPILE_COUNTERS = {"fx_cache_hit": ("inductor", "fxgraph_cache_hit"), "fx_cache
 def compile_counters() -> dict[str, float]:
     """This process's compile work so far: inductor's FX-graph cache and AOTAutograd's cache hits, misses and
     bypasses, and compile_s, the seconds dynamo spent compiling frames (tracing and the backend's compile of
-    the forward; a backward compiled lazily at its first call and Triton's own JIT compiles are not in it)."""
+    the forward; a backward compiled lazily at its first call may not be in it, Triton's own JIT compiles are not)."""
     from torch._dynamo.utils import compilation_time_metrics, counters
 
     out = {name: float(counters[group][key]) for name, (group, key) in COMPILE_COUNTERS.items()}
