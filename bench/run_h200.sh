@@ -170,8 +170,13 @@
 #   3. prefixtune           (~5 min) issue 15's decode (2.51x its floor at 0.6B / 8K): the trainer's decode layout
 #                           profiled, GEMM autotuning off then on; if on wins, tune8k (after pair8k's full row, its
 #                           baseline) says what it gives a GRPO step, and the engine compiles decode with it
-#   4. sumcols              (~8 min) every-step summary columns: steady cost, cold first step, recompile reasons
-#   then: pair32k (0.6B / 32K pair, issue 16), trainksa2 (64K rows, issue 16), ksaspec, prof32k ksaprof32k, ksarep1,
+#   4. ksaprof32k prof32k   (~5 min) issue 16 at 32K (0.74x, goal 0.7x): the KSA decode step profiled with today's code.
+#                           Its ~2.5 ms a step above its floor is about full attention's, so what moves the ratio is
+#                           KSA-only time: its attention kernels (1.54 ms a step at ~53% of HBM speed in the 2026-12-05
+#                           profile, before two parts per launch, against 2.82 ms at ~80% for full attention) and its
+#                           mask and summary-write kernels; ~0.5 ms a step off KSA alone is ~1 s a GRPO step, 0.70x
+#   5. sumcols              (~8 min) every-step summary columns: steady cost, cold first step, recompile reasons
+#   then: pair32k (0.6B / 32K pair, issue 16), trainksa2 (64K rows, issue 16), ksaspec, ksarep1,
 #   ksalearnerprof (the KSA learner's ~45 s first step on a warm cache: its compile counters say whether it recompiled)
 #   later: groupckpt, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
