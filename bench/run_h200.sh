@@ -207,7 +207,7 @@
 #            alone, the curriculum's last length, a length the 4K text never shows), needle 1.00 -> 0.69
 #   ksagrpo32k  ksagrpo on kv alone at 32K prompts, 4x the 8K the policies trained to, where both start with room
 #            (held-out kv at 32K: full 0.45, KSA 0.41): equal room on one task, which the 4K run lacked (there full
-#            was right on needle and kv in every sample, KSA on two-hop). 8 prompts x G = 8, lr 3e-4, 40 steps
+#            was right on needle and kv in every sample, KSA on two-hop). 8 prompts x G = 8, lr 3e-4, 60 steps
 #            or 190 s a policy. Limit 540 s
 #   ksaconv and ksagrpo read /tmp/ksa_models, or unpack out/ksa_models/*.tar (carried) on a fresh machine:
 #   OUT=$OUT bench/run_h200.sh ksarep    then, carry ["out/ksa_models"] (the tars from $OUT/models), one call
@@ -426,7 +426,7 @@ for s in "$@"; do
     ksagrpo) ksa_models && stage ksagrpo 450 python3 bench/ksa_grpo.py --models /tmp/ksa_models --out "$OUT/grpo" \
                --budget-s 320 --steps 60 --lr 3e-4 --prompts-per-task 8 ;;
     ksagrpo32k) ksa_models && stage ksagrpo32k 540 python3 bench/ksa_grpo.py --models /tmp/ksa_models --out "$OUT/grpo32k" \
-                  --tasks kv --length 32768 --prompts-per-task 8 --group 8 --steps 40 --lr 3e-4 \
+                  --tasks kv --length 32768 --prompts-per-task 8 --group 8 --steps 60 --lr 3e-4 \
                   --micro-batch-tokens 36864 --budget-s 380 ;;
     *) echo "unknown stage $s" ;;
   esac
