@@ -214,17 +214,41 @@ def plot_replication(r: dict, path: Path) -> Path:
     return _save(plt, fig, path)
 
 
+def trailing_mean(values: list[float], window: int) -> list[float]:
+    """Mean of each value and the window - 1 before it (fewer at the start): a noisy per-step reward as a curve."""
+    return [float(np.mean(values[max(0, i + 1 - window):i + 1])) for i in range(len(values))]
+
+
 def plot_grpo(g: dict, path: Path) -> Path:
+    """Per task: each step's mean reward (dots) and its trailing mean over a sixth of the steps (line);
+    held-out accuracy per task before and after (bars); seconds per step."""
     plt = _plt()
     tasks = g["config"].get("tasks", TASKS)
-    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.4 * (len(tasks) + 1), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks) + 2, figsize=(4.4 * (len(tasks) + 2), 3.8), squeeze=False)
     axes = axes[0]
     for ax, task in zip(axes, tasks, strict=False):
         for name, row in g["policies"].items():
-            ax.plot([s["step"] for s in row["steps"]], [s["reward"][task] for s in row["steps"]], marker=".", label=name)
+            steps = [s["step"] for s in row["steps"]]
+            reward = [s["reward"][task] for s in row["steps"]]
+            window = max(1, len(reward) // 6)
+            line = ax.plot(steps, trailing_mean(reward, window), label=f"{name} ({window}-step mean)")[0]
+            ax.plot(steps, reward, ".", color=line.get_color(), alpha=0.35)
         ax.set(ylim=(-0.02, 1.02), title=f"mean reward: {task}", xlabel="GRPO step")
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize=8)
+    ax = axes[len(tasks)]
+    held = [k for k in (*TASKS, "all") if k in next(iter(g["policies"].values()))["acc_before"]]
+    width = 0.8 / (2 * len(g["policies"]))
+    for j, (name, row) in enumerate(g["policies"].items()):
+        for k, when in enumerate(("acc_before", "acc_after")):
+            if when in row:
+                xs = np.arange(len(held)) + (2 * j + k - len(g["policies"]) + 0.5) * width
+                ax.bar(xs, [row[when][t] for t in held], width, label=f"{name} {when[4:]}",
+                       alpha=0.45 if k == 0 else 0.9, color=f"C{j}")
+    ax.set(xticks=np.arange(len(held)), xticklabels=held, ylim=(0, 1.02),
+           title=f"held-out at {g['config']['length']} tokens")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
     ax = axes[-1]
     for name, row in g["policies"].items():
         steps = [s["step"] for s in row["steps"]]

@@ -239,6 +239,18 @@ def test_kv_bytes_counts_ring_and_summaries():
     assert ksa_report.kv_bytes(model, 32)["ksa"] == 4 * 32 * per  # inside the window: every layer is full
 
 
+def test_trailing_mean_is_a_running_window_average():
+    import ksa_report
+
+    values = [float(v) for v in np.random.default_rng(0).random(20)]
+    window = 4
+    full = np.convolve(values, np.ones(window) / window, mode="valid")  # complete windows only
+    got = ksa_report.trailing_mean(values, window)
+    np.testing.assert_allclose(got[window - 1:], full, rtol=1e-12)
+    assert got[:window - 1] == pytest.approx([np.mean(values[:i + 1]) for i in range(window - 1)])
+    assert ksa_report.trailing_mean(values, 1) == pytest.approx(values)
+
+
 def test_tokenizer_ids_are_the_synthetic_ids():
     tok = rep.build_tokenizer()
     assert (tok.eos_token_id, tok.pad_token_id, len(tok)) == (rep.EOS, rep.PAD, rep.VOCAB)
