@@ -17,6 +17,9 @@ against one launch per part at the same split (`two_launches`), each merged; `la
 On a GPU each path is captured in a CUDA graph and timed over replays (as the engine runs it: no
 host launch time); on the CPU the median wall clock; K/V bytes over time as TB/s; the speed-up torch / triton;
 each path's largest error against a float32 reference. Prints a table, writes JSON.
+With --splits, each case is also timed at each given split size (keys per program): the kernel alone, the
+kernel + merge_partials eagerly, and the kernel + merge_partials through torch.compile (as the engine's
+compiled decode layers merge); more, shorter splits keep more SMs busy but write more partials to merge.
 """
 
 from __future__ import annotations
@@ -104,6 +107,33 @@ def case(n: int, h: int, m: int, s: int, d: int, dtype, device: str, reps: int, 
     return row
 
 
+def split_sweep(n: int, h: int, m: int, s: int, d: int, dtype, device: str, reps: int, splits: list[int]) -> list[dict]:
+    """One row per split size: kernel_s (decode_partials alone), eager_s (+ merge_partials), compiled_s (+ the
+    merge through torch.compile), the K/V rate of compiled_s and its largest error against float32."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    k, v = cache_slices(gen, n, h, s, d, dtype, device)
+    q = torch.randn(n, h, m, d, generator=gen, device=device).to(dtype)
+    bias = torch.zeros(n, 1, 1, s, device=device)
+    scale = d**-0.5
+    ref = torch_path(q.float(), k.float(), v.float(), bias[:, 0, 0], scale)
+    torch._dynamo.config.recompile_limit = 64  # one static compile of the merge per shape
+    merge = torch.compile(merge_partials, dynamic=False, fullgraph=True)
+    rows = []
+    for split in splits:
+        def kernel(split=split):
+            return decode_partials(q, k, v, bias, scale, m, 1, split)
+
+        row = {"rows": n, "heads": h, "queries": m, "keys": s, "split": split, "programs": n * h * -(-s // split),
+               "auto": split == split_size(n * h, s)}
+        row["kernel_s"] = graph_time(kernel, reps, device)
+        row["eager_s"] = graph_time(lambda: merge_partials(*kernel()), reps, device)
+        row["compiled_s"] = graph_time(lambda: merge(*kernel()), reps, device)
+        row["compiled_tbs"] = 2 * k.numel() * k.element_size() / row["compiled_s"] / 1e12
+        row["err"] = float((merge(*kernel()).float() - ref).abs().max())
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -115,13 +145,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--queries", type=int, nargs="+", default=[4, 16, 32], help="M: stacked queries per (row, KV head)")
     ap.add_argument("--second-keys", type=int, default=0,
                     help="S2: also time a second key part of S2 keys in one launch vs one launch per part")
+    ap.add_argument("--splits", type=int, nargs="+", default=None,
+                    help="time each case at these split sizes instead (multiples of 64): kernel, + eager / compiled merge")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32  # the interpreter has no bf16 dot
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (Triton interpreter)"
+    if args.splits:
+        rows = [r for n in args.rows for s in args.keys for m in args.queries
+                for r in split_sweep(n, args.heads, m, s, args.dim, dtype, args.device, args.reps, args.splits)]
+        print_rows(rows, ["rows", "queries", "keys", "split", "programs", "auto", "kernel_s", "eager_s", "compiled_s",
+                          "compiled_tbs", "err"], f"decode attention by split size ({device}, {dtype})")
+        return save_rows(rows, args, device, dtype)
     rows = [case(n, args.heads, m, s, args.dim, dtype, args.device, args.reps, args.second_keys)
             for n in args.rows for s in args.keys for m in args.queries]
-    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (Triton interpreter)"
     print_rows(rows, ["rows", "queries", "keys", "split", "torch_s", "triton_s", "triton512_s", "speedup", "split_gain",
                       "torch_tbs", "triton_tbs", "torch_err", "triton_err"], f"decode attention, one key part: torch vs split-K Triton ({device}, {dtype})")
     if args.second_keys:

@@ -67,10 +67,14 @@
 #   decodekernel  bench/decode_kernel.py: the split-K Triton decode kernel alone against the torch path, its split
 #              size chosen by split_size against a fixed 512 (the KSA parts' shapes: 2 blocks or 16 rows x 8 KV
 #              heads, 256-32K keys) (~1 min)
+#   splits     bench/decode_kernel.py --splits: the shared-prompt decode part at the trainer's shapes (4 blocks x 8K keys,
+#              2 x 32K; 16 stacked queries) at 256-4,096 keys a split, kernel alone and with its merge (eager,
+#              compiled): the 0.6B / 32K decode profile of 2026-12-06 spent 0.50 ms a step in the compiled merge of
+#              64 splits a layer (18 us a call) against 2.84 ms in the kernel (~1 min)
 #   twopart    bench/decode_kernel.py --second-keys: a KSA layer's window text (1,024 keys) and summaries (4,096)
 #              in one launch against one launch each, merged (~1 min)
 #   verify     the GPU tests of the decode kernel (split sizes), the rollout's Triton decode, save_attention keeping
-#              FlexAttention and the compiled decode with its compiled sampler, without -x (~3 min)
+#              FlexAttention, the compiled decode with its compiled sampler and the engine's look-ahead, without -x (~4 min)
 #   ratio32ks  ratio32k within less device time: full 110 s, KSA 210 s (2-5 steady steps each)
 #   kernelcheck  the decode kernel's and the KSA attention kernel's GPU tests (~2.5 min): verify's first two files and
 #              tests/test_ksa_attention.py
@@ -161,24 +165,22 @@
 # KSA 16.3 s = 0.74x full (21.9 s), decode 10.3 s at 2.13x its floor, no slow early prefills. Conversion on 8K text:
 # 62% of the teacher at 8K (4K text: 69%). New: ksa_grpo.py --tasks, stage ksagrpo32k; train_gpu.py records each
 # step's compile work (fx_cache_hit / miss / bypass, aot_cache_*, compile_s).
+# Seventeenth session (2026-12-06, H100s, bench/results/h100_2026-12-06e/notes.md): ksarep1 (seed 1: all three models
+# learned two-hop, KSA alone counting), ksagrpo32k (kv at 32K from the seed-1 models: held-out kv full 0.66 -> 0.92,
+# KSA 0.67 -> 0.89), prefixtune (GEMM autotuning 0.98x: not adopted), ksaprof32k prof32k (0.6B / 32K decode: full
+# 5.23 ms a step, KSA 3.57), flexsdpa (SDPA pieces 1.12x slower than kept FlexAttention), pair8k on a fresh machine
+# (full 2.48 s, KSA 2.46 s = 0.99x), splits (longer decode splits <= 5%), ksaspec (unspecialised lengths 7-8% slower;
+# its compile-count test failed on its own recording wrapper, fixed). Then, unmeasured: the engine looks one step ahead
+# (StaticEngine.look_ahead: each decode step enqueued before the last one's tokens are read; ~0.3-0.45 ms of host
+# work a step was the device's idle time: a 0.6B / 8K decode step is 3.65 ms by wall clock, ~3.2 ms of kernels).
 # Next GPU session, in this order (carry [".whl"], kind nvidia-h100-x1 after one H200 try, one call each):
-#   1. ksagrpo32k           (~9 min, carry [".whl","out/ksa_models"]) issue 17: GRPO on kv at 32K, where both
-#                           policies start near 0.4: does GRPO raise KSA's reward where it raises full's
-#   2. flexsdpa             (~5 min) issue 15's learner MFU (36% in the loop; FlexAttention is 67% of the 1.7B / 32K
-#                           learner, 2026-12-05 profile): SDPA pieces against the kept FlexAttention on one 32K
-#                           group; if the pieces win, the GPU recipe sets optim.shared_prompt_kernel: sdpa
-#   3. prefixtune           (~5 min) issue 15's decode (2.51x its floor at 0.6B / 8K): the trainer's decode layout
-#                           profiled, GEMM autotuning off then on; if on wins, tune8k (after pair8k's full row, its
-#                           baseline) says what it gives a GRPO step, and the engine compiles decode with it
-#   4. ksaprof32k prof32k   (~5 min) issue 16 at 32K (0.74x, goal 0.7x): the KSA decode step profiled with today's code.
-#                           Its ~2.5 ms a step above its floor is about full attention's, so what moves the ratio is
-#                           KSA-only time: its attention kernels (1.54 ms a step at ~53% of HBM speed in the 2026-12-05
-#                           profile, before two parts per launch, against 2.82 ms at ~80% for full attention) and its
-#                           mask and summary-write kernels; ~0.5 ms a step off KSA alone is ~1 s a GRPO step, 0.70x
-#   5. sumcols              (~8 min) every-step summary columns: steady cost, cold first step, recompile reasons
-#   then: pair32k (0.6B / 32K pair, issue 16), trainksa2 (64K rows, issue 16), ksaspec, ksarep1,
-#   ksalearnerprof (the KSA learner's ~45 s first step on a warm cache: its compile counters say whether it recompiled)
-#   later: groupckpt, prefix32k
+#   1. verify pair8k        (~3 + ~8 min, two calls) the look-ahead on the GPU: verify runs the engine's GPU tests
+#                           (CUDA graphs, compiled decode), then pair8k's decode against today's 1.01 s (full) and
+#                           0.91 s (KSA) a GRPO step: issue 15's rollout <= 2x its floor (2.45x)
+#   2. full32kpair ksa32kpair  (two calls) issue 16's 1.7B / 32K ratio with the look-ahead (0.74x before, goal 0.7x)
+#   3. pair32k trainksa2    issue 16's 0.6B / 32K pair and the 64K rows, never run with today's code
+#   4. sumcols              every-step summary columns: steady cost, cold first step, recompile reasons
+#   then: ksalearnerprof (the KSA learner's first step: compile counters), flexauto, groupckpt, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
 # machine (`base8k fused8k` in one call, ~490 s): the README's H200 rows do not compare with
@@ -280,6 +282,8 @@ for s in "$@"; do
                tests/test_triton_decode.py tests/test_rollout_triton_decode.py tests/test_checkpointing.py ;;
     decodekernel) stage decodekernel 150 python3 bench/decode_kernel.py --rows 2 16 --keys 256 1024 4096 32768 \
                     --queries 2 16 32 --out "$OUT/decode_kernel.json" ;;
+    splits) stage splits 150 python3 bench/decode_kernel.py --rows 4 2 --keys 8192 32768 --queries 16 --reps 50 \
+              --splits 256 512 1024 2048 4096 --out "$OUT/decode_splits.json" ;;
     twopart) stage twopart 120 python3 bench/decode_kernel.py --rows 2 16 --keys 1024 --second-keys 4096 \
                --queries 2 16 32 --out "$OUT/decode_two_parts.json" ;;
     ksaspec) stage ksaspec 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_ksa_attention.py -k one_compile
@@ -287,7 +291,7 @@ for s in "$@"; do
                KSA_TRITON_SPECIALIZE_LENGTHS=$spec stage ksaspec 90 python3 bench/ksa_attention.py --lengths 8192 32768 \
                  --impls triton --reps 30 --out "$OUT/ksa_attention_specialize$spec.json"
              done ;;
-    verify) stage verify 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_decode.py \
+    verify) stage verify 260 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_decode.py tests/test_rollout_look_ahead.py \
               tests/test_rollout_triton_decode.py tests/test_checkpointing.py tests/test_rollout_compile.py ;;
     kernelcheck) stage kernelcheck 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_decode.py \
                    tests/test_rollout_triton_decode.py tests/test_ksa_attention.py

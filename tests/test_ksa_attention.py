@@ -383,5 +383,6 @@ def test_gpu_one_compile_serves_every_length(monkeypatch):
 
     _launches(monkeypatch, SPECIALIZING_PACKS[:1], device="cuda", d=64)
     first = variants()
+    monkeypatch.undo()  # the recording wrappers off again: _launches wraps the module's own kernels
     _launches(monkeypatch, SPECIALIZING_PACKS[1:], device="cuda", d=64)
     assert variants() == first
