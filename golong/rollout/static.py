@@ -47,6 +47,14 @@ prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engin
 - samples on the device with a counter-based random stream keyed by (seed, prompt index, sample
   index, step) (golong/rollout/sampling.py): a sample's tokens do not depend on which other rows
   share its batch.
+- looks one step ahead (`look_ahead`): while no prompt waits and no row reaches max_new_tokens, each
+  decode step is enqueued before the previous step's tokens are read, its token inputs taken from
+  that step's sampled tokens on the device and the rest (positions, sampler steps) one further on the
+  host; the tokens come back through pinned memory, so the device decodes while the host reads them
+  and schedules (host work a step: ~0.3 ms on the 2-core CPU, a 0.6B / 8K decode step is ~3.7 ms on an
+  H100). A row whose EOS is read after the next step was enqueued has that token dropped, and the
+  engine reads every step before the next until the batch is rescheduled. Same tokens as reading each
+  step first (tests/test_rollout_look_ahead.py); not yet timed on a GPU.
 
 Measured on one H200 (2026-11-28, Qwen3-0.6B shape, bf16, full attention, bench/engine_decode.py):
 7.1 ms per decode step after a 32K prompt at batch 1 (transformers `generate`: 68.5 ms; HBM floor
@@ -322,8 +330,29 @@ class _Graph:
     outputs: tuple[torch.Tensor, torch.Tensor]  # (sampled token, its log p) per row
 
 
+@dataclass
+class _Issued:
+    """A decode step enqueued on the device and not read yet: its rows, their sampled tokens and log p
+    on the device (the graph's outputs: the next step's token inputs) and their copies on the host,
+    readable once `ready` has passed (None: already there)."""
+    live: list[_Seq]
+    columns: int  # query columns a row (KSA summary steps: more than 1)
+    tok: torch.Tensor
+    host: tuple[torch.Tensor, torch.Tensor]
+    ready: Any = None
+
+    def read(self) -> tuple[list[int], list[float]]:
+        if self.ready is not None:
+            self.ready.synchronize()  # this step's copies only, not the step enqueued after it
+        return self.host[0].tolist(), self.host[1].tolist()
+
+
 class StaticEngine(RolloutEngine):
     """Static-cache, CUDA-graph, continuous-batching generation (see the module docstring)."""
+
+    # Enqueue each decode step before reading the last one's tokens (the device decodes while the host
+    # reads and schedules); False: read each step before the next (the same tokens; tests compare the two)
+    look_ahead = True
 
     # Its own layer loop over the model's submodules: a decoder layer's forward (which the learner may
     # have compiled) never runs here, so a shared model's decode needs no force_eager stance, and
@@ -961,59 +990,99 @@ class StaticEngine(RolloutEngine):
                 return True
             return False
 
+        ahead: _Issued | None = None  # the step after the one being read, already enqueued
         while waiting or any(slots):
+            if ahead is None:
+                t0 = time.perf_counter()
+                for seq in self._admit(prompts, n, params, waiting, slots, width, first_logits, started, stats):
+                    finish_if(seq, seq.tokens[-1])
+                stats["prefill_s"] += time.perf_counter() - t0
+                live = [s for s in slots if s is not None]
+                if not live:
+                    continue
+                stats["moves"] += self._compact(slots, width)
             t0 = time.perf_counter()
-            for seq in self._admit(prompts, n, params, waiting, slots, width, first_logits, started, stats):
-                finish_if(seq, seq.tokens[-1])
-            stats["prefill_s"] += time.perf_counter() - t0
-            live = [s for s in slots if s is not None]
-            if not live:
-                continue
-            stats["moves"] += self._compact(slots, width)
-            t0 = time.perf_counter()
-            stats["concurrency"] = max(stats["concurrency"], len(live))
-            columns = self._step_columns([s.length for s in live])
-            new_tok, new_lp = self._step(live, width, len(slots) // width, columns, params)
-            toks, lps = new_tok.tolist(), new_lp.tolist()
+            current = ahead or self._issue(live, width, len(slots) // width, params)
+            # Enqueue the next step before reading this one's tokens, so the device decodes while the host
+            # reads them; only while nothing can be admitted and no row reaches max_new_tokens here
+            ahead = None
+            if self.look_ahead and not waiting and all(len(s.tokens) + 1 < params.max_new_tokens for s in current.live):
+                ahead = self._issue(current.live, width, len(slots) // width, params, after=current)
+            if self._absorb(current, slots, width, finish_if, stats) and ahead is not None:
+                self._absorb(ahead, slots, width, finish_if, stats)  # a row stopped (EOS): read the step past it too
+                ahead = None
             stats["decode_s"] += time.perf_counter() - t0
-            stats["decode_steps"] += 1
-            stats["summary_steps"] += columns > 1
-            stats["rows_x_steps"] += len(live)
-            # what the step must read (its floor): each row's own K/V, each live block's prefix once
-            stats["kv_tokens_read"] += sum(s.length - s.prefix for s in live) + sum(
-                {s.slot // width: s.prefix for s in live}.values())
-            stats["kv_bytes_read"] += self._read_bytes(live, width)
-            for s in live:
-                s.length += 1
-                s.tokens.append(toks[s.slot])
-                s.logps.append(lps[s.slot])
-                finish_if(s, toks[s.slot])
         self.stats = stats
         return [[self._completion(prompts[p], s) for s in group if s is not None] for p, group in enumerate(done)]
 
-    def _step(self, live: list[_Seq], width: int, blocks: int, columns: int,
-              params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+    def _issue(self, live: list[_Seq], width: int, blocks: int, params: SamplingParams,
+               after: _Issued | None = None) -> _Issued:
+        """Enqueue one decode step over `live` and the copy of its tokens and log p to the host. `after`:
+        a step over the same rows not read yet; this one is the step after it (positions one further,
+        its sampled tokens fed from the device)."""
+        ahead = 0 if after is None else 1
+        columns = self._step_columns([s.length + ahead for s in live])
+        tok, lp = self._step(live, width, blocks, columns, params, ahead, None if after is None else after.tok)
+        if not tok.is_cuda:
+            return _Issued(live, columns, tok, (tok, lp))
+        host = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in (tok, lp))
+        ready = torch.cuda.Event()
+        ready.record()
+        return _Issued(live, columns, tok, host, ready)
+
+    def _absorb(self, step: _Issued, slots: list, width: int, finish_if, stats: dict) -> bool:
+        """Read a step's tokens into its rows that are still live (a row that stopped the step before
+        has one decoded past its end: dropped, and left out of `stats`, which count what the rows needed:
+        the steps, and what each must read, its floor); True if a row stopped early (EOS)."""
+        toks, lps = step.read()
+        rows = [s for s in step.live if slots[s.slot] is s]
+        if not rows:
+            return False
+        stats["decode_steps"] += 1
+        stats["summary_steps"] += step.columns > 1
+        stats["rows_x_steps"] += len(rows)
+        stats["concurrency"] = max(stats["concurrency"], len(rows))
+        # what the step must read: each row's own K/V, each live block's prefix once
+        stats["kv_tokens_read"] += sum(s.length - s.prefix for s in rows) + sum({s.slot // width: s.prefix for s in rows}.values())
+        stats["kv_bytes_read"] += self._read_bytes(rows, width)
+        stopped = False
+        for s in rows:
+            s.length += 1
+            s.tokens.append(toks[s.slot])
+            s.logps.append(lps[s.slot])
+            stopped |= finish_if(s, toks[s.slot]) and s.finish == "stop"
+        return stopped
+
+    def _step(self, live: list[_Seq], width: int, blocks: int, columns: int, params: SamplingParams,
+              ahead: int = 0, fed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One decode step (`columns` query columns a row: _step_columns) over the batch bucket of blocks
         holding every live row: each row's next
         token and its log p, drawn with the row's sampler key and step. A row below B without a sequence decodes a dummy token: at
         position 0 of its unused slot, or, beside live rows of its block, at own index 0 of its
-        finished row (never read again)."""
+        finished row (never read again). `ahead` = 1: the rows' step after the last one read (each row
+        `ahead` tokens further), with `fed` [B] (that step's sampled tokens, on the device) as inputs."""
         b = batch_bucket(max(s.slot for s in live) // width + 1, blocks) * width
         host = [[0] * b for _ in range(5)]  # token, position, key, step, prefix length per row
         for s in live:
             first = s.slot - s.slot % width
             host[1][first : first + width] = host[4][first : first + width] = [s.prefix] * width
         for s in live:
-            for field_, value in zip(host, (s.tokens[-1], s.length, s.key, len(s.tokens), s.prefix), strict=True):
+            values = (s.tokens[-1], s.length + ahead, s.key, len(s.tokens) + ahead, s.prefix)
+            for field_, value in zip(host, values, strict=True):
                 field_[s.slot] = value
-        tok, pos, keys, steps, prefix = torch.tensor(host, dtype=torch.long).to(self.device, non_blocking=True).unbind(0)
+        # from pinned memory on a GPU: a copy that never waits for the step still running (look_ahead)
+        staged = torch.tensor(host, dtype=torch.long, pin_memory=self.device.type == "cuda")
+        tok, pos, keys, steps, prefix = staged.to(self.device, non_blocking=True).unbind(0)
+        if fed is not None:
+            assert fed.shape == tok.shape, f"a step fed from the device needs the same batch ({fed.shape} vs {tok.shape})"
+            tok = fed
         if self.share:
             shape = (b, width, length_bucket(max(s.prefix for s in live), self.prefix_cap),
-                     length_bucket(max(s.length - s.prefix for s in live) + 1, self.cap_len))
+                     length_bucket(max(s.length + ahead - s.prefix for s in live) + 1, self.cap_len))
             if self.ksa:
                 shape += (columns,)
             return self._decode_step(shape, params, (tok, pos, prefix, keys, steps))
-        span = length_bucket(max(s.length for s in live) + 1, self.cap_len)
+        span = length_bucket(max(s.length + ahead for s in live) + 1, self.cap_len)
         return self._decode_step((b, span, columns), params, (tok, pos, keys, steps))
 
     def _admit(self, prompts: list[list[int]], n: int, params: SamplingParams, waiting: deque, slots: list,
