@@ -18,8 +18,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TEXT = "the key of record 12 is 777 and the city of the needle in the haystack is the answer to find first"
 LENGTHS = (5, 13, 9, 20, 16)
-# what the rows needed; not "moves": after a stop, look-ahead compacts the batch one step later
-NEEDED = ("decode_steps", "summary_steps", "rows_x_steps", "concurrency", "kv_tokens_read", "kv_bytes_read", "prefills")
+# What the rows needed: the same whatever the schedule (each row's steps and reads, each block's prompt read
+# once a step), and, when every row runs at once, the same steps. After a stop, look-ahead reads one more
+# step before it admits and compacts, so with a queue a freed slot takes its next prompt a step later
+# (other steps, other step shapes); "moves" is left out for that reason too.
+PER_ROW = ("rows_x_steps", "kv_tokens_read", "kv_bytes_read", "prefills")
+STEPS = ("decode_steps", "summary_steps", "concurrency")
 
 
 def run(model, tok, prompts, share: bool, max_batch: int, look_ahead: bool, **engine_kw):
@@ -36,7 +40,7 @@ def run(model, tok, prompts, share: bool, max_batch: int, look_ahead: bool, **en
     out = engine.generate(prompts, 4, SamplingParams(max_new_tokens=24, temperature=1.0, seed=3))
     completions = [[(c.response_ids, c.finish_reason) for c in group] for group in out]
     logprobs = [lp for group in out for c in group for lp in c.logprobs]
-    return completions, logprobs, {k: engine.stats[k] for k in NEEDED}, issued
+    return completions, logprobs, {k: engine.stats[k] for k in PER_ROW + STEPS}, issued
 
 
 @pytest.mark.parametrize("policy", ["full", "ksa"])
@@ -52,12 +56,14 @@ def test_look_ahead_changes_no_token(tiny_tokenizer, policy, share, max_batch):
     assert ahead == plain
     # rows may sit in other slots of other batch sizes for a step (compaction): float rounding only
     assert ahead_lps == pytest.approx(plain_lps, abs=1e-5)
-    assert ahead_stats == plain_stats  # the steps and reads the rows needed; an extra step past a stop is not counted
+    # an extra step past a stop is not counted
+    assert {k: ahead_stats[k] for k in PER_ROW} == {k: plain_stats[k] for k in PER_ROW}
+    if max_batch == 32:
+        assert ahead_stats == plain_stats
     stops = [c[1] for group in plain for c in group]
     assert "stop" in stops and "length" in stops  # rows stop early and at the length limit
-    assert any(issued) and not any(plain_issued)
-    if max_batch == 32:  # nothing waits: after the first step, each step but those after a stop was issued ahead
-        assert sum(issued) > len(issued) // 2
+    assert not any(plain_issued)
+    assert sum(issued) > len(issued) // 2  # most steps were enqueued before the one before them was read
 
 
 @pytest.mark.gpu

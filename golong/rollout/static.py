@@ -47,14 +47,15 @@ prompt spends ~70 ms per step where reading weights + KV takes ~1 ms. This engin
 - samples on the device with a counter-based random stream keyed by (seed, prompt index, sample
   index, step) (golong/rollout/sampling.py): a sample's tokens do not depend on which other rows
   share its batch.
-- looks one step ahead (`look_ahead`): while no prompt waits and no row reaches max_new_tokens, each
-  decode step is enqueued before the previous step's tokens are read, its token inputs taken from
-  that step's sampled tokens on the device and the rest (positions, sampler steps) one further on the
+- looks one step ahead (`look_ahead`): unless a row reaches max_new_tokens at this step, each decode
+  step is enqueued before the previous step's tokens are read, its token inputs taken from that
+  step's sampled tokens on the device and the rest (positions, sampler steps) one further on the
   host; the tokens come back through pinned memory, so the device decodes while the host reads them
   and schedules (host work a step: ~0.3 ms on the 2-core CPU, a 0.6B / 8K decode step is ~3.7 ms on an
   H100). A row whose EOS is read after the next step was enqueued has that token dropped, and the
-  engine reads every step before the next until the batch is rescheduled. Same tokens as reading each
-  step first (tests/test_rollout_look_ahead.py); not yet timed on a GPU.
+  engine reads that step too before it admits, compacts and goes on: a freed slot takes its next
+  prompt one step later than without look-ahead. Same tokens as reading each step first
+  (tests/test_rollout_look_ahead.py); not yet timed on a GPU.
 
 Measured on one H200 (2026-11-28, Qwen3-0.6B shape, bf16, full attention, bench/engine_decode.py):
 7.1 ms per decode step after a 32K prompt at batch 1 (transformers `generate`: 68.5 ms; HBM floor
@@ -1004,9 +1005,9 @@ class StaticEngine(RolloutEngine):
             t0 = time.perf_counter()
             current = ahead or self._issue(live, width, len(slots) // width, params)
             # Enqueue the next step before reading this one's tokens, so the device decodes while the host
-            # reads them; only while nothing can be admitted and no row reaches max_new_tokens here
+            # reads them; not when a row reaches max_new_tokens here (its slot is rescheduled first)
             ahead = None
-            if self.look_ahead and not waiting and all(len(s.tokens) + 1 < params.max_new_tokens for s in current.live):
+            if self.look_ahead and all(len(s.tokens) + 1 < params.max_new_tokens for s in current.live):
                 ahead = self._issue(current.live, width, len(slots) // width, params, after=current)
             if self._absorb(current, slots, width, finish_if, stats) and ahead is not None:
                 self._absorb(ahead, slots, width, finish_if, stats)  # a row stopped (EOS): read the step past it too
