@@ -12,12 +12,10 @@ import torch
 from golong.rollout.base import SamplingParams
 from golong.rollout.static import StaticEngine
 from tests.test_rollout_static import make_model
-from tests.test_rollout_static_ksa import ksa_model
+from tests.test_rollout_static_ksa import LENGTHS, TEXT, ksa_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TEXT = "the key of record 12 is 777 and the city of the needle in the haystack is the answer to find first"
-LENGTHS = (5, 13, 9, 20, 16)
 # What the rows needed: the same whatever the schedule (each row's steps and reads, each block's prompt read
 # once a step), and, when every row runs at once, the same steps. After a stop, look-ahead reads one more
 # step before it admits and compacts, so with a queue a freed slot takes its next prompt a step later
