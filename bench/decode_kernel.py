@@ -10,7 +10,7 @@ Per (keys S, stacked queries M): q [N, H, M, D] against K/V [N, H, S, D] that ar
   `rollout.decode_kernel: torch` for one part).
 - triton: merge_partials(decode_partials(...)) (ksa/triton_decode.py; `decode_kernel: triton`), its split
   size chosen by split_size (more, shorter splits where N x H x splits would leave SMs idle);
-- triton512: the same with every split SPLIT = 512 keys (the kernel before split_size), to see the gain.
+- triton512: the same with every split 512 keys (the kernel before split_size), to see the gain.
 With --second-keys S2, each case also has a second key part of S2 keys (a KSA layer's summaries after its
 window text) and times both parts in one launch (`one_launch`: decode_key_parts, as the engine's KSA layers call it)
 against one launch per part at the same split (`two_launches`), each merged; `launch_gain` is their ratio.
@@ -39,7 +39,6 @@ for _dir in Path(__file__).resolve().parents[1::-1]:  # the checkout (ksa) and b
 from benchutil import graph_time, print_rows, save_rows  # noqa: E402
 
 from ksa.triton_decode import (  # noqa: E402
-    SPLIT,
     decode_key_parts,
     decode_partials,
     merge_key_parts,
@@ -58,7 +57,7 @@ def triton_path(q, k, v, bias, scale, split=0):
 
 
 def triton512_path(q, k, v, bias, scale):
-    return triton_path(q, k, v, bias, scale, SPLIT)
+    return triton_path(q, k, v, bias, scale, 512)
 
 
 def one_launch_path(q, k, v, bias, k2, v2, bias2, scale):

@@ -10,7 +10,7 @@ part by part and merged by log-sum-exp. For one part, per batch entry n and kv h
       s[n, h, m, j] = (q[n, h, m] . k[n, h, j]) * scale + bias[n, w(m), c(m), j]
 
   X = ceil(S / split) splits of the key axis; split x holds keys [x * split, min(x * split + split, S)),
-  split = split_size(N * H, S) unless the caller names one (a power of two, 128..512: the largest that
+  split = split_size(N * H, S) unless the caller names one (a power of two, 128..2048: the largest that
   gives at least TARGET_PROGRAMS programs, so that a short key part or few (n, h) still fill the GPU):
 
       lse[n, h, x, m]    = log sum_{j in x} exp(s[n, h, m, j])              (-inf: every key hidden)
@@ -47,7 +47,7 @@ import triton.language as tl  # noqa: E402
 
 from ksa.triton_attention import require_backend  # noqa: E402
 
-SPLIT = 512  # most keys per split (one program each)
+SPLIT = 2048  # most keys per split (one program each); see split_size
 MIN_SPLIT = 128  # fewest: below, writing a split's partials costs more than a quarter of reading its K/V
 TARGET_PROGRAMS = 128  # about one program per SM of an H100 / H200 (132 SMs); see split_size
 BLOCK_N = 64  # keys per tile inside a split
@@ -63,7 +63,12 @@ def split_size(programs: int, keys: int) -> int:
     while fewer than TARGET_PROGRAMS programs would run and the split stays >= MIN_SPLIT. (A part of
     1,024 keys over 2 x 8 (n, h) runs 128 programs of 128 keys, not 32 of 512 on a 132-SM GPU: 1.13-1.22x
     faster on an H100. A target of 256 programs, two per SM, halved 4,096 keys over 2 x 8 to 256-key splits
-    and ran 0.86-0.89x with 16-32 queries: bench/results/h100_2026-12-06/decode_kernel_target256.json.)"""
+    and ran 0.86-0.89x with 16-32 queries: bench/results/h100_2026-12-06/decode_kernel_target256.json.
+    Long parts: a shared prompt's 8K-32K keys over 2-4 x 8 (n, h), 16 stacked queries, kernel + compiled
+    merge at 512 / 1,024 / 2,048 / 4,096 keys a split: 4 x 8K 60 / 59 / 53 / 64 us, 2 x 8K 38 / 34 / 37 /
+    62, 4 x 32K 200 / 188 / 190 / 193, 2 x 32K 103 / 102 / 103 / 99 (H100, bench/decode_kernel.py --splits,
+    bench/results/h100_2026-12-06e/call7_splits/): splits of up to 2,048 keys are as fast or faster, with
+    a quarter of the partials to merge, hence SPLIT = 2048 (it was 512).)"""
     split = SPLIT
     while split > MIN_SPLIT and programs * -(-keys // split) < TARGET_PROGRAMS:
         split //= 2

@@ -33,6 +33,7 @@ needs_compiler = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None,
     reason="torch.compile on the CPU needs a C++ compiler",
 )
+SPAN = 512  # the tests' length scale in keys: several splits of the sizes the kernel picks for them
 HIDE = float("-inf")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -110,9 +111,9 @@ def _lengths_bias(lengths, s, hidden=HIDE):
 def test_per_row_keys_with_length_bias():
     """q [B, H, G, D] over the row's own keys, hidden tails (one row's last two splits entirely): bias
     [B, S] -> [B, 1, 1, S]; 3 splits, the last one partial and ending inside a key tile."""
-    s, group = 2 * SPLIT + 77, 2
+    s, group = 2 * SPAN + 77, 2
     q, k, v = _qkv(3, 2, group, s)
-    bias = _lengths_bias([s, 2 * SPLIT + 5, 300], s)
+    bias = _lengths_bias([s, 2 * SPAN + 5, 300], s)
     out = _check(q, k, v, bias[:, None, None, :], 0.25, group, 1)
     assert out.shape == (3, 2, group, 16)
 
@@ -120,8 +121,10 @@ def test_per_row_keys_with_length_bias():
 def test_split_size_fills_the_gpu_within_its_bounds():
     """The largest split in MIN_SPLIT..SPLIT giving >= TARGET_PROGRAMS programs, else MIN_SPLIT."""
     assert split_size(TARGET_PROGRAMS, 10 * SPLIT) == SPLIT  # enough (n, h) for one split each
-    assert split_size(16, 32768) == SPLIT  # 16 x 64 programs
-    assert split_size(16, 4096) == SPLIT  # a KSA prompt's summaries: 16 x 8 programs are enough
+    assert split_size(16, 32768) == SPLIT == 2048  # 16 x 16 programs
+    assert split_size(32, 8192) == SPLIT  # 4 shared prompts of 8K: 32 x 4
+    assert split_size(16, 8192) == 1024  # 2 of 8K: 16 x 8, not 16 x 4
+    assert split_size(16, 4096) == 512  # a KSA prompt's summaries: 16 x 8
     assert split_size(16, 2048) == 256  # 16 x 8, not 16 x 4
     assert split_size(16, 1024) == MIN_SPLIT  # a KSA window: 16 x 8 (as few as that allows), not 16 x 2
     assert split_size(1, 5) == MIN_SPLIT
@@ -131,18 +134,18 @@ def test_split_size_fills_the_gpu_within_its_bounds():
 def test_named_split_sizes_give_the_same_attention(split):
     """A split named by the caller (the benchmark's fixed SPLIT against the chosen one): partials per
     its splits, the merge equal."""
-    s, group = 2 * SPLIT + 77, 2
+    s, group = 2 * SPAN + 77, 2
     q, k, v = _qkv(2, 2, group, s, seed=21)
-    bias = _lengths_bias([s, SPLIT + 3], s)[:, None, None, :]
+    bias = _lengths_bias([s, SPAN + 3], s)[:, None, None, :]
     o, lse = decode_partials(q, k, v, bias, 0.25, group, 1, split)
     assert lse.shape[2] == -(-s // split)
     _check(q, k, v, bias, 0.25, group, 1, split=split)
 
 
 def test_exact_multiple_short_and_empty_key_parts():
-    q, k, v = _qkv(1, 1, 3, 2 * SPLIT)
-    bias = torch.zeros(1, 1, 1, 2 * SPLIT)
-    assert decode_partials(q, k, v, bias, 0.3, 3, 1)[1].shape == (1, 1, 2 * SPLIT // MIN_SPLIT, 3)
+    q, k, v = _qkv(1, 1, 3, 2 * SPAN)
+    bias = torch.zeros(1, 1, 1, 2 * SPAN)
+    assert decode_partials(q, k, v, bias, 0.3, 3, 1)[1].shape == (1, 1, 2 * SPAN // MIN_SPLIT, 3)
     _check(q, k, v, bias, 0.3, 3, 1)
     _check(q, k[:, :, :5], v[:, :, :5], bias[..., :5], 0.3, 3, 1)  # fewer keys than one tile
     o, lse = decode_partials(q, k[:, :, :0], v[:, :, :0], bias[..., :0], 0.3, 3, 1)
@@ -152,9 +155,9 @@ def test_exact_multiple_short_and_empty_key_parts():
 def test_shared_prompt_layout_equals_rows_one_by_one():
     """A group's shared prompt: q stacked [blocks, H, width * G, D] over k [blocks, H, P, D], bias
     [blocks, P] expanded (stride 0) to [blocks, width, 1, P]; equals each row (w) on its own."""
-    blocks, width, group, p = 2, 3, 2, SPLIT + 40
+    blocks, width, group, p = 2, 3, 2, SPAN + 40
     q, k, v = _qkv(blocks, 2, width * group, p, d=32, seed=3)
-    bias2d = _lengths_bias([p, SPLIT - 7], p)
+    bias2d = _lengths_bias([p, SPAN - 7], p)
     bias = bias2d[:, None, None, :].expand(blocks, width, 1, p)
     assert bias.stride(1) == 0
     out = _check(q, k, v, bias, 0.2, group, 1)
@@ -177,8 +180,8 @@ def test_ksa_columns_own_and_shared_layouts():
     """C = 2 query columns with different bias rows, fully hidden splits for some (row, column): own
     part (q [B, H, G * C, D], bias3[:, None]) and shared part (q [blocks, H, width * G * C, D],
     bias3.view(blocks, width, C, S))."""
-    group, s = 2, 2 * SPLIT + 30
-    bias3 = _ksa_bias(4, s, [s, 400, SPLIT, 2 * SPLIT + 1])
+    group, s = 2, 2 * SPAN + 30
+    bias3 = _ksa_bias(4, s, [s, 400, SPAN, 2 * SPAN + 1])
     q, k, v = _qkv(4, 1, group * 2, s, seed=5)
     _check(q, k, v, bias3[:, None], 0.25, group, 2)
     blocks, width = 2, 2
@@ -192,7 +195,7 @@ def test_two_parts_concatenated_then_merged(columns):
     turned into rows (stacked_to_rows), both concatenated on the split axis and merged, equal softmax
     over each row's concatenated keys. columns 1: prompt bias per block, expanded over the block's
     rows; 2: KSA, bias per row and column (bias3.view(blocks, width, C, P))."""
-    blocks, width, group, h, p, r = 2, 2, 2, 2, SPLIT + 100, 70
+    blocks, width, group, h, p, r = 2, 2, 2, 2, SPAN + 100, 70
     rows, m = blocks * width, group * columns
     qs = _randn(blocks, h, width * m, 16, seed=11)
     kp, vp = _randn(blocks, h, p, 16, seed=12), _randn(blocks, h, p, 16, seed=13)
@@ -203,7 +206,7 @@ def test_two_parts_concatenated_then_merged(columns):
         shared_bias, row_bias_p = bias_p[:, None, None, :].expand(blocks, width, 1, p), bias_p[rep][:, None]
         row_bias_o = _lengths_bias([r, 10, 0, 33], r)[:, None]  # row 2 sees none of its own keys
     else:
-        row_bias_p, row_bias_o = _ksa_bias(rows, p, [p, 450, 20, SPLIT]), _ksa_bias(rows, r, [r, 10, 0, 33])
+        row_bias_p, row_bias_o = _ksa_bias(rows, p, [p, 450, 20, SPAN]), _ksa_bias(rows, r, [r, 10, 0, 33])
         shared_bias = row_bias_p.view(blocks, width, 2, p)
     o_p, lse_p = stacked_to_rows(*decode_partials(qs, kp, vp, shared_bias, 0.25, group, columns), width)
     q_rows = torch.stack([qs[b, :, w * m : (w + 1) * m] for b in range(blocks) for w in range(width)])
@@ -219,7 +222,7 @@ def test_two_parts_concatenated_then_merged(columns):
 def test_half_precision_inputs():
     """float16 q, k, v (p rounded to float16 before the second product): float32 partials within
     half-precision error. (bfloat16: GPU only, the interpreter's tl.dot multiplies its bit patterns.)"""
-    group, s = 2, SPLIT + 200
+    group, s = 2, SPAN + 200
     q, k, v = _qkv(2, 2, group * 2, s, d=32, seed=51, dtype=torch.float16)
     _check(q, k, v, _ksa_bias(2, s, [s, 300])[:, None], 0.2, group, 2, atol=2e-3, rtol=1e-2)
 
@@ -228,10 +231,10 @@ def test_half_precision_inputs():
 def test_bfloat16_cache_slices_at_model_size():
     """bfloat16 at a model's size (D = 128, 24 stacked queries, 8 kv heads, several thousand keys) read
     from slices of a cache, KSA columns."""
-    n, h, group, s = 3, 8, 6, 4 * SPLIT + 333
+    n, h, group, s = 3, 8, 6, 4 * SPAN + 333
     kc, vc = (_randn(n + 1, h, 6000, 128, seed=seed, dtype=torch.bfloat16) for seed in (61, 62))
     q = _randn(n, h, group * 2 * 2, 128, seed=63, dtype=torch.bfloat16)
-    bias3 = _ksa_bias(n * 2, s, [s, 1000, 3 * SPLIT, 17, 2 * SPLIT, s - 1])
+    bias3 = _ksa_bias(n * 2, s, [s, 1000, 3 * SPAN, 17, 2 * SPAN, s - 1])
     k, v = kc[:n, :, :s], vc[:n, :, :s]
     _check(q, k, v, bias3.view(n, 2, 2, s), 128**-0.5, group, 2, atol=2e-2, rtol=2e-2)
 
@@ -268,7 +271,7 @@ def test_fully_hidden_queries_merge_to_zero():
 def test_strided_cache_slices_read_in_place_and_never_past_s(monkeypatch):
     """k, v, bias as slices of larger caches (rows [:N], keys [:S]) whose unused parts hold NaN: the
     right answer, and the kernel is handed the caches' own memory (no copy)."""
-    n, h, s, d = 2, 2, SPLIT + 300, 16
+    n, h, s, d = 2, 2, SPAN + 300, 16
     kc, vc = _randn(n + 1, h, 2000, d, seed=21), _randn(n + 1, h, 2000, d, seed=22)
     bc = torch.zeros(n + 1, 1, 1, 2000)
     kc[:, :, s:], vc[:, :, s:], bc[..., s:] = float("nan"), float("nan"), float("nan")
@@ -326,9 +329,9 @@ def test_fake_impl_shapes():
 
 
 def test_opcheck():
-    q, k, v = _qkv(2, 1, 4, SPLIT + 10)
+    q, k, v = _qkv(2, 1, 4, SPAN + 10)
     torch.library.opcheck(
-        decode_partials, (q, k, v, _ksa_bias(2, SPLIT + 10, [SPLIT + 10, 9])[:, None], 0.25, 2, 2)
+        decode_partials, (q, k, v, _ksa_bias(2, SPAN + 10, [SPAN + 10, 9])[:, None], 0.25, 2, 2)
     )
 
 
@@ -346,7 +349,7 @@ def test_compiled_equals_eager():
         return merge_partials(*decode_partials(q, kc[:, :, sl], vc[:, :, sl], bias[..., sl], 0.25, 2, 1))
 
     compiled = torch.compile(attend, fullgraph=True)
-    for s in (SPLIT + 60, 300):
+    for s in (SPAN + 60, 300):
         torch.testing.assert_close(
             compiled(q, kc, vc, bias, s), attend(q, kc, vc, bias, s), atol=1e-6, rtol=1e-6
         )
@@ -359,7 +362,7 @@ def _count_launches(monkeypatch) -> list:
     return launches
 
 
-@pytest.mark.parametrize("lengths", [(SPLIT + 40, 300), (0, 200), (150, 0)])
+@pytest.mark.parametrize("lengths", [(SPAN + 40, 300), (0, 200), (150, 0)])
 def test_two_key_parts_in_one_launch_equal_two_launches(lengths, monkeypatch):
     """k2 / v2 / bias2: a second key part in the same launch gives the two parts' partials side by side
     on the split axis, equal to one call per part with the same split size (so merge_key_parts of the
