@@ -173,10 +173,12 @@
 # its compile-count test failed on its own recording wrapper, fixed). Then, unmeasured: the engine looks one step ahead
 # (StaticEngine.look_ahead: each decode step enqueued before the last one's tokens are read; ~0.3-0.45 ms of host
 # work a step was the device's idle time: a 0.6B / 8K decode step is 3.65 ms by wall clock, ~3.2 ms of kernels).
+# Also unmeasured in a step: the decode kernel's splits of up to 2,048 keys (was 512; the splits sweep).
 # Next GPU session, in this order (carry [".whl"], kind nvidia-h100-x1 after one H200 try, one call each):
 #   1. verify pair8k        (~3 + ~8 min, two calls) the look-ahead on the GPU: verify runs the engine's GPU tests
 #                           (CUDA graphs, compiled decode), then pair8k's decode against today's 1.01 s (full) and
-#                           0.91 s (KSA) a GRPO step: issue 15's rollout <= 2x its floor (2.45x)
+#                           0.91 s (KSA) a GRPO step (with the 2,048-key splits too): issue 15's rollout <= 2x
+#                           its floor (2.45x)
 #   2. full32kpair ksa32kpair  (two calls) issue 16's 1.7B / 32K ratio with the look-ahead (0.74x before, goal 0.7x)
 #   3. pair32k trainksa2    issue 16's 0.6B / 32K pair and the 64K rows, never run with today's code
 #   4. sumcols              every-step summary columns: steady cost, cold first step, recompile reasons
