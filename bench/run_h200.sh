@@ -83,6 +83,8 @@
 #   ksaspec    the KSA attention GPU test that counts compiled variants over lengths of every 1 / multiple-of-16
 #              pattern, then bench/ksa_attention.py at 8K / 32K with the length arguments unspecialised (the code's
 #              default) and specialised (KSA_TRITON_SPECIALIZE_LENGTHS=1), 30 reps each (~4 min)
+#   noahead8k  pair8k's full-attention row with rollout.look_ahead=false (each decode step read before the next is
+#              enqueued): after pair8k on the same machine, what the look-ahead gives a GRPO step (~2.5 min)
 #   tune8k     pair8k's full-attention row with inductor's GEMM autotuning (TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1: the learner's
 #              and the decode layers' GEMMs alike), to follow pair8k on the same machine (its baseline) (~3 min)
 #   sumcols    the 0.6B / 8K KSA row by default, then with rollout.ksa_summaries_every_step (summary columns in every
@@ -175,7 +177,8 @@
 # work a step was the device's idle time: a 0.6B / 8K decode step is 3.65 ms by wall clock, ~3.2 ms of kernels).
 # Also unmeasured in a step: the decode kernel's splits of up to 2,048 keys (was 512; the splits sweep).
 # Next GPU session, in this order (carry [".whl"], kind nvidia-h100-x1 after one H200 try, one call each):
-#   1. verify pair8k        (~3 + ~8 min, two calls) the look-ahead on the GPU: verify runs the engine's GPU tests
+#   1. verify noahead8k, then pair8k  (two calls, ~6.5 and ~5-8 min) the look-ahead on the GPU: verify runs the
+#                           engine's GPU tests; noahead8k times the full row without it
 #                           (CUDA graphs, compiled decode), then pair8k's decode against today's 1.01 s (full) and
 #                           0.91 s (KSA) a GRPO step (with the 2,048-key splits too): issue 15's rollout <= 2x
 #                           its floor (2.45x)
@@ -360,6 +363,9 @@ for s in "$@"; do
         stage "$s" $((secs + 40)) python3 bench/train_gpu.py "$cfg" --budget-s "$secs" --steps 12 --append \
           --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_06b.json"
       done ;;
+    noahead8k) stage noahead8k 150 python3 bench/train_gpu.py 0.6b:8k:8x4:256 --budget-s 110 --steps 12 \
+                 --set model.checkpoint_policy=save_attention --set rollout.look_ahead=false \
+                 --out "$OUT/train_gpu_06b_noahead.json" ;;
     tune8k) TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 stage tune8k 150 python3 bench/train_gpu.py 0.6b:8k:8x4:256 --budget-s 110 \
               --steps 12 --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_tune8k.json" ;;
     sumcols)  # the 0.6B / 8K KSA row (GPU recipe, save_attention) by default, then with summary columns in every

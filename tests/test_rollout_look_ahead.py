@@ -9,10 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from golong.rollout import engine_config, make_engine
 from golong.rollout.base import SamplingParams
 from golong.rollout.static import StaticEngine
 from tests.test_rollout_static import make_model
 from tests.test_rollout_static_ksa import LENGTHS, TEXT, ksa_model
+from tests.test_trainer import recipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -62,6 +64,14 @@ def test_look_ahead_changes_no_token(tiny_tokenizer, policy, share, max_batch):
     assert "stop" in stops and "length" in stops  # rows stop early and at the length limit
     assert not any(plain_issued)
     assert sum(issued) > len(issued) // 2  # most steps were enqueued before the one before them was read
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_recipe_turns_look_ahead_on_and_off(tiny_model_dir, tiny_tokenizer, tmp_path, on):
+    """rollout.look_ahead (on by default) reaches the engine a recipe builds: the A/B switch for benchmarks."""
+    r = recipe(tiny_model_dir, tmp_path, rollout__engine="static", **({} if on else {"rollout__look_ahead": False}))
+    engine = make_engine(engine_config(r, device="cpu"), make_model(tiny_tokenizer, "qwen3"), tiny_tokenizer)
+    assert isinstance(engine, StaticEngine) and engine.look_ahead is on
 
 
 @pytest.mark.gpu

@@ -84,6 +84,7 @@ class EngineConfig:
     decode_kernel: str = "torch"  # static: decode attention as torch ops or one Triton kernel per key part
     fuse_projections: bool = False  # static + compile_decode: q/k/v and gate/up each one stacked weight
     ksa_summaries_every_step: bool = False  # static, KSA: summary columns in every decode step (one step shape)
+    look_ahead: bool = True  # static: each decode step enqueued before the last one's tokens are read
     device: str | None = None  # static / loop; None = where the model's weights are
     dtype: str = "auto"  # vllm: weight dtype
     seed: int = 0  # vllm: engine seed
@@ -103,7 +104,7 @@ def engine_config(recipe: Any, device: str | None = None) -> EngineConfig:
         name=r.engine, ksa=m.ksa is not None or _ksa_folder(m.path), batch_size=r.batch_size, max_len=limit,
         kv_budget_gb=r.kv_budget_gb, share_prefix=r.share_prefix, compile_decode=r.compile_decode,
         decode_kernel=r.decode_kernel, fuse_projections=r.fuse_projections,
-        ksa_summaries_every_step=r.ksa_summaries_every_step, device=device,
+        ksa_summaries_every_step=r.ksa_summaries_every_step, look_ahead=r.look_ahead, device=device,
         dtype=m.dtype, seed=recipe.trainer.seed, trust_remote_code=m.trust_remote_code,
     )
 
@@ -138,11 +139,13 @@ def make_engine(config: EngineConfig, model: Any, tokenizer: Any) -> RolloutEngi
 
         problem = unsupported_reason(model)
         if problem is None:
-            return StaticEngine(model, tokenizer, max_batch=config.batch_size, max_len=config.max_len,
-                                device=config.device, kv_budget_gb=config.kv_budget_gb,
-                                share_prefix=config.share_prefix, compile_decode=config.compile_decode,
-                                decode_kernel=config.decode_kernel, fuse_projections=config.fuse_projections,
-                                ksa_summaries_every_step=config.ksa_summaries_every_step)
+            engine = StaticEngine(model, tokenizer, max_batch=config.batch_size, max_len=config.max_len,
+                                  device=config.device, kv_budget_gb=config.kv_budget_gb,
+                                  share_prefix=config.share_prefix, compile_decode=config.compile_decode,
+                                  decode_kernel=config.decode_kernel, fuse_projections=config.fuse_projections,
+                                  ksa_summaries_every_step=config.ksa_summaries_every_step)
+            engine.look_ahead = config.look_ahead
+            return engine
         log.info("the static engine cannot run this model (%s); the loop engine generates instead", problem)
     from golong.rollout.loop import LoopEngine
 
