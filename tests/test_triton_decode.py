@@ -132,7 +132,7 @@ def test_split_size_fills_the_gpu_within_its_bounds():
 
 @pytest.mark.parametrize("split", [SPLIT, MIN_SPLIT, 64])
 def test_named_split_sizes_give_the_same_attention(split):
-    """A split named by the caller (the benchmark's fixed SPLIT against the chosen one): partials per
+    """A split named by the caller (the largest, SPLIT, and smaller ones, as the benchmark names them): partials per
     its splits, the merge equal."""
     s, group = 2 * SPAN + 77, 2
     q, k, v = _qkv(2, 2, group, s, seed=21)

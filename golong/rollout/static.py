@@ -1003,7 +1003,7 @@ class StaticEngine(RolloutEngine):
                     continue
                 stats["moves"] += self._compact(slots, width)
             t0 = time.perf_counter()
-            current = ahead or self._issue(live, width, len(slots) // width, params)
+            current = ahead if ahead is not None else self._issue(live, width, len(slots) // width, params)
             # Enqueue the next step before reading this one's tokens, so the device decodes while the host
             # reads them; not when a row reaches max_new_tokens here (its slot is rescheduled first)
             ahead = None
