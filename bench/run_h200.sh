@@ -78,6 +78,12 @@
 #   ratio32ks  ratio32k within less device time: full 110 s, KSA 210 s (2-5 steady steps each)
 #   kernelcheck  the decode kernel's and the KSA attention kernel's GPU tests (~2.5 min): verify's first two files and
 #              tests/test_ksa_attention.py
+#   mergedsdpa the GPU test of the shared-prompt pieces (cuDNN and flash), then bench/learner.py --group 8 (one 32K group,
+#              1.7B, the GPU recipe's learner): FlexAttention kept against optim.shared_prompt_kernel sdpa, now the
+#              pieces merged by log-sum-exp (golong.pieces: prompt, responses over the prompt, each response over
+#              itself; cuDNN's fused attention, no K/V copies) (~3 min)
+#   sdpa32k    full32kpair's row with optim.shared_prompt_kernel=sdpa: the loop's learner MFU, with a cuDNN plan
+#              built for each new piece shape (every step's lengths are new) (~5 min)
 #   full32kpair, ksa32kpair  ratio32k's two rows, one call each on one warm machine (full 250 s, KSA 520 s; on
 #              2026-12-06 full's first step took 102 s and KSA's did not end in 290 s), into the same JSON
 #   ksaspec    the KSA attention GPU test that counts compiled variants over lengths of every 1 / multiple-of-16
@@ -396,6 +402,14 @@ for s in "$@"; do
                 --set model.checkpoint_policy=save_attention --set rollout.decode_kernel=torch --append --out "$OUT/train_gpu_fused32k.json" ;;
     keptgpu) stage keptgpu 150 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_checkpointing.py tests/test_rollout_compile.py ;;
     piecestest) stage piecestest 90 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_packing_pieces.py ;;
+    mergedsdpa)  # the shared rows as pieces merged by log-sum-exp (golong.pieces): GPU test, then one 32K group's learner
+      stage piecestest 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_packing_pieces.py
+      stage mergedsdpa 300 python3 bench/learner.py --group 8 --response 2048 --steps 3 \
+        --runs 1.7b:32768:golong_optmaster_sac_compile,1.7b:32768:golong_optmaster_sac_compile_sdpa \
+        --out "$OUT/learner_group_merged.json" ;;
+    sdpa32k) stage sdpa32k 290 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 250 --steps 8 --append \
+               --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa \
+               --out "$OUT/train_gpu_sdpa32k.json" ;;
     pieces32k) stage pieces32k 245 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:fused --budget-s 200 --steps 10 \
                  --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa --append \
                  --set rollout.decode_kernel=torch --out "$OUT/train_gpu_pieces32k.json" ;;

@@ -41,6 +41,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from golong.checkpointing import kept_through_recompute
+from golong.pieces import pieces_attention
 from ksa import is_ksa
 from ksa.flex_attention import (  # bucket lengths: multiples of TILE
     TILE,
@@ -319,46 +320,6 @@ def shared_pieces(row: PackedRow) -> SharedPieces:
         else:
             raise ValueError(f"shared row: response tokens at {start} follow no prompt of their unit")
     return SharedPieces(tuple((prompt, tuple(responses)) for prompt, responses in units))
-
-
-@torch.compiler.disable
-def pieces_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pieces: SharedPieces, scale: float | None,
-                     gqa: bool) -> torch.Tensor:
-    """Shared-prompt attention piece by piece through SDPA (flash on CUDA), q [1, Hq, L, D], k / v
-    [1, Hkv, L, D] -> [1, Hq, L, D]:
-
-        prompt P:      softmax(q_P k_P^T * scale + causal) v_P
-        response R_i:  softmax(q_R [k_P; k_R]^T * scale + causal aligned to the last key) [v_P; v_R]
-
-    the same rule as shared_mask, without a mask: each response's keys are its prompt's, copied in
-    front of its own (a transient [1, Hkv, P + R_i, D] per response). Outside the compiled layers'
-    graphs (the pieces are Python numbers that differ row to row). Its kernels are dispatcher ops,
-    so checkpoint_policy save_attention keeps their outputs; FlexAttention compiled by inductor is a
-    generated kernel that the policy does not see, kept instead with its saved tensors
-    (golong.checkpointing.kept_through_recompute)."""
-    out = []
-    for (ps, p), responses in pieces.units:
-        kp, vp = k[:, :, ps : ps + p], v[:, :, ps : ps + p]
-        out.append(torch.nn.functional.scaled_dot_product_attention(
-            q[:, :, ps : ps + p], kp, vp, is_causal=True, scale=scale, enable_gqa=gqa))
-        for rs, r in responses:
-            if r:
-                out.append(_causal_to_last_key(q[:, :, rs : rs + r], torch.cat([kp, k[:, :, rs : rs + r]], 2),
-                                               torch.cat([vp, v[:, :, rs : rs + r]], 2), scale, gqa))
-    return torch.cat(out, 2)
-
-
-def _causal_to_last_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, gqa: bool) -> torch.Tensor:
-    """Attention of the last q.shape[2] positions of a sequence over all k.shape[2] of it: query i sees
-    keys up to k.shape[2] - q.shape[2] + i. On CUDA in half precision with a head dim the flash
-    kernel takes (a multiple of 8, at most 256) that kernel, whose causal mask is aligned that way
-    when there are more keys than queries (grouped heads natively); elsewhere SDPA under that mask. (Not torch's CausalBias: a tensor subclass, which fails under the selective
-    checkpointing of save_attention.)"""
-    r, n = q.shape[2], k.shape[2]
-    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256:
-        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, True, False, scale=scale)[0]
-    mask = torch.ones(r, n, dtype=torch.bool, device=q.device).tril(n - r)
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 
 def _shared_rule(docs: torch.Tensor, members: torch.Tensor):

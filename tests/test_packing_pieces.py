@@ -1,7 +1,8 @@
-"""optim.shared_prompt_kernel "sdpa": a shared-prompt row's attention piece by piece through SDPA
-(golong.packing.pieces_attention), against the dense mask of the same rule (shared_mask on the CPU):
-outputs and gradients, padded and unpadded rows, grouped-query heads, empty responses; a response
-that loses its prompt must fail the comparison; a tiny model's log-probs and weight gradients."""
+"""optim.shared_prompt_kernel "sdpa": a shared-prompt row's attention as unmasked pieces merged by their
+log-sum-exp (golong.pieces), against the dense mask of the same rule (shared_mask on the CPU): outputs
+and gradients, padded and unpadded rows, grouped-query heads, empty responses; a response that loses
+its prompt must fail the comparison; a tiny model's log-probs and weight gradients; under
+save_attention the pieces' kernels run once (not again in the recompute)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from golong.packing import (
     shared_pieces,
 )
 from tests.test_packing_buckets import _random_units, logprobs_and_grads
+
+PIECE_OPS = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_cudnn_attention",
+             "_scaled_dot_product_flash_attention")
 
 
 def _attend_both(row, pieces=None, heads=(4, 2), dim=16, seed=0):
@@ -96,6 +100,44 @@ def test_model_logprobs_and_gradients_equal_the_dense_rule(tiny_model_dir, check
     torch.testing.assert_close(results[1][1], results[0][1], atol=1e-5, rtol=1e-4)
 
 
+class _KernelCount(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the attention kernels that really run: entered outside the checkpoints, it sees a kernel
+    that selective checkpointing runs and not one whose kept output it hands back."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func._overloadpacket.__name__ in PIECE_OPS
+        return func(*args, **(kwargs or {}))
+
+
+def test_pieces_run_once_under_save_attention(tiny_model_dir):
+    """save_attention keeps the pieces' kernel outputs: the layers' recompute in backward runs none of
+    them again (checkpoint_policy full does)."""
+    from transformers import AutoModelForCausalLM
+
+    from golong.models import enable_checkpointing
+
+    units = _random_units(random.Random(3))
+    pieces = shared_pieces(pack_shared(units))
+    per_layer = sum(1 + (1 + sum(1 for r in responses if r[1]) if any(r[1] for r in responses) else 0)
+                    for _, responses in pieces.units)
+    counts = {}
+    for policy in ("save_attention", "full"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        model.train()
+        enable_checkpointing(model, policy)
+        row = pack_shared(units)
+        row.kernel = "sdpa"
+        with _KernelCount() as count:
+            logprobs_and_grads(model, row)
+        counts[policy] = count.n
+    layers = model.config.num_hidden_layers
+    assert counts == {"save_attention": layers * per_layer, "full": 2 * layers * per_layer}
+
+
 def test_the_learner_gives_its_rows_the_configured_kernel(tiny_model_dir):
     from pydantic import ValidationError
 
@@ -114,12 +156,13 @@ def test_the_learner_gives_its_rows_the_configured_kernel(tiny_model_dir):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_flash_pieces_equal_the_dense_rule():
-    """On CUDA in bf16 the responses run the flash kernel with its causal mask aligned to the last key,
-    16 query / 8 key heads: outputs and gradients against the dense rule in float32, within bf16's error
-    (compared with SDPA's own bf16 error under the dense mask)."""
+@pytest.mark.parametrize("backend", ["cudnn", "flash"])
+def test_cuda_pieces_equal_the_dense_rule(backend):
+    """On CUDA in bf16 (cuDNN's fused attention, or flash with cuDNN's SDPA backend off), 16 query / 8 key
+    heads, a long prompt and responses of odd lengths: outputs and gradients against the dense rule in
+    float32, within bf16's error (compared with SDPA's own bf16 error under the dense mask)."""
     units = _random_units(random.Random(9), vocab=100)
-    units[0] = (units[0][0] * 8, [[7] * 300, [9] * 129])  # a long prompt, responses of odd lengths
+    units[0] = (units[0][0] * 8, [[7] * 300, [9] * 129])
     row = pack_shared(units, pad_to=bucket_length(pack_shared(units).input_ids.shape[1]))
     length = row.input_ids.shape[1]
     g = torch.Generator().manual_seed(0)
@@ -130,11 +173,17 @@ def test_cuda_flash_pieces_equal_the_dense_rule():
     for kind, dtype in (("reference", torch.float32), ("dense", torch.bfloat16), ("pieces", torch.bfloat16)):
         q, k, v = (t.to("cuda", dtype).requires_grad_(True) for t in base)
         if kind == "pieces":
-            out = pieces_attention(q, k, v, shared_pieces(row), None, True)
+            before = torch.backends.cuda.cudnn_sdp_enabled()
+            torch.backends.cuda.enable_cudnn_sdp(backend == "cudnn")
+            try:
+                out = pieces_attention(q, k, v, shared_pieces(row), None, True)
+                (out.float() * weight).sum().backward()
+            finally:
+                torch.backends.cuda.enable_cudnn_sdp(before)
         else:
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-        (out.float() * weight).sum().backward()
+            (out.float() * weight).sum().backward()
         results[kind] = [out.float(), *(t.grad.float() for t in (q, k, v))]
-    for ref, dense, pieces in zip(results["reference"], results["dense"], results["pieces"], strict=True):
+    for name, ref, dense, pieces in zip("out dq dk dv".split(), results["reference"], results["dense"], results["pieces"], strict=True):
         bf16_error = (dense - ref).norm() / ref.norm()
-        assert (pieces - ref).norm() / ref.norm() <= 2 * bf16_error + 1e-3
+        assert (pieces - ref).norm() / ref.norm() <= 2 * bf16_error + 1e-3, name

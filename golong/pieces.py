@@ -1,0 +1,150 @@
+"""Shared-prompt attention as unmasked pieces merged by their log-sum-exp (optim.shared_prompt_kernel "sdpa").
+
+A unit of a shared-prompt row is laid out as its prompt P, then its responses R_1 .. R_G one after
+another (golong.packing.pack_shared). Per unit, three kinds of piece attend with no mask beyond plain
+causality, each one call of a fused attention kernel that also returns its log-sum-exp:
+
+    prompt:  o_P, l_P = attn(q_P, k_P, v_P, causal)
+    cross:   o_X, l_X = attn(q_R, k_P, v_P)               q_R: all the unit's responses at once
+    own:     o_i, l_i = attn(q_Ri, k_Ri, v_Ri, causal)     one call per response
+
+A response token's output is the softmax over both key sets, merged from the two pieces:
+
+    l = logaddexp(l_X, l_own)        o = exp(l_X - l) * o_X + exp(l_own - l) * o_own
+
+Backward runs each piece's kernel backward with the merged (o, l) in place of the piece's own: a
+piece's probabilities exp(s - l) are then the columns of the whole softmax, and rowsum(dO * o) is the
+whole row's, so each piece gives the whole attention's gradient on its keys; the pieces' gradients add
+up where they share queries (cross and own) or keys (prompt and cross). No K/V is copied per response,
+and the prompt's keys are read by two calls whatever G is.
+
+Kernels: cuDNN's fused attention on CUDA (FlashAttention-2 with cuDNN's SDPA backend switched off),
+torch's flash kernel on the CPU (the tests' path). Grouped-query heads are expanded before the pieces
+(autograd sums their gradients back).
+
+Under checkpoint_policy "save_attention" the pieces' kernels are dispatcher ops that the policy keeps
+(golong.checkpointing.ATTENTION_OPS): the recompute reruns only the merge.
+"""
+
+from __future__ import annotations
+
+import torch
+
+aten = torch.ops.aten
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float):
+    """One piece: (output [B, H, Lq, D], log-sum-exp [B, H, Lq] float, what its backward needs)."""
+    if not q.is_cuda:
+        out, lse = aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+        return out, lse, ("cpu", lse.shape)
+    if torch.backends.cuda.cudnn_sdp_enabled():
+        out, lse, cq, ck, mq, mk, seed, offset, _ = aten._scaled_dot_product_cudnn_attention(
+            q, k, v, None, True, 0.0, causal, False, scale=scale)
+        kind = "cudnn"
+    else:
+        out, lse, cq, ck, mq, mk, seed, offset, _ = aten._scaled_dot_product_flash_attention(
+            q, k, v, 0.0, causal, False, scale=scale)
+        kind = "flash"
+    return out, lse.reshape(q.shape[:3]), (kind, lse.shape, cq, ck, mq, mk, seed, offset)
+
+
+def _attention_backward(dout, q, k, v, out, lse, how, causal: bool, scale: float):
+    """(dq, dk, dv) of one piece, given the row's merged output and log-sum-exp at its queries."""
+    kind, lse_shape = how[:2]
+    lse = lse.reshape(lse_shape).contiguous()
+    if kind == "cpu":
+        return aten._scaled_dot_product_flash_attention_for_cpu_backward(dout, q, k, v, out, lse, 0.0, causal, scale=scale)
+    cq, ck, mq, mk, seed, offset = how[2:]
+    if kind == "cudnn":
+        return aten._scaled_dot_product_cudnn_attention_backward(
+            dout, q, k, v, out, lse, seed, offset, None, cq, ck, mq, mk, 0.0, causal, scale=scale)
+    return aten._scaled_dot_product_flash_attention_backward(
+        dout, q, k, v, out, lse, cq, ck, mq, mk, 0.0, causal, seed, offset, scale=scale)
+
+
+def _merge(o1, l1, o2, l2):
+    """Two attentions of the same queries over disjoint key sets -> their attention over the union."""
+    lse = torch.logaddexp(l1, l2)
+    acc = torch.promote_types(o1.dtype, torch.float32)
+    out = o1.to(acc) * torch.exp(l1 - lse).unsqueeze(-1) + o2.to(acc) * torch.exp(l2 - lse).unsqueeze(-1)
+    return out.to(o1.dtype), lse
+
+
+def _check_layout(units) -> None:
+    for (ps, p), responses in units:
+        at = ps + p
+        for rs, r in responses:
+            if rs != at:
+                raise ValueError(f"shared row: the response at {rs} does not follow its unit's last piece (at {at})")
+            at += r
+
+
+class _PiecesAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, units, scale):
+        outs, lses, saved = [], [], []
+        for (ps, p), responses in units:
+            kp, vp = k[:, :, ps : ps + p], v[:, :, ps : ps + p]
+            o, lse, how = _attention(q[:, :, ps : ps + p], kp, vp, True, scale)
+            outs.append(o)
+            lses.append(lse)
+            saved.append(how)
+            responses = [(rs, r) for rs, r in responses if r]
+            if not responses:
+                continue
+            start, total = responses[0][0], sum(r for _, r in responses)
+            o_x, l_x, how_x = _attention(q[:, :, start : start + total], kp, vp, False, scale)
+            owns = [_attention(q[:, :, rs : rs + r], k[:, :, rs : rs + r], v[:, :, rs : rs + r], True, scale) for rs, r in responses]
+            o, lse = _merge(o_x, l_x, torch.cat([o for o, _, _ in owns], 2), torch.cat([lse for _, lse, _ in owns], 2))
+            outs.append(o)
+            lses.append(lse)
+            saved.append((how_x, [how for _, _, how in owns]))
+        out, lse = torch.cat(outs, 2), torch.cat(lses, 2)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.units, ctx.scale, ctx.how = units, scale, saved
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        dout = dout.contiguous()
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        how = iter(ctx.how)
+        for (ps, p), responses in ctx.units:
+            prompt = slice(ps, ps + p)
+            grads = _attention_backward(dout[:, :, prompt], q[:, :, prompt], k[:, :, prompt], v[:, :, prompt],
+                                        out[:, :, prompt], lse[:, :, prompt], next(how), True, ctx.scale)
+            for total_grad, grad in zip((dq, dk, dv), grads, strict=True):
+                total_grad[:, :, prompt] = grad
+            responses = [(rs, r) for rs, r in responses if r]
+            if not responses:
+                continue
+            how_x, how_own = next(how)
+            rows = slice(responses[0][0], responses[0][0] + sum(r for _, r in responses))
+            gq, gk, gv = _attention_backward(dout[:, :, rows], q[:, :, rows], k[:, :, prompt], v[:, :, prompt],
+                                             out[:, :, rows], lse[:, :, rows], how_x, False, ctx.scale)
+            dq[:, :, rows] = gq
+            dk[:, :, prompt] += gk
+            dv[:, :, prompt] += gv
+            for (rs, r), how_i in zip(responses, how_own, strict=True):
+                own = slice(rs, rs + r)
+                gq, gk, gv = _attention_backward(dout[:, :, own], q[:, :, own], k[:, :, own], v[:, :, own],
+                                                 out[:, :, own], lse[:, :, own], how_i, True, ctx.scale)
+                dq[:, :, own] += gq
+                dk[:, :, own] = gk
+                dv[:, :, own] = gv
+        return dq, dk, dv, None, None
+
+
+@torch.compiler.disable
+def pieces_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pieces, scale: float | None, gqa: bool) -> torch.Tensor:
+    """A shared-prompt row's attention, q [1, Hq, L, D], k / v [1, Hkv, L, D] -> [1, Hq, L, D], from its
+    golong.packing.SharedPieces (each unit: (prompt start, length), ((response start, length), ...)),
+    piece by piece (module docstring). Outside the compiled layers' graphs: the pieces are Python numbers
+    that differ row to row."""
+    _check_layout(pieces.units)
+    if gqa:
+        n = q.shape[1] // k.shape[1]
+        k, v = (t.repeat_interleave(n, dim=1) for t in (k, v))
+    return _PiecesAttention.apply(q, k, v, pieces.units, q.shape[-1] ** -0.5 if scale is None else scale)
