@@ -84,6 +84,10 @@
 #              itself; cuDNN's fused attention, no K/V copies) (~3 min)
 #   sdpa32k    full32kpair's row with optim.shared_prompt_kernel=sdpa: the loop's learner MFU, with a cuDNN plan
 #              built for each new piece shape (every step's lengths are new) (~5 min)
+#   raggedsdpa with TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 (cuDNN plans per power-of-two length, not per length: a new
+#              length cost ~80 ms a piece's forward + backward on 2026-12-06, bench/cudnn_plans.py): the pieces' GPU
+#              test (fails on cuDNN's "Falling back" warning), the plan costs, then sdpa32k's row and the 0.6B / 8K
+#              row with optim.shared_prompt_kernel=sdpa (~9.5 min: one call)
 #   full32kpair, ksa32kpair  ratio32k's two rows, one call each on one warm machine (full 250 s, KSA 520 s; on
 #              2026-12-06 full's first step took 102 s and KSA's did not end in 290 s), into the same JSON
 #   ksaspec    the KSA attention GPU test that counts compiled variants over lengths of every 1 / multiple-of-16
@@ -407,6 +411,15 @@ for s in "$@"; do
       stage mergedsdpa 300 python3 bench/learner.py --group 8 --response 2048 --steps 3 \
         --runs 1.7b:32768:golong_optmaster_sac_compile,1.7b:32768:golong_optmaster_sac_compile_sdpa \
         --out "$OUT/learner_group_merged.json" ;;
+    raggedsdpa)  # the shared-prompt pieces with cuDNN's length-bucketed plans (one per power-of-two length)
+      export TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1
+      stage raggedtest 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_packing_pieces.py
+      stage raggedplans 60 python3 bench/cudnn_plans.py --lengths 4 --out "$OUT/cudnn_plans_ragged.json"
+      stage ragged32k 290 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 250 --steps 8 \
+        --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa --out "$OUT/train_gpu_ragged32k.json"
+      stage ragged8k 150 python3 bench/train_gpu.py 0.6b:8k:8x4:256 --budget-s 110 --steps 12 \
+        --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa --out "$OUT/train_gpu_ragged8k.json"
+      unset TORCH_CUDNN_SDPA_AVOID_RECOMPILE ;;
     sdpa32k) stage sdpa32k 290 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 250 --steps 8 --append \
                --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa \
                --out "$OUT/train_gpu_sdpa32k.json" ;;

@@ -20,7 +20,10 @@ and the prompt's keys are read by two calls whatever G is.
 
 Kernels: cuDNN's fused attention on CUDA (FlashAttention-2 with cuDNN's SDPA backend switched off),
 torch's flash kernel on the CPU (the tests' path). Grouped-query heads are expanded before the pieces
-(autograd sums their gradients back).
+(autograd sums their gradients back). Every tensor a kernel sees is laid out [B, S, H, D] in memory (the
+model's q, k, v are): with TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1, cuDNN then builds one plan per
+power-of-two length instead of one per length (~80 ms a forward + backward at 1.7B / 32K on an H100,
+bench/cudnn_plans.py); the pieces' lengths are new at almost every step.
 
 Under checkpoint_policy "save_attention" the pieces' kernels are dispatcher ops that the policy keeps
 (golong.checkpointing.ATTENTION_OPS): the recompute reruns only the merge.
@@ -63,6 +66,16 @@ def _attention_backward(dout, q, k, v, out, lse, how, causal: bool, scale: float
         dout, q, k, v, out, lse, cq, ck, mq, mk, 0.0, causal, seed, offset, scale=scale)
 
 
+def _bshd(t: torch.Tensor) -> torch.Tensor:
+    """t [B, H, S, D] laid out as [B, S, H, D] in memory (a copy only if it is not)."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _cat_seq(parts: list[torch.Tensor]) -> torch.Tensor:
+    """[B, H, S_i, D] pieces -> [B, H, sum S_i, D], laid out [B, S, H, D]."""
+    return torch.cat([t.transpose(1, 2) for t in parts], 1).transpose(1, 2)
+
+
 def _merge(o1, l1, o2, l2):
     """Two attentions of the same queries over disjoint key sets -> their attention over the union."""
     lse = torch.logaddexp(l1, l2)
@@ -96,11 +109,11 @@ class _PiecesAttention(torch.autograd.Function):
             start, total = responses[0][0], sum(r for _, r in responses)
             o_x, l_x, how_x = _attention(q[:, :, start : start + total], kp, vp, False, scale)
             owns = [_attention(q[:, :, rs : rs + r], k[:, :, rs : rs + r], v[:, :, rs : rs + r], True, scale) for rs, r in responses]
-            o, lse = _merge(o_x, l_x, torch.cat([o for o, _, _ in owns], 2), torch.cat([lse for _, lse, _ in owns], 2))
+            o, lse = _merge(o_x, l_x, _cat_seq([o for o, _, _ in owns]), torch.cat([lse for _, lse, _ in owns], 2))
             outs.append(o)
             lses.append(lse)
             saved.append((how_x, [how for _, _, how in owns]))
-        out, lse = torch.cat(outs, 2), torch.cat(lses, 2)
+        out, lse = _cat_seq(outs), torch.cat(lses, 2)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.units, ctx.scale, ctx.how = units, scale, saved
         return out
@@ -108,7 +121,7 @@ class _PiecesAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        dout = dout.contiguous()
+        dout = _bshd(dout)  # the strides of out
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         how = iter(ctx.how)
         for (ps, p), responses in ctx.units:
@@ -146,5 +159,5 @@ def pieces_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pieces, 
     _check_layout(pieces.units)
     if gqa:
         n = q.shape[1] // k.shape[1]
-        k, v = (t.repeat_interleave(n, dim=1) for t in (k, v))
+        k, v = (t.transpose(1, 2).repeat_interleave(n, dim=2).transpose(1, 2) for t in (k, v))
     return _PiecesAttention.apply(q, k, v, pieces.units, q.shape[-1] ** -0.5 if scale is None else scale)

@@ -7,6 +7,7 @@ save_attention the pieces' kernels run once (not again in the recompute)."""
 from __future__ import annotations
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -138,6 +139,41 @@ def test_pieces_run_once_under_save_attention(tiny_model_dir):
     assert counts == {"save_attention": layers * per_layer, "full": 2 * layers * per_layer}
 
 
+def test_kernels_see_the_bshd_layout(tiny_model_dir, monkeypatch):
+    """Every tensor the pieces hand a kernel, forward and backward, is laid out [B, S, H, D] in memory, as
+    cuDNN's length-bucketed plans (TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1) require: a tiny model with grouped
+    heads, under save_attention."""
+    from transformers import AutoModelForCausalLM
+
+    import golong.pieces as pieces
+    from golong.models import enable_checkpointing
+
+    seen = []
+    forward, backward = pieces._attention, pieces._attention_backward
+
+    def record(*tensors):
+        seen.extend(t.transpose(1, 2).is_contiguous() for t in tensors)
+
+    def attention(q, k, v, causal, scale):
+        record(q, k, v)
+        return forward(q, k, v, causal, scale)
+
+    def attention_backward(dout, q, k, v, out, *rest):
+        record(dout, q, k, v, out)
+        return backward(dout, q, k, v, out, *rest)
+
+    monkeypatch.setattr(pieces, "_attention", attention)
+    monkeypatch.setattr(pieces, "_attention_backward", attention_backward)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert model.config.num_attention_heads != model.config.num_key_value_heads
+    model.train()
+    enable_checkpointing(model, "save_attention")
+    row = pack_shared(_random_units(random.Random(4), vocab=model.config.vocab_size))
+    row.kernel = "sdpa"
+    logprobs_and_grads(model, row)
+    assert len(seen) > 50 and all(seen)
+
+
 def test_the_learner_gives_its_rows_the_configured_kernel(tiny_model_dir):
     from pydantic import ValidationError
 
@@ -159,27 +195,32 @@ def test_the_learner_gives_its_rows_the_configured_kernel(tiny_model_dir):
 @pytest.mark.parametrize("backend", ["cudnn", "flash"])
 def test_cuda_pieces_equal_the_dense_rule(backend):
     """On CUDA in bf16 (cuDNN's fused attention, or flash with cuDNN's SDPA backend off), 16 query / 8 key
-    heads, a long prompt and responses of odd lengths: outputs and gradients against the dense rule in
-    float32, within bf16's error (compared with SDPA's own bf16 error under the dense mask)."""
+    heads laid out [B, S, H, D] as a model's (run_h200.sh raggedsdpa runs it again with cuDNN's
+    length-bucketed plans, TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1), a long prompt and responses of odd lengths:
+    outputs and gradients against the dense rule in float32, within bf16's error (compared with SDPA's own
+    bf16 error under the dense mask)."""
     units = _random_units(random.Random(9), vocab=100)
     units[0] = (units[0][0] * 8, [[7] * 300, [9] * 129])
     row = pack_shared(units, pad_to=bucket_length(pack_shared(units).input_ids.shape[1]))
     length = row.input_ids.shape[1]
     g = torch.Generator().manual_seed(0)
-    base = [torch.randn(1, h, length, 128, generator=g) for h in (16, 8, 8)]
+    base = [torch.randn(1, length, h, 128, generator=g) for h in (16, 8, 8)]  # laid out as the model's q, k, v
     weight = torch.randn(1, 16, length, 128, generator=g).cuda()
     mask = shared_mask(row, "cpu").cuda()
     results = {}
     for kind, dtype in (("reference", torch.float32), ("dense", torch.bfloat16), ("pieces", torch.bfloat16)):
-        q, k, v = (t.to("cuda", dtype).requires_grad_(True) for t in base)
+        q, k, v = (t.to("cuda", dtype).transpose(1, 2).detach().requires_grad_(True) for t in base)
         if kind == "pieces":
             before = torch.backends.cuda.cudnn_sdp_enabled()
             torch.backends.cuda.enable_cudnn_sdp(backend == "cudnn")
             try:
-                out = pieces_attention(q, k, v, shared_pieces(row), None, True)
-                (out.float() * weight).sum().backward()
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    out = pieces_attention(q, k, v, shared_pieces(row), None, True)
+                    (out.float() * weight).sum().backward()
             finally:
                 torch.backends.cuda.enable_cudnn_sdp(before)
+            assert not [w for w in caught if "Falling back" in str(w.message)]  # length-bucketed plans, when asked for
         else:
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
             (out.float() * weight).sum().backward()
