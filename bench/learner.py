@@ -28,6 +28,10 @@ With --group G each step trains G responses of R tokens to one prompt of T - R t
 group): golong packs them behind one copy of the prompt (optim.share_prompts; --no-share packs each
 sequence alone), the hf baseline runs the G sequences one after another with gradient accumulation.
 tokens/s then counts G * T (each sequence in full); MFU is left out (the work done depends on sharing).
+With --vary (golong, --group) every step's group has new lengths, the same for every variant: the prompt
+up to 1/16 shorter, each response up to half shorter, as a real run's lengths change from step to step;
+what a new length costs (a FlexAttention bucket's compile, a cuDNN plan) is then in the timed steps, and
+tokens/s is left out.
 
     python bench/learner.py --device cpu --tiny                         # smoke test on CPU
     python bench/learner.py --runs 1.7b:32768:hf,1.7b:32768:golong_sac --out bench/results/learner.json
@@ -42,6 +46,7 @@ import argparse
 import gc
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -141,7 +146,8 @@ def score(rec: dict) -> dict:
         return rec
     t = rec["step_s"]
     if rec.get("group", 1) > 1:
-        rec.update(tokens_per_s=round(rec["group"] * rec["tokens"] / t, 1))
+        if not rec.get("vary_lengths"):
+            rec.update(tokens_per_s=round(rec["group"] * rec["tokens"] / t, 1))
         return rec
     f = model_flops(rec["shape"], rec["tokens"], lora=bool(rec["settings"].get("lora")))
     rec.update(tokens_per_s=round(rec["tokens"] / t, 1), model_tflop=round(f["total"] / 1e12, 2),
@@ -193,7 +199,8 @@ def hf_step_fn(shape: str, tokens: int, response: int, device: str, group: int =
     return step, {"trainable_params": sum(p.numel() for p in model.parameters())}
 
 
-def golong_step_fn(shape: str, tokens: int, response: int, device: str, v: dict, group: int = 1, share: bool = True):
+def golong_step_fn(shape: str, tokens: int, response: int, device: str, v: dict, group: int = 1, share: bool = True,
+                   vary: bool = False):
     from golong.config import AlgoConfig, LoraConfig, ModelConfig, OptimConfig
     from golong.learner import Learner, Sample
 
@@ -223,19 +230,26 @@ def golong_step_fn(shape: str, tokens: int, response: int, device: str, v: dict,
                                               foreach=device.startswith("cuda"))
         learner.scheduler = torch.optim.lr_scheduler.LambdaLR(learner.optimizer, lambda s: 1.0)
     prompt, _ = _tokens(shape, tokens, response)
-    samples = [Sample(prompt_ids=prompt, response_ids=_tokens(shape, tokens, response, seed=g)[1], advantage=1.0 - g % 2,
-                      group_id=0 if share else None)
-               for g in range(group)]
+    responses = [_tokens(shape, tokens, response, seed=g)[1] for g in range(group)]
     trainable = sum(p.numel() for p in learner.model.parameters() if p.requires_grad)
+    steps = iter(range(10**9))
+
+    def samples_at(step: int) -> list[Sample]:
+        """The step's group; with vary, shortened by lengths drawn from the step's index (module docstring)."""
+        rng = random.Random(step)
+        cut = (lambda n, part: n - rng.randrange(n // part + 1)) if vary else (lambda n, part: n)
+        p = prompt[: cut(len(prompt), 16)]
+        return [Sample(prompt_ids=p, response_ids=r[: cut(len(r), 2)], advantage=1.0 - g % 2,
+                       group_id=0 if share else None) for g, r in enumerate(responses)]
 
     def step() -> None:
-        learner.train_step(samples)
+        learner.train_step(samples_at(next(steps)))
 
     return step, {"trainable_params": trainable, "opt_fused": bool(learner.optimizer.defaults.get("fused"))}
 
 
 def run_one(shape: str, tokens: int, variant: str, device: str, response: int, steps: int,
-            group: int = 1, share: bool = True) -> dict:  # fmt: skip
+            group: int = 1, share: bool = True, vary: bool = False) -> dict:  # fmt: skip
     v = VARIANTS[variant]
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -244,7 +258,7 @@ def run_one(shape: str, tokens: int, variant: str, device: str, response: int, s
     if v.get("kind") == "hf":
         step, info = hf_step_fn(shape, tokens, response, device, group)
     else:
-        step, info = golong_step_fn(shape, tokens, response, device, v, group, share)
+        step, info = golong_step_fn(shape, tokens, response, device, v, group, share, vary)
     _sync(device)
     build_s = time.perf_counter() - t0
     times = []
@@ -252,7 +266,7 @@ def run_one(shape: str, tokens: int, variant: str, device: str, response: int, s
     step()  # warm-up: kernel selection, Triton compiles, optimizer state allocation
     _sync(device)
     warm_s = time.perf_counter() - t
-    n = 1 if warm_s > 20 else steps
+    n = steps if vary else 1 if warm_s > 20 else steps
     for _ in range(n):
         t = time.perf_counter()
         step()
@@ -314,6 +328,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up (1 if the warm-up took > 20 s)")
     ap.add_argument("--group", type=int, default=1, help="responses per prompt trained in one step (a GRPO group)")
     ap.add_argument("--no-share", action="store_true", help="with --group: pack each sequence alone (optim.share_prompts: false)")
+    ap.add_argument("--vary", action="store_true", help="with --group: new prompt and response lengths every step (golong variants)")
     ap.add_argument("--budget-s", type=float, default=1e9, help="start no new run after this many seconds")
     ap.add_argument("--out", default="bench/results/learner.json")
     ap.add_argument("--rescore", default=None, help="recompute tokens/s and MFU of an existing result file, then exit")
@@ -335,12 +350,13 @@ def main() -> None:
     for shape, tokens, variant in runs:
         response = min(args.response, tokens // 4)
         rec = {"shape": shape, "tokens": tokens, "response_tokens": response, "variant": variant, "settings": VARIANTS[variant],
-               "group": args.group, "share_prompts": not args.no_share}
+               "group": args.group, "share_prompts": not args.no_share, "vary_lengths": args.vary}
         if time.perf_counter() - t_start > args.budget_s:
             rec["status"] = "skipped (time budget)"
         else:
             try:
-                rec.update(run_one(shape, tokens, variant, args.device, response, args.steps, args.group, not args.no_share))
+                rec.update(run_one(shape, tokens, variant, args.device, response, args.steps, args.group, not args.no_share,
+                                   args.vary))
                 score(rec)
             except torch.OutOfMemoryError as e:
                 rec.update(status="oom", error=str(e).splitlines()[0][:300])

@@ -86,8 +86,11 @@
 #              built for each new piece shape (every step's lengths are new) (~5 min)
 #   raggedsdpa with TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 (cuDNN plans per power-of-two length, not per length: a new
 #              length cost ~80 ms a piece's forward + backward on 2026-12-06, bench/cudnn_plans.py): the pieces' GPU
-#              test (fails on cuDNN's "Falling back" warning), the plan costs, then sdpa32k's row and the 0.6B / 8K
-#              row with optim.shared_prompt_kernel=sdpa (~9.5 min: one call)
+#              test (fails on cuDNN's "Falling back" warning) and the engine's chunked-prefill GPU tests (later chunks
+#              through flash's causal mask aligned to the last key, no dense mask), the plan costs, then one 32K group's learner with new
+#              lengths every step (bench/learner.py --vary): FlexAttention and sdpa with the variable, sdpa without
+#              (~6 min)
+#   raggedrows sdpa32k's row and the 0.6B / 8K row with sdpa and the variable (~7.5 min)
 #   full32kpair, ksa32kpair  ratio32k's two rows, one call each on one warm machine (full 250 s, KSA 520 s; on
 #              2026-12-06 full's first step took 102 s and KSA's did not end in 290 s), into the same JSON
 #   ksaspec    the KSA attention GPU test that counts compiled variants over lengths of every 1 / multiple-of-16
@@ -186,15 +189,22 @@
 # (StaticEngine.look_ahead: each decode step enqueued before the last one's tokens are read; ~0.3-0.45 ms of host
 # work a step was the device's idle time: a 0.6B / 8K decode step is 3.65 ms by wall clock, ~3.2 ms of kernels).
 # Also unmeasured in a step: the decode kernel's splits of up to 2,048 keys (was 512; the splits sweep).
+# Eighteenth session (2026-12-06, one H100, bench/results/h100_2026-12-06f/notes.md): verify (the look-ahead's GPU
+# test passed) noahead8k pair8k (0.6B / 8K full: look-ahead decode 1.017 -> 0.924 s, 2.24x its floor, step 2.54 s;
+# KSA 2.72 s = 1.07x), mergedsdpa (one 32K group's learner: the pieces merged by log-sum-exp on cuDNN 2.82 s
+# against FlexAttention's 3.29 s), sdpa32k full32kpair ksa32kpair (1.7B / 32K: full 20.6 s, with sdpa 19.4 s and
+# learner MFU 44% (36%), KSA 15.3 s = 0.74x), bench/cudnn_plans.py (cuDNN: ~80 ms a new shape; with
+# TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 ~1 ms, but the pieces then fell back on their [B, H, S, D] K / V; since laid
+# out [B, S, H, D], untested on the GPU).
 # Next GPU session, in this order (carry [".whl"], kind nvidia-h100-x1 after one H200 try, one call each):
-#   1. verify noahead8k, then pair8k  (two calls, ~6.5 and ~5-8 min) the look-ahead on the GPU: verify runs the
-#                           engine's GPU tests; noahead8k times the full row without it
-#                           (CUDA graphs, compiled decode), then pair8k's decode against today's 1.01 s (full) and
-#                           0.91 s (KSA) a GRPO step (with the 2,048-key splits too): issue 15's rollout <= 2x
-#                           its floor (2.45x)
-#   2. full32kpair ksa32kpair  (two calls) issue 16's 1.7B / 32K ratio with the look-ahead (0.74x before, goal 0.7x)
-#   3. pair32k trainksa2    issue 16's 0.6B / 32K pair and the 64K rows, never run with today's code
-#   4. sumcols              every-step summary columns: steady cost, cold first step, recompile reasons
+#   1. raggedsdpa, then raggedrows  (two calls, ~6 and ~7.5 min) the pieces with length-bucketed cuDNN plans: GPU
+#                           test (fails on a fallback), plan costs, one 32K group with new lengths every step
+#                           (flex / sdpa / sdpa without the variable), then the 1.7B / 32K and 0.6B / 8K rows with
+#                           sdpa. If the test passes and sdpa is at least FlexAttention's speed (32K: 20.6 s,
+#                           learner 6.62 s; 8K: 2.54 s), make sdpa + the variable the default (golong sets the
+#                           variable before its first cuDNN call) and rerun pair8k for the 8K baseline there
+#   2. pair32k trainksa2    issue 16's 0.6B / 32K pair and the 64K rows, never run with today's code
+#   3. sumcols              every-step summary columns: steady cost, cold first step, recompile reasons
 #   then: ksalearnerprof (the KSA learner's first step: compile counters), flexauto, groupckpt, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
@@ -412,14 +422,20 @@ for s in "$@"; do
         --runs 1.7b:32768:golong_optmaster_sac_compile,1.7b:32768:golong_optmaster_sac_compile_sdpa \
         --out "$OUT/learner_group_merged.json" ;;
     raggedsdpa)  # the shared-prompt pieces with cuDNN's length-bucketed plans (one per power-of-two length)
-      export TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1
-      stage raggedtest 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_packing_pieces.py
-      stage raggedplans 60 python3 bench/cudnn_plans.py --lengths 4 --out "$OUT/cudnn_plans_ragged.json"
-      stage ragged32k 290 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 250 --steps 8 \
-        --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa --out "$OUT/train_gpu_ragged32k.json"
-      stage ragged8k 150 python3 bench/train_gpu.py 0.6b:8k:8x4:256 --budget-s 110 --steps 12 \
-        --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa --out "$OUT/train_gpu_ragged8k.json"
-      unset TORCH_CUDNN_SDPA_AVOID_RECOMPILE ;;
+      TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 stage raggedtest 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_packing_pieces.py \
+        tests/test_rollout_prefill.py
+      TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 stage raggedplans 60 python3 bench/cudnn_plans.py --lengths 4 --out "$OUT/cudnn_plans_ragged.json"
+      for ragged in 1 0; do  # one 32K group's learner with new lengths every step: FlexAttention, then sdpa with / without
+        runs=1.7b:32768:golong_optmaster_sac_compile_sdpa
+        [ $ragged = 1 ] && runs=1.7b:32768:golong_optmaster_sac_compile,$runs
+        TORCH_CUDNN_SDPA_AVOID_RECOMPILE=$ragged stage raggedgroup 200 python3 bench/learner.py --group 8 --response 2048 \
+          --steps 5 --vary --runs $runs --out "$OUT/learner_group_vary_ragged$ragged.json"
+      done ;;
+    raggedrows)  # sdpa32k's row and the 0.6B / 8K row with sdpa, cuDNN's plans per power-of-two length (~7.5 min)
+      TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 stage ragged32k 290 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 250 \
+        --steps 8 --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa --out "$OUT/train_gpu_ragged32k.json"
+      TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 stage ragged8k 150 python3 bench/train_gpu.py 0.6b:8k:8x4:256 --budget-s 110 \
+        --steps 12 --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa --out "$OUT/train_gpu_ragged8k.json" ;;
     sdpa32k) stage sdpa32k 290 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 250 --steps 8 --append \
                --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa \
                --out "$OUT/train_gpu_sdpa32k.json" ;;

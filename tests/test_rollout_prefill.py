@@ -61,3 +61,37 @@ def test_batched_prefill_sampling_equals_one_at_a_time(tiny_tokenizer):
         for cp, cs in zip(gp, gs, strict=True):
             assert cp.response_ids == cs.response_ids
             torch.testing.assert_close(torch.tensor(cp.logprobs), torch.tensor(cs.logprobs), atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_later_prefill_chunks_attend_without_a_mask():
+    """A later prefill chunk's attention through flash's causal mask aligned to the last key (bf16, 16
+    heads of 128) against SDPA under the dense mask in float32, within bf16's error (compared with SDPA's
+    own bf16 error under that mask)."""
+    from golong.rollout.static import causal_to_last_key
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 16, n, 128, generator=g).cuda() for n in (300, 1000, 1000))
+    mask = torch.ones(300, 1000, dtype=torch.bool, device="cuda").tril(700)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    dense = torch.nn.functional.scaled_dot_product_attention(*(t.bfloat16() for t in (q, k, v)), attn_mask=mask)
+    fast = causal_to_last_key(*(t.bfloat16() for t in (q, k, v)), 128**-0.5)
+    bf16_error = (dense.float() - ref).norm() / ref.norm()
+    assert (fast.float() - ref).norm() / ref.norm() <= 2 * bf16_error + 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_chunked_prefill_equals_one_chunk_in_bf16(tiny_tokenizer):
+    """A prompt prefilled in three chunks (later ones through causal_to_last_key) writes the K/V and gives
+    the first tokens that one chunk does, bf16 on CUDA, within bf16's rounding."""
+    model = make_model(tiny_tokenizer, "qwen3").to("cuda", torch.bfloat16)
+    prompt = tiny_tokenizer.encode(TEXT * 4)[:40]
+    engines = [StaticEngine(model, tiny_tokenizer, max_batch=2, max_len=64, prefill_chunk=chunk) for chunk in (64, 16)]
+    outs = [e.generate([prompt], 1, SamplingParams(max_new_tokens=4, temperature=0)) for e in engines]
+    assert outs[0][0][0].response_ids[:2] == outs[1][0][0].response_ids[:2]
+    stored = [e.prompt_k + e.prompt_v for e in engines]
+    assert stored[0] and len(stored[0]) == len(stored[1])
+    for a, b in zip(*stored, strict=True):  # [row, kv heads, length, head dim]: the prompt's 40 positions
+        torch.testing.assert_close(a[:1, :, :40].float(), b[:1, :, :40].float(), atol=3e-2, rtol=3e-2)

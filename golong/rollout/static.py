@@ -120,6 +120,18 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return x * cos[:, None] + rotated * sin[:, None]
 
 
+def causal_to_last_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention of a later prefill chunk, q [B, H, C, D] the last C positions of the keys so far k / v
+    [B, H, N, D] (heads repeated): query i sees keys up to N - C + i. On CUDA in half precision, flash's
+    causal mask, which is aligned that way when there are more keys than queries: no C x N mask is built or
+    read, and no cuDNN plan is built per chunk length. Elsewhere SDPA under that mask."""
+    c, n = q.shape[2], k.shape[2]
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256:
+        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, True, False, scale=scale)[0]
+    allowed = torch.ones(c, n, dtype=torch.bool, device=q.device).tril(n - c)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+
+
 def rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
     """The model's RMSNorm, w * (x / sqrt(mean(x^2) + eps)) computed in fp32 and rounded to x's dtype
     before the weight (as Qwen / Llama do), with torch's rms_norm op: fewer kernels per decode step."""
@@ -755,8 +767,7 @@ class StaticEngine(RolloutEngine):
                 vals = self.prompt_v[i][slot : slot + 1, :, :c1].repeat_interleave(groups, 1)
                 if c0 == 0:
                     return F.scaled_dot_product_attention(q, keys, vals, is_causal=True, scale=scale)
-                allowed = torch.arange(c1, device=q.device)[None, :] <= torch.arange(c0, c1, device=q.device)[:, None]
-                return F.scaled_dot_product_attention(q, keys, vals, attn_mask=allowed, scale=scale)
+                return causal_to_last_key(q, keys, vals, scale)
 
             pos = torch.arange(c0, c1, device=self.device)[None]
             h = self._layers(self._embed(ids[:, c0:c1]), pos, attend)
