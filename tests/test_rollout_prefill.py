@@ -63,6 +63,26 @@ def test_batched_prefill_sampling_equals_one_at_a_time(tiny_tokenizer):
             torch.testing.assert_close(torch.tensor(cp.logprobs), torch.tensor(cs.logprobs), atol=1e-5, rtol=0)
 
 
+def test_prefill_attention_sees_the_bshd_layout(tiny_tokenizer, monkeypatch):
+    """The prefills' causal SDPA calls (packed prompts, a chunked prompt's first chunk) get q, k and v laid
+    out [B, S, H, D] in memory, as cuDNN's length-bucketed plans need (TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1)."""
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, *args, is_causal=False, **kwargs):
+        if is_causal:
+            seen.extend(t.transpose(1, 2).is_contiguous() for t in (q, k, v))
+        return sdpa(q, k, v, *args, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    model = make_model(tiny_tokenizer, "qwen3")
+    assert model.config.num_attention_heads != model.config.num_key_value_heads
+    prompts = [tiny_tokenizer.encode(TEXT * 2)[:k] for k in LENGTHS]
+    for engine in _engines(model, tiny_tokenizer):
+        engine.generate(prompts, 1, SamplingParams(max_new_tokens=2, temperature=0))
+    assert len(seen) >= 3 * 2 * len(LENGTHS) and all(seen)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_later_prefill_chunks_attend_without_a_mask():

@@ -120,6 +120,13 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return x * cos[:, None] + rotated * sin[:, None]
 
 
+def repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """K / V [B, Hkv, S, D] -> [B, Hkv * groups, S, D] for grouped query heads, laid out [B, S, H, D] in
+    memory as the layers' q is (cuDNN keys its plans by power-of-two length for that layout only, with
+    TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1)."""
+    return x.transpose(1, 2).repeat_interleave(groups, 2).transpose(1, 2)
+
+
 def causal_to_last_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """Attention of a later prefill chunk, q [B, H, C, D] the last C positions of the keys so far k / v
     [B, H, N, D] (heads repeated): query i sees keys up to N - C + i. On CUDA in half precision, flash's
@@ -744,7 +751,7 @@ class StaticEngine(RolloutEngine):
             for a, b, slot in zip(ends[:-1], ends[1:], slots, strict=True):
                 self.prompt_k[i][slot, :, : b - a] = k[0, :, a:b]
                 self.prompt_v[i][slot, :, : b - a] = v[0, :, a:b]
-                keys, vals = (x[:, :, a:b].repeat_interleave(groups, 1) for x in (k, v))  # as _prefill does
+                keys, vals = (repeat_heads(x[:, :, a:b], groups) for x in (k, v))
                 outs.append(F.scaled_dot_product_attention(q[:, :, a:b], keys, vals, is_causal=True, scale=scale))
             return torch.cat(outs, 2)
 
@@ -761,12 +768,13 @@ class StaticEngine(RolloutEngine):
             def attend(i, q, k, v, scale, c0=c0, c1=c1):
                 self.prompt_k[i][slot, :, c0:c1] = k[0]
                 self.prompt_v[i][slot, :, c0:c1] = v[0]
-                # K/V repeated per query head (one chunk, transient): every SDPA backend takes it.
+                # K/V repeated per query head (transient): every SDPA backend takes it
                 groups = self.heads // self.kv_heads
+                if c0 == 0:  # the chunk's own K/V, laid out as q
+                    keys, vals = repeat_heads(k, groups), repeat_heads(v, groups)
+                    return F.scaled_dot_product_attention(q, keys, vals, is_causal=True, scale=scale)
                 keys = self.prompt_k[i][slot : slot + 1, :, :c1].repeat_interleave(groups, 1)
                 vals = self.prompt_v[i][slot : slot + 1, :, :c1].repeat_interleave(groups, 1)
-                if c0 == 0:
-                    return F.scaled_dot_product_attention(q, keys, vals, is_causal=True, scale=scale)
                 return causal_to_last_key(q, keys, vals, scale)
 
             pos = torch.arange(c0, c1, device=self.device)[None]
