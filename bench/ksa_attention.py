@@ -136,9 +136,12 @@ def sweep_triton(text_len, args, log):
         if best is None or ms < best[1]:
             best = (split, ms)
     ta.SPLIT_FULL_TILES = best[0]
-    fwd_opts = [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2)]
-    dq_opts = [(64, 64, 4, 2), (128, 64, 8, 2)]
-    kv_opts = [(32, 128, 8, 2), (64, 64, 8, 2), (64, 128, 8, 2)]
+    # (BLOCK_M, BLOCK_N, num_warps, num_stages); one that does not fit the card's shared memory is skipped
+    fwd_opts = [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 128, 4, 3), (64, 64, 4, 4),
+                (128, 64, 8, 4)]
+    dq_opts = [(64, 64, 4, 2), (128, 64, 8, 2), (64, 128, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (128, 64, 4, 2)]
+    kv_opts = [(32, 128, 8, 2), (64, 64, 8, 2), (64, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (64, 128, 4, 2),
+               (128, 128, 8, 1)]
     for kernel, opts in (("fwd", fwd_opts), ("dq", dq_opts), ("kv", kv_opts)):
         best = None
         for opt in opts:

@@ -91,6 +91,9 @@
 #              lengths every step (bench/learner.py --vary): FlexAttention and sdpa with the variable, sdpa without
 #              (~6 min)
 #   raggedrows sdpa32k's row and the 0.6B / 8K row with sdpa and the variable (~7.5 min)
+#   ksatiles   bench/ksa_attention.py --sweep 32768 with the wider tile lists (7 forward, 6 dQ, 7 dK/dV configurations; the
+#              kernels' tiles are an H200's best of 2-3), then Triton KSA against SDPA at 4K / 32K / 128K: issue 16's
+#              kernel goals (>= 1.0x at 4K, >= 4x at 32K, >= 6x at 128K) on an H100 (~4 min)
 #   full32kpair, ksa32kpair  ratio32k's two rows, one call each on one warm machine (full 250 s, KSA 520 s; on
 #              2026-12-06 full's first step took 102 s and KSA's did not end in 290 s), into the same JSON
 #   ksaspec    the KSA attention GPU test that counts compiled variants over lengths of every 1 / multiple-of-16
@@ -204,6 +207,7 @@
 #                           learner 6.62 s; 8K: 2.54 s), make sdpa + the variable the default (golong sets the
 #                           variable before its first cuDNN call) and rerun pair8k for the 8K baseline there
 #   2. pair32k trainksa2    issue 16's 0.6B / 32K pair and the 64K rows, never run with today's code
+#   then ksatiles           the KSA kernel's tiles on an H100 and the kernel goals at 4K / 32K / 128K
 #   3. sumcols              every-step summary columns: steady cost, cold first step, recompile reasons
 #   then: ksalearnerprof (the KSA learner's first step: compile counters), flexauto, groupckpt, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
@@ -280,6 +284,8 @@ for s in "$@"; do
   case $s in
     attention) stage attention 300 python3 bench/ksa_attention.py --sweep 32768 --impls triton flex reference \
                  --out "$OUT/ksa_attention.json" ;;
+    ksatiles) stage ksatiles 420 python3 bench/ksa_attention.py --sweep 32768 --impls triton --lengths 4096 32768 131072 \
+                --out "$OUT/ksa_attention_tiles.json" ;;
     tests) stage tests 240 python3 -m pytest -q -p no:cacheprovider -m gpu -x --timeout 200 \
              tests/test_ksa_attention.py tests/test_ksa_model.py tests/test_ksa_cache.py \
              tests/test_rollout_static.py tests/test_rollout_static_ksa.py ;;
