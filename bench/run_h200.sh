@@ -90,7 +90,9 @@
 #              through flash's causal mask aligned to the last key, no dense mask), the plan costs, then one 32K group's learner with new
 #              lengths every step (bench/learner.py --vary): FlexAttention and sdpa with the variable, sdpa without
 #              (~6 min)
-#   raggedrows sdpa32k's row and the 0.6B / 8K row with sdpa and the variable (~7.5 min)
+#   raggedrows 1.7B / 32K with responses that end at their own lengths (bench/train_gpu.py --stop-every 1024: new
+#              lengths every step, as a trained policy's), FlexAttention then sdpa with the variable (~10 min)
+#   ragged8k   the same at 0.6B / 8K (--stop-every 128, ~5 min)
 #   ksatiles   bench/ksa_attention.py --sweep 32768 with the wider tile lists (7 forward, 6 dQ, 7 dK/dV configurations; the
 #              kernels' tiles are an H200's best of 2-3), then Triton KSA against SDPA at 4K / 32K / 128K: issue 16's
 #              kernel goals (>= 1.0x at 4K, >= 4x at 32K, >= 6x at 128K) on an H100 (~4 min)
@@ -200,12 +202,12 @@
 # TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 ~1 ms, but the pieces then fell back on their [B, H, S, D] K / V; since laid
 # out [B, S, H, D], untested on the GPU).
 # Next GPU session, in this order (carry [".whl"], kind nvidia-h100-x1 after one H200 try, one call each):
-#   1. raggedsdpa, then raggedrows  (two calls, ~6 and ~7.5 min) the pieces with length-bucketed cuDNN plans: GPU
-#                           test (fails on a fallback), plan costs, one 32K group with new lengths every step
-#                           (flex / sdpa / sdpa without the variable), then the 1.7B / 32K and 0.6B / 8K rows with
-#                           sdpa. If the test passes and sdpa is at least FlexAttention's speed (32K: 20.6 s,
-#                           learner 6.62 s; 8K: 2.54 s), make sdpa + the variable the default (golong sets the
-#                           variable before its first cuDNN call) and rerun pair8k for the 8K baseline there
+#   1. raggedsdpa, raggedrows, ragged8k  (three calls, ~6, ~10 and ~5 min) the pieces with length-bucketed cuDNN
+#                           plans: GPU tests (fail on a fallback), plan costs, one 32K group with new lengths every
+#                           step (flex / sdpa / sdpa without the variable), then flex against sdpa in the loop with
+#                           responses of their own lengths at 1.7B / 32K and 0.6B / 8K. If the tests pass and sdpa
+#                           is at least FlexAttention's speed, make sdpa + the variable the default (golong sets the
+#                           variable before its first cuDNN call)
 #   2. pair32k trainksa2    issue 16's 0.6B / 32K pair and the 64K rows, never run with today's code
 #   then ksatiles           the KSA kernel's tiles on an H100 and the kernel goals at 4K / 32K / 128K
 #   3. sumcols              every-step summary columns: steady cost, cold first step, recompile reasons
@@ -437,11 +439,14 @@ for s in "$@"; do
         TORCH_CUDNN_SDPA_AVOID_RECOMPILE=$ragged stage raggedgroup 200 python3 bench/learner.py --group 8 --response 2048 \
           --steps 5 --vary --runs $runs --out "$OUT/learner_group_vary_ragged$ragged.json"
       done ;;
-    raggedrows)  # sdpa32k's row and the 0.6B / 8K row with sdpa, cuDNN's plans per power-of-two length (~7.5 min)
-      TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 stage ragged32k 290 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 250 \
-        --steps 8 --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa --out "$OUT/train_gpu_ragged32k.json"
-      TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 stage ragged8k 150 python3 bench/train_gpu.py 0.6b:8k:8x4:256 --budget-s 110 \
-        --steps 12 --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa --out "$OUT/train_gpu_ragged8k.json" ;;
+    raggedrows|ragged8k)  # responses ending at their own lengths (--stop-every): FlexAttention, then sdpa with cuDNN's
+      # plans per power-of-two length; 1.7B / 32K (~10 min) or 0.6B / 8K (~5 min), one call
+      if [ "$s" = raggedrows ]; then cfg=1.7b:32k:8x2:2048 secs=250 steps=8 every=1024; else cfg=0.6b:8k:8x4:256 secs=110 steps=12 every=128; fi
+      for kernel in flex sdpa; do
+        TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 stage "$s" $((secs + 40)) python3 bench/train_gpu.py $cfg --budget-s $secs \
+          --steps $steps --stop-every $every --set model.checkpoint_policy=save_attention \
+          --set optim.shared_prompt_kernel=$kernel --out "$OUT/train_gpu_${s}_$kernel.json"
+      done ;;
     sdpa32k) stage sdpa32k 290 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 250 --steps 8 --append \
                --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa \
                --out "$OUT/train_gpu_sdpa32k.json" ;;

@@ -18,6 +18,11 @@ through torch.compile; default: the recipe's; unfused also turns rollout.fuse_pr
     python bench/train_gpu.py 0.6b:8k:8x4:256:eager --budget-s 100 --append --out r.json   # a process each
     python bench/train_gpu.py --smoke          # CPU, tiny shape, seconds (part of the test suite)
 
+A random-weight model never samples its EOS, so every response runs to NEW tokens and the learner meets
+the same response lengths every step; --stop-every N makes one token in N of the vocabulary end a
+response (lengths of ~N tokens, new every step, as a trained policy's), which is what a kernel that pays
+per new length (a cuDNN plan, a FlexAttention bucket) must be timed under.
+
 Reported per configuration (a table at the end; JSON after every step, so a run cut short keeps what
 it measured; `compile_cache_files`: inductor's cache files when it started, 0 = a fresh machine's first step; a step cut short by the budget leaves where it was, `stuck_at`, and, once its rollout
 ended, `in_flight`: when its learner began and the rollout's prefill and decode seconds): first-step time (compilation included), then medians over the later steps that
@@ -118,13 +123,16 @@ def compile_counters() -> dict[str, float]:
     return out
 
 
-def policy_folder(shape: str, root: Path, device: str) -> Path:
-    """A random-weight Qwen3 model of `shape` (bf16 on a GPU) and the local tokenizer, saved once."""
+def policy_folder(shape: str, root: Path, device: str, stop_every: int = 0) -> Path:
+    """A random-weight Qwen3 model of `shape` (bf16 on a GPU) and the local tokenizer, saved once. With
+    stop_every N, one token id in N of the vocabulary also ends a response (generation_config eos_token_id,
+    which the engines read): a random model samples near-uniformly, so responses end after ~N tokens, each
+    at its own length, as a trained policy's do (without it every response runs to max_new_tokens)."""
     from transformers import AutoModelForCausalLM
 
     from tests.tiny import build_tokenizer
 
-    path = root / f"qwen3-{shape}"
+    path = root / (f"qwen3-{shape}" + (f"-stop{stop_every}" if stop_every else ""))
     if (path / "config.json").is_file():
         return path
     tok = build_tokenizer()
@@ -133,6 +141,9 @@ def policy_folder(shape: str, root: Path, device: str) -> Path:
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+    if stop_every:
+        stops = [t for t in range(stop_every // 2, cfg.vocab_size, stop_every) if t != tok.pad_token_id]
+        model.generation_config.eos_token_id = [tok.eos_token_id, *stops]
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -281,7 +292,8 @@ class Run:
         watchdog.start()
         trainer = None
         try:
-            recipe = make_recipe(c, policy_folder(c["shape"], root, args.device), root / f"run-{len(self.results['configs'])}", args)
+            policy = policy_folder(c["shape"], root, args.device, args.stop_every)
+            recipe = make_recipe(c, policy, root / f"run-{len(self.results['configs'])}", args)
             trainer = Trainer(recipe, quiet=True)
             self.record["setup_s"] = round(time.perf_counter() - t0, 2)
             self.record["status"] = "running"
@@ -434,6 +446,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--profile-learner", type=int, default=0, metavar="STEP",
                     help="profile the learner phase of step STEP (torch.profiler): its top ops by GPU time go into "
                          "the JSON (learner_profile) and print; that step is left out of the medians")
+    ap.add_argument("--stop-every", type=int, default=0, metavar="N",
+                    help="one token in N of the vocabulary ends a response: lengths of ~N tokens, new every step "
+                         "(default 0: every response runs to the configuration's NEW tokens)")
     ap.add_argument("--set", action="append", default=[], help="one more recipe override key=value (repeatable)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_gpu.json"))

@@ -67,6 +67,17 @@ def test_smoke_runs_the_trainer_and_reports_every_phase(train_gpu, tmp_path):
     assert any("mm" in r["op"] or "linear" in r["op"] for r in profile["top"])  # the model's matmuls are there
 
 
+def test_stop_every_ends_responses_at_their_own_lengths(train_gpu, tmp_path):
+    """--stop-every N: the random model's responses end at stop tokens (generation_config eos_token_id) after
+    ~N tokens, at lengths that differ, instead of all running to NEW."""
+    results = train_gpu.main(["--smoke", "--stop-every", "3", "--out", str(tmp_path / "r.json")])
+    (record,) = results["configs"].values()
+    settings = record["settings"]
+    full = settings["group"] * settings["prompts"] * settings["new"]
+    assert record["status"] == "ok"
+    assert all(0 < s["response_tokens"] < full for s in record["steps"]), [s["response_tokens"] for s in record["steps"]]
+
+
 def test_over_budget_records_where_the_step_was(tmp_path):
     """A configuration whose budget runs out mid-step exits 124 and leaves its status and the main
     thread's frames in golong's code (here: the setup, under a budget too short to finish it)."""
