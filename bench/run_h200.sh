@@ -210,6 +210,10 @@
 #                           variable before its first cuDNN call)
 #   2. pair32k trainksa2    issue 16's 0.6B / 32K pair and the 64K rows, never run with today's code
 #   then ksatiles           the KSA kernel's tiles on an H100 and the kernel goals at 4K / 32K / 128K
+# Not built yet (issue 16, 32K ratio): a KSA policy's shared rows run FlexAttention in all layers, its 7 full layers
+# too, where the rule is causal attention over text plus each summary's own chunk: golong.pieces (cuDNN) moved into
+# ksa/ could take those layers (~1/4 of the KSA learner's attention FLOPs at ~1.8x the rate; ~0.5 s of a 1.7B / 32K
+# step by arithmetic)
 #   3. sumcols              every-step summary columns: steady cost, cold first step, recompile reasons
 #   then: ksalearnerprof (the KSA learner's first step: compile counters), flexauto, groupckpt, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
