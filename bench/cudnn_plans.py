@@ -1,4 +1,4 @@
-"""What a new sequence length costs the shared-prompt pieces (golong.pieces) on CUDA.
+"""What a new sequence length costs the shared-prompt pieces (ksa.pieces) on CUDA.
 
 cuDNN builds an execution plan for each new attention shape; the learner's pieces take new lengths
 every step (prompt and response lengths). Per kernel (cuDNN, flash) and piece kind, this times one
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from golong.pieces import _attention, _attention_backward
+from ksa.pieces import _attention, _attention_backward
 
 PIECES = {  # kind -> (query length, key length, causal) at offset i: new lengths each time
     "own 2K causal": lambda i: (1900 + 7 * i, 1900 + 7 * i, True),

@@ -80,7 +80,7 @@
 #              tests/test_ksa_attention.py
 #   mergedsdpa the GPU test of the shared-prompt pieces (cuDNN and flash), then bench/learner.py --group 8 (one 32K group,
 #              1.7B, the GPU recipe's learner): FlexAttention kept against optim.shared_prompt_kernel sdpa, now the
-#              pieces merged by log-sum-exp (golong.pieces: prompt, responses over the prompt, each response over
+#              pieces merged by log-sum-exp (ksa.pieces: prompt, responses over the prompt, each response over
 #              itself; cuDNN's fused attention, no K/V copies) (~3 min)
 #   sdpa32k    full32kpair's row with optim.shared_prompt_kernel=sdpa: the loop's learner MFU, with a cuDNN plan
 #              built for each new piece shape (every step's lengths are new) (~5 min)
@@ -210,10 +210,12 @@
 #                           variable before its first cuDNN call)
 #   2. pair32k trainksa2    issue 16's 0.6B / 32K pair and the 64K rows, never run with today's code
 #   then ksatiles           the KSA kernel's tiles on an H100 and the kernel goals at 4K / 32K / 128K
-# Not built yet (issue 16, 32K ratio): a KSA policy's shared rows run FlexAttention in all layers, its 7 full layers
-# too, where the rule is causal attention over text plus each summary's own chunk: golong.pieces (cuDNN) moved into
-# ksa/ could take those layers (~1/4 of the KSA learner's attention FLOPs at ~1.8x the rate; ~0.5 s of a 1.7B / 32K
-# step by arithmetic)
+# Built after the eighteenth session's runs, not yet run on a GPU (issue 16, 32K ratio): a KSA policy's shared rows
+# ran FlexAttention in all layers, its 7 full layers too, where the rule is causal attention over text plus each
+# summary's own chunk; those layers now take ksa.pieces (cuDNN) and a per-chunk attention for the summaries
+# (ksa.shared.WindowPieces; ~1/4 of the KSA learner's attention FLOPs at ~1.8x the rate: ~0.5 s of a 1.7B / 32K step
+# by arithmetic). raggedsdpa's tests check it on CUDA (test_cuda_window_pieces_equal_flex); then ksa32kpair and
+# pair8k's KSA row time it (16.3 / 15.3 s and 2.57-2.72 s before)
 #   3. sumcols              every-step summary columns: steady cost, cold first step, recompile reasons
 #   then: ksalearnerprof (the KSA learner's first step: compile counters), flexauto, groupckpt, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
@@ -428,14 +430,14 @@ for s in "$@"; do
                 --set model.checkpoint_policy=save_attention --set rollout.decode_kernel=torch --append --out "$OUT/train_gpu_fused32k.json" ;;
     keptgpu) stage keptgpu 150 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_checkpointing.py tests/test_rollout_compile.py ;;
     piecestest) stage piecestest 90 python3 -m pytest -q -p no:cacheprovider -m gpu -x tests/test_packing_pieces.py ;;
-    mergedsdpa)  # the shared rows as pieces merged by log-sum-exp (golong.pieces): GPU test, then one 32K group's learner
+    mergedsdpa)  # the shared rows as pieces merged by log-sum-exp (ksa.pieces): GPU test, then one 32K group's learner
       stage piecestest 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_packing_pieces.py
       stage mergedsdpa 300 python3 bench/learner.py --group 8 --response 2048 --steps 3 \
         --runs 1.7b:32768:golong_optmaster_sac_compile,1.7b:32768:golong_optmaster_sac_compile_sdpa \
         --out "$OUT/learner_group_merged.json" ;;
     raggedsdpa)  # the shared-prompt pieces with cuDNN's length-bucketed plans (one per power-of-two length)
-      TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 stage raggedtest 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_packing_pieces.py \
-        tests/test_rollout_prefill.py
+      TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 stage raggedtest 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_packing_pieces.py \
+        tests/test_rollout_prefill.py tests/test_ksa_shared.py
       TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 stage raggedplans 60 python3 bench/cudnn_plans.py --lengths 4 --out "$OUT/cudnn_plans_ragged.json"
       for ragged in 1 0; do  # one 32K group's learner with new lengths every step: FlexAttention, then sdpa with / without
         runs=1.7b:32768:golong_optmaster_sac_compile_sdpa

@@ -41,7 +41,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from golong.checkpointing import kept_through_recompute
-from golong.pieces import pieces_attention
+from ksa.pieces import pieces_attention
 from ksa import is_ksa
 from ksa.flex_attention import (  # bucket lengths: multiples of TILE
     TILE,

@@ -231,10 +231,74 @@ def _attended_intervals(layout: SharedLayout, window: int, summaries_visible: bo
     return torch.stack([torch.where(is_sum, a, b) for a, b in zip(sum_iv, text_iv, strict=True)], 1).int()
 
 
+@dataclass(frozen=True, eq=False)
+class WindowPieces:
+    """What `shared_ksa_attention` reads for a window that covers every unit of a shared row (the hybrid's
+    full layers): no summary lies beyond the window, so a text slot attends causally to the text of its
+    prompt and its own response only, and a summary slot to its chunk's text and its chunk's summaries up
+    to its own. The text runs through ksa.pieces (unmasked fused-attention calls merged by log-sum-exp)."""
+
+    units: tuple  # per unit ((prompt text start, P), ((response text start, R), ...)); the padding a unit of its own
+    sum_slots: torch.Tensor  # LongTensor[n]: the summary slots
+    sum_keys: torch.Tensor  # LongTensor[n, C + S]: each one's keys, its chunk's C text slots then its chunk's S summaries
+    sum_mask: torch.Tensor  # BoolTensor[n, C + S]: summary j sees the chunk's summaries 0 .. j
+
+
+def window_pieces(layout: SharedLayout, window: int) -> WindowPieces | None:
+    """The `WindowPieces` of `layout` when `window` (chunks) covers each unit's text, else None."""
+    C, S = layout.chunk, layout.summaries
+    longest = max([p + max(rs, default=0) for p, rs in layout.units] + [layout.pad])
+    if (longest - 1) // C > window:
+        return None
+    spans, span_of = _span_starts(layout)
+    starts = spans[:, 0].tolist()
+    units, i = [], 0
+    for p, rs in layout.units:
+        units.append(((starts[i], p), tuple(zip(starts[i + 1 : i + 1 + len(rs)], rs, strict=True))))
+        i += 1 + len(rs)
+    if layout.pad:
+        units.append(((layout.length - layout.pad, layout.pad), ()))
+    sum_slots = torch.nonzero(layout.is_summary).flatten()
+    span = span_of[sum_slots].long()
+    prompt_span = span - layout.member[sum_slots].long() - 1
+    first, at = spans[span, 0].long()[:, None], spans[span, 1].long()[:, None]  # own span: first text slot, its position
+    t = layout.chunk_of[sum_slots].long()[:, None] * C + torch.arange(C, device=sum_slots.device)
+    text = torch.where(t < at, spans[prompt_span, 0].long()[:, None] + t, first + t - at)
+    j = layout.pos[sum_slots].long()[:, None]
+    own = sum_slots[:, None] - j + torch.arange(S, device=sum_slots.device)
+    mask = torch.cat([torch.ones_like(text, dtype=torch.bool), torch.arange(S, device=j.device) <= j], 1)
+    return WindowPieces(tuple(units), sum_slots, torch.cat([text, own], 1), mask)
+
+
+@torch.compiler.disable
+def window_pieces_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: WindowPieces, scale: float) -> torch.Tensor:
+    """Attention of a shared row under a covering window (`WindowPieces`): q [B, Hq, L, D], k/v [B, Hkv, L, D].
+    Between a compiled layer's graphs, as the FlexAttention of the other windows (the plan's sizes differ
+    row to row). Its kernels are dispatcher ops: a selective checkpoint that keeps attention outputs keeps
+    theirs."""
+    from ksa.pieces import pieces_attention
+
+    gqa = q.shape[1] != k.shape[1]
+    out = pieces_attention(q, k, v, plan, scale, gqa)  # text slots; summary slots left zero
+    if not plan.sum_slots.numel():
+        return out
+    b, hq, _, d = q.shape
+    keys, vals = (x[:, :, plan.sum_keys].repeat_interleave(hq // k.shape[1], 1) for x in (k, v))  # [B, Hq, n, C + S, D]
+    n, width = plan.sum_keys.shape
+    sums = F.scaled_dot_product_attention(q[:, :, plan.sum_slots].reshape(b * hq, n, 1, d), keys.reshape(b * hq, n, width, d),
+                                          vals.reshape(b * hq, n, width, d), attn_mask=plan.sum_mask[:, None], scale=scale)  # fmt: skip
+    return out.index_copy(2, plan.sum_slots, sums.reshape(b, hq, n, d))
+
+
 def shared_mask(layout: SharedLayout, window: int, impl: str, summaries_visible: bool = True, block: bool | None = None):
-    """What `shared_ksa_attention` needs for one window: a dense mask for impl "reference", a BlockMask
-    otherwise (the Triton kernel reads only the plain layout; shared rows run through FlexAttention).
-    `block` overrides; on the CPU the default is dense (FlexAttention has no CPU backward)."""
+    """What `shared_ksa_attention` needs for one window: a dense mask for impl "reference"; for a window
+    that covers the row, its `WindowPieces`; a BlockMask otherwise (the Triton kernel reads only the plain
+    layout; shared rows run through FlexAttention). `block` overrides; on the CPU the default is dense
+    (FlexAttention has no CPU backward)."""
+    if impl != "reference" and block is None:
+        plan = window_pieces(layout, window)
+        if plan is not None:
+            return plan
     if block is None:
         block = impl != "reference" and layout.doc.device.type != "cpu"
     if not block:
@@ -250,6 +314,8 @@ def shared_ksa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
     graphs): a trainer passes one that keeps its output through a checkpoint's recompute (golong's
     kept_through_recompute), since a selective checkpoint policy cannot see that compiled kernel."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if isinstance(mask, WindowPieces):
+        return window_pieces_attention(q, k, v, mask, scale)
     if isinstance(mask, torch.Tensor):
         groups = q.shape[1] // k.shape[1]
         if groups > 1:

@@ -303,3 +303,114 @@ def test_padded_layout_gives_the_same_states_and_gradients(models, name):
     for n in g0:
         assert torch.isfinite(g1[n]).all(), n
         torch.testing.assert_close(g1[n], g0[n], atol=1e-4, rtol=1e-4, msg=n)  # gradients of size 10-70
+
+
+def _attend_plan_and_dense(layout, plan, window, heads=(4, 2), dim=8, seed=0):
+    """(pieces output and q/k/v grads, dense-rule output and grads), float64, for random q, k, v."""
+    g = torch.Generator().manual_seed(seed)
+    base = [torch.randn(1, h, layout.length, dim, generator=g, dtype=torch.float64) for h in (heads[0], heads[1], heads[1])]
+    weight = torch.randn(1, heads[0], layout.length, dim, generator=g, dtype=torch.float64)
+    results = []
+    for mask in (plan, shared.shared_dense_mask(layout, window)):
+        q, k, v = (t.clone().requires_grad_(True) for t in base)
+        out = shared.shared_ksa_attention(q, k, v, mask)
+        (out * weight).sum().backward()
+        results.append([out.detach(), *(t.grad for t in (q, k, v))])
+    return results
+
+
+@pytest.mark.parametrize("summaries", [1, 2])
+@pytest.mark.parametrize("pad", [0, 7])
+@pytest.mark.parametrize("units", UNITS, ids=str)
+def test_window_pieces_equal_the_dense_rule(units, pad, summaries):
+    """A window covering the row (the hybrid's full layers): text through ksa.pieces, each summary over its
+    chunk, equal to the dense shared rule in float64 (outputs and q / k / v gradients), grouped heads,
+    partial boundary chunks, empty responses, padding, S = 1 and 2. A window one chunk short gets no plan."""
+    layout = shared.shared_layout(units, chunk=4, summaries=summaries, pad=pad)
+    longest = max([p + max(rs, default=0) for p, rs in units] + [pad])
+    window = (longest - 1) // 4
+    plan = shared.shared_mask(layout, window, "triton")
+    assert isinstance(plan, shared.WindowPieces) and plan.sum_slots.numel() == int(layout.is_summary.sum())
+    assert shared.window_pieces(layout, window - 1) is None if window else True
+    got, want = _attend_plan_and_dense(layout, plan, window)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("mutant", ["boundary text", "later summaries", "text order"])
+def test_window_pieces_check_catches_a_wrong_plan(mutant):
+    """The comparison can fail: a summary reading its own span for the boundary chunk's prompt text, a
+    summary seeing its chunk's later summaries, responses laid out in the wrong order."""
+    import dataclasses
+
+    layout = shared.shared_layout(UNITS[2], chunk=4, summaries=2)
+    plan = shared.window_pieces(layout, 1000)
+    if mutant == "boundary text":  # text keys before the summary's own span (the prompt's) moved into it
+        spans, span_of = shared._span_starts(layout)
+        own_first = spans[span_of[plan.sum_slots].long(), 0].long()[:, None]
+        text = plan.sum_keys[:, :4]
+        text = torch.where(text < own_first, own_first + torch.arange(4), text)
+        bad = dataclasses.replace(plan, sum_keys=torch.cat([text, plan.sum_keys[:, 4:]], 1))
+        assert not torch.equal(bad.sum_keys, plan.sum_keys)
+    elif mutant == "later summaries":
+        bad = dataclasses.replace(plan, sum_mask=torch.ones_like(plan.sum_mask))
+    else:
+        (prompt, responses), *rest = plan.units
+        bad = dataclasses.replace(plan, units=((prompt, tuple(reversed(responses))), *rest))
+    with pytest.raises((AssertionError, ValueError)):
+        got, want = _attend_plan_and_dense(layout, bad, 1000)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["s1"])
+def test_full_layer_pieces_give_the_reference_logprobs_and_gradients(models, name, tiny_tokenizer):
+    """A hybrid with a full layer whose kernel is not the reference: its shared rows' full layer runs the
+    window pieces (the windowed layers the dense rule, on the CPU), with the log-probs and parameter
+    gradients of the reference kernel everywhere."""
+    groups = _groups([(10, [7, 2, 5]), (13, [3, 6])], models[name].config.vocab_size, seed=6)
+    model = ksa_tiny(tiny_tokenizer, windows=(3, 1, 1000), chunk=4, impl="triton")[1]
+    reference = models[name]
+    calls = []
+    original = shared.window_pieces_attention
+    results = []
+    for m in (model, reference):
+        m.zero_grad()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(shared, "window_pieces_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
+            lps, _ = packed_logprobs(m, pack_shared(groups), chunk=4)
+        lp = torch.cat(lps)
+        (lp * torch.linspace(-1, 1, lp.numel())).sum().backward()
+        results.append((lp.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+    assert calls  # the full layer took the pieces (the reference model never does)
+    (lp_a, g_a), (lp_b, g_b) = results
+    torch.testing.assert_close(lp_a, lp_b, atol=1e-5, rtol=0)
+    assert g_a.keys() == g_b.keys()
+    for n in g_a:
+        torch.testing.assert_close(g_a[n], g_b[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_window_pieces_equal_flex():
+    """On CUDA in bf16 (cuDNN's pieces), 16 query / 8 key heads of 128, a covering window: outputs and
+    q / k / v gradients against the dense rule in float32, within bf16's error (compared with the shared
+    FlexAttention's own bf16 error under the same window)."""
+    units = [(300, [129, 0, 77]), (64, [200])]
+    layout = shared.shared_layout(units, chunk=8, pad=37, device="cuda")
+    window = 1000
+    g = torch.Generator().manual_seed(0)
+    base = [torch.randn(1, layout.length, h, 128, generator=g) for h in (16, 8, 8)]
+    weight = torch.randn(1, 16, layout.length, 128, generator=g).cuda()
+    results = {}
+    for kind, dtype, mask in (("reference", torch.float32, shared.shared_dense_mask(layout, window)),
+                              ("flex", torch.bfloat16, shared.shared_block_mask(layout, window)),
+                              ("pieces", torch.bfloat16, shared.shared_mask(layout, window, "triton"))):
+        q, k, v = (t.to("cuda", dtype).transpose(1, 2).detach().requires_grad_(True) for t in base)
+        out = shared.shared_ksa_attention(q, k, v, mask)
+        (out.float() * weight).sum().backward()
+        results[kind] = [out.float(), *(t.grad.float() for t in (q, k, v))]
+    assert isinstance(shared.shared_mask(layout, window, "triton"), shared.WindowPieces)
+    for name, ref, flex, pieces in zip("out dq dk dv".split(), results["reference"], results["flex"], results["pieces"], strict=True):
+        bf16_error = (flex - ref).norm() / ref.norm()
+        assert (pieces - ref).norm() / ref.norm() <= 2 * bf16_error + 1e-3, name

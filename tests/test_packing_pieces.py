@@ -1,5 +1,5 @@
 """optim.shared_prompt_kernel "sdpa": a shared-prompt row's attention as unmasked pieces merged by their
-log-sum-exp (golong.pieces), against the dense mask of the same rule (shared_mask on the CPU): outputs
+log-sum-exp (ksa.pieces), against the dense mask of the same rule (shared_mask on the CPU): outputs
 and gradients, padded and unpadded rows, grouped-query heads, empty responses; a response that loses
 its prompt must fail the comparison; a tiny model's log-probs and weight gradients; under
 save_attention the pieces' kernels run once (not again in the recompute)."""
@@ -145,7 +145,7 @@ def test_kernels_see_the_bshd_layout(tiny_model_dir, monkeypatch):
     heads, under save_attention."""
     from transformers import AutoModelForCausalLM
 
-    import golong.pieces as pieces
+    import ksa.pieces as pieces
     from golong.models import enable_checkpointing
 
     seen = []

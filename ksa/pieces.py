@@ -1,8 +1,10 @@
-"""Shared-prompt attention as unmasked pieces merged by their log-sum-exp (optim.shared_prompt_kernel "sdpa").
+"""Shared-prompt attention as unmasked pieces merged by their log-sum-exp.
 
 A unit of a shared-prompt row is laid out as its prompt P, then its responses R_1 .. R_G one after
-another (golong.packing.pack_shared). Per unit, three kinds of piece attend with no mask beyond plain
-causality, each one call of a fused attention kernel that also returns its log-sum-exp:
+another: golong's rows (golong.packing.pack_shared; its optim.shared_prompt_kernel "sdpa"), and the text
+slots of a KSA shared row in a layer whose window covers it (ksa/shared.py), where text attends causally
+to text only. Per unit, three kinds of piece attend with no mask beyond plain causality, each one call of
+a fused attention kernel that also returns its log-sum-exp:
 
     prompt:  o_P, l_P = attn(q_P, k_P, v_P, causal)
     cross:   o_X, l_X = attn(q_R, k_P, v_P)               q_R: all the unit's responses at once
@@ -25,8 +27,10 @@ model's q, k, v are): with TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1, cuDNN then builds
 power-of-two length instead of one per length (~80 ms a forward + backward at 1.7B / 32K on an H100,
 bench/cudnn_plans.py); the pieces' lengths are new at almost every step.
 
-Under checkpoint_policy "save_attention" the pieces' kernels are dispatcher ops that the policy keeps
-(golong.checkpointing.ATTENTION_OPS): the recompute reruns only the merge.
+Under a selective checkpoint that keeps attention ops' outputs (golong's checkpoint_policy "save_attention")
+the pieces' kernels are dispatcher ops it keeps: the recompute reruns only the merge.
+
+Slots outside every unit (a KSA row's summary slots) get zero output and zero gradient: the caller fills them.
 """
 
 from __future__ import annotations
@@ -76,6 +80,12 @@ def _cat_seq(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.transpose(1, 2) for t in parts], 1).transpose(1, 2)
 
 
+def _seq_zeros(like: torch.Tensor, length: int, trailing: tuple[int, ...]) -> torch.Tensor:
+    """Zeros [B, H, length, *trailing] of like's dtype and device, laid out [B, length, H, *trailing]."""
+    b, h = like.shape[:2]
+    return like.new_zeros(b, length, h, *trailing).transpose(1, 2)
+
+
 def _merge(o1, l1, o2, l2):
     """Two attentions of the same queries over disjoint key sets -> their attention over the union."""
     lse = torch.logaddexp(l1, l2)
@@ -96,24 +106,22 @@ def _check_layout(units) -> None:
 class _PiecesAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, units, scale):
-        outs, lses, saved = [], [], []
+        out = _seq_zeros(q, q.shape[2], (v.shape[-1],))
+        lse, saved = None, []
         for (ps, p), responses in units:
             kp, vp = k[:, :, ps : ps + p], v[:, :, ps : ps + p]
-            o, lse, how = _attention(q[:, :, ps : ps + p], kp, vp, True, scale)
-            outs.append(o)
-            lses.append(lse)
+            o, l_p, how = _attention(q[:, :, ps : ps + p], kp, vp, True, scale)
+            lse = _seq_zeros(l_p, q.shape[2], ()) if lse is None else lse
+            out[:, :, ps : ps + p], lse[:, :, ps : ps + p] = o, l_p
             saved.append(how)
             responses = [(rs, r) for rs, r in responses if r]
             if not responses:
                 continue
-            start, total = responses[0][0], sum(r for _, r in responses)
-            o_x, l_x, how_x = _attention(q[:, :, start : start + total], kp, vp, False, scale)
+            rows = slice(responses[0][0], responses[0][0] + sum(r for _, r in responses))
+            o_x, l_x, how_x = _attention(q[:, :, rows], kp, vp, False, scale)
             owns = [_attention(q[:, :, rs : rs + r], k[:, :, rs : rs + r], v[:, :, rs : rs + r], True, scale) for rs, r in responses]
-            o, lse = _merge(o_x, l_x, _cat_seq([o for o, _, _ in owns]), torch.cat([lse for _, lse, _ in owns], 2))
-            outs.append(o)
-            lses.append(lse)
+            out[:, :, rows], lse[:, :, rows] = _merge(o_x, l_x, _cat_seq([o for o, _, _ in owns]), torch.cat([lse for _, lse, _ in owns], 2))
             saved.append((how_x, [how for _, _, how in owns]))
-        out, lse = _cat_seq(outs), torch.cat(lses, 2)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.units, ctx.scale, ctx.how = units, scale, saved
         return out
