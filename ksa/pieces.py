@@ -35,9 +35,21 @@ Slots outside every unit (a KSA row's summary slots) get zero output and zero gr
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 aten = torch.ops.aten
+
+
+def pays_off(device: torch.device) -> bool:
+    """Whether the pieces beat a single masked kernel where both apply: on CUDA only with cuDNN's fused
+    attention keying its plans by power-of-two length (TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1); without it a
+    new length costs a plan (~80 ms), and lengths change at almost every step. On the CPU (torch's flash
+    kernel, no plans) always."""
+    if device.type != "cuda":
+        return True
+    return torch.backends.cuda.cudnn_sdp_enabled() and os.environ.get("TORCH_CUDNN_SDPA_AVOID_RECOMPILE") == "1"
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float):

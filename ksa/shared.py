@@ -49,6 +49,7 @@ from ksa.flex_attention import (
     rule_mask_mod,
     run_flex,
 )
+from ksa.pieces import pays_off, pieces_attention
 
 
 @dataclass(eq=False)
@@ -276,8 +277,6 @@ def window_pieces_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     Between a compiled layer's graphs, as the FlexAttention of the other windows (the plan's sizes differ
     row to row). Its kernels are dispatcher ops: a selective checkpoint that keeps attention outputs keeps
     theirs."""
-    from ksa.pieces import pieces_attention
-
     gqa = q.shape[1] != k.shape[1]
     out = pieces_attention(q, k, v, plan, scale, gqa)  # text slots; summary slots left zero
     if not plan.sum_slots.numel():
@@ -292,10 +291,11 @@ def window_pieces_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
 
 def shared_mask(layout: SharedLayout, window: int, impl: str, summaries_visible: bool = True, block: bool | None = None):
     """What `shared_ksa_attention` needs for one window: a dense mask for impl "reference"; for a window
-    that covers the row, its `WindowPieces`; a BlockMask otherwise (the Triton kernel reads only the plain
-    layout; shared rows run through FlexAttention). `block` overrides; on the CPU the default is dense
-    (FlexAttention has no CPU backward)."""
-    if impl != "reference" and block is None:
+    that covers the row, its `WindowPieces` where they pay off (ksa.pieces.pays_off: on CUDA with cuDNN's
+    length-bucketed plans); a BlockMask otherwise (the Triton kernel reads only the plain layout; shared
+    rows run through FlexAttention). `block` overrides; on the CPU the default is dense (FlexAttention has
+    no CPU backward)."""
+    if impl != "reference" and block is None and pays_off(layout.doc.device):
         plan = window_pieces(layout, window)
         if plan is not None:
             return plan

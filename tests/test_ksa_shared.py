@@ -393,7 +393,8 @@ def test_full_layer_pieces_give_the_reference_logprobs_and_gradients(models, nam
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_window_pieces_equal_flex():
-    """On CUDA in bf16 (cuDNN's pieces), 16 query / 8 key heads of 128, a covering window: outputs and
+    """On CUDA in bf16 (cuDNN's pieces; raggedsdpa runs it with TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1), 16 query /
+    8 key heads of 128, a covering window: outputs and
     q / k / v gradients against the dense rule in float32, within bf16's error (compared with the shared
     FlexAttention's own bf16 error under the same window)."""
     units = [(300, [129, 0, 77]), (64, [200])]
@@ -405,12 +406,27 @@ def test_cuda_window_pieces_equal_flex():
     results = {}
     for kind, dtype, mask in (("reference", torch.float32, shared.shared_dense_mask(layout, window)),
                               ("flex", torch.bfloat16, shared.shared_block_mask(layout, window)),
-                              ("pieces", torch.bfloat16, shared.shared_mask(layout, window, "triton"))):
+                              ("pieces", torch.bfloat16, shared.window_pieces(layout, window))):
         q, k, v = (t.to("cuda", dtype).transpose(1, 2).detach().requires_grad_(True) for t in base)
         out = shared.shared_ksa_attention(q, k, v, mask)
         (out.float() * weight).sum().backward()
         results[kind] = [out.float(), *(t.grad.float() for t in (q, k, v))]
-    assert isinstance(shared.shared_mask(layout, window, "triton"), shared.WindowPieces)
     for name, ref, flex, pieces in zip("out dq dk dv".split(), results["reference"], results["flex"], results["pieces"], strict=True):
         bf16_error = (flex - ref).norm() / ref.norm()
         assert (pieces - ref).norm() / ref.norm() <= 2 * bf16_error + 1e-3, name
+
+
+def test_window_pieces_where_they_pay_off(monkeypatch):
+    """shared_mask gives a covering window its WindowPieces on the CPU, and on CUDA only with cuDNN's
+    length-bucketed plans (TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1): otherwise every new length would cost a plan."""
+    from ksa.pieces import pays_off
+
+    layout = shared.shared_layout(UNITS[1], chunk=4)
+    assert isinstance(shared.shared_mask(layout, 1000, "triton"), shared.WindowPieces)
+    assert isinstance(shared.shared_mask(layout, 1000, "reference"), torch.Tensor)
+    assert not isinstance(shared.shared_mask(layout, 1, "triton"), shared.WindowPieces)  # not covering: the rule
+    cuda = torch.device("cuda")
+    monkeypatch.delenv("TORCH_CUDNN_SDPA_AVOID_RECOMPILE", raising=False)
+    assert pays_off(torch.device("cpu")) and not pays_off(cuda)
+    monkeypatch.setenv("TORCH_CUDNN_SDPA_AVOID_RECOMPILE", "1")
+    assert pays_off(cuda) == torch.backends.cuda.cudnn_sdp_enabled()
