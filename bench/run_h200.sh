@@ -93,6 +93,8 @@
 #   raggedrows 1.7B / 32K with responses that end at their own lengths (bench/train_gpu.py --stop-every 1024: new
 #              lengths every step, as a trained policy's), FlexAttention then sdpa with the variable (~10 min)
 #   ragged8k   the same at 0.6B / 8K (--stop-every 128, ~5 min)
+#   raggedksa  ksa32kpair's row (1.7B / 32K KSA) with the variable: the hybrid's full layers through ksa.pieces in the
+#              learner (ksa.shared.WindowPieces) against ksa32kpair's 15.3 s (learner 4.66 s) (~6-9 min)
 #   ksatiles   bench/ksa_attention.py --sweep 32768 with the wider tile lists (7 forward, 6 dQ, 7 dK/dV configurations; the
 #              kernels' tiles are an H200's best of 2-3), then Triton KSA against SDPA at 4K / 32K / 128K: issue 16's
 #              kernel goals (>= 1.0x at 4K, >= 4x at 32K, >= 6x at 128K) on an H100 (~4 min)
@@ -209,13 +211,14 @@
 #                           is at least FlexAttention's speed, make sdpa + the variable the default (golong sets the
 #                           variable before its first cuDNN call)
 #   2. pair32k trainksa2    issue 16's 0.6B / 32K pair and the 64K rows, never run with today's code
+#   then raggedksa          the KSA hybrid's full layers through the pieces (below), 1.7B / 32K
 #   then ksatiles           the KSA kernel's tiles on an H100 and the kernel goals at 4K / 32K / 128K
 # Built after the eighteenth session's runs, not yet run on a GPU (issue 16, 32K ratio): a KSA policy's shared rows
 # ran FlexAttention in all layers, its 7 full layers too, where the rule is causal attention over text plus each
-# summary's own chunk; those layers now take ksa.pieces (cuDNN) and a per-chunk attention for the summaries
-# (ksa.shared.WindowPieces; ~1/4 of the KSA learner's attention FLOPs at ~1.8x the rate: ~0.5 s of a 1.7B / 32K step
-# by arithmetic). raggedsdpa's tests check it on CUDA (test_cuda_window_pieces_equal_flex); then ksa32kpair and
-# pair8k's KSA row time it (16.3 / 15.3 s and 2.57-2.72 s before)
+# summary's own chunk; with TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 those layers now take ksa.pieces (cuDNN) and a per-chunk
+# attention for the summaries (ksa.shared.WindowPieces; ~1/4 of the KSA learner's attention FLOPs at ~1.8x the rate:
+# ~0.5 s of a 1.7B / 32K step by arithmetic). raggedsdpa's tests check it on CUDA (test_cuda_window_pieces_equal_flex),
+# raggedksa times it (15.3 s a step, learner 4.66 s, without)
 #   3. sumcols              every-step summary columns: steady cost, cold first step, recompile reasons
 #   then: ksalearnerprof (the KSA learner's first step: compile counters), flexauto, groupckpt, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
@@ -445,6 +448,8 @@ for s in "$@"; do
         TORCH_CUDNN_SDPA_AVOID_RECOMPILE=$ragged stage raggedgroup 200 python3 bench/learner.py --group 8 --response 2048 \
           --steps 5 --vary --runs $runs --out "$OUT/learner_group_vary_ragged$ragged.json"
       done ;;
+    raggedksa) TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 stage raggedksa 560 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:ksa \
+                 --budget-s 520 --steps 8 --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_raggedksa.json" ;;
     raggedrows|ragged8k)  # responses ending at their own lengths (--stop-every): FlexAttention, then sdpa with cuDNN's
       # plans per power-of-two length; 1.7B / 32K (~10 min) or 0.6B / 8K (~5 min), one call
       if [ "$s" = raggedrows ]; then cfg=1.7b:32k:8x2:2048 secs=250 steps=8 every=1024; else cfg=0.6b:8k:8x4:256 secs=110 steps=12 every=128; fi
