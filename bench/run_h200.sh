@@ -203,23 +203,23 @@
 # learner MFU 44% (36%), KSA 15.3 s = 0.74x), bench/cudnn_plans.py (cuDNN: ~80 ms a new shape; with
 # TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 ~1 ms, but the pieces then fell back on their [B, H, S, D] K / V; since laid
 # out [B, S, H, D], untested on the GPU).
+# Also built after those runs, not yet on a GPU (issue 16, 32K ratio): a KSA policy's shared rows ran FlexAttention in
+# all layers, its 7 full layers too, where the rule is causal attention over text plus each summary's own chunk; with
+# TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 those layers now take ksa.pieces (cuDNN) and a per-chunk attention for the
+# summaries (ksa.shared.WindowPieces; ~1/4 of the KSA learner's attention FLOPs at ~1.8x the rate: ~0.5 s of a
+# 1.7B / 32K step by arithmetic).
 # Next GPU session, in this order (carry [".whl"], kind nvidia-h100-x1 after one H200 try, one call each):
-#   1. raggedsdpa, raggedrows, ragged8k  (three calls, ~6, ~10 and ~5 min) the pieces with length-bucketed cuDNN
-#                           plans: GPU tests (fail on a fallback), plan costs, one 32K group with new lengths every
-#                           step (flex / sdpa / sdpa without the variable), then flex against sdpa in the loop with
-#                           responses of their own lengths at 1.7B / 32K and 0.6B / 8K. If the tests pass and sdpa
-#                           is at least FlexAttention's speed, make sdpa + the variable the default (golong sets the
-#                           variable before its first cuDNN call)
-#   2. pair32k trainksa2    issue 16's 0.6B / 32K pair and the 64K rows, never run with today's code
-#   then raggedksa          the KSA hybrid's full layers through the pieces (below), 1.7B / 32K
-#   then ksatiles           the KSA kernel's tiles on an H100 and the kernel goals at 4K / 32K / 128K
-# Built after the eighteenth session's runs, not yet run on a GPU (issue 16, 32K ratio): a KSA policy's shared rows
-# ran FlexAttention in all layers, its 7 full layers too, where the rule is causal attention over text plus each
-# summary's own chunk; with TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 those layers now take ksa.pieces (cuDNN) and a per-chunk
-# attention for the summaries (ksa.shared.WindowPieces; ~1/4 of the KSA learner's attention FLOPs at ~1.8x the rate:
-# ~0.5 s of a 1.7B / 32K step by arithmetic). raggedsdpa's tests check it on CUDA (test_cuda_window_pieces_equal_flex),
-# raggedksa times it (15.3 s a step, learner 4.66 s, without)
-#   3. sumcols              every-step summary columns: steady cost, cold first step, recompile reasons
+#   1. raggedsdpa           (~6 min) GPU tests with the variable (the pieces, fail on a fallback; the chunked prefill;
+#                           the KSA window pieces against FlexAttention), plan costs, one 32K group with new lengths
+#                           every step (flex / sdpa / sdpa without the variable)
+#   2. raggedksa            (~6-9 min) 1.7B / 32K KSA with the variable: its full layers through the pieces, against
+#                           15.3 s a step (learner 4.66 s) without; issue 16's 0.7x needs ~14.4 s against full's 20.6
+#   3. raggedrows, ragged8k (~10 and ~5 min) flex against sdpa in the loop, responses of their own lengths. If the
+#                           tests pass and sdpa is at least FlexAttention's speed, make the variable golong's default
+#                           (set before its first cuDNN call) and sdpa the GPU recipes' kernel
+#   4. pair32k trainksa2    issue 16's 0.6B / 32K pair and the 64K rows, never run with today's code
+#   5. ksatiles             the KSA kernel's tiles on an H100 and the kernel goals at 4K / 32K / 128K
+#   6. sumcols              every-step summary columns: steady cost, cold first step, recompile reasons
 #   then: ksalearnerprof (the KSA learner's first step: compile counters), flexauto, groupckpt, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
