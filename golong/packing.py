@@ -41,13 +41,13 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from golong.checkpointing import kept_through_recompute
-from ksa.pieces import pieces_attention
 from ksa import is_ksa
 from ksa.flex_attention import (  # bucket lengths: multiples of TILE
     TILE,
     flex_between_graphs,
     intervals_block_mask,
 )
+from ksa.pieces import pieces_attention
 from ksa.shared import shared_length
 
 
