@@ -398,7 +398,8 @@ def test_cuda_window_pieces_equal_flex():
     q / k / v gradients against the dense rule in float32, within bf16's error (compared with the shared
     FlexAttention's own bf16 error under the same window)."""
     units = [(300, [129, 0, 77]), (64, [200])]
-    layout = shared.shared_layout(units, chunk=8, pad=37, device="cuda")
+    pad = -shared.shared_length(units, chunk=8) % 128 or 128  # a bucketed row: a multiple of FlexAttention's tile
+    layout = shared.shared_layout(units, chunk=8, pad=pad, device="cuda")
     window = 1000
     g = torch.Generator().manual_seed(0)
     base = [torch.randn(1, layout.length, h, 128, generator=g) for h in (16, 8, 8)]
