@@ -106,6 +106,18 @@ def _merge(o1, l1, o2, l2):
     return out.to(o1.dtype), lse
 
 
+def repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """K / V [B, Hkv, S, D] -> [B, Hkv * groups, S, D] for grouped query heads, laid out [B, S, H, D] in
+    memory as a model's q is (cuDNN keys its plans by power-of-two length for that layout only)."""
+    return x.transpose(1, 2).repeat_interleave(groups, 2).transpose(1, 2)
+
+
+def _responses(responses) -> tuple[list[tuple[int, int]], slice | None]:
+    """A unit's non-empty responses and the slots they fill together (None: no response)."""
+    kept = [(rs, r) for rs, r in responses if r]
+    return kept, slice(kept[0][0], kept[0][0] + sum(r for _, r in kept)) if kept else None
+
+
 def _check_layout(units) -> None:
     for (ps, p), responses in units:
         at = ps + p
@@ -126,10 +138,9 @@ class _PiecesAttention(torch.autograd.Function):
             lse = _seq_zeros(l_p, q.shape[2], ()) if lse is None else lse
             out[:, :, ps : ps + p], lse[:, :, ps : ps + p] = o, l_p
             saved.append(how)
-            responses = [(rs, r) for rs, r in responses if r]
-            if not responses:
+            responses, rows = _responses(responses)
+            if rows is None:
                 continue
-            rows = slice(responses[0][0], responses[0][0] + sum(r for _, r in responses))
             o_x, l_x, how_x = _attention(q[:, :, rows], kp, vp, False, scale)
             owns = [_attention(q[:, :, rs : rs + r], k[:, :, rs : rs + r], v[:, :, rs : rs + r], True, scale) for rs, r in responses]
             out[:, :, rows], lse[:, :, rows] = _merge(o_x, l_x, _cat_seq([o for o, _, _ in owns]), torch.cat([lse for _, lse, _ in owns], 2))
@@ -150,11 +161,10 @@ class _PiecesAttention(torch.autograd.Function):
                                         out[:, :, prompt], lse[:, :, prompt], next(how), True, ctx.scale)
             for total_grad, grad in zip((dq, dk, dv), grads, strict=True):
                 total_grad[:, :, prompt] = grad
-            responses = [(rs, r) for rs, r in responses if r]
-            if not responses:
+            responses, rows = _responses(responses)
+            if rows is None:
                 continue
             how_x, how_own = next(how)
-            rows = slice(responses[0][0], responses[0][0] + sum(r for _, r in responses))
             gq, gk, gv = _attention_backward(dout[:, :, rows], q[:, :, rows], k[:, :, prompt], v[:, :, prompt],
                                              out[:, :, rows], lse[:, :, rows], how_x, False, ctx.scale)
             dq[:, :, rows] = gq
@@ -178,6 +188,5 @@ def pieces_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pieces, 
     that differ row to row."""
     _check_layout(pieces.units)
     if gqa:
-        n = q.shape[1] // k.shape[1]
-        k, v = (t.transpose(1, 2).repeat_interleave(n, dim=2).transpose(1, 2) for t in (k, v))
+        k, v = (repeat_heads(t, q.shape[1] // k.shape[1]) for t in (k, v))
     return _PiecesAttention.apply(q, k, v, pieces.units, q.shape[-1] ** -0.5 if scale is None else scale)

@@ -90,6 +90,7 @@ from golong.rollout.base import Completion, RolloutEngine, SamplingParams, copy_
 from golong.rollout.prefix import cascade_attention, fit_budget, length_bias
 from golong.rollout.sampling import eos_ids, noise_columns, row_key, sample_rows
 from ksa import completes_chunk, is_ksa, mix_summary, step_inputs
+from ksa.pieces import repeat_heads
 from ksa.static_cache import PackedPrefill, StaticKSALayer, write_slots
 from ksa.static_cache import decode_attention as ksa_decode_attention
 from ksa.static_shared import SharedKSALayer, slot_counts
@@ -118,13 +119,6 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos[:, None] + rotated * sin[:, None]
-
-
-def repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """K / V [B, Hkv, S, D] -> [B, Hkv * groups, S, D] for grouped query heads, laid out [B, S, H, D] in
-    memory as the layers' q is (cuDNN keys its plans by power-of-two length for that layout only, with
-    TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1)."""
-    return x.transpose(1, 2).repeat_interleave(groups, 2).transpose(1, 2)
 
 
 def causal_to_last_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
