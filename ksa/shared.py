@@ -281,12 +281,24 @@ def window_pieces_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     out = pieces_attention(q, k, v, plan, scale, gqa)  # text slots; summary slots left zero
     if not plan.sum_slots.numel():
         return out
+    return out.index_copy(2, plan.sum_slots, summaries_over_chunks(q, k, v, plan, scale))
+
+
+def summaries_over_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: WindowPieces, scale: float) -> torch.Tensor:
+    """Each summary slot's attention over its own C + S keys (`plan.sum_keys`, `plan.sum_mask`), [B, Hq, n, D]:
+
+        o = softmax(q . k_w * scale, over the visible w) v_w      (softmax in float32 or wider; grouped heads read their KV head)
+
+    A few keys per query: two small products and a softmax, with no fused-attention call (whose plans would
+    be built for every new count of summaries) and no K/V copied per query head."""
     b, hq, _, d = q.shape
-    keys, vals = (x[:, :, plan.sum_keys].repeat_interleave(hq // k.shape[1], 1) for x in (k, v))  # [B, Hq, n, C + S, D]
-    n, width = plan.sum_keys.shape
-    sums = F.scaled_dot_product_attention(q[:, :, plan.sum_slots].reshape(b * hq, n, 1, d), keys.reshape(b * hq, n, width, d),
-                                          vals.reshape(b * hq, n, width, d), attn_mask=plan.sum_mask[:, None], scale=scale)  # fmt: skip
-    return out.index_copy(2, plan.sum_slots, sums.reshape(b, hq, n, d))
+    hkv = k.shape[1]
+    n = plan.sum_slots.numel()
+    qs = q[:, :, plan.sum_slots].reshape(b, hkv, hq // hkv, n, d)
+    keys, vals = k[:, :, plan.sum_keys], v[:, :, plan.sum_keys]  # [B, Hkv, n, C + S, D]
+    scores = torch.einsum("bkgnd,bknwd->bkgnw", qs, keys).to(torch.promote_types(q.dtype, torch.float32)) * scale
+    probs = scores.masked_fill(~plan.sum_mask, float("-inf")).softmax(-1).to(v.dtype)
+    return torch.einsum("bkgnw,bknwd->bkgnd", probs, vals).reshape(b, hq, n, d)
 
 
 def shared_mask(layout: SharedLayout, window: int, impl: str, summaries_visible: bool = True, block: bool | None = None):
