@@ -468,6 +468,19 @@ for s in "$@"; do
           --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=$kernel --out "$OUT/train_gpu_raggedpair_$kernel.json"
       done
       unset TORCH_CUDNN_SDPA_AVOID_RECOMPILE ;;
+    envcheck)  # cuDNN's length-bucketed plans (TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1) in one call (~10 min): the GPU tests of
+      # the pieces, the chunked prefill and the KSA window pieces; 0.6B / 8K with sdpa (prefills of new lengths: the plans'
+      # cost); 1.7B / 32K flex then sdpa, responses of their own lengths (--stop-every 1024)
+      export TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1
+      stage raggedtest 110 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_packing_pieces.py \
+        tests/test_rollout_prefill.py tests/test_ksa_shared.py
+      stage env8k 135 python3 bench/train_gpu.py 0.6b:8k:8x4:256 --budget-s 100 --steps 12 --stop-every 128 \
+        --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa --out "$OUT/train_gpu_env8k.json"
+      for kernel in flex sdpa; do
+        stage env32k 165 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 130 --steps 8 --stop-every 1024 \
+          --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=$kernel --out "$OUT/train_gpu_env32k_$kernel.json"
+      done
+      unset TORCH_CUDNN_SDPA_AVOID_RECOMPILE ;;
     ksapair32k)  # issue 16's 1.7B / 32K ratio in one call: KSA (its full layers through the pieces), then full attention
       # with the sdpa pieces, both with cuDNN's length-bucketed plans, 2K new tokens, save_attention (~8 min)
       for run in "1.7b:32k:8x2:2048:ksa 250" "1.7b:32k:8x2:2048 130"; do
