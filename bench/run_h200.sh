@@ -468,6 +468,14 @@ for s in "$@"; do
           --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=$kernel --out "$OUT/train_gpu_raggedpair_$kernel.json"
       done
       unset TORCH_CUDNN_SDPA_AVOID_RECOMPILE ;;
+    lsefix)  # the pieces' backward given the log-sum-exp in its forward's layout, with cuDNN's length-bucketed plans: the GPU
+      # tests, then 1.7B / 32K sdpa with responses of their own lengths (~5 min)
+      export TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1
+      stage raggedtest 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_packing_pieces.py \
+        tests/test_rollout_prefill.py tests/test_ksa_shared.py
+      stage raggedsdpa32k 185 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 150 --steps 8 --stop-every 1024 \
+        --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa --out "$OUT/train_gpu_raggedpair_sdpa.json"
+      unset TORCH_CUDNN_SDPA_AVOID_RECOMPILE ;;
     envcheck)  # cuDNN's length-bucketed plans (TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1) in one call (~10 min): the GPU tests of
       # the pieces, the chunked prefill and the KSA window pieces; 0.6B / 8K with sdpa (prefills of new lengths: the plans'
       # cost); 1.7B / 32K flex then sdpa, responses of their own lengths (--stop-every 1024)

@@ -65,16 +65,31 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, 
         out, lse, cq, ck, mq, mk, seed, offset, _ = aten._scaled_dot_product_flash_attention(
             q, k, v, 0.0, causal, False, scale=scale)
         kind = "flash"
-    return out, lse.reshape(q.shape[:3]), (kind, lse.shape, cq, ck, mq, mk, seed, offset)
+    return out, lse.reshape(q.shape[:3]), (kind, lse.shape, heads_innermost(lse), cq, ck, mq, mk, seed, offset)
+
+
+def heads_innermost(lse: torch.Tensor) -> bool:
+    """Whether a kernel's log-sum-exp [B, H, S(, 1)] is laid out [B, S, H] in memory (cuDNN's, with its
+    length-bucketed plans: it then addresses the rows by per-sequence offsets in that layout)."""
+    return lse.shape[1] > 1 and lse.shape[2] > 1 and lse.stride(1) == 1
+
+
+def _lse_as_forward(lse: torch.Tensor, shape, heads_inner: bool) -> torch.Tensor:
+    """The merged log-sum-exp of a piece's queries in the shape and memory layout its forward kernel gave:
+    its backward reads it that way (a [B, H, S] copy handed to cuDNN's length-bucketed backward gave wrong
+    gradients and an illegal memory access on an H100, 2026-12-06)."""
+    lse = lse.reshape(shape)
+    return lse.transpose(1, 2).contiguous().transpose(1, 2) if heads_inner else lse.contiguous()
 
 
 def _attention_backward(dout, q, k, v, out, lse, how, causal: bool, scale: float):
     """(dq, dk, dv) of one piece, given the row's merged output and log-sum-exp at its queries."""
-    kind, lse_shape = how[:2]
-    lse = lse.reshape(lse_shape).contiguous()
+    kind = how[0]
     if kind == "cpu":
+        lse = lse.reshape(how[1]).contiguous()
         return aten._scaled_dot_product_flash_attention_for_cpu_backward(dout, q, k, v, out, lse, 0.0, causal, scale=scale)
-    cq, ck, mq, mk, seed, offset = how[2:]
+    lse = _lse_as_forward(lse, how[1], how[2])
+    cq, ck, mq, mk, seed, offset = how[3:]
     if kind == "cudnn":
         return aten._scaled_dot_product_cudnn_attention_backward(
             dout, q, k, v, out, lse, seed, offset, None, cq, ck, mq, mk, 0.0, causal, scale=scale)

@@ -190,6 +190,21 @@ def test_the_learner_gives_its_rows_the_configured_kernel(tiny_model_dir):
         OptimConfig(shared_prompt_kernel="triton")
 
 
+def test_the_backward_gets_the_log_sum_exp_in_its_forwards_layout():
+    """A kernel's log-sum-exp laid out [B, S, H] (cuDNN's with length-bucketed plans) goes back to its backward
+    in that layout, a [B, H, S] one as [B, H, S]; the merged values are kept either way."""
+    from ksa.pieces import _lse_as_forward, heads_innermost
+
+    merged = torch.randn(1, 5, 4).transpose(1, 2)  # [B, H=4, S=5], laid out [B, S, H] as the pieces keep it
+    rows = merged[:, :, 1:4]
+    bsh = torch.empty(1, 3, 4, 1).transpose(1, 2)  # what a kernel returned: [B, H, S, 1], heads innermost
+    assert heads_innermost(bsh) and not heads_innermost(torch.empty(1, 4, 3, 1))
+    for inner in (True, False):
+        got = _lse_as_forward(rows, (1, 4, 3, 1), inner)
+        assert torch.equal(got[..., 0], rows)
+        assert got.stride()[1:3] == ((1, 4) if inner else (3, 1))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("backend", ["cudnn", "flash"])
