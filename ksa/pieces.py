@@ -75,11 +75,16 @@ def heads_innermost(lse: torch.Tensor) -> bool:
 
 
 def _lse_as_forward(lse: torch.Tensor, shape, heads_inner: bool) -> torch.Tensor:
-    """The merged log-sum-exp of a piece's queries in the shape and memory layout its forward kernel gave:
-    its backward reads it that way (a [B, H, S] copy handed to cuDNN's length-bucketed backward gave wrong
-    gradients and an illegal memory access on an H100, 2026-12-06)."""
+    """The merged log-sum-exp of a piece's queries in the shape and memory layout its forward kernel gave,
+    trailing dims included: its backward reads it that way. cuDNN's length-bucketed backward reuses one plan
+    for every length of a bucket, with the strides of the first call's log-sum-exp: only the [B, S, H]
+    layout's do not depend on the length (a [B, H, S] one gave wrong gradients and an illegal memory
+    access on an H100, 2026-12-06), and its last dim must have stride 1."""
     lse = lse.reshape(shape)
-    return lse.transpose(1, 2).contiguous().transpose(1, 2) if heads_inner else lse.contiguous()
+    if not heads_inner:
+        return lse.contiguous()
+    out = lse.new_empty((shape[0], shape[2], shape[1], *shape[3:])).transpose(1, 2)
+    return out.copy_(lse)
 
 
 def _attention_backward(dout, q, k, v, out, lse, how, causal: bool, scale: float):
