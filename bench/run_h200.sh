@@ -473,7 +473,7 @@ for s in "$@"; do
       export TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1
       stage raggedtest 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_packing_pieces.py \
         tests/test_rollout_prefill.py tests/test_ksa_shared.py
-      stage raggedsdpa32k 185 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 150 --steps 8 --stop-every 1024 \
+      stage raggedsdpa32k 160 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 125 --steps 8 --stop-every 1024 \
         --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=sdpa --out "$OUT/train_gpu_raggedpair_sdpa.json"
       unset TORCH_CUDNN_SDPA_AVOID_RECOMPILE ;;
     envcheck)  # cuDNN's length-bucketed plans (TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1) in one call (~10 min): the GPU tests of
