@@ -203,6 +203,20 @@ def test_the_backward_gets_the_log_sum_exp_in_its_forwards_layout():
         got = _lse_as_forward(rows, (1, 4, 3, 1), inner)
         assert torch.equal(got[..., 0], rows)
         assert got.stride()[1:] == ((1, 4, 1) if inner else (3, 1, 1))  # cuDNN: the last dim's stride 1
+@pytest.mark.parametrize("given", [None, "0"])
+def test_importing_golong_turns_on_cudnns_length_buckets_unless_told_otherwise(given):
+    """`import golong` sets TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 (torch reads it at its first cuDNN attention
+    call, so it must be set before any); a value the user set wins."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_CUDNN_SDPA_AVOID_RECOMPILE"}
+    if given is not None:
+        env["TORCH_CUDNN_SDPA_AVOID_RECOMPILE"] = given
+    code = "import os, golong; print(os.environ['TORCH_CUDNN_SDPA_AVOID_RECOMPILE'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == (given or "1")
 
 
 @pytest.mark.gpu
