@@ -208,19 +208,23 @@
 # TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 those layers now take ksa.pieces (cuDNN) and a per-chunk attention for the
 # summaries (ksa.shared.WindowPieces; ~1/4 of the KSA learner's attention FLOPs at ~1.8x the rate: ~0.5 s of a
 # 1.7B / 32K step by arithmetic).
-# Next GPU session, in this order (carry [".whl"], kind nvidia-h100-x1 after one H200 try, one call each):
-#   1. raggedsdpa           (~6 min) GPU tests with the variable (the pieces, fail on a fallback; the chunked prefill;
-#                           the KSA window pieces against FlexAttention), plan costs, one 32K group with new lengths
-#                           every step (flex / sdpa / sdpa without the variable)
-#   2. raggedksa            (~6-9 min) 1.7B / 32K KSA with the variable: its full layers through the pieces, against
-#                           15.3 s a step (learner 4.66 s) without; issue 16's 0.7x needs ~14.4 s against full's 20.6
-#   3. raggedrows, ragged8k (~10 and ~5 min) flex against sdpa in the loop, responses of their own lengths. If the
-#                           tests pass and sdpa is at least FlexAttention's speed, make the variable golong's default
-#                           (set before its first cuDNN call) and sdpa the GPU recipes' kernel
+# Nineteenth session (2026-12-06, bench/results/h100_2026-12-06g/notes.md; 13 refused calls cost ~1,070 s of device
+# time): with TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 the pieces' cuDNN backward gave wrong gradients (GPU test) and an
+# illegal memory access (1.7B / 32K step): the merged log-sum-exp went back as [B, H, S], whose strides depend on the
+# length, to a plan shared by every length of a bucket. Handed back laid out [B, S, H] as cuDNN's forward allocates
+# it: all 5 GPU tests (pieces cuDNN / flash, chunked prefill, KSA window pieces) passed, and a 1.7B / 32K step with
+# responses of their own lengths ran end to end (first step, cold: sdpa 60.3 s, flex 66.2 s). Since then golong sets
+# the variable at import and the GPU recipes take sdpa; nothing after that ran in steady state.
+# Next GPU session, in this order (carry [".whl"], one call each; start ~30 s on success, 90-180 s of device time
+# lost per failed start: few calls):
+#   1. raggedpair           (~7.5 min) GPU tests, then 1.7B / 32K flex vs sdpa with responses of their own lengths:
+#                           steady state (each row gets 135 s; a cold first step takes ~60 s)
+#   2. ksapair32k           (~8 min) issue 16's 1.7B / 32K ratio: KSA (window pieces in its full layers) vs full sdpa
+#   3. envcheck minus its 32K rows, i.e. env8k: 0.6B / 8K with the defaults (prefill with length-bucketed plans:
+#                           0.30 s against a floor of 0.076 s before; issue 15's rollout <= 2x its floor)
 #   4. pair32k trainksa2    issue 16's 0.6B / 32K pair and the 64K rows, never run with today's code
-#   5. ksatiles             the KSA kernel's tiles on an H100 and the kernel goals at 4K / 32K / 128K
-#   6. sumcols              every-step summary columns: steady cost, cold first step, recompile reasons
-#   then: ksalearnerprof (the KSA learner's first step: compile counters), flexauto, groupckpt, prefix32k
+#   5. ksatiles             the KSA kernel's tiles and the kernel goals at 4K / 32K / 128K
+#   then: sumcols, ksalearnerprof, flexauto, groupckpt, prefix32k
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
 # machine (`base8k fused8k` in one call, ~490 s): the README's H200 rows do not compare with
