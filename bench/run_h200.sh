@@ -220,8 +220,8 @@
 #   1. raggedpair           (~7.5 min) GPU tests, then 1.7B / 32K flex vs sdpa with responses of their own lengths:
 #                           steady state (each row gets 135 s; a cold first step takes ~60 s)
 #   2. ksapair32k           (~8 min) issue 16's 1.7B / 32K ratio: KSA (window pieces in its full layers) vs full sdpa
-#   3. envcheck minus its 32K rows, i.e. env8k: 0.6B / 8K with the defaults (prefill with length-bucketed plans:
-#                           0.30 s against a floor of 0.076 s before; issue 15's rollout <= 2x its floor)
+#   3. envcheck             (~10 min) its 0.6B / 8K row with length-bucketed plans (prefill: 0.30 s against a floor
+#                           of 0.076 s before; issue 15's rollout <= 2x its floor), then the 32K rows again
 #   4. pair32k trainksa2    issue 16's 0.6B / 32K pair and the 64K rows, never run with today's code
 #   5. ksatiles             the KSA kernel's tiles and the kernel goals at 4K / 32K / 128K
 #   then: sumcols, ksalearnerprof, flexauto, groupckpt, prefix32k
