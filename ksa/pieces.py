@@ -56,7 +56,7 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, 
     """One piece: (output [B, H, Lq, D], log-sum-exp [B, H, Lq] float, what its backward needs)."""
     if not q.is_cuda:
         out, lse = aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
-        return out, lse, ("cpu", lse.shape)
+        return out, lse, ("cpu", lse.shape, lse.stride())
     if torch.backends.cuda.cudnn_sdp_enabled():
         out, lse, cq, ck, mq, mk, seed, offset, _ = aten._scaled_dot_product_cudnn_attention(
             q, k, v, None, True, 0.0, causal, False, scale=scale)
@@ -65,35 +65,24 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, 
         out, lse, cq, ck, mq, mk, seed, offset, _ = aten._scaled_dot_product_flash_attention(
             q, k, v, 0.0, causal, False, scale=scale)
         kind = "flash"
-    return out, lse.reshape(q.shape[:3]), (kind, lse.shape, heads_innermost(lse), cq, ck, mq, mk, seed, offset)
+    return out, lse.reshape(q.shape[:3]), (kind, lse.shape, lse.stride(), cq, ck, mq, mk, seed, offset)
 
 
-def heads_innermost(lse: torch.Tensor) -> bool:
-    """Whether a kernel's log-sum-exp [B, H, S(, 1)] is laid out [B, S, H] in memory (cuDNN's, with its
-    length-bucketed plans: it then addresses the rows by per-sequence offsets in that layout)."""
-    return lse.shape[1] > 1 and lse.shape[2] > 1 and lse.stride(1) == 1
-
-
-def _lse_as_forward(lse: torch.Tensor, shape, heads_inner: bool) -> torch.Tensor:
-    """The merged log-sum-exp of a piece's queries in the shape and memory layout its forward kernel gave,
-    trailing dims included: its backward reads it that way. cuDNN's length-bucketed backward reuses one plan
-    for every length of a bucket, with the strides of the first call's log-sum-exp: only the [B, S, H]
-    layout's do not depend on the length (a [B, H, S] one gave wrong gradients and an illegal memory
-    access on an H100, 2026-12-06), and its last dim must have stride 1."""
-    lse = lse.reshape(shape)
-    if not heads_inner:
-        return lse.contiguous()
-    out = lse.new_empty((shape[0], shape[2], shape[1], *shape[3:])).transpose(1, 2)
-    return out.copy_(lse)
+def _lse_as_forward(lse: torch.Tensor, shape, strides) -> torch.Tensor:
+    """The merged log-sum-exp of a piece's queries in the shape and strides its forward kernel gave: its
+    backward reads it that way. cuDNN's length-bucketed backward (TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1) reuses
+    one plan for every length of a bucket, with the log-sum-exp strides of the first call: its forward lays
+    the log-sum-exp out [B, S, H] (strides free of the length) with a unit last stride, and a contiguous
+    [B, H, S] copy gave wrong gradients and an illegal memory access on an H100 (2026-12-06)."""
+    return torch.empty_strided(shape, strides, dtype=lse.dtype, device=lse.device).copy_(lse.reshape(shape))
 
 
 def _attention_backward(dout, q, k, v, out, lse, how, causal: bool, scale: float):
     """(dq, dk, dv) of one piece, given the row's merged output and log-sum-exp at its queries."""
     kind = how[0]
-    if kind == "cpu":
-        lse = lse.reshape(how[1]).contiguous()
-        return aten._scaled_dot_product_flash_attention_for_cpu_backward(dout, q, k, v, out, lse, 0.0, causal, scale=scale)
     lse = _lse_as_forward(lse, how[1], how[2])
+    if kind == "cpu":
+        return aten._scaled_dot_product_flash_attention_for_cpu_backward(dout, q, k, v, out, lse, 0.0, causal, scale=scale)
     cq, ck, mq, mk, seed, offset = how[3:]
     if kind == "cudnn":
         return aten._scaled_dot_product_cudnn_attention_backward(

@@ -193,16 +193,16 @@ def test_the_learner_gives_its_rows_the_configured_kernel(tiny_model_dir):
 def test_the_backward_gets_the_log_sum_exp_in_its_forwards_layout():
     """A kernel's log-sum-exp laid out [B, S, H] (cuDNN's with length-bucketed plans) goes back to its backward
     in that layout, a [B, H, S] one as [B, H, S]; the merged values are kept either way."""
-    from ksa.pieces import _lse_as_forward, heads_innermost
+    from ksa.pieces import _lse_as_forward
 
     merged = torch.randn(1, 5, 4).transpose(1, 2)  # [B, H=4, S=5], laid out [B, S, H] as the pieces keep it
     rows = merged[:, :, 1:4]
-    bsh = torch.empty(1, 3, 4, 1).transpose(1, 2)  # what a kernel returned: [B, H, S, 1], heads innermost
-    assert heads_innermost(bsh) and not heads_innermost(torch.empty(1, 4, 3, 1))
-    for inner in (True, False):
-        got = _lse_as_forward(rows, (1, 4, 3, 1), inner)
+    for forward in (torch.empty(1, 3, 4, 1).transpose(1, 2), torch.empty(1, 4, 3, 1)):  # what a kernel returned
+        got = _lse_as_forward(rows, forward.shape, forward.stride())
         assert torch.equal(got[..., 0], rows)
-        assert got.stride()[1:] == ((1, 4, 1) if inner else (3, 1, 1))  # cuDNN: the last dim's stride 1
+        assert got.stride() == forward.stride()  # cuDNN: [B, S, H] when bucketed, the last dim's stride 1
+
+
 @pytest.mark.parametrize("given", [None, "0"])
 def test_importing_golong_turns_on_cudnns_length_buckets_unless_told_otherwise(given):
     """`import golong` sets TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 (torch reads it at its first cuDNN attention
