@@ -493,6 +493,15 @@ for s in "$@"; do
           --set model.checkpoint_policy=save_attention --set optim.shared_prompt_kernel=$kernel --out "$OUT/train_gpu_env32k_$kernel.json"
       done
       unset TORCH_CUDNN_SDPA_AVOID_RECOMPILE ;;
+    defaults)  # golong's defaults since the nineteenth session (TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1 set by golong itself,
+      # the recipe's sdpa pieces): the pieces' GPU tests, then issue 15's two rows in steady state: 0.6B / 8K (G=8 x 4,
+      # 256 new) and 1.7B / 32K (G=8 x 2, 2K new), save_attention (~8 min)
+      stage raggedtest 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_packing_pieces.py \
+        tests/test_rollout_prefill.py tests/test_ksa_shared.py
+      stage defaults8k 135 python3 bench/train_gpu.py 0.6b:8k:8x4:256 --budget-s 100 --steps 20 \
+        --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_defaults8k.json"
+      stage defaults32k 235 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 200 --steps 10 \
+        --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_defaults32k.json" ;;
     ksapair32k)  # issue 16's 1.7B / 32K ratio in one call: KSA (its full layers through the pieces), then full attention
       # with the sdpa pieces, both with cuDNN's length-bucketed plans, 2K new tokens, save_attention (~8 min)
       for run in "1.7b:32k:8x2:2048:ksa 250" "1.7b:32k:8x2:2048 130"; do
