@@ -52,8 +52,42 @@ def pays_off(device: torch.device) -> bool:
     return torch.backends.cuda.cudnn_sdp_enabled() and os.environ.get("TORCH_CUDNN_SDPA_AVOID_RECOMPILE") == "1"
 
 
+TINY = 16  # a piece with at most this many queries and keys takes _tiny_attention
+
+
+def _tiny_scores(q, k, causal: bool, scale: float) -> torch.Tensor:
+    """Scores q k^T * scale [B, H, Lq, Lk] in float32 or wider, -inf above the diagonal when causal."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    s = q.to(acc) @ k.to(acc).transpose(-1, -2) * scale
+    if causal:
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).triu(1), float("-inf"))
+    return s
+
+
+def _tiny_attention(q, k, v, causal: bool, scale: float):
+    """A piece of a few tokens, computed from its scores: softmax(s) v and logsumexp(s). cuDNN's backward
+    refuses one query over one key ("s_q = s_kv = 1 is not supported": a bucketed row's one padding token,
+    a response of one token; H100, 2026-12-06), and a kernel launch costs more than the arithmetic here."""
+    s = _tiny_scores(q, k, causal, scale)
+    lse = torch.logsumexp(s, -1)
+    return (torch.exp(s - lse.unsqueeze(-1)) @ v.to(s.dtype)).to(q.dtype), lse, ("tiny",)
+
+
+def _tiny_backward(dout, q, k, v, out, lse, causal: bool, scale: float):
+    """(dq, dk, dv) of a tiny piece given the merged (out, lse): P = exp(s - lse), dV = P^T dO,
+    dS = P * (dO V^T - rowsum(dO * O)), dQ = dS K * scale, dK = dS^T Q * scale."""
+    s = _tiny_scores(q, k, causal, scale)
+    p = torch.exp(s - lse.to(s.dtype).unsqueeze(-1))
+    do = dout.to(s.dtype)
+    ds = p * (do @ v.to(s.dtype).transpose(-1, -2) - (do * out.to(s.dtype)).sum(-1, keepdim=True))
+    return ((ds @ k.to(s.dtype) * scale).to(q.dtype), (ds.transpose(-1, -2) @ q.to(s.dtype) * scale).to(k.dtype),
+            (p.transpose(-1, -2) @ do).to(v.dtype))
+
+
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float):
     """One piece: (output [B, H, Lq, D], log-sum-exp [B, H, Lq] float, what its backward needs)."""
+    if q.shape[2] <= TINY and k.shape[2] <= TINY:
+        return _tiny_attention(q, k, v, causal, scale)
     if not q.is_cuda:
         out, lse = aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
         return out, lse, ("cpu", lse.shape, lse.stride())
@@ -80,6 +114,8 @@ def _lse_as_forward(lse: torch.Tensor, shape, strides) -> torch.Tensor:
 def _attention_backward(dout, q, k, v, out, lse, how, causal: bool, scale: float):
     """(dq, dk, dv) of one piece, given the row's merged output and log-sum-exp at its queries."""
     kind = how[0]
+    if kind == "tiny":
+        return _tiny_backward(dout, q, k, v, out, lse, causal, scale)
     lse = _lse_as_forward(lse, how[1], how[2])
     if kind == "cpu":
         return aten._scaled_dot_product_flash_attention_for_cpu_backward(dout, q, k, v, out, lse, 0.0, causal, scale=scale)

@@ -59,6 +59,21 @@ def test_pieces_equal_the_dense_rule(seed):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("heads", [(4, 2), (3, 3)])
+def test_pieces_of_a_few_tokens_equal_the_dense_rule(heads):
+    """Pieces of one to a few tokens (a bucketed row's one padding token, a one-token response, a short
+    prompt) take the small exact path (cuDNN's backward refuses one query over one key): outputs and
+    gradients equal the dense rule, next to pieces long enough for the kernel."""
+    units = [([3, 4, 5], [[6], [7, 8, 9, 10, 11]]), ([5] * 40, [[1], [2] * 30])]
+    plain = pack_shared(units)
+    row = pack_shared(units, pad_to=plain.input_ids.shape[1] + 1)
+    assert shared_pieces(row).units[-1] == ((plain.input_ids.shape[1], 1), ())
+    (dense, dense_grads), (pieces, piece_grads) = _attend_both(row, heads=heads, seed=3)
+    torch.testing.assert_close(pieces, dense, atol=1e-10, rtol=1e-10)
+    for a, b in zip(piece_grads, dense_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
 def test_a_response_without_its_prompt_fails_the_comparison():
     """The check can fail: pieces whose responses do not see their prompt (each response a prompt of
     its own) give other outputs."""
@@ -229,8 +244,8 @@ def test_cuda_pieces_equal_the_dense_rule(backend):
     outputs and gradients against the dense rule in float32, within bf16's error (compared with SDPA's own
     bf16 error under the dense mask)."""
     units = _random_units(random.Random(9), vocab=100)
-    units[0] = (units[0][0] * 8, [[7] * 300, [9] * 129])
-    row = pack_shared(units, pad_to=bucket_length(pack_shared(units).input_ids.shape[1]))
+    units[0] = (units[0][0] * 8, [[7] * 300, [9] * 129, [5]])  # and a one-token response
+    row = pack_shared(units, pad_to=pack_shared(units).input_ids.shape[1] + 1)  # one padding token
     length = row.input_ids.shape[1]
     g = torch.Generator().manual_seed(0)
     base = [torch.randn(1, length, h, 128, generator=g) for h in (16, 8, 8)]  # laid out as the model's q, k, v
