@@ -511,6 +511,8 @@ for s in "$@"; do
         --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_defaults8k.json"
       stage ksa32k 375 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:ksa --budget-s 340 --steps 12 \
         --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_ksa32k.json" ;;
+    ksa32kb) stage ksa32k 400 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:ksa --budget-s 365 --steps 12 \
+               --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_ksa32k.json" ;;  # tinyfix's KSA row alone
     ksapair32k)  # issue 16's 1.7B / 32K ratio in one call: KSA (its full layers through the pieces), then full attention
       # with the sdpa pieces, both with cuDNN's length-bucketed plans, 2K new tokens, save_attention (~8 min)
       for run in "1.7b:32k:8x2:2048:ksa 250" "1.7b:32k:8x2:2048 130"; do

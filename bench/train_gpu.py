@@ -340,7 +340,10 @@ class Run:
             m = trainer.train_one_step()
             trainer.step += 1
             self.record.pop("in_flight", None)
-            last = m["step_time"]
+            # the next step's estimate: the last step's time, but not a first step's (its compiles: a KSA row's
+            # cold first step took 195 s at 1.7B / 32K on an H100 and its next ones ~15 s; the watchdog still ends a
+            # step that runs over the budget, keeping the steps before it)
+            last = m["step_time"] if trainer.step > 1 else 0.0
             stats = dict(getattr(cluster.engine, "stats", {}) or {})
             prompt_lens = [p for _, p in {key for key, _ in seen}]  # one prefill per prompt
             flops = learner_flops(c["shape"], seen, c["share"], c["ksa"])
