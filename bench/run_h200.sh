@@ -513,6 +513,11 @@ for s in "$@"; do
         --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_ksa32k.json" ;;
     ksa32kb) stage ksa32k 400 python3 bench/train_gpu.py 1.7b:32k:8x2:2048:ksa --budget-s 365 --steps 12 \
                --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_ksa32k.json" ;;  # tinyfix's KSA row alone
+    defaultsq)  # defaults' two rows within less device time (~6 min): 0.6B / 8K 90 s, 1.7B / 32K 180 s
+      stage defaults8k 120 python3 bench/train_gpu.py 0.6b:8k:8x4:256 --budget-s 90 --steps 20 \
+        --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_defaults8k.json"
+      stage defaults32k 215 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 180 --steps 10 \
+        --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_defaults32k.json" ;;
     ksapair32k)  # issue 16's 1.7B / 32K ratio in one call: KSA (its full layers through the pieces), then full attention
       # with the sdpa pieces, both with cuDNN's length-bucketed plans, 2K new tokens, save_attention (~8 min)
       for run in "1.7b:32k:8x2:2048:ksa 250" "1.7b:32k:8x2:2048 130"; do
