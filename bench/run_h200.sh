@@ -518,6 +518,8 @@ for s in "$@"; do
         --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_defaults8k.json"
       stage defaults32k 215 python3 bench/train_gpu.py 1.7b:32k:8x2:2048 --budget-s 180 --steps 10 \
         --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_defaults32k.json" ;;
+    auto8k) stage auto8k 120 python3 bench/train_gpu.py 0.6b:8k:8x4:256 --budget-s 90 --steps 20 \
+              --set model.checkpoint_policy=save_attention --out "$OUT/train_gpu_auto8k.json" ;;  # the recipes' "auto": flex at 256 new
     ksapair32k)  # issue 16's 1.7B / 32K ratio in one call: KSA (its full layers through the pieces), then full attention
       # with the sdpa pieces, both with cuDNN's length-bucketed plans, 2K new tokens, save_attention (~8 min)
       for run in "1.7b:32k:8x2:2048:ksa 250" "1.7b:32k:8x2:2048 130"; do

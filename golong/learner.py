@@ -51,6 +51,7 @@ from golong.packing import (
     plan_shared_micro_batches,
     row_logprobs,
     shared_attention,
+    shared_kernel,
     supports_prompt_sharing,
     uses_ksa_layout,
 )
@@ -204,7 +205,8 @@ class Learner:
             if ksa_layout:
                 row.layout_padding = ksa_layout_padding(self._model, row)
             else:
-                row.kernel = self.optim_cfg.shared_prompt_kernel
+                row.kernel = shared_kernel(self.optim_cfg.shared_prompt_kernel,
+                                           [len(samples[i].response_ids) for u in units for i in u])
             rows.append(([i for u in units for i in u], row))
         return rows
 

@@ -47,7 +47,7 @@ from ksa.flex_attention import (  # bucket lengths: multiples of TILE
     flex_between_graphs,
     intervals_block_mask,
 )
-from ksa.pieces import pieces_attention
+from ksa.pieces import MIN_MEAN_RESPONSE, pieces_attention
 from ksa.shared import shared_length
 
 
@@ -278,6 +278,17 @@ def shared_attention(model, row: PackedRow) -> Iterator[None]:
         yield
     finally:
         config._attn_implementation = before
+
+
+def shared_kernel(setting: str, response_lengths: Sequence[int]) -> str:
+    """A shared row's attention kernel for optim.shared_prompt_kernel `setting`: "flex" or "sdpa" as set;
+    "auto" takes the pieces ("sdpa") when the row's responses average at least ksa.pieces.MIN_MEAN_RESPONSE
+    tokens, else one FlexAttention: the pieces cost a kernel call per response each way (G + 2 calls a unit,
+    outside the compiled graphs), FlexAttention recomputes its attention in backward (measurements:
+    ksa.pieces.pays_off)."""
+    if setting != "auto":
+        return setting
+    return "sdpa" if sum(response_lengths) >= MIN_MEAN_RESPONSE * max(1, len(response_lengths)) else "flex"
 
 
 def shared_mask(row: PackedRow, device, block: bool | None = None):

@@ -201,8 +201,24 @@ def test_the_learner_gives_its_rows_the_configured_kernel(tiny_model_dir):
     rows = learner._rows(samples)
     assert rows and all(row.kernel == "sdpa" and row.members is not None for _, row in rows)
     assert OptimConfig().shared_prompt_kernel == "flex"
+    auto = Learner(ModelConfig(path=str(tiny_model_dir)), OptimConfig(shared_prompt_kernel="auto"), AlgoConfig(), device="cpu")
+    assert all(row.kernel == "flex" for _, row in auto._rows(samples))  # 2-token responses: one FlexAttention
     with pytest.raises(ValidationError):
         OptimConfig(shared_prompt_kernel="triton")
+
+
+def test_auto_takes_the_pieces_for_long_responses_only():
+    """optim.shared_prompt_kernel "auto": the pieces from a mean response of MIN_MEAN_RESPONSE tokens on; the
+    same rule picks a KSA shared row's window pieces on CUDA (on the CPU they always run: the tests' path)."""
+    from golong.packing import shared_kernel
+    from ksa.pieces import MIN_MEAN_RESPONSE, pays_off
+
+    assert shared_kernel("auto", [MIN_MEAN_RESPONSE] * 8) == "sdpa"
+    assert shared_kernel("auto", [MIN_MEAN_RESPONSE * 2 - 2, 1]) == "flex"  # a mean just below
+    assert shared_kernel("auto", []) == "flex"
+    assert shared_kernel("sdpa", [1]) == "sdpa" and shared_kernel("flex", [4096]) == "flex"
+    assert pays_off(torch.device("cpu"), [1, 2]) and pays_off(torch.device("cpu"))
+    assert not pays_off(torch.device("cuda"), [256] * 8)  # never the pieces for short responses on CUDA
 
 
 def test_the_backward_gets_the_log_sum_exp_in_its_forwards_layout():
