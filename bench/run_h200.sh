@@ -215,16 +215,26 @@
 # it: all 5 GPU tests (pieces cuDNN / flash, chunked prefill, KSA window pieces) passed, and a 1.7B / 32K step with
 # responses of their own lengths ran end to end (first step, cold: sdpa 60.3 s, flex 66.2 s). Since then golong sets
 # the variable at import and the GPU recipes take sdpa; nothing after that ran in steady state.
+# Twentieth session (2026-12-06, bench/results/h100_2026-12-06h/notes.md; three calls ran on H100s, three were refused,
+# ~480 s): defaults (golong's defaults in steady state: 1.7B / 32K 19.15 s a step, learner MFU 43.2%; 0.6B / 8K died
+# at step 12 in the pieces' backward, "cuDNN Frontend error: s_q = s_kv = 1 is not supported": a row's one padding
+# token), ksapair32k (full 19.2 s, MFU 42.8%; KSA only its cold first step, 223 s), tinyfix (pieces of <= 16 tokens
+# through a small exact path: GPU tests passed, 0.6B / 8K 3.14 s a step over 18 steady steps, learner 1.91 s against
+# FlexAttention's 1.26 s the session before; KSA 32K again one cold step, 195 s: train_gpu.py predicted the next step
+# from the first, fixed since). Then optim.shared_prompt_kernel "auto" (the GPU recipes'): pieces only where
+# responses average >= 1,024 tokens; the same rule gates the KSA window pieces on CUDA. Not run on a GPU yet.
 # Next GPU session, in this order (carry [".whl"], one call each; start ~30 s on success, 90-180 s of device time
 # lost per failed start: few calls):
-#   1. raggedpair           (~7.5 min) GPU tests, then 1.7B / 32K flex vs sdpa with responses of their own lengths:
-#                           steady state (each row gets 135 s; a cold first step takes ~60 s)
-#   2. ksapair32k           (~8 min) issue 16's 1.7B / 32K ratio: KSA (window pieces in its full layers) vs full sdpa
-#   3. envcheck             (~10 min) its 0.6B / 8K row with length-bucketed plans (prefill: 0.30 s against a floor
-#                           of 0.076 s before; issue 15's rollout <= 2x its floor), then the 32K rows again
-#   4. pair32k trainksa2    issue 16's 0.6B / 32K pair and the 64K rows, never run with today's code
-#   5. ksatiles             the KSA kernel's tiles and the kernel goals at 4K / 32K / 128K
+#   1. auto8k ksa32kb       (~2 + ~6.5 min, one call) the recipes' "auto" at 0.6B / 8K (FlexAttention at 256 new:
+#                           expect ~2.5 s a step), then the KSA 1.7B / 32K row with room for steady steps after
+#                           its cold first step (issue 16's ratio against full's 19.15 s)
+#   2. raggedpair           (~7.5 min) 1.7B / 32K flex vs sdpa with responses of their own lengths, steady state
+#   3. pair32k trainksa2    issue 16's 0.6B / 32K pair and the 64K rows, never run with today's code
+#   4. ksatiles             the KSA kernel's tiles and the kernel goals at 4K / 32K / 128K
 #   then: sumcols, ksalearnerprof, flexauto, groupckpt, prefix32k
+# An idea not built: the pieces' per-response calls as one varlen call each way (aten._cudnn_attention_forward /
+# _flash_attention_forward take cum_seq_q / cum_seq_k): 3 calls a layer whatever G, which would make the pieces
+# pay at short responses too.
 # If only nvidia-h100-x1 can be started (as on 2026-12-05, third session), #17's stages run there as they
 # are (accuracy does not depend on the card); #15 / #16's timings need their baseline rerun on the same
 # machine (`base8k fused8k` in one call, ~490 s): the README's H200 rows do not compare with
