@@ -304,9 +304,9 @@ def summaries_over_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pla
 def shared_mask(layout: SharedLayout, window: int, impl: str, summaries_visible: bool = True, block: bool | None = None):
     """What `shared_ksa_attention` needs for one window: a dense mask for impl "reference"; for a window
     that covers the row, its `WindowPieces` where they pay off (ksa.pieces.pays_off: on CUDA with cuDNN's
-    length-bucketed plans, responses of 1,024 tokens or more on average); a BlockMask otherwise (the Triton kernel reads only the plain layout; shared
-    rows run through FlexAttention). `block` overrides; on the CPU the default is dense (FlexAttention has
-    no CPU backward)."""
+    length-bucketed plans and responses of 1,024 tokens or more on average); a BlockMask otherwise (the
+    Triton kernel reads only the plain layout; shared rows run through FlexAttention). `block` overrides;
+    on the CPU the default is dense (FlexAttention has no CPU backward)."""
     responses = [r for _, rs in layout.units for r in rs]
     if impl != "reference" and block is None and pays_off(layout.doc.device, responses):
         plan = window_pieces(layout, window)
