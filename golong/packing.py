@@ -47,7 +47,7 @@ from ksa.flex_attention import (  # bucket lengths: multiples of TILE
     flex_between_graphs,
     intervals_block_mask,
 )
-from ksa.pieces import MIN_MEAN_RESPONSE, pieces_attention
+from ksa.pieces import long_enough, pieces_attention
 from ksa.shared import shared_length
 
 
@@ -288,7 +288,7 @@ def shared_kernel(setting: str, response_lengths: Sequence[int]) -> str:
     ksa.pieces.pays_off)."""
     if setting != "auto":
         return setting
-    return "sdpa" if sum(response_lengths) >= MIN_MEAN_RESPONSE * max(1, len(response_lengths)) else "flex"
+    return "sdpa" if long_enough(response_lengths) else "flex"
 
 
 def shared_mask(row: PackedRow, device, block: bool | None = None):

@@ -45,6 +45,12 @@ aten = torch.ops.aten
 MIN_MEAN_RESPONSE = 1024  # on CUDA the pieces pay off from this mean response length on (pays_off)
 
 
+def long_enough(response_lengths) -> bool:
+    """Whether responses average at least MIN_MEAN_RESPONSE tokens (none: no)."""
+    lengths = list(response_lengths)
+    return bool(lengths) and sum(lengths) >= MIN_MEAN_RESPONSE * len(lengths)
+
+
 def pays_off(device: torch.device, response_lengths=()) -> bool:
     """Whether the pieces beat a single masked kernel where both apply. On CUDA: only with cuDNN's fused
     attention keying its plans by power-of-two length (TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1; without it a new
@@ -56,7 +62,7 @@ def pays_off(device: torch.device, response_lengths=()) -> bool:
     if device.type != "cuda":
         return True
     lengths = list(response_lengths)
-    if lengths and sum(lengths) < MIN_MEAN_RESPONSE * len(lengths):
+    if lengths and not long_enough(lengths):
         return False
     return torch.backends.cuda.cudnn_sdp_enabled() and os.environ.get("TORCH_CUDNN_SDPA_AVOID_RECOMPILE") == "1"
 
